@@ -1,0 +1,127 @@
+"""The ``headstart`` command line: it parses, calls the Python API, and prints.
+
+Exit codes: 0 success, 2 bad input (unknown option, unusable data: the message says why).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from headstart import data as hs_data
+
+app = typer.Typer(
+    name="headstart",
+    help="Transfer learning for image classification: inspect data, train, compare, report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+DATA_HELP = "Dataset folder (food11, folders layout), CSV manifest, or the word 'demo'."
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+@app.callback()
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug messages.")) -> None:
+    # Library code logs; the CLI shows warnings (skipped images, ...) through rich on stderr.
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_time=False, show_path=False)],
+        force=True,
+    )
+
+
+def _print_summary(s: hs_data.Summary) -> None:
+    out.print(f"[bold]{s.root}[/]  layout [cyan]{s.layout}[/], {len(s.classes)} classes")
+    if s.drawn:
+        out.print(f"Drawn from training (stratified, seeded): {', '.join(s.drawn)}")
+    for split, counts in s.counts.items():
+        # The tutorial's own words: "Training data available in 11 classes [994, 429, ...]"
+        out.print(f"{split.capitalize()} data available in {len(counts)} classes")
+        out.print(f"{counts}")
+    table = Table(title="Images per class")
+    table.add_column("id", justify="right")
+    table.add_column("class")
+    for split in s.counts:
+        table.add_column(split, justify="right")
+    table.add_column("total", justify="right")
+    for i, name in enumerate(s.classes):
+        row = [s.counts[split][i] for split in s.counts]
+        table.add_row(str(i), name, *map(str, row), str(sum(row)))
+    totals = [sum(s.counts[split]) for split in s.counts]
+    table.add_row("", "[bold]all[/]", *map(str, totals), str(sum(totals)))
+    out.print(table)
+    train = s.counts["training"]
+    out.print(
+        f"Imbalance (largest / smallest training class): {s.imbalance} "
+        f"({s.classes[train.index(max(train))]} {max(train)} / {s.classes[train.index(min(train))]} {min(train)})",
+    )
+    w, h = s.sizes["width"], s.sizes["height"]
+    out.print(
+        f"Image sizes: width {w['min']}-{w['max']} (median {w['median']}), height {h['min']}-{h['max']} "
+        f"(median {h['median']}); {s.distinct_sizes} distinct sizes",
+    )
+    out.print("Modes: " + ", ".join(f"{k} {v}" for k, v in s.modes.items())
+              + "; formats: " + ", ".join(f"{k} {v}" for k, v in s.formats.items()))
+    if s.problems:
+        out.print(f"[yellow]Skipped {len(s.problems)} unreadable image(s):[/]")
+        for p in s.problems:
+            out.print(f"  {p['path']}: {p['reason']}")
+    else:
+        out.print("No unreadable images.")
+    if s.ignored:
+        shown = ", ".join(Path(p).name for p in s.ignored[:5]) + (", ..." if len(s.ignored) > 5 else "")
+        out.print(f"Ignored {len(s.ignored)} file(s) that are not images: {shown}")
+
+
+@app.command()
+def inspect(
+    data: str = typer.Argument(..., help=DATA_HELP),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", help="Where to write the pictures and inspect.json [default: runs/inspect-<name>]."
+    ),
+    layout: Optional[str] = typer.Option(
+        None, help=f"Force a layout: {', '.join(hs_data.LAYOUTS)} [default: detected]."
+    ),
+    val_fraction: float = typer.Option(0.2, help="Share of training drawn for validation when the data has none."),
+    eval_fraction: float = typer.Option(0.2, help="Share of training drawn for evaluation when the data has none."),
+    seed: int = typer.Option(0, help="Seed for drawn splits and the sample grid."),
+    max_pixels: int = typer.Option(hs_data.MAX_PIXELS, help="Refuse images with more pixels (decompression bombs)."),
+) -> None:
+    """Counts per split and class, imbalance, image sizes, problems; class_distribution.png and samples.png."""
+    if out_dir is None:
+        name = "demo" if data == hs_data.DEMO else Path(data).resolve().name
+        out_dir = Path("runs") / f"inspect-{name}"
+    try:
+        summary = hs_data.inspect_dataset(
+            data, out_dir, layout=layout, val_fraction=val_fraction, eval_fraction=eval_fraction,
+            seed=seed, max_pixels=max_pixels, progress=err.is_terminal,
+        )
+    except hs_data.DataError as e:
+        raise _fail(str(e)) from None
+    _print_summary(summary)
+    out.print(f"Wrote {out_dir / hs_data.DISTRIBUTION_PNG}, {out_dir / hs_data.SAMPLES_PNG}, "
+              f"{out_dir / hs_data.SUMMARY_JSON}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Shared test helpers: small datasets made of real photos (scikit-image's), in every layout."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup here hangs ~45 s before failing
+
+FOOD11 = ("training", "validation", "evaluation")
+
+
+def _photos() -> list[np.ndarray]:
+    from skimage import data
+
+    return [data.chelsea(), data.coffee(), data.astronaut(), data.rocket()]
+
+
+PHOTOS = _photos()
+
+
+def photo(i: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
+    """A real photo, different for every ``i``: a shifted crop of one of scikit-image's photos."""
+    arr = PHOTOS[i % len(PHOTOS)]
+    h, w = arr.shape[:2]
+    step = i // len(PHOTOS)
+    top, left = (17 * step) % (h // 3), (29 * step) % (w // 3)
+    crop = arr[top:top + 2 * h // 3, left:left + 2 * w // 3]
+    return Image.fromarray(crop).resize(size)
+
+
+def make_food11(root: Path, per_split: dict[str, list[int]] | None = None, ext: str = ".jpg") -> Path:
+    """A food11-layout dataset: ``per_split[split][c]`` images of class c, named <c>_<n><ext>."""
+    per_split = per_split or {"training": [4, 4, 4], "validation": [2, 2, 2], "evaluation": [2, 2, 2]}
+    n = 0
+    for split, counts in per_split.items():
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for label, count in enumerate(counts):
+            for _ in range(count):
+                photo(n).save(root / split / f"{label}_{n}{ext}")
+                n += 1
+    return root
+
+
+def make_messy_food11(root: Path) -> Path:
+    """The issue's example: one corrupt JPEG, one CMYK JPEG, one RGBA PNG and a notes.txt.
+
+    Usable images: training [4, 4, 5], validation [3, 2, 2], evaluation [2, 2, 2].
+    """
+    make_food11(root)
+    (root / "classes.txt").write_text("Bread\nDairy\nDessert\n")
+    (root / "training" / "1_90.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG" * 10)
+    photo(91).convert("CMYK").save(root / "training" / "2_91.jpg")
+    rgba = photo(92).convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(root / "validation" / "0_92.png")
+    (root / "training" / "notes.txt").write_text("collected in 2026\n")
+    return root
+
+
+def food11_to_folders(src: Path, dst: Path) -> Path:
+    """The same files in the folders layout: <split>/<class name>/<file>, classes.txt kept."""
+    names = (src / "classes.txt").read_text().split()
+    for split in FOOD11:
+        for f in sorted((src / split).iterdir()):
+            label = int(f.name.split("_")[0]) if f.name[0].isdigit() else 0
+            (dst / split / names[label]).mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, dst / split / names[label] / f.name)
+    shutil.copy(src / "classes.txt", dst / "classes.txt")
+    return dst
+
+
+def food11_to_csv(src: Path, manifest: Path) -> Path:
+    """The same files listed in a manifest (path,label name,split), paths relative to it."""
+    names = (src / "classes.txt").read_text().split()
+    with manifest.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        for split in FOOD11:
+            for p in sorted((src / split).iterdir()):
+                label = int(p.name.split("_")[0]) if p.name[0].isdigit() else 0
+                w.writerow([os.path.relpath(p, manifest.parent), names[label], split])
+    return manifest
+
+
+@pytest.fixture
+def messy(tmp_path: Path) -> Path:
+    return make_messy_food11(tmp_path / "messy")
