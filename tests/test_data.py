@@ -298,3 +298,17 @@ def test_error_csv_rows(tmp_path: Path):
     _assert_error(tmp_path, root, f"{manifest}, row 1: unknown split 'holdout'")
     manifest.write_text("training/0_0.jpg,0\ntraining/1_4.jpg,1\n")
     _assert_error(tmp_path, root, "Label id 0", f"{manifest}, row 1", "there is no")
+
+
+def test_console_script_runs_and_exits_2_on_bad_data(tmp_path: Path):
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "headstart"
+    ok = subprocess.run([exe, "inspect", "demo", "--out", tmp_path / "demo"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "Training data available in 10 classes" in ok.stdout
+    assert (tmp_path / "demo" / "samples.png").stat().st_size > 10_000
+    bad = subprocess.run([sys.executable, "-m", "headstart", "inspect", tmp_path / "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert f"DATA '{tmp_path / 'nope'}' does not exist" in " ".join(bad.stderr.split())
