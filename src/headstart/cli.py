@@ -119,6 +119,42 @@ def inspect(
               f"{out_dir / hs_data.SUMMARY_JSON}")
 
 
+@app.command()
+def backbones(
+    name: Optional[str] = typer.Argument(None, help="Show one backbone's groups and preprocessing (any timm name)."),
+    weights: str = typer.Option("none", help="With NAME: load these weights (default, bundled, hub, none, or a file)."),
+    num_classes: int = typer.Option(11, help="With NAME: classes of the head (11 as in Food-11)."),
+) -> None:
+    """List the curated backbones, or show one: parameters, freezable groups, preprocessing."""
+    from headstart import backbones as hs_bb
+    from headstart.weights import WeightsError
+
+    if name is None:
+        table = Table(title="Backbones (any timm model name works too)")
+        for col in ("name", "parameters", "groups", "input", "weights"):
+            table.add_column(col, justify="left" if col in ("name", "weights") else "right", no_wrap=True)
+        for row in hs_bb.list_backbones():
+            table.add_row(row["name"], f"{row['params']:,}", str(row["groups"]), str(row["input_size"]), row["weights"])
+        out.print(table)
+        return
+    try:
+        model = hs_bb.create_model(name, num_classes, weights=weights)
+    except (ValueError, WeightsError) as e:
+        raise _fail(str(e)) from None
+    total, body = hs_bb.count_params(model), hs_bb.count_params(model.body)
+    out.print(f"[bold]{name}[/]: {total:,} parameters ({body:,} in the backbone, {total - body:,} in the head)")
+    table = Table(title="Freezable groups, input to output")
+    for col in ("#", "group", "parameters"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+    for i, g in enumerate(model.groups):
+        table.add_row(str(i), g.name, f"{g.num_params():,}")
+    out.print(table)
+    info = hs_bb.REGISTRY.get(name)
+    if info:
+        out.print(f"Hub weights: {info.hub_tag}" + (f" ({info.note})" if info.note else ""))
+    out.print(f"Preprocessing: {model.preprocessing.to_dict()}")
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,159 @@
+"""Weights from files: PyTorch state dicts, safetensors, and the tutorial's Keras .h5."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import photo
+from headstart.backbones import VGG16_KERAS_LAYERS, create_model
+from headstart.weights import CAFFE, WeightsError
+
+# --- Keras .h5 ---------------------------------------------------------------------------
+
+VGG16_BLOCKS = [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]
+
+
+def _keras_vgg16_weights(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Random VGG16 conv weights in Keras layout: kernel (3, 3, in, out), bias (out,)."""
+    rng = np.random.default_rng(seed)
+    out, cin = {}, 3
+    for b, (cout, n) in enumerate(VGG16_BLOCKS, start=1):
+        for i in range(1, n + 1):
+            kernel = rng.normal(0, np.sqrt(2 / (9 * cin)), (3, 3, cin, cout)).astype(np.float32)
+            out[f"block{b}_conv{i}"] = (kernel, rng.normal(0, 0.01, cout).astype(np.float32))
+            cin = cout
+    return out
+
+
+def _write_keras_h5(path: Path, weights: dict) -> Path:
+    """A file laid out as Keras 2's save_weights writes it (the tutorial's notop .h5)."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [n.encode() for n in VGG16_KERAS_LAYERS]
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.2.4"
+        for name in VGG16_KERAS_LAYERS:
+            g = f.create_group(name)
+            if name in weights:
+                names = [f"{name}/kernel:0", f"{name}/bias:0"]
+                g.attrs["weight_names"] = [n.encode() for n in names]
+                for n, value in zip(names, weights[name]):
+                    g.create_dataset(n, data=value)
+            else:
+                g.attrs["weight_names"] = np.array([], dtype="S1")
+    return path
+
+
+def _numpy_vgg16_features(rgb_uint8: np.ndarray, weights: dict) -> np.ndarray:
+    """Keras' VGG16(include_top=False) + GlobalAveragePooling2D, in plain NumPy, with Caffe
+    preprocessing (imagenet_utils.preprocess_input): an independent computation to compare with."""
+    x = rgb_uint8.astype(np.float64)[..., ::-1] - np.array([103.939, 116.779, 123.68])  # RGB->BGR, mean
+    for b, (_, n) in enumerate(VGG16_BLOCKS, start=1):
+        for i in range(1, n + 1):
+            kernel, bias = weights[f"block{b}_conv{i}"]
+            padded = np.pad(x, ((1, 1), (1, 1), (0, 0)))
+            windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(0, 1))  # H,W,C,3,3
+            x = np.maximum(np.einsum("hwcij,ijco->hwo", windows, kernel.astype(np.float64)) + bias, 0)
+        h, w, c = x.shape
+        x = x[: h // 2 * 2, : w // 2 * 2].reshape(h // 2, 2, w // 2, 2, c).max(axis=(1, 3))  # 2x2 max pool
+    return x.mean(axis=(0, 1))
+
+
+def test_keras_h5_loads_into_vgg16_and_matches_an_independent_computation(tmp_path: Path):
+    weights = _keras_vgg16_weights()
+    path = _write_keras_h5(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", weights)
+    model = create_model("vgg16", 11, weights=path, input_size=32).eval()
+    assert model.preprocessing == CAFFE.__class__(**{**CAFFE.__dict__, "input_size": 32})
+    image = photo(3, (32, 32))
+    with torch.no_grad():
+        ours = model.forward_features(model.preprocessing.to_tensor(image)[None])[0].double().numpy()
+    expected = _numpy_vgg16_features(np.asarray(image), weights)
+    assert expected.std() > 0.01  # a real signal, not all zeros
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_keras_h5_for_another_backbone_or_not_keras_is_an_error(tmp_path: Path):
+    path = _write_keras_h5(tmp_path / "w.h5", _keras_vgg16_weights())
+    with pytest.raises(WeightsError, match="supported for vgg16"):
+        create_model("resnet18", 3, weights=path)
+    import h5py
+
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.create_dataset("x", data=np.zeros(3))
+    with pytest.raises(WeightsError, match="not a Keras weights file"):
+        create_model("vgg16", 3, weights=tmp_path / "other.h5")
+
+
+# --- PyTorch and safetensors ---------------------------------------------------------------
+
+
+def _same_outputs(a, b) -> bool:
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return torch.allclose(a.eval().forward_features(x), b.eval().forward_features(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_state_dict_files_load(tmp_path: Path, suffix: str):
+    torch.manual_seed(1)
+    source = create_model("resnet18", 3, weights="none", input_size=64)
+    state = source.body.net.state_dict()
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".pth":
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)  # a DDP checkpoint
+    else:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    loaded = create_model("resnet18", 3, weights=path, input_size=64)
+    assert _same_outputs(source, loaded)
+    assert not _same_outputs(source, create_model("resnet18", 3, weights="none", input_size=64))
+
+
+def test_missing_and_unexpected_keys_are_reported(tmp_path: Path, caplog):
+    state = create_model("resnet18", 3, weights="none").body.net.state_dict()
+    del state["layer4.1.bn2.bias"]
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "w.pt")
+    with caplog.at_level(logging.WARNING, logger="headstart.weights"):
+        create_model("resnet18", 3, weights=tmp_path / "w.pt")
+    text = caplog.text
+    assert "1 missing (left as initialised): layer4.1.bn2.bias" in text
+    assert "1 unexpected (ignored): extra.weight" in text
+
+
+def test_shape_mismatch_and_bad_files_are_clear_errors(tmp_path: Path):
+    state = create_model("resnet18", 3, weights="none").body.net.state_dict()
+    state["conv1.weight"] = torch.zeros(32, 3, 7, 7)
+    torch.save(state, tmp_path / "w.pth")
+    with pytest.raises(WeightsError, match=r"'conv1.weight' has shape \(32, 3, 7, 7\) but the model needs \(64, 3, 7, 7\)"):
+        create_model("resnet18", 3, weights=tmp_path / "w.pth")
+    with pytest.raises(WeightsError, match="does not exist"):
+        create_model("resnet18", 3, weights=tmp_path / "nope.pth")
+    (tmp_path / "w.txt").write_text("x")
+    with pytest.raises(WeightsError, match="Cannot read weights from"):
+        create_model("resnet18", 3, weights=tmp_path / "w.txt")
+    with pytest.raises(WeightsError, match="Unknown weights 'imagenet'"):
+        create_model("resnet18", 3, weights="imagenet")
+    with pytest.raises(WeightsError, match="Only efficientnet_lite0 has bundled weights"):
+        create_model("resnet18", 3, weights="bundled")
+
+
+def test_saved_model_keeps_its_preprocessing_and_outputs(tmp_path: Path):
+    from headstart.backbones import load_model, save_model
+
+    path = _write_keras_h5(tmp_path / "w.h5", _keras_vgg16_weights())
+    model = create_model("vgg16", 4, weights=path, input_size=32).eval()
+    save_model(model, tmp_path / "m.safetensors", extra={"classes": ["a", "b", "c", "d"]})
+    loaded, extra = load_model(tmp_path / "m.safetensors")
+    assert extra == {"classes": ["a", "b", "c", "d"]}
+    assert loaded.preprocessing == model.preprocessing and loaded.preprocessing.channels == "BGR"
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded.eval()(x), atol=1e-5)
