@@ -111,6 +111,7 @@ class Classifier(nn.Module):
     def __init__(self, body: nn.Module, head: nn.Module, groups: list[Group], preprocessing: Preprocessing,
                  *, backbone: str, num_features: int, config: dict):
         super().__init__()
+        self.frozen_modules: list[nn.Module] = []  # set by headstart.strategies; kept in eval mode
         self.body = body
         self.head = head
         self.groups = groups
@@ -127,6 +128,14 @@ class Classifier(nn.Module):
         self.register_buffer("channel_order", torch.tensor(order), persistent=False)
         self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "Classifier":
+        """As ``nn.Module.train``, but frozen layers stay in eval mode: a frozen BatchNorm's running
+        statistics never move (Keras does the same for layers with ``trainable = False``)."""
+        super().train(mode)
+        for m in self.frozen_modules:
+            m.eval()
+        return self
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1] -> what the body's weights expect (channel order, mean, std)."""
