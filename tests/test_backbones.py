@@ -7,10 +7,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import PHOTOS
 from headstart.backbones import REGISTRY, count_params, create_model
 from headstart.cli import app
-from headstart.weights import CAFFE, INCEPTION, Preprocessing
+from headstart.weights import INCEPTION, Preprocessing
 from PIL import Image
 
 runner = CliRunner()

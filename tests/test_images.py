@@ -133,3 +133,9 @@ def test_unreadable_files_raise_with_a_reason(tmp_path: Path, content: bytes, re
     (tmp_path / "x.jpg").write_bytes(content)
     with pytest.raises(ImageError, match=reason):
         load_image(tmp_path / "x.jpg")
+
+
+def test_float_tiff_is_scaled_to_8_bit(tmp_path: Path):
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32)).save(tmp_path / "f.tiff")
+    im = load_image(tmp_path / "f.tiff")
+    assert [im.getpixel((x, 0))[0] for x in range(3)] == [0, 128, 255]

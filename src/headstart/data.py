@@ -24,17 +24,20 @@ folders, say) are drawn from the training images, stratified by class and seeded
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from headstart._files import write_text
 
 log = logging.getLogger(__name__)
 
@@ -439,9 +442,10 @@ def _check_splits(ds: Dataset) -> None:
     empty = [i for i, n in enumerate(counts["training"]) if n == 0]
     if empty:
         i = empty[0]
+        names_from = ds.root / CLASSES_FILE if (ds.root / CLASSES_FILE).exists() else "the data"
         raise DataError(
             f"Class {i} '{ds.classes[i]}' has no training images in {ds.sources.get('training', ds.root)}. "
-            f"Add some, or remove the class from {ds.root / CLASSES_FILE if (ds.root / CLASSES_FILE).exists() else 'the data'}."
+            f"Add some, or remove the class from {names_from}."
         )
 
 
@@ -513,10 +517,13 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB: alpha composited on white, 16-bit scaled, CMYK converted."""
     if im.mode == "RGB":
         return im
-    if im.mode.startswith("I") or im.mode == "F":
-        arr = np.asarray(im, dtype=np.float64)
+    if im.mode.startswith("I"):
         # 16-bit greyscale (PNG, TIFF) opens as I;16 or I: scale 0..65535 to 0..255.
-        arr = arr * 255.0 if im.mode == "F" and arr.max() <= 1.0 else arr / 257.0 if im.mode != "F" else arr
+        arr = np.asarray(im, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "F":  # floating-point TIFF: [0, 1] or already 0..255
+        arr = np.asarray(im, dtype=np.float64)
+        arr = arr * 255.0 if arr.max() <= 1.0 else arr
         return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
@@ -612,8 +619,6 @@ class Summary:
     ignored: list[str]
 
     def to_dict(self) -> dict:
-        from dataclasses import asdict
-
         return asdict(self)
 
 
@@ -669,9 +674,7 @@ def inspect_dataset(
     >>> summary.imbalance
     1.0
     """
-    import json
-
-    from headstart import plots
+    from headstart import plots  # matplotlib loads only when pictures are drawn
 
     ds = load_dataset(data, layout, val_fraction=val_fraction, eval_fraction=eval_fraction, seed=seed)
     ds, images = verify_images(ds, max_pixels=max_pixels, progress=progress)
@@ -684,7 +687,5 @@ def inspect_dataset(
         plots.plot_class_distribution(summary.counts, ds.classes, out / DISTRIBUTION_PNG)
         plots.plot_samples([load_image(s.path, max_pixels) for s in picks],
                            [ds.classes[s.label] for s in picks], out / SAMPLES_PNG)
-        from headstart._files import write_text
-
         write_text(out / SUMMARY_JSON, json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary
