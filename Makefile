@@ -7,8 +7,10 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: demo test install clean
 
+# The embedded demo: look at the data, then train on frozen EfficientNet-Lite0 features (CPU, ~1 min).
 demo: $(STAMP)
-	$(VENV)/bin/headstart inspect demo --out runs/demo
+	$(VENV)/bin/headstart inspect demo --out runs/demo-inspect
+	$(VENV)/bin/headstart train demo --strategy features --input-size 96
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -10,4 +10,13 @@ from headstart.data import DataError, Dataset, load_dataset, load_image, verify_
 from headstart.data import inspect_dataset as inspect
 
 __version__ = "0.1.0"
-__all__ = ["DataError", "Dataset", "inspect", "load_dataset", "load_image", "verify_images"]
+
+
+def __getattr__(name: str):
+    # Training pulls in Lightning; import it only when asked, so `headstart inspect` starts fast.
+    if name in ("fit", "Run"):
+        from headstart import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module 'headstart' has no attribute {name!r}")
+__all__ = ["DataError", "Dataset", "Run", "fit", "inspect", "load_dataset", "load_image", "verify_images"]

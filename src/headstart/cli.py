@@ -155,6 +155,56 @@ def backbones(
     out.print(f"Preprocessing: {model.preprocessing.to_dict()}")
 
 
+@app.command()
+def train(
+    data: Optional[str] = typer.Argument(None, help=DATA_HELP + " Not needed with --resume."),
+    backbone: Optional[str] = typer.Option(None, help="Curated name or any timm model [default: efficientnet_lite0]."),
+    weights: Optional[str] = typer.Option(None, help="default, bundled, hub, none, or a file [default: default]."),
+    strategy: Optional[str] = typer.Option(None, help="features, partial, half, full, gradual or scratch [default: features]."),
+    freeze: Optional[str] = typer.Option(None, help="partial: groups frozen: a count, a fraction, a group name or 'half'."),
+    freeze_layers: Optional[int] = typer.Option(None, help="partial, vgg16: Keras layers frozen (the tutorial's half: 10)."),
+    recipe: Optional[str] = typer.Option(None, help="default (AdamW, cosine, augmentation...) or seed (the tutorial's)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A YAML file of options; flags override it."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs [recipe: 15 default, 10 seed]."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size [32]."),
+    lr: Optional[float] = typer.Option(None, help="Head learning rate [1e-3 default, 1e-5 seed]."),
+    backbone_lr: Optional[float] = typer.Option(None, help="Top backbone group's learning rate [1e-4 default, 1e-5 seed]."),
+    input_size: Optional[int] = typer.Option(None, help="Input size in pixels [the weights': 224]."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random resized crop + flip [default on, seed off]."),
+    early_stopping: Optional[int] = typer.Option(None, help="Patience in epochs on val_loss; 0 = off [5 default, 0 seed]."),
+    unfreeze_every: Optional[int] = typer.Option(None, help="gradual: epochs between unfreezing groups [2]."),
+    seed: Optional[int] = typer.Option(None, help="Random seed [0]."),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic algorithms (slower)."),
+    devices: Optional[str] = typer.Option(None, help="Lightning devices: auto, a count, or a list [auto]."),
+    num_workers: Optional[int] = typer.Option(None, help="DataLoader workers [0: images come from a memory-mapped cache]."),
+    runs_dir: Optional[str] = typer.Option(None, help="Where runs go [runs]."),
+    name: Optional[str] = typer.Option(None, help="Run folder name [backbone-strategy-time]."),
+    resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run from its last.ckpt."),
+) -> None:
+    """Train a pretrained backbone on DATA; writes runs/<name>/ and prints the evaluation accuracy."""
+    from headstart.training import TrainingError, fit
+    from headstart.weights import WeightsError
+
+    options = {k: v for k, v in locals().items() if k not in ("data", "config", "resume", "fit", "TrainingError",
+                                                               "WeightsError") and v is not None}
+    if data is None and resume is None:
+        raise _fail("Pass DATA (a dataset folder, a CSV manifest or 'demo'), or --resume RUN.")
+    try:
+        run = fit(data, config_file=config, resume=resume, progress=err.is_terminal, **options)
+    except (ValueError, TrainingError, WeightsError) as e:
+        raise _fail(str(e)) from None
+    if run.interrupted:
+        err.print(f"[yellow]Interrupted.[/] Resume with: headstart train --resume {run.dir}")
+        raise typer.Exit(130)
+    m = run.metrics
+    out.print(f"Accuracy on evaluation data: {m['accuracy']:.4f}")
+    out.print(f"Number of correctly identified images: {m['correct']} of {m['total']}")
+    out.print(f"Best epoch {m['best_epoch']} of {m['epochs']}; {m['trainable_params']:,} trainable parameters")
+    if m.get("skipped_images"):
+        out.print(f"[yellow]{m['skipped_images']} unreadable image(s) skipped[/] (listed in {run.dir / 'data.json'})")
+    out.print(f"Run: {run.dir}")
+
+
 def main() -> None:
     app()
 

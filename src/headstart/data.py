@@ -429,7 +429,7 @@ def _draw_splits(samples: list[Sample], fractions: dict[str, float], seed: int) 
     return sorted(out, key=lambda s: (SPLITS.index(s.split), str(s.path)))
 
 
-def _check_splits(ds: Dataset) -> None:
+def check_splits(ds: Dataset) -> None:
     """Every split has images and every class has training images, or a DataError."""
     counts = ds.counts()
     for split in SPLITS:
@@ -506,7 +506,7 @@ def load_dataset(
     if drawn:
         samples = _draw_splits(samples, drawn, seed)
     ds = Dataset(root, layout, classes, samples, ignored, problems, tuple(drawn), sources)
-    _check_splits(ds)
+    check_splits(ds)
     return ds
 
 
@@ -532,7 +532,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _decode(path: Path, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
+def decode_image(path: Path, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
     try:
         if path.stat().st_size == 0:
             raise ImageError("empty file (0 bytes)")
@@ -566,7 +566,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
     Greyscale, palette, CMYK and 16-bit images are converted; transparency is composited on
     white; a GIF or multi-page TIFF gives its first frame. Raises ImageError with the reason.
     """
-    return _decode(Path(path), max_pixels)[0]
+    return decode_image(Path(path), max_pixels)[0]
 
 
 def verify_images(
@@ -581,7 +581,7 @@ def verify_images(
 
     def check(sample: Sample) -> ImageInfo | Problem:
         try:
-            return _decode(sample.path, max_pixels)[1]
+            return decode_image(sample.path, max_pixels)[1]
         except ImageError as e:
             return Problem(sample.path, str(e))
 
@@ -594,7 +594,7 @@ def verify_images(
         log.warning("skipping %s: %s", p.path, p.reason)
     keep = [s for s, r in zip(ds.samples, results) if isinstance(r, ImageInfo)]
     clean = Dataset(ds.root, ds.layout, ds.classes, keep, ds.ignored, ds.problems + bad, ds.drawn, ds.sources)
-    _check_splits(clean)
+    check_splits(clean)
     return clean, [r for r in results if isinstance(r, ImageInfo)]
 
 

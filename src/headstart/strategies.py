@@ -155,14 +155,16 @@ def unfreeze_top(model: Classifier, count: int) -> list[str]:
     return [g.name for g in groups]
 
 
-def param_groups(model: Classifier, head_lr: float, body_lr: float, decay: float = 1.0) -> list[dict]:
+def param_groups(model: Classifier, head_lr: float, body_lr: float, decay: float = 1.0,
+                 include_frozen: bool = False) -> list[dict]:
     """Optimizer parameter groups for what trains: the head at ``head_lr``, backbone group i (of n)
     at ``body_lr * decay ** (n - 1 - i)`` (lower groups learn slower, as in fastai's
-    ``slice(lr/100, lr)``). Frozen parameters are left out, so they get no optimizer state."""
+    ``slice(lr/100, lr)``). Frozen parameters are left out, so they get no optimizer state;
+    ``include_frozen`` keeps them in (gradual unfreezing opens them later)."""
     out = [{"name": "head", "params": [p for p in model.head.parameters() if p.requires_grad], "lr": head_lr}]
     n = len(model.groups)
     for i, g in enumerate(model.groups):
-        params = [p for p in g.params if p.requires_grad]
+        params = [p for p in g.params if p.requires_grad or include_frozen]
         if params:
             out.append({"name": g.name, "params": params, "lr": body_lr * decay ** (n - 1 - i)})
     return [g for g in out if g["params"]]

@@ -1,0 +1,113 @@
+"""Decode once: every image decoded and resized one time, kept as uint8 in a memory-mapped file.
+
+The tutorial loads every image into memory as float32 (about 6 GB for Food-11) each time it
+runs. Here the decoded, resized pixels of a dataset are written once to
+``<cache dir>/images/<key>.npy`` and memory-mapped by every run and strategy after that: memory
+stays bounded by the pages in use, not by the dataset's size.
+
+The key covers each file's identity (path, size, modification time) and the target size and
+resize method, so a changed file means a new cache. Files are written under a temporary name
+and renamed into place, so two runs building the same cache at once cannot corrupt it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from headstart.data import MAX_PIXELS, Dataset, ImageError, Problem, Sample, check_splits, decode_image
+from headstart.weights import Preprocessing
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """``$HEADSTART_CACHE``, else ``~/.cache/headstart``."""
+    return Path(os.environ.get("HEADSTART_CACHE") or Path.home() / ".cache" / "headstart")
+
+
+def cache_key(samples: list[Sample], pre: Preprocessing) -> str:
+    h = hashlib.sha256()
+    h.update(f"{pre.input_size}|{pre.resize}|{pre.interpolation}".encode())
+    for s in samples:
+        st = s.path.stat()
+        h.update(f"\n{s.path}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def _build(samples: list[Sample], pre: Preprocessing, npy: Path, index: Path, progress: bool) -> None:
+    from rich.progress import track
+
+    size = pre.input_size
+    tmp = npy.with_name(f".{npy.stem}.{os.getpid()}.{os.urandom(4).hex()}.npy")
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(samples), size, size, 3))
+
+    def work(i: int) -> str | None:
+        try:
+            image, _ = decode_image(samples[i].path, MAX_PIXELS)
+        except ImageError as e:
+            return str(e)
+        array[i] = np.asarray(pre.resize_image(image), dtype=np.uint8)
+        return None
+
+    try:
+        # Pillow releases the GIL while decoding and resizing: threads work in parallel.
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            errors = list(track(pool.map(work, range(len(samples))), total=len(samples),
+                                description="Decoding images (once)", disable=not progress, transient=True))
+        array.flush()
+        del array
+        tmp_index = index.with_name(tmp.stem + ".json")
+        tmp_index.write_text(json.dumps({"paths": [str(s.path) for s in samples], "errors": errors}))
+        os.replace(tmp, npy)  # the index last: a reader that finds it finds a whole array
+        os.replace(tmp_index, index)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class ImageStore:
+    """Decoded images by sample index: ``store[i]`` is sample i's (size, size, 3) uint8 pixels."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray):
+        self.array, self.rows = array, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.array[self.rows[i]]
+
+
+def decoded_images(
+    ds: Dataset, pre: Preprocessing, *, progress: bool = True, directory: Path | None = None
+) -> tuple[Dataset, ImageStore]:
+    """The dataset without broken images, and the decoded pixels of each of its samples.
+
+    Broken images are dropped and listed in ``problems`` with their reason (and a warning), as
+    ``verify_images`` does; the cache remembers them, so they are not decoded again either.
+    """
+    root = (directory or cache_dir()) / "images"
+    root.mkdir(parents=True, exist_ok=True)
+    key = cache_key(ds.samples, pre)
+    npy, index = root / f"{key}.npy", root / f"{key}.json"
+    if index.exists() and npy.exists():
+        log.info("decoded images from the cache %s", npy)
+    else:
+        _build(ds.samples, pre, npy, index, progress)
+    errors = json.loads(index.read_text())["errors"]
+    array = np.load(npy, mmap_mode="r")
+    bad = [Problem(s.path, e) for s, e in zip(ds.samples, errors) if e]
+    for p in bad:
+        log.warning("skipping %s: %s", p.path, p.reason)
+    rows = np.array([i for i, e in enumerate(errors) if not e], dtype=np.int64)
+    if bad:
+        ds = Dataset(ds.root, ds.layout, ds.classes, [ds.samples[i] for i in rows], ds.ignored,
+                     ds.problems + bad, ds.drawn, ds.sources)
+        check_splits(ds)
+    return ds, ImageStore(array, rows)

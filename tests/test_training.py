@@ -1,0 +1,165 @@
+"""Training: the run folder, the features cache, the tutorial's seed recipe, and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from headstart import backbones
+from headstart.backbones import create_model
+from headstart.config import resolve_config
+from headstart.strategies import apply_strategy
+from headstart.training import Run, TrainingError, TransferModule, fit
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    # One decoded-image cache for the whole session, outside the runs.
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+FAST = dict(input_size=64, batch_size=64)
+
+
+def test_features_on_demo_computes_the_backbone_once_and_learns(tmp_path: Path, monkeypatch):
+    seen = []
+    forward = backbones.TimmBody.forward
+    monkeypatch.setattr(backbones.TimmBody, "forward", lambda self, x: (seen.append(len(x)), forward(self, x))[1])
+    run = fit("demo", strategy="features", epochs=8, runs_dir=tmp_path, name="f", **FAST)
+    assert sum(seen) == 1500  # every demo image through the backbone exactly once, for 8 epochs
+    m = run.metrics
+    assert m["total"] == 300 and m["correct"] == round(m["accuracy"] * 300)
+    assert m["accuracy"] >= 0.75, m  # frozen ImageNet features separate Fashion-MNIST well
+    assert m["trainable_params"] == 1280 * 100 + 100 + 100 * 10 + 10  # the head only
+
+    files = {p.relative_to(run.dir).as_posix() for p in run.dir.rglob("*") if p.is_file()}
+    assert {"config.yaml", "history.csv", "data.json", "metrics.json",
+            "checkpoints/best.ckpt", "checkpoints/last.ckpt"} <= files
+    with (run.dir / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
+    assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "backbone_lr", "trainable", "seconds"}
+    best_epoch = min(rows, key=lambda r: float(r["val_loss"]))["epoch"]
+    assert m["best_epoch"] == int(best_epoch)
+    config = yaml.safe_load((run.dir / "config.yaml").read_text())
+    assert config["strategy"] == "features" and config["input_size"] == 64 and config["recipe"] == "default"
+    assert Run.load(run.dir).metrics == json.loads((run.dir / "metrics.json").read_text())
+    ckpt = torch.load(run.best_checkpoint, map_location="cpu", weights_only=False)
+    assert ckpt["headstart"]["classes"][0] == "T-shirt/top"
+    assert ckpt["headstart"]["preprocessing"]["input_size"] == 64
+    assert ckpt["headstart"]["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+
+
+class _Capture(L.Callback):
+    def on_train_start(self, trainer, module):
+        self.optimizer = trainer.optimizers[0]
+        self.model = module.model
+
+
+def test_half_trains_only_the_top_and_frozen_batchnorm_never_moves(tmp_path: Path):
+    capture = _Capture()
+    run = fit("demo", strategy="half", epochs=1, runs_dir=tmp_path, name="h", callbacks=[capture],
+              input_size=32, batch_size=128, augment=False)
+    model = capture.model
+    frozen, open_ = model.groups[:4], model.groups[4:]
+    in_optimizer = {id(p) for g in capture.optimizer.param_groups for p in g["params"]}
+    assert in_optimizer == {id(p) for p in model.parameters() if p.requires_grad}
+    assert not any(id(p) in in_optimizer for g in frozen for p in g.params)
+    assert all(id(p) in in_optimizer for g in open_ for p in g.params)
+    # The frozen BatchNorm statistics are still the pretrained ones after training.
+    pretrained = create_model("efficientnet_lite0", 10, input_size=32)
+    trained = {k.removeprefix("model."): v for k, v in torch.load(run.last_checkpoint, weights_only=False)["state_dict"].items()}
+    reference = pretrained.state_dict()
+    names = {m: n for n, m in model.named_modules()}
+    frozen_bn = [names[m] for g in frozen for m in g.modules if isinstance(m, nn.BatchNorm2d)]
+    open_bn = [names[m] for g in open_ for m in g.modules if isinstance(m, nn.BatchNorm2d)]
+    assert frozen_bn and open_bn
+    assert all(torch.equal(trained[f"{n}.running_mean"], reference[f"{n}.running_mean"]) for n in frozen_bn)
+    assert not all(torch.equal(trained[f"{n}.running_mean"], reference[f"{n}.running_mean"]) for n in open_bn)
+
+
+def test_seed_recipe_builds_the_tutorials_vgg16_and_optimizer():
+    cfg = resolve_config(recipe="seed", overrides={"backbone": "vgg16", "strategy": "partial", "freeze_layers": 10})
+    assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs, cfg.augment, cfg.input_size) == ("adam", 1e-5, 32, 10, False, 224)
+    assert cfg.early_stopping == 0 and cfg.label_smoothing == 0 and cfg.schedule == "constant"
+    model = create_model("vgg16", 11, weights="none")
+    apply_strategy(model, cfg.strategy, freeze_layers=cfg.freeze_layers)
+    opt = TransferModule(model, cfg, False, 10, {}).configure_optimizers()["optimizer"]
+    assert type(opt) is torch.optim.Adam
+    assert {g["lr"] for g in opt.param_groups} == {1e-5}
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == 13_031_611
+
+
+def test_default_recipe_values_and_overrides(tmp_path: Path):
+    (tmp_path / "run.yaml").write_text("epochs: 3\nlr: 0.01\nrecipe: seed\n")
+    cfg = resolve_config(yaml_path=tmp_path / "run.yaml", overrides={"lr": "0.5"})
+    assert (cfg.recipe, cfg.epochs, cfg.lr, cfg.batch_size) == ("seed", 3, 0.5, 32)  # flags beat YAML beat recipe
+    default = resolve_config()
+    assert (default.optimizer, default.schedule, default.augment, default.early_stopping) == ("adamw", "cosine", True, 5)
+    assert default.label_smoothing > 0 and default.backbone_lr < default.lr
+    with pytest.raises(ValueError, match="Unknown recipe 'fast'. Choose one of: default, seed"):
+        resolve_config(recipe="fast")
+    with pytest.raises(ValueError, match="Unknown strategy 'most'. Choose one of: features, partial"):
+        resolve_config(overrides={"strategy": "most"})
+    with pytest.raises(ValueError, match="Unknown option.*epoch\\b"):
+        resolve_config(overrides={"epoch": 3})
+
+
+class _StopAfter(L.Callback):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, module):
+        if trainer.current_epoch + 1 == self.epoch:
+            raise KeyboardInterrupt  # what Ctrl-C does
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path):
+    opts = dict(strategy="features", epochs=4, deterministic=True, runs_dir=tmp_path, early_stopping=0, **FAST)
+    whole = fit("demo", name="whole", **opts)
+    stopped = fit("demo", name="stopped", callbacks=[_StopAfter(2)], **opts)
+    assert stopped.interrupted and stopped.last_checkpoint.exists() and not stopped.metrics
+    assert [r["epoch"] for r in stopped.history] == [1, 2]
+    resumed = fit(resume=stopped.dir)
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert strip(resumed.history) == strip(whole.history)
+    assert resumed.metrics == whole.metrics
+    with pytest.raises(TrainingError, match="its config differs \\(epochs: the run has 4, asked 6\\)"):
+        fit(resume=stopped.dir, epochs=6)
+
+
+def test_bad_input_writes_nothing(tmp_path: Path):
+    with pytest.raises(ValueError, match="Unknown backbone 'vgg61'"):
+        fit("demo", backbone="vgg61", runs_dir=tmp_path)
+    with pytest.raises(ValueError, match="freeze must be 0-9. Received: freeze=20"):
+        fit("demo", strategy="partial", freeze="20", runs_dir=tmp_path, **FAST)
+    assert not any(tmp_path.iterdir())
+
+
+def test_train_cli_end_to_end_and_exit_codes(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["train", "demo", "--epochs", "2", "--input-size", "64", "--runs-dir", str(tmp_path),
+                             "--name", "cli"])
+    assert ok.exit_code == 0, ok.output
+    metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert f"Number of correctly identified images: {metrics['correct']} of 300" in ok.output
+    assert f"Run: {tmp_path / 'cli'}" in ok.output
+    again = runner.invoke(app, ["train", "demo", "--runs-dir", str(tmp_path), "--name", "cli", "--input-size", "64"])
+    assert again.exit_code == 2 and "already exists" in again.output
+    bad = runner.invoke(app, ["train", "demo", "--recipe", "quick"])
+    assert bad.exit_code == 2 and "Unknown recipe 'quick'. Choose one of: default, seed" in bad.output
+    assert runner.invoke(app, ["train"]).exit_code == 2
