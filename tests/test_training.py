@@ -133,7 +133,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
     assert strip(resumed.history) == strip(whole.history)
-    assert resumed.metrics == whole.metrics
+    timing = ("setup_seconds", "train_seconds")
+    assert {k: v for k, v in resumed.metrics.items() if k not in timing} == {
+        k: v for k, v in whole.metrics.items() if k not in timing}
     with pytest.raises(TrainingError, match="its config differs \\(epochs: the run has 4, asked 6\\)"):
         fit(resume=stopped.dir, epochs=6)
 
@@ -163,3 +165,15 @@ def test_train_cli_end_to_end_and_exit_codes(tmp_path: Path):
     bad = runner.invoke(app, ["train", "demo", "--recipe", "quick"])
     assert bad.exit_code == 2 and "Unknown recipe 'quick'. Choose one of: default, seed" in bad.output
     assert runner.invoke(app, ["train"]).exit_code == 2
+
+
+def test_resume_refuses_changed_data(tmp_path: Path):
+    from conftest import make_food11, photo
+
+    data = make_food11(tmp_path / "data", {"training": [6, 6], "validation": [2, 2], "evaluation": [2, 2]})
+    stopped = fit(data, strategy="features", epochs=3, input_size=32, runs_dir=tmp_path / "runs", name="r",
+                  callbacks=[_StopAfter(1)])
+    assert stopped.interrupted
+    photo(50).save(data / "training" / "1_99.jpg")
+    with pytest.raises(TrainingError, match="the data changed since it started"):
+        fit(resume=stopped.dir)

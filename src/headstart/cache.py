@@ -62,7 +62,6 @@ def _build(samples: list[Sample], pre: Preprocessing, npy: Path, index: Path, pr
             errors = list(track(pool.map(work, range(len(samples))), total=len(samples),
                                 description="Decoding images (once)", disable=not progress, transient=True))
         array.flush()
-        del array
         tmp_index = index.with_name(tmp.stem + ".json")
         tmp_index.write_text(json.dumps({"paths": [str(s.path) for s in samples], "errors": errors}))
         os.replace(tmp, npy)  # the index last: a reader that finds it finds a whole array

@@ -353,6 +353,37 @@ def _evaluate(module: TransferModule, loader: DataLoader) -> dict:
     return {"accuracy": correct / max(total, 1), "correct": correct, "total": total, "loss": losses / max(total, 1)}
 
 
+def _resume_config(run_dir: Path, overrides: dict, config_file: str | Path | None) -> TrainConfig:
+    """The saved config of a run to resume; options asked for now must agree with it."""
+    cfg = Run.load(run_dir).config
+    asked = {**(read_yaml(config_file) if config_file else {}), **overrides}
+    unknown = sorted(k for k in asked if not hasattr(cfg, k))
+    if unknown:
+        raise TrainingError(f"Unknown option(s): {', '.join(unknown)}.")
+    diff = {k: (getattr(cfg, k), coerce(k, v)) for k, v in asked.items() if getattr(cfg, k) != coerce(k, v)}
+    if diff:
+        shown = ", ".join(f"{k}: the run has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
+        raise TrainingError(f"Cannot resume {run_dir}: its config differs ({shown}). Resume without "
+                            "those options, or start a new run.")
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        raise TrainingError(f"Cannot resume {run_dir}: it has no checkpoints/last.ckpt (it never finished an epoch).")
+    return cfg
+
+
+def _datasets(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStore, progress: bool) -> dict:
+    """Per split, what the trainer reads: pooled features (computed once) on ``features``, images otherwise."""
+    splits = split_indices(ds)
+    if cfg.strategy != "features":
+        return {s: ImageSet(store, idx, y, augment=cfg.augment and s == "training") for s, (idx, y) in splits.items()}
+    if cfg.augment:
+        log.info("features: augmentation is off, the backbone's features are computed once")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = {s: TensorDataset(extract_features(model, store, idx, device=device, progress=progress), torch.tensor(y))
+           for s, (idx, y) in splits.items()}
+    model.cpu()
+    return out
+
+
 def fit(
     data: str | Path | None = None,
     *,
@@ -371,26 +402,13 @@ def fit(
     _quiet_lightning()
     if data is not None:
         overrides["data"] = str(data)
-    ckpt_path = None
     if resume is not None:
-        run_dir = Path(resume)
-        cfg = Run.load(run_dir).config
-        asked = {**(read_yaml(config_file) if config_file else {}), **overrides}
-        unknown = sorted(k for k in asked if not hasattr(cfg, k))
-        if unknown:
-            raise TrainingError(f"Unknown option(s): {', '.join(unknown)}.")
-        diff = {k: (getattr(cfg, k), coerce(k, v)) for k, v in asked.items() if getattr(cfg, k) != coerce(k, v)}
-        if diff:
-            shown = ", ".join(f"{k}: the run has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
-            raise TrainingError(f"Cannot resume {run_dir}: its config differs ({shown}). Resume without "
-                                "those options, or start a new run.")
-        ckpt_path = run_dir / "checkpoints" / "last.ckpt"
-        if not ckpt_path.is_file():
-            raise TrainingError(f"Cannot resume {run_dir}: it has no checkpoints/last.ckpt (it never finished an epoch).")
+        run_dir, cfg = Path(resume), _resume_config(Path(resume), overrides, config_file)
     else:
         cfg = config or resolve_config(overrides.get("recipe"), config_file, overrides)
 
     # Everything that can fail on bad input happens before the run folder is made.
+    started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ds = load_dataset(cfg.data, cfg.layout, val_fraction=cfg.val_fraction, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
     scratch = cfg.strategy == "scratch"
@@ -407,17 +425,7 @@ def fit(
     else:
         run_dir = _run_dir(cfg)
 
-    splits = split_indices(ds)
-    on_features = cfg.strategy == "features"
-    if on_features:
-        if cfg.augment:
-            log.info("features: augmentation is off, the backbone's features are computed once")
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        tensors = {s: TensorDataset(extract_features(model, store, idx, device=device, progress=progress), torch.tensor(y))
-                   for s, (idx, y) in splits.items()}
-        model.cpu()
-    else:
-        tensors = {s: ImageSet(store, idx, y, augment=cfg.augment and s == "training") for s, (idx, y) in splits.items()}
+    tensors = _datasets(cfg, model, ds, store, progress)
     train_set = tensors["training"]
     loaders = {
         s: DataLoader(t, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
@@ -427,7 +435,7 @@ def fit(
     }
     steps = math.ceil(len(train_set) / cfg.batch_size)
     extra = {"classes": ds.classes, "strategy_plan": plan.__dict__}
-    module = TransferModule(model, cfg, on_features, steps, extra)
+    module = TransferModule(model, cfg, cfg.strategy == "features", steps, extra)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -436,11 +444,13 @@ def fit(
         "fingerprint": fingerprint, "problems": [{"path": str(p.path), "reason": p.reason} for p in ds.problems],
         "ignored": len(ds.ignored),
     }, indent=2) + "\n")
+    setup_seconds = time.perf_counter() - started  # reading, decoding (once), features (once)
     history = History(run_dir / "history.csv")
     trainer = _trainer(cfg, run_dir, progress, [history, *(callbacks or [])])
     sigint = signal.getsignal(signal.SIGINT)
     interrupted = False
     try:
+        ckpt_path = run_dir / "checkpoints" / "last.ckpt" if resume is not None else None
         trainer.fit(module, loaders["training"], loaders["validation"], ckpt_path=ckpt_path)
     except SystemExit:
         # Lightning turns Ctrl-C into a graceful shutdown and then sys.exit(1); a library keeps going.
@@ -464,6 +474,7 @@ def fit(
     run.metrics = {**_evaluate(module, loaders["evaluation"]), "split": "evaluation", "best_epoch": best_epoch,
                    "epochs": len(history.rows), "trainable_params": count_params(model, trainable_only=True),
                    "strategy": cfg.strategy, "backbone": cfg.backbone, "recipe": cfg.recipe,
-                   "skipped_images": len(ds.problems)}
+                   "skipped_images": len(ds.problems), "setup_seconds": round(setup_seconds, 2),
+                   "train_seconds": round(sum(r["seconds"] for r in history.rows), 2)}
     write_text(run_dir / "metrics.json", json.dumps(run.metrics, indent=2) + "\n")
     return run
