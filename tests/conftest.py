@@ -92,3 +92,12 @@ def food11_to_csv(src: Path, manifest: Path) -> Path:
 @pytest.fixture
 def messy(tmp_path: Path) -> Path:
     return make_messy_food11(tmp_path / "messy")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One short features run on the demo data (64 px), shared by the evaluation and report tests."""
+    from headstart.training import fit
+
+    os.environ["HEADSTART_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+    return fit("demo", strategy="features", epochs=4, input_size=64, runs_dir=tmp_path_factory.mktemp("runs"), name="demo")

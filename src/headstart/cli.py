@@ -205,6 +205,93 @@ def train(
     out.print(f"Run: {run.dir}")
 
 
+def _print_evaluation(ev) -> None:
+    out.print(f"Accuracy on {ev.split} data: {ev.accuracy:.4f}")
+    out.print(f"Number of correctly identified images: {ev.correct} of {ev.total}")
+    for k, v in ev.top_k.items():
+        out.print(f"Top-{k} accuracy: {v:.4f}")
+    table = Table(title=f"Confusion matrix ({ev.split}): rows true, columns predicted")
+    table.add_column("true \\ predicted")
+    for i in range(len(ev.classes)):
+        table.add_column(str(i), justify="right")
+    for i, (name, row) in enumerate(zip(ev.classes, ev.confusion)):
+        table.add_row(f"{i} {name}", *[f"[bold]{v}[/]" if j == i else str(v) for j, v in enumerate(row.tolist())])
+    out.print(table)
+    per = Table(title="Per class")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        per.add_column(col, justify="left" if col == "class" else "right")
+    for r in ev.per_class:
+        per.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+    out.print(per)
+    if ev.most_confused:
+        out.print("Most confused: " + "; ".join(f"{c['true']} -> {c['predicted']} ({c['count']})" for c in ev.most_confused))
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="A run folder (runs/NAME)."),
+    data: Optional[str] = typer.Option(None, help="Evaluate on other data with the same classes [the run's]."),
+    split: str = typer.Option("evaluation", help="training, validation or evaluation."),
+) -> None:
+    """Accuracy, number correct, confusion matrix, per-class scores and top-k of a run's best checkpoint."""
+    from headstart import plots
+    from headstart.evaluation import evaluate_run
+    from headstart.training import TrainingError
+
+    try:
+        ev, _ = evaluate_run(run, data, split, progress=err.is_terminal)
+    except (ValueError, TrainingError) as e:
+        raise _fail(str(e)) from None
+    _print_evaluation(ev)
+    suffix = "" if split == "evaluation" else f"-{split}"
+    picture = plots.plot_confusion(ev.confusion, ev.classes, run / f"confusion_matrix{suffix}.png")
+    out.print(f"Wrote {run / f'metrics{suffix}.json'}, {run / f'confusion_matrix{suffix}.csv'}, {picture}")
+
+
+@app.command()
+def compare(
+    data: str = typer.Argument(..., help=DATA_HELP),
+    strategies: str = typer.Option("features,half,full", help="Comma-separated strategies to compare."),
+    backbone: Optional[str] = typer.Option(None, help="Backbone for every strategy [efficientnet_lite0]."),
+    weights: Optional[str] = typer.Option(None, help="default, bundled, hub, none, or a file."),
+    recipe: Optional[str] = typer.Option(None, help="default or seed (the tutorial's)."),
+    freeze_layers: Optional[int] = typer.Option(None, help="vgg16: Keras layers frozen by 'half' (the tutorial: 10)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per strategy [recipe's]."),
+    input_size: Optional[int] = typer.Option(None, help="Input size in pixels [the weights': 224]."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size [32]."),
+    seed: Optional[int] = typer.Option(None, help="Random seed, the same for every strategy [0]."),
+    runs_dir: str = typer.Option("runs", help="Where the comparison folder goes."),
+    name: Optional[str] = typer.Option(None, help="Comparison folder name [compare-<data>-<time>]."),
+) -> None:
+    """Train several strategies on the same data and seed; one report compares them."""
+    from headstart.compare import compare as run_compare
+    from headstart.training import TrainingError
+    from headstart.weights import WeightsError
+
+    options = {k: v for k, v in dict(backbone=backbone, weights=weights, recipe=recipe, epochs=epochs,
+                                      input_size=input_size, batch_size=batch_size, seed=seed).items() if v is not None}
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    if freeze_layers is not None:
+        names = ["partial" if s == "half" else s for s in names]
+        options["freeze_layers"] = freeze_layers
+    try:
+        result = run_compare(data, names, runs_dir=runs_dir, name=name, progress=err.is_terminal, **options)
+    except (ValueError, TrainingError, WeightsError) as e:
+        raise _fail(str(e)) from None
+    except KeyboardInterrupt:
+        raise _fail("Interrupted.", 130) from None
+    table = Table(title="Comparison")
+    for col in ("strategy", "trainable", "best epoch", "val acc", "eval acc", "correct", "s/epoch", "total s"):
+        table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
+    for r in result.rows:
+        table.add_row(r["strategy"], f"{r['trainable']:,}", str(r["best_epoch"]), f"{r['val_accuracy']:.3f}",
+                      f"{r['accuracy']:.3f}", f"{r['correct']}/{r['total']}", f"{r['seconds_per_epoch']:.2f}",
+                      f"{r['total_seconds']:.0f}")
+    out.print(table)
+    out.print(result.reading)
+    out.print(f"Report: {result.report}")
+
+
 def main() -> None:
     app()
 

@@ -38,6 +38,8 @@ from headstart.backbones import Classifier, count_params, create_model
 from headstart.cache import ImageStore, decoded_images
 from headstart.config import TrainConfig, coerce, load_config, read_yaml, resolve_config, save_config
 from headstart.data import Dataset, load_dataset
+from headstart.evaluation import compute, write_evaluation
+from headstart.report import write_run_report
 
 log = logging.getLogger(__name__)
 
@@ -340,17 +342,15 @@ def _quiet_lightning() -> None:
 
 
 @torch.inference_mode()
-def _evaluate(module: TransferModule, loader: DataLoader) -> dict:
+def _predict(module: TransferModule, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and targets over a loader (images or features, as the module trains)."""
     module.eval()
     device = next(module.parameters()).device
-    losses, correct, total = 0.0, 0, 0
+    probs, targets = [], []
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        logits = module(x).float()
-        losses += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        correct += int((logits.argmax(1) == y).sum())
-        total += len(y)
-    return {"accuracy": correct / max(total, 1), "correct": correct, "total": total, "loss": losses / max(total, 1)}
+        probs.append(module(x.to(device)).float().softmax(1).cpu().numpy())
+        targets.append(np.asarray(y))
+    return np.concatenate(probs), np.concatenate(targets)
 
 
 def _resume_config(run_dir: Path, overrides: dict, config_file: str | Path | None) -> TrainConfig:
@@ -471,10 +471,15 @@ def fit(
     state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
     module.load_state_dict(state)
     best_epoch = min(history.rows, key=lambda r: r["val_loss"])["epoch"] if history.rows else 0
-    run.metrics = {**_evaluate(module, loaders["evaluation"]), "split": "evaluation", "best_epoch": best_epoch,
-                   "epochs": len(history.rows), "trainable_params": count_params(model, trainable_only=True),
-                   "strategy": cfg.strategy, "backbone": cfg.backbone, "recipe": cfg.recipe,
-                   "skipped_images": len(ds.problems), "setup_seconds": round(setup_seconds, 2),
+    probs, targets = _predict(module, loaders["evaluation"])
+    eval_idx = [i for i, s in enumerate(ds.samples) if s.split == "evaluation"]
+    ev = compute(targets, probs, ds.classes, "evaluation", [str(ds.samples[i].path) for i in eval_idx])
+    run.metrics = {"best_epoch": best_epoch, "epochs": len(history.rows),
+                   "trainable_params": count_params(model, trainable_only=True), "strategy": cfg.strategy,
+                   "backbone": cfg.backbone, "recipe": cfg.recipe, "skipped_images": len(ds.problems),
+                   "setup_seconds": round(setup_seconds, 2),
                    "train_seconds": round(sum(r["seconds"] for r in history.rows), 2)}
-    write_text(run_dir / "metrics.json", json.dumps(run.metrics, indent=2) + "\n")
+    write_evaluation(ev, run_dir, run.metrics)
+    run.metrics = {**run.metrics, **ev.to_dict()}
+    write_run_report(run, ev, [store[i] for i in eval_idx], json.loads((run_dir / "data.json").read_text()))
     return run

@@ -1,0 +1,163 @@
+"""Evaluation: the tutorial's test evaluation (accuracy, number correct, confusion matrix) and
+more — per-class precision/recall/F1, top-k accuracy, the most-confused pairs.
+
+Computing is here; drawing is in ``headstart.plots``. Metrics come from torchmetrics.
+
+>>> ev = evaluate_run("runs/efficientnet_lite0-features-...")          # doctest: +SKIP
+>>> ev.accuracy, ev.correct, ev.total                                  # doctest: +SKIP
+(0.8167, 245, 300)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import (
+    multiclass_accuracy, multiclass_confusion_matrix, multiclass_f1_score, multiclass_precision, multiclass_recall,
+)
+
+from headstart._files import write_text
+from headstart.backbones import Classifier, create_model
+from headstart.weights import Preprocessing
+
+SPLITS = ("training", "validation", "evaluation")
+
+
+@dataclass
+class Evaluation:
+    """Predictions on one split and everything computed from them."""
+
+    split: str
+    classes: list[str]
+    targets: np.ndarray  # (N,) class ids
+    probs: np.ndarray  # (N, C) softmax probabilities
+    paths: list[str] = field(default_factory=list)
+    accuracy: float = 0.0
+    correct: int = 0
+    total: int = 0
+    loss: float = 0.0
+    confusion: np.ndarray | None = None  # (C, C): rows true class, columns predicted
+    per_class: list[dict] = field(default_factory=list)
+    top_k: dict[int, float] = field(default_factory=dict)
+    most_confused: list[dict] = field(default_factory=list)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.probs.argmax(1)
+
+    def to_dict(self) -> dict:
+        return {
+            "split": self.split, "accuracy": self.accuracy, "correct": self.correct, "total": self.total,
+            "loss": self.loss, "top_k": {f"top{k}": v for k, v in self.top_k.items()},
+            "per_class": self.per_class, "most_confused": self.most_confused,
+            "confusion_matrix": self.confusion.tolist() if self.confusion is not None else None,
+        }
+
+    def confusion_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["true \\ predicted", *self.classes])
+        for name, row in zip(self.classes, self.confusion):
+            w.writerow([name, *row.tolist()])
+        return buf.getvalue()
+
+    def wrong_by_confidence(self, n: int = 16) -> list[int]:
+        """Indices of the most confidently wrong predictions, most confident first."""
+        wrong = np.flatnonzero(self.predictions != self.targets)
+        return wrong[np.argsort(-self.probs[wrong].max(1), kind="stable")][:n].tolist()
+
+
+def compute(targets: np.ndarray, probs: np.ndarray, classes: list[str], split: str = "evaluation",
+            paths: list[str] | None = None) -> Evaluation:
+    """All the metrics of one split from its targets and predicted probabilities."""
+    c = len(classes)
+    t, p = torch.as_tensor(targets, dtype=torch.long), torch.as_tensor(probs, dtype=torch.float32)
+    ev = Evaluation(split, list(classes), np.asarray(targets), np.asarray(probs), list(paths or []))
+    ev.total = len(t)
+    ev.correct = int((p.argmax(1) == t).sum())
+    ev.accuracy = ev.correct / ev.total if ev.total else 0.0  # exact; torchmetrics' micro accuracy is float32
+    ev.loss = float(torch.nn.functional.nll_loss(p.clamp_min(1e-12).log(), t)) if len(t) else 0.0
+    ev.confusion = multiclass_confusion_matrix(p, t, num_classes=c).numpy()
+    scores = {name: fn(p, t, num_classes=c, average=None).tolist()
+              for name, fn in (("precision", multiclass_precision), ("recall", multiclass_recall),
+                               ("f1", multiclass_f1_score))}
+    support = ev.confusion.sum(1)
+    ev.per_class = [{"class": classes[i], "precision": scores["precision"][i], "recall": scores["recall"][i],
+                     "f1": scores["f1"][i], "support": int(support[i])} for i in range(c)]
+    if c > 5:  # top-k means something only with more classes than k
+        ev.top_k = {k: float(multiclass_accuracy(p, t, num_classes=c, top_k=k, average="micro")) for k in (3, 5)}
+    off = [(int(ev.confusion[i, j]), i, j) for i in range(c) for j in range(c) if i != j and ev.confusion[i, j]]
+    ev.most_confused = [{"true": classes[i], "predicted": classes[j], "count": n}
+                        for n, i, j in sorted(off, key=lambda x: (-x[0], x[1], x[2]))[:5]]
+    return ev
+
+
+def load_run_model(checkpoint: str | Path) -> tuple[Classifier, dict]:
+    """The model of a training checkpoint, with its preprocessing, and the checkpoint's metadata."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    meta = ckpt["headstart"]
+    config = {**meta["model"], "weights": "none"}
+    model = create_model(**config)
+    model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
+    model.set_preprocessing(Preprocessing.from_dict(meta["preprocessing"]))
+    return model.eval(), meta
+
+
+@torch.inference_mode()
+def predict_probs(model: Classifier, images, batch_size: int = 64) -> np.ndarray:
+    """Softmax probabilities for a sequence of (H, W, 3) uint8 arrays at the model's input size."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = np.stack([np.asarray(images[i]) for i in range(start, min(start + batch_size, len(images)))])
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255).to(device)
+        out.append(model(x).float().softmax(1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config["num_classes"]), dtype=np.float32)
+
+
+def write_evaluation(ev: Evaluation, run_dir: Path, extra: dict | None = None) -> None:
+    """``metrics.json`` for the evaluation split (``metrics-<split>.json`` otherwise) and the
+    confusion matrix as CSV."""
+    suffix = "" if ev.split == "evaluation" else f"-{ev.split}"
+    write_text(run_dir / f"metrics{suffix}.json", json.dumps({**(extra or {}), **ev.to_dict()}, indent=2) + "\n")
+    write_text(run_dir / f"confusion_matrix{suffix}.csv", ev.confusion_csv())
+
+
+def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "evaluation",
+                 progress: bool = False) -> tuple[Evaluation, "object"]:
+    """Evaluate a run's best checkpoint on a split of its data (or of ``data``); write the results.
+
+    Returns the evaluation and the decoded images of the split (for the misclassified gallery).
+    """
+    from headstart.cache import decoded_images
+    from headstart.data import load_dataset
+    from headstart.training import Run, TrainingError
+
+    run = Run.load(run_dir)
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split '{split}'. Choose one of: {', '.join(SPLITS)}.")
+    if not run.best_checkpoint.is_file():
+        raise TrainingError(f"{run.dir} has no checkpoints/best.ckpt: it did not finish. Resume it with "
+                            f"headstart train --resume {run.dir}")
+    cfg = run.config
+    model, meta = load_run_model(run.best_checkpoint)
+    ds = load_dataset(data or cfg.data, cfg.layout if data is None else None, val_fraction=cfg.val_fraction,
+                      eval_fraction=cfg.eval_fraction, seed=cfg.seed)
+    if ds.classes != meta["classes"]:
+        raise ValueError(f"The data's classes ({', '.join(ds.classes)}) are not the run's "
+                         f"({', '.join(meta['classes'])}). Evaluate on data with the same classes.")
+    ds, store = decoded_images(ds, model.preprocessing, progress=progress)
+    idx = [i for i, s in enumerate(ds.samples) if s.split == split]
+    images = [store[i] for i in idx]
+    probs = predict_probs(model, images)
+    ev = compute(np.array([ds.samples[i].label for i in idx]), probs, ds.classes, split,
+                 [str(ds.samples[i].path) for i in idx])
+    old = run.metrics if split == "evaluation" else {}
+    write_evaluation(ev, run.dir, {k: v for k, v in old.items() if k not in ev.to_dict()})
+    return ev, images

@@ -1,0 +1,77 @@
+"""One self-contained HTML page per run or comparison: pictures inline, no network needed.
+
+The pictures are also kept as PNG files beside the page (``curves.png``, ``confusion_matrix.png``,
+``misclassified.png``).
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+from jinja2 import Environment, PackageLoader, select_autoescape
+from PIL import Image
+
+from headstart import plots
+from headstart._files import write_text
+
+CURVES_PNG = "curves.png"
+CONFUSION_PNG = "confusion_matrix.png"
+MISCLASSIFIED_PNG = "misclassified.png"
+REPORT_HTML = "report.html"
+
+
+def _env() -> Environment:
+    return Environment(loader=PackageLoader("headstart", "templates"), autoescape=select_autoescape(["html", "j2"]))
+
+
+def _inline(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def draw_run_pictures(run_dir: Path, history: list[dict], best_epoch: int, ev, images) -> dict[str, Path]:
+    """The run's curves, confusion matrix and most confidently wrong evaluation images, as PNG files."""
+    out = {
+        "curves": plots.plot_history(history, run_dir / CURVES_PNG, best_epoch),
+        "confusion": plots.plot_confusion(ev.confusion, ev.classes, run_dir / CONFUSION_PNG),
+    }
+    wrong = ev.wrong_by_confidence(16)
+    if wrong:
+        pictures = [Image.fromarray(np.asarray(images[i])) for i in wrong]
+        titles = [f"true: {ev.classes[ev.targets[i]]}\npred: {ev.classes[ev.predictions[i]]} "
+                  f"({ev.probs[i].max():.0%})" for i in wrong]
+        out["misclassified"] = plots.plot_samples(pictures, titles, run_dir / MISCLASSIFIED_PNG,
+                                                  title="Most confidently wrong (evaluation split)")
+    else:
+        (run_dir / MISCLASSIFIED_PNG).unlink(missing_ok=True)
+    return out
+
+
+def write_run_report(run, ev, images, data: dict) -> Path:
+    """``<run>/report.html``: headline numbers, curves, confusion matrix, per-class table,
+    misclassified gallery, data summary and problems, timings and the resolved config."""
+    pictures = draw_run_pictures(run.dir, run.history, run.metrics.get("best_epoch", 0), ev, images)
+    html = _env().get_template("run.html.j2").render(
+        title=f"{run.dir.name}",
+        subtitle=f"{run.config.backbone} · {run.config.strategy} · recipe {run.config.recipe} · {len(ev.classes)} classes",
+        m={**run.metrics, "top_k": {k: v for k, v in run.metrics.get("top_k", {}).items()}},
+        images={k: _inline(v) for k, v in pictures.items()},
+        data=data, config=run.config.to_dict(),
+    )
+    return write_text(run.dir / REPORT_HTML, html)
+
+
+def write_compare_report(out_dir: Path, rows: list[dict], histories: dict, confusions: dict, classes: list[str],
+                         data: dict, reading: str, title: str) -> Path:
+    """``<compare>/report.html``: the table, overlaid curves, confusion matrices side by side, a reading."""
+    pictures = {
+        "curves": plots.plot_histories(histories, out_dir / "curves.png"),
+        "confusions": plots.plot_confusions(confusions, classes, out_dir / "confusion_matrices.png"),
+    }
+    best = max(rows, key=lambda r: (r["accuracy"], -r["total_seconds"]))["strategy"]
+    html = _env().get_template("compare.html.j2").render(
+        title=title, subtitle=f"{data['root']} · {len(classes)} classes", rows=rows, best=best,
+        images={k: _inline(v) for k, v in pictures.items()}, data=data, reading=reading,
+    )
+    return write_text(out_dir / REPORT_HTML, html)

@@ -1,0 +1,78 @@
+"""Evaluation numbers: they agree with each other, with scikit-learn, and with predictions made here."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from typer.testing import CliRunner
+
+from headstart.cli import app
+from headstart.data import load_dataset, load_image
+from headstart.evaluation import compute, evaluate_run, load_run_model
+
+
+def test_compute_agrees_with_scikit_learn():
+    rng = np.random.default_rng(0)
+    classes = [f"c{i}" for i in range(7)]
+    targets = rng.integers(0, 7, 200)
+    probs = rng.dirichlet(np.ones(7), 200)
+    probs[np.arange(120), targets[:120]] += 2  # mostly right
+    probs /= probs.sum(1, keepdims=True)
+    ev = compute(targets, probs, classes)
+    preds = probs.argmax(1)
+    assert ev.correct == int((preds == targets).sum()) and ev.total == 200
+    assert ev.accuracy == ev.correct / 200
+    assert np.array_equal(ev.confusion, confusion_matrix(targets, preds, labels=range(7)))
+    p, r, f, support = precision_recall_fscore_support(targets, preds, labels=range(7), zero_division=0)
+    for i, row in enumerate(ev.per_class):
+        assert row["precision"] == pytest.approx(p[i], abs=1e-6) and row["recall"] == pytest.approx(r[i], abs=1e-6)
+        assert row["f1"] == pytest.approx(f[i], abs=1e-6) and row["support"] == support[i]
+    top3 = np.mean([t in np.argsort(-pr)[:3] for t, pr in zip(targets, probs)])
+    assert ev.top_k[3] == pytest.approx(top3, abs=1e-6)
+    assert ev.loss == pytest.approx(-np.mean(np.log(probs[np.arange(200), targets])), rel=1e-5)
+    off = ev.confusion - np.diag(np.diag(ev.confusion))
+    assert ev.most_confused[0]["count"] == off.max()
+    assert compute(targets % 3, probs[:, :3], classes[:3]).top_k == {}  # top-k only with more than 5 classes
+
+
+def test_evaluate_matches_predictions_made_independently(demo_run):
+    run = demo_run
+    ev, _ = evaluate_run(run.dir)
+    # Independently: decode each evaluation image, resize it, and ask the best checkpoint.
+    model, meta = load_run_model(run.best_checkpoint)
+    ds = load_dataset("demo")
+    samples = [s for s in ds.samples if s.split == "evaluation"]
+    x = torch.stack([model.preprocessing.to_tensor(load_image(s.path)) for s in samples])
+    with torch.no_grad():
+        preds = model(x).argmax(1).numpy()
+    targets = np.array([s.label for s in samples])
+    assert ev.correct == int((preds == targets).sum())
+    assert np.array_equal(ev.confusion, confusion_matrix(targets, preds, labels=range(10)))
+    assert ev.confusion.trace() == ev.correct and ev.confusion.sum() == ev.total == 300
+    # The run's own metrics.json (written at the end of training) says the same.
+    saved = json.loads((run.dir / "metrics.json").read_text())
+    assert (saved["accuracy"], saved["correct"], saved["total"]) == (ev.accuracy, ev.correct, 300)
+    assert saved["confusion_matrix"] == ev.confusion.tolist()
+    with (run.dir / "confusion_matrix.csv").open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0][1:] == meta["classes"]
+    assert [[int(v) for v in r[1:]] for r in rows[1:]] == ev.confusion.tolist()
+
+
+def test_evaluate_cli(demo_run, tmp_path: Path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", str(demo_run.dir), "--split", "validation"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((demo_run.dir / "metrics-validation.json").read_text())
+    assert f"Number of correctly identified images: {saved['correct']} of 200" in result.output
+    assert "Top-3 accuracy" in result.output and "Per class" in result.output
+    assert (demo_run.dir / "confusion_matrix-validation.png").stat().st_size > 10_000
+    assert runner.invoke(app, ["evaluate", str(tmp_path)]).exit_code == 2
+    bad = runner.invoke(app, ["evaluate", str(demo_run.dir), "--split", "test"])
+    assert bad.exit_code == 2 and "Unknown split 'test'" in bad.output

@@ -1,0 +1,100 @@
+"""Reports: self-contained HTML that renders in a real browser, and the comparison of strategies."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from headstart.compare import compare
+from headstart.training import fit
+
+
+def _browser(tmp_path: Path):
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromedriver are needed for the report test; .ci/run installs them")
+        pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
+    os.environ["SE_OFFLINE"] = "true"  # never let Selenium look for drivers online
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1300,1200"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def _render(report: Path, screenshot: Path, tmp_path: Path) -> dict:
+    """Open a report in headless Chromium: the state of every image, the console errors, a screenshot."""
+    browser = _browser(tmp_path)
+    try:
+        browser.get(report.resolve().as_uri())
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])")
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1300, min(height, 8000))
+        browser.save_screenshot(str(screenshot))
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        text = browser.find_element("tag name", "body").text
+    finally:
+        browser.quit()
+    return {"images": images, "errors": errors, "text": text}
+
+
+def test_run_report_renders_with_every_image(demo_run, tmp_path: Path):
+    report = demo_run.dir / "report.html"
+    html = report.read_text()
+    assert "http://" not in html and "https://" not in html  # self-contained, no network
+    assert len(re.findall(r'src="data:image/png;base64,', html)) == 3  # curves, confusion, misclassified
+    page = _render(report, tmp_path / "run-report.png", tmp_path)
+    assert page["errors"] == []
+    assert len(page["images"]) == 3 and all(ok and w > 300 and h > 200 for _, ok, w, h in page["images"]), page["images"]
+    m = demo_run.metrics
+    assert f"{m['correct']} / {m['total']}" in page["text"]
+    assert f"{100 * m['accuracy']:.1f} %" in page["text"]
+    assert "T-shirt/top" in page["text"] and "Most confused" in page["text"]
+    assert (tmp_path / "run-report.png").stat().st_size > 50_000
+
+
+def test_run_report_lists_skipped_images(messy: Path, tmp_path: Path):
+    run = fit(messy, strategy="features", epochs=2, input_size=32, runs_dir=tmp_path / "runs", name="messy")
+    html = (run.dir / "report.html").read_text()
+    assert "1 unreadable image(s) skipped" in html
+    assert str(messy / "training" / "1_90.jpg") in html
+    assert json.loads((run.dir / "data.json").read_text())["problems"][0]["path"].endswith("1_90.jpg")
+
+
+def test_compare_table_matches_the_runs_and_renders(messy: Path, tmp_path: Path):
+    result = compare(messy, ["features", "full", "scratch"], epochs=2, input_size=32, runs_dir=str(tmp_path), name="cmp")
+    with (result.dir / "comparison.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["strategy"] for r in rows] == ["features", "full", "scratch"]
+    for row in rows:
+        m = json.loads((result.dir / row["strategy"] / "metrics.json").read_text())
+        assert (float(row["accuracy"]), int(row["correct"]), int(row["total"])) == (m["accuracy"], m["correct"], m["total"])
+        assert int(row["trainable"]) == m["trainable_params"]
+        assert (result.dir / row["strategy"] / "report.html").is_file()
+    best = max(result.rows, key=lambda r: (r["accuracy"], -r["total_seconds"]))
+    assert result.reading.startswith(f"{best['strategy']} reached the best evaluation accuracy")
+    assert "random weights" in result.reading or best["strategy"] == "scratch"
+    page = _render(result.report, tmp_path / "compare-report.png", tmp_path)
+    assert page["errors"] == [] and len(page["images"]) == 2
+    assert all(ok and w > 300 for _, ok, w, _ in page["images"])
+    assert result.reading[:40] in page["text"]
+
+
+def test_compare_rejects_unknown_strategies_before_training(tmp_path: Path):
+    with pytest.raises(ValueError, match="Unknown strategy 'most'"):
+        compare("demo", ["features", "most"], runs_dir=str(tmp_path))
+    assert not any(tmp_path.iterdir())
