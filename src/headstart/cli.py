@@ -24,8 +24,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Piped output (CI logs, files) gets 120 columns rather than rich's 80, so tables are not cut.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 120)
 
 DATA_HELP = "Dataset folder (food11, folders layout), CSV manifest, or the word 'demo'."
 
