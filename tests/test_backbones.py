@@ -120,3 +120,21 @@ def test_backbones_cli_lists_and_shows():
     assert "14,714,688" in result.output  # VGG16's convolutional part
     shown = runner.invoke(app, ["backbones", "vgg16"])
     assert shown.exit_code == 0 and "14,767,099 parameters" in shown.output and "block5" in shown.output
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_forward_can_be_cut_after_any_frozen_group(name: str):
+    model = create_model(name, 3, weights="none", input_size=64).eval()
+    x = torch.rand(2, 3, 64, 64)
+    cuts = 0
+    with torch.no_grad():
+        reference = model.forward_features(x)
+        for k in range(1, len(model.groups)):
+            cut = model.split(k)
+            if cut is None:
+                continue
+            prefix, rest = cut
+            assert torch.allclose(rest(prefix(x)), reference, atol=1e-5), k
+            cuts += 1
+    # The CNN families are cut anywhere; a ViT (token bookkeeping between stages) is not cut.
+    assert cuts == (0 if name.startswith("vit") else len(model.groups) - 1)

@@ -66,7 +66,7 @@ class _Capture(L.Callback):
 def test_half_trains_only_the_top_and_frozen_batchnorm_never_moves(tmp_path: Path):
     capture = _Capture()
     run = fit("demo", strategy="half", epochs=1, runs_dir=tmp_path, name="h", callbacks=[capture],
-              input_size=32, batch_size=128, augment=False)
+              input_size=32, batch_size=128, augment=False, pretrained_bn_stats=False)
     model = capture.model
     frozen, open_ = model.groups[:4], model.groups[4:]
     in_optimizer = {id(p) for g in capture.optimizer.param_groups for p in g["params"]}
@@ -91,7 +91,7 @@ def test_seed_recipe_builds_the_tutorials_vgg16_and_optimizer():
     assert cfg.early_stopping == 0 and cfg.label_smoothing == 0 and cfg.schedule == "constant"
     model = create_model("vgg16", 11, weights="none")
     apply_strategy(model, cfg.strategy, freeze_layers=cfg.freeze_layers)
-    opt = TransferModule(model, cfg, False, 10, {}).configure_optimizers()["optimizer"]
+    opt = TransferModule(model, cfg, 10, {}).configure_optimizers()["optimizer"]
     assert type(opt) is torch.optim.Adam
     assert {g["lr"] for g in opt.param_groups} == {1e-5}
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == 13_031_611
@@ -113,16 +113,20 @@ def test_default_recipe_values_and_overrides(tmp_path: Path):
 
 
 class _StopAfter(L.Callback):
+    """Ctrl-C right after epoch ``epoch`` (and its checkpoint) finished."""
+
     def __init__(self, epoch: int):
         self.epoch = epoch
 
-    def on_train_epoch_end(self, trainer, module):
-        if trainer.current_epoch + 1 == self.epoch:
+    def on_train_epoch_start(self, trainer, module):
+        if trainer.current_epoch == self.epoch:
             raise KeyboardInterrupt  # what Ctrl-C does
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path):
-    opts = dict(strategy="features", epochs=4, deterministic=True, runs_dir=tmp_path, early_stopping=0, **FAST)
+@pytest.mark.parametrize("strategy, size", [("features", 64), ("half", 32)])  # dropout; + augmentation
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, strategy: str, size: int):
+    opts = dict(strategy=strategy, epochs=4, deterministic=True, runs_dir=tmp_path, early_stopping=0,
+                input_size=size, batch_size=128)
     whole = fit("demo", name="whole", **opts)
     stopped = fit("demo", name="stopped", callbacks=[_StopAfter(2)], **opts)
     assert stopped.interrupted and stopped.last_checkpoint.exists() and not stopped.metrics
@@ -177,3 +181,50 @@ def test_resume_refuses_changed_data(tmp_path: Path):
     photo(50).save(data / "training" / "1_99.jpg")
     with pytest.raises(TrainingError, match="the data changed since it started"):
         fit(resume=stopped.dir)
+
+
+class _Modes(L.Callback):
+    """Records, at the first training batch, which parts are in train mode."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == 0:
+            m = module.model
+            bns = [x for x in m.body.modules() if isinstance(x, nn.BatchNorm2d)]
+            self.head_training = m.head.training
+            self.bn_training = [x.training for x in bns]
+
+
+@pytest.mark.parametrize("strategy, pretrained_bn_stats, head, bn", [
+    ("features", True, True, "none"),   # the head's dropout is on even though features put the model in eval mode
+    ("half", True, True, "none"),       # fine-tuned BatchNorm keeps its pretrained statistics (Keras' advice)
+    ("half", False, True, "some"),      # ... or learns new ones in the open groups
+    ("scratch", True, True, "all"),     # from random weights there are no statistics to keep
+])
+def test_train_and_eval_modes_during_training(tmp_path: Path, strategy, pretrained_bn_stats, head, bn):
+    modes = _Modes()
+    fit("demo", strategy=strategy, epochs=1, runs_dir=tmp_path, name="m", callbacks=[modes], input_size=32,
+        batch_size=256, pretrained_bn_stats=pretrained_bn_stats, augment=False)
+    assert modes.head_training is head
+    expected = {"none": not any(modes.bn_training), "some": 0 < sum(modes.bn_training) < len(modes.bn_training),
+                "all": all(modes.bn_training)}
+    assert expected[bn], modes.bn_training
+
+
+def test_frozen_prefix_is_computed_once_and_matches_the_uncached_path(tmp_path: Path, monkeypatch):
+    stem_images = []
+    model_split = backbones.Classifier.split
+
+    def counting_split(self, k):
+        cut = model_split(self, k)
+        if cut is not None:
+            self.body.net.conv_stem.register_forward_hook(lambda mod, inp, out: stem_images.append(len(out)))
+        return cut
+
+    monkeypatch.setattr(backbones.Classifier, "split", counting_split)
+    opts = dict(strategy="half", epochs=3, augment=False, deterministic=True, runs_dir=tmp_path, input_size=32, batch_size=64)
+    cached = fit("demo", name="cached", **opts)
+    assert sum(stem_images) == 1500  # the frozen stem ran once per image, for 3 epochs
+    uncached = fit("demo", name="uncached", cache_frozen=False, **opts)
+    for a, b in zip(cached.history, uncached.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=2e-3) and a["val_loss"] == pytest.approx(b["val_loss"], rel=2e-3)
+    assert abs(cached.metrics["accuracy"] - uncached.metrics["accuracy"]) <= 0.01

@@ -112,6 +112,7 @@ class Classifier(nn.Module):
                  *, backbone: str, num_features: int, config: dict):
         super().__init__()
         self.frozen_modules: list[nn.Module] = []  # set by headstart.strategies; kept in eval mode
+        self.pretrained_bn_stats = False  # True: every BatchNorm of the body uses its running statistics
         self.body = body
         self.head = head
         self.groups = groups
@@ -131,10 +132,16 @@ class Classifier(nn.Module):
 
     def train(self, mode: bool = True) -> "Classifier":
         """As ``nn.Module.train``, but frozen layers stay in eval mode: a frozen BatchNorm's running
-        statistics never move (Keras does the same for layers with ``trainable = False``)."""
+        statistics never move (Keras does the same for layers with ``trainable = False``). With
+        ``pretrained_bn_stats`` every BatchNorm of the body normalises with its pretrained statistics
+        while its weights train (Keras' advice for fine-tuning on small data)."""
         super().train(mode)
         for m in self.frozen_modules:
             m.eval()
+        if self.pretrained_bn_stats:
+            for m in self.body.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         return self
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,11 +157,49 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
 
+    def split(self, k: int) -> tuple[nn.Module, nn.Module] | None:
+        """The forward pass cut after the first ``k`` groups: ``(prefix, rest)`` with
+        ``rest(prefix(x)) == forward_features(x)``, or None when this architecture cannot be cut there.
+
+        With the first k groups frozen (and no augmentation) the prefix's output never changes, so
+        it is computed once and only ``rest`` runs every epoch.
+        """
+        stages = self.body.stages() if hasattr(self.body, "stages") else None
+        if not stages or not 0 < k <= len(self.groups):
+            return None
+        names = [name for name, _ in stages]
+        if names[:k] != [g.name for g in self.groups[:k]]:
+            return None
+        prefix = _Normalized(self, nn.Sequential(*[m for _, m in stages[:k]]))
+        return prefix, _Rest(nn.Sequential(*[m for _, m in stages[k:]]), self.body)
+
     def group(self, name: str) -> Group:
         for g in self.groups:
             if g.name == name:
                 return g
         raise ValueError(f"No group '{name}' in {self.backbone}; its groups are: {', '.join(g.name for g in self.groups)}.")
+
+
+class _Normalized(nn.Module):
+    """Normalise as the classifier does, then run some of its stages."""
+
+    def __init__(self, classifier: Classifier, stages: nn.Sequential):
+        super().__init__()
+        self.stages, self._normalize = stages, classifier.normalize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self._normalize(x))
+
+
+class _Rest(nn.Module):
+    """The stages after a cut, then the body's pooling (timm's forward_head, or VGG16's average)."""
+
+    def __init__(self, stages: nn.Sequential, body: nn.Module):
+        super().__init__()
+        self.stages, self._pool = stages, body.pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._pool(self.stages(x))
 
 
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:
@@ -172,7 +217,28 @@ class TimmBody(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+        return self.pool(self.net.forward_features(x))
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(x, pre_logits=True)
+
+    def stages(self) -> list[tuple[str, nn.Module]] | None:
+        """``forward_features`` as consecutive stages named like the groups, for the architectures
+        whose forward is a plain sequence (others return None and are never cut)."""
+        net, kind = self.net, type(self.net).__name__
+        if kind in ("EfficientNet", "MobileNetV3"):
+            out = [("stem", nn.Sequential(net.conv_stem, net.bn1))]
+            out += [(f"blocks.{i}", b) for i, b in enumerate(net.blocks)]
+            if kind == "EfficientNet":  # MobileNetV3's conv_head comes after pooling, in forward_head
+                out.append(("final", nn.Sequential(net.conv_head, net.bn2)))
+            return out
+        if kind == "ResNet":
+            out = [("stem", nn.Sequential(net.conv1, net.bn1, net.act1, net.maxpool))]
+            return out + [(f"layer{i}", getattr(net, f"layer{i}")) for i in range(1, 5)]
+        if kind == "ConvNeXt":
+            out = [("stem", net.stem)] + [(f"stages.{i}", st) for i, st in enumerate(net.stages)]
+            return out + [("norm_pre", net.norm_pre)]
+        return None
 
 
 def _timm_groups(net: nn.Module) -> list[Group]:
@@ -260,7 +326,16 @@ class VGG16Body(nn.Module):
             self.keras_layers.append((name, module))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).mean(dim=(2, 3))  # Keras' GlobalAveragePooling2D
+        return self.pool(self.features(x))
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))  # Keras' GlobalAveragePooling2D
+
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        """The five blocks, each its convolutions and its pooling."""
+        ends = [i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
+        starts = [0] + [e + 1 for e in ends[:-1]]
+        return [(f"block{b + 1}", self.features[a:e + 1]) for b, (a, e) in enumerate(zip(starts, ends))]
 
     def groups(self) -> list[Group]:
         groups = []

@@ -38,6 +38,10 @@ class TrainConfig:
     freeze: str | None = None  # partial: group count, fraction, group name or "half"
     freeze_layers: int | None = None  # partial, vgg16: Keras layer count (the tutorial: 10)
     unfreeze_every: int = 2  # gradual: epochs between opening one more group from the top
+    cache_frozen: bool = True  # partial without augmentation: compute the frozen layers once
+    # Fine-tuned BatchNorm layers keep normalising with their pretrained statistics (Keras'
+    # advice; small batches of a small dataset give noisy ones). Never for scratch.
+    pretrained_bn_stats: bool = True
     # --- recipe
     recipe: str = "default"
     epochs: int = 15
@@ -70,7 +74,7 @@ class TrainConfig:
 SEED = dict(
     recipe="seed", epochs=10, batch_size=32, optimizer="adam", lr=1e-5, backbone_lr=1e-5, lr_decay=1.0,
     weight_decay=0.0, warmup_epochs=0.0, schedule="constant", label_smoothing=0.0, augment=False,
-    early_stopping=0, input_size=224,
+    early_stopping=0, input_size=224, pretrained_bn_stats=False,
 )
 RECIPES: dict[str, dict[str, Any]] = {"default": {}, "seed": SEED}
 OPTIMIZERS = ("adam", "adamw", "sgd")

@@ -43,6 +43,8 @@ from headstart.report import write_run_report
 
 log = logging.getLogger(__name__)
 
+# Frozen-prefix activations are stored in half precision: half the memory, within fp16 rounding.
+CACHE_DTYPE = torch.float16
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "backbone_lr", "trainable", "seconds"]
 
 
@@ -54,10 +56,14 @@ class TrainingError(RuntimeError):
 
 
 class ImageSet(torch.utils.data.Dataset):
-    """Decoded images from the cache as float tensors in [0, 1], augmented for training."""
+    """Decoded images from the cache as float tensors in [0, 1], augmented for training.
 
-    def __init__(self, store: ImageStore, indices: list[int], labels: list[int], augment: bool):
-        self.store, self.indices, self.labels = store, indices, labels
+    The augmentation of image i in epoch e draws from its own seed (seed, e, i), so a resumed
+    run augments exactly as an uninterrupted one, whatever else used the random generator.
+    """
+
+    def __init__(self, store: ImageStore, indices: list[int], labels: list[int], augment: bool, seed: int = 0):
+        self.store, self.indices, self.labels, self.seed, self.epoch = store, indices, labels, seed, 0
         self.transform = None
         if augment:
             from torchvision.transforms import v2
@@ -73,24 +79,33 @@ class ImageSet(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         x = torch.from_numpy(np.array(self.store[self.indices[i]])).permute(2, 0, 1)  # uint8 CHW
         if self.transform is not None:
-            x = self.transform(x)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_seed(self.seed, self.epoch, i))
+                x = self.transform(x)
         return x.float().div_(255), self.labels[i]
 
 
+def _seed(*parts: int) -> int:
+    return hash(parts) % (2**31)  # hash of a tuple of ints is stable across runs
+
+
 class EpochSampler(Sampler[int]):
-    """A shuffle that depends only on (seed, epoch): a resumed run sees the same order."""
+    """A shuffle that depends only on (seed, epoch): a resumed run sees the same order. It also
+    tells the dataset the epoch (Lightning calls ``set_epoch`` before the epoch's first batch)."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.n, self.seed, self.epoch = dataset, len(dataset), seed, 0
 
-    def set_epoch(self, epoch: int) -> None:  # Lightning calls this every epoch
+    def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if hasattr(self.dataset, "epoch"):
+            self.dataset.epoch = epoch
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed(_seed(self.seed, self.epoch))
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
@@ -105,15 +120,19 @@ def split_indices(ds: Dataset) -> dict[str, tuple[list[int], list[int]]]:
 
 @torch.inference_mode()
 def extract_features(model: Classifier, store: ImageStore, indices: list[int], batch_size: int = 64,
-                     device: str | torch.device = "cpu", progress: bool = False) -> torch.Tensor:
-    """Pooled backbone features of the given images, computed once (frozen body, eval mode)."""
+                     device: str | torch.device = "cpu", progress: bool = False, upto: nn.Module | None = None,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """What a frozen part of the model makes of the given images, computed once: the pooled
+    features (``model.forward_features``), or the activations of the frozen prefix ``upto``."""
     from rich.progress import track
 
     model.eval().to(device)
+    fn = upto if upto is not None else model.forward_features
     loader = DataLoader(ImageSet(store, indices, [0] * len(indices), augment=False), batch_size=batch_size)
-    chunks = [model.forward_features(x.to(device)).float().cpu()
-              for x, _ in track(loader, description="Computing features (once)", disable=not progress, transient=True)]
-    return torch.cat(chunks) if chunks else torch.empty(0, model.num_features)
+    what = "features" if upto is None else "frozen layers"
+    chunks = [fn(x.to(device)).to(dtype).cpu()
+              for x, _ in track(loader, description=f"Computing {what} (once)", disable=not progress, transient=True)]
+    return torch.cat(chunks)
 
 
 # --- the Lightning module -----------------------------------------------------------------
@@ -136,19 +155,21 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
 
 
 class TransferModule(L.LightningModule):
-    """The model, its loss, optimizer and schedule. On ``features`` it trains the head on
-    precomputed features; otherwise on images."""
+    """The model, its loss, optimizer and schedule, on images or on what frozen layers made of them."""
 
-    def __init__(self, model: Classifier, cfg: TrainConfig, on_features: bool, steps_per_epoch: int, extra: dict):
+    def __init__(self, model: Classifier, cfg: TrainConfig, steps_per_epoch: int, extra: dict, trunk=None):
         super().__init__()
-        self.model, self.cfg, self.on_features = model, cfg, on_features
+        self.model, self.cfg = model, cfg
+        # What turns a batch into pooled features: the whole body on images; nothing on cached
+        # features; the layers after the frozen prefix on its cached activations.
+        self.trunk = trunk or model.forward_features
         self.steps_per_epoch, self.extra = steps_per_epoch, extra
         self.train_loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.eval_loss_fn = nn.CrossEntropyLoss()  # plain, so val_loss compares across recipes
         self.epoch_stats = {"train": torch.zeros(3), "val": torch.zeros(3)}  # loss sum, correct, count
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.head(x) if self.on_features else self.model(x)
+        return self.model.head(self.trunk(x.float()))
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
@@ -158,8 +179,7 @@ class TransferModule(L.LightningModule):
         correct = (logits.argmax(1) == y).sum()
         self.log(f"{prefix}loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log(f"{prefix}accuracy", correct / len(y), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        # Epoch sums of our own: the history row is written when validation ends (so that the
-        # checkpoint saved then holds it), before Lightning has reduced the training metrics.
+        # Epoch sums of our own, so the history row does not depend on when Lightning reduces its metrics.
         stats = self.epoch_stats[stage]
         stats += torch.stack([loss.detach().float() * len(y), correct.float(), torch.tensor(float(len(y)), device=y.device)])
         return loss
@@ -178,10 +198,15 @@ class TransferModule(L.LightningModule):
         loss, correct, n = self.epoch_stats[stage].tolist()
         return loss / max(n, 1), correct / max(n, 1)
 
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Dropout draws from a generator seeded by (seed, epoch, batch): resuming repeats it exactly.
+        torch.manual_seed(_seed(self.cfg.seed, self.current_epoch, batch_idx))
+
     def on_train_epoch_start(self) -> None:
-        # Dropout and augmentation draw from an RNG seeded by epoch: resuming repeats them exactly.
-        torch.manual_seed(self.cfg.seed * 1_000_003 + self.current_epoch)
         self.epoch_stats["train"] = torch.zeros(3, device=self.device)
+        # Lightning leaves modules in the mode it finds them; computing features put the model in
+        # eval mode. Train mode here (the model keeps its frozen parts in eval mode itself).
+        self.model.train()
         if self.cfg.strategy == "gradual":
             opened = S.unfreeze_top(self.model, min(self.current_epoch // self.cfg.unfreeze_every, len(self.model.groups)))
             if opened:
@@ -208,8 +233,8 @@ class TransferModule(L.LightningModule):
 
 
 class History(L.Callback):
-    """One row an epoch in ``history.csv``, written when validation ends: the checkpoint saved
-    right after holds it, so a resumed run continues the same history."""
+    """One row an epoch in ``history.csv``, written when the epoch (validation included) ends,
+    just before the checkpoints are saved: they hold it, so a resumed run continues it."""
 
     def __init__(self, path: Path):
         self.path, self.rows, self._start = path, [], 0.0
@@ -217,9 +242,7 @@ class History(L.Callback):
     def on_train_epoch_start(self, trainer, module) -> None:
         self._start = time.perf_counter()
 
-    def on_validation_end(self, trainer, module) -> None:
-        if trainer.sanity_checking:
-            return
+    def on_train_epoch_end(self, trainer, module) -> None:
         (loss, acc), (val_loss, val_acc) = module.epoch_means("train"), module.epoch_means("val")
         groups = trainer.optimizers[0].param_groups
         body = [g for g in groups if g.get("name") != "head" and any(p.requires_grad for p in g["params"])]
@@ -315,7 +338,7 @@ def _trainer(cfg: TrainConfig, run_dir: Path, progress: bool, callbacks: list) -
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
     cbs = [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_loss", mode="min",
-                           save_last=True, enable_version_counter=False), *callbacks]
+                           save_last=True, enable_version_counter=False, save_on_train_epoch_end=True), *callbacks]
     if cfg.early_stopping:
         cbs.append(EarlyStopping(monitor="val_loss", mode="min", patience=cfg.early_stopping))
     if progress:
@@ -370,18 +393,45 @@ def _resume_config(run_dir: Path, overrides: dict, config_file: str | Path | Non
     return cfg
 
 
-def _datasets(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStore, progress: bool) -> dict:
-    """Per split, what the trainer reads: pooled features (computed once) on ``features``, images otherwise."""
+def _leading_frozen(model: Classifier) -> int:
+    k = 0
+    while k < len(model.groups) and not any(p.requires_grad for p in model.groups[k].params):
+        k += 1
+    return k
+
+
+def _datasets(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStore, progress: bool):
+    """Per split, what the trainer reads, and the trunk that turns it into pooled features:
+
+    - ``features``: pooled features computed once; the trunk is nothing;
+    - ``partial`` without augmentation: the frozen prefix's activations computed once (fp16);
+      the trunk is the layers after it;
+    - otherwise: the images; the trunk is the whole body.
+    """
     splits = split_indices(ds)
-    if cfg.strategy != "features":
-        return {s: ImageSet(store, idx, y, augment=cfg.augment and s == "training") for s, (idx, y) in splits.items()}
-    if cfg.augment:
-        log.info("features: augmentation is off, the backbone's features are computed once")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    out = {s: TensorDataset(extract_features(model, store, idx, device=device, progress=progress), torch.tensor(y))
-           for s, (idx, y) in splits.items()}
-    model.cpu()
-    return out
+
+    def once(**kw) -> dict:
+        out = {s: TensorDataset(extract_features(model, store, idx, device=device, progress=progress, **kw),
+                                torch.tensor(y)) for s, (idx, y) in splits.items()}
+        model.cpu()
+        return out
+
+    if cfg.strategy == "features":
+        if cfg.augment:
+            log.info("features: augmentation is off, the backbone's features are computed once")
+        return once(), nn.Identity()
+    k = _leading_frozen(model)
+    cut = model.split(k) if cfg.strategy in ("partial", "half") and cfg.cache_frozen and k else None
+    if cut is not None and not cfg.augment:
+        prefix, rest = cut
+        log.info("%s: the %d frozen groups are computed once; epochs run the rest", cfg.strategy, k)
+        return once(upto=prefix, dtype=CACHE_DTYPE), rest
+    if cut is not None:
+        log.info("%s: augmentation is on, so the frozen layers run every epoch (--no-augment caches them)", cfg.strategy)
+    images = {s: ImageSet(store, idx, y, augment=cfg.augment and s == "training", seed=cfg.seed)
+              for s, (idx, y) in splits.items()}
+    return images, None
 
 
 def fit(
@@ -415,6 +465,7 @@ def fit(
     model = create_model(cfg.backbone, ds.num_classes, weights="none" if scratch else cfg.weights,
                          head={"dropout": cfg.head_dropout, "hidden": cfg.head_hidden}, input_size=cfg.input_size)
     plan = S.apply_strategy(model, "full" if scratch else cfg.strategy, freeze=cfg.freeze, freeze_layers=cfg.freeze_layers)
+    model.pretrained_bn_stats = cfg.pretrained_bn_stats and not scratch
     ds, store = decoded_images(ds, model.preprocessing, progress=progress)
     fingerprint = data_fingerprint(ds)
     if resume is not None:
@@ -425,17 +476,17 @@ def fit(
     else:
         run_dir = _run_dir(cfg)
 
-    tensors = _datasets(cfg, model, ds, store, progress)
+    tensors, trunk = _datasets(cfg, model, ds, store, progress)
     train_set = tensors["training"]
     loaders = {
         s: DataLoader(t, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                      sampler=EpochSampler(len(t), cfg.seed) if s == "training" else None,
+                      sampler=EpochSampler(t, cfg.seed) if s == "training" else None,
                       pin_memory=torch.cuda.is_available(), persistent_workers=cfg.num_workers > 0)
         for s, t in tensors.items()
     }
     steps = math.ceil(len(train_set) / cfg.batch_size)
     extra = {"classes": ds.classes, "strategy_plan": plan.__dict__}
-    module = TransferModule(model, cfg, cfg.strategy == "features", steps, extra)
+    module = TransferModule(model, cfg, steps, extra, trunk)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
