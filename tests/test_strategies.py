@@ -27,9 +27,10 @@ def test_vgg16_tutorial_half_is_freeze_layers_10():
     assert plan.frozen_layers[-1] == "block3_conv3" and len(plan.frozen_layers) == 10
     assert plan.frozen_groups == ["block1", "block2", "block3"]
     assert count_trainable(model) == 13_031_611
-    # The named shortcut: half of the 5 groups (2) frozen.
+    # The named shortcut, half of the 5 groups rounded up, is the same model.
     apply_strategy(model, "half")
-    assert _trainable_groups(model) == ["block3", "block4", "block5"]
+    assert _trainable_groups(model) == ["block4", "block5"]
+    assert count_trainable(model) == 13_031_611
 
 
 @pytest.mark.parametrize("strategy, trainable", [
@@ -37,7 +38,7 @@ def test_vgg16_tutorial_half_is_freeze_layers_10():
     ("gradual", []),
     ("full", ["stem", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4", "blocks.5", "blocks.6", "final"]),
     ("scratch", ["stem", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4", "blocks.5", "blocks.6", "final"]),
-    ("half", ["blocks.3", "blocks.4", "blocks.5", "blocks.6", "final"]),
+    ("half", ["blocks.4", "blocks.5", "blocks.6", "final"]),
 ])
 def test_which_groups_train_per_strategy(lite0, strategy: str, trainable: list[str]):
     plan = apply_strategy(lite0, strategy)
@@ -49,7 +50,7 @@ def test_which_groups_train_per_strategy(lite0, strategy: str, trainable: list[s
     assert [g["name"] for g in groups] == ["head", *trainable]
 
 
-@pytest.mark.parametrize("spec, frozen", [(3, 3), ("3", 3), (0.5, 4), ("0.5", 4), ("blocks.1", 3), ("half", 4), (0, 0), (9, 9)])
+@pytest.mark.parametrize("spec, frozen", [(3, 3), ("3", 3), (0.5, 4), ("0.5", 4), ("blocks.1", 3), ("half", 5), (0, 0), (9, 9)])
 def test_freeze_points(lite0, spec, frozen: int):
     assert len(lite0.groups) == 9
     assert resolve_freeze(lite0, spec) == frozen
@@ -71,7 +72,7 @@ def test_freeze_point_errors_name_the_valid_range(lite0):
 
 
 def test_frozen_batchnorm_statistics_never_move(lite0):
-    apply_strategy(lite0, "half")
+    apply_strategy(lite0, "partial", freeze=4)
     frozen_bn = [m for g in lite0.groups[:4] for m in g.modules if isinstance(m, nn.BatchNorm2d)]
     open_bn = [m for g in lite0.groups[4:] for m in g.modules if isinstance(m, nn.BatchNorm2d)]
     assert frozen_bn and open_bn

@@ -68,7 +68,7 @@ def test_half_trains_only_the_top_and_frozen_batchnorm_never_moves(tmp_path: Pat
     run = fit("demo", strategy="half", epochs=1, runs_dir=tmp_path, name="h", callbacks=[capture],
               input_size=32, batch_size=128, augment=False, pretrained_bn_stats=False)
     model = capture.model
-    frozen, open_ = model.groups[:4], model.groups[4:]
+    frozen, open_ = model.groups[:5], model.groups[5:]
     in_optimizer = {id(p) for g in capture.optimizer.param_groups for p in g["params"]}
     assert in_optimizer == {id(p) for p in model.parameters() if p.requires_grad}
     assert not any(id(p) in in_optimizer for g in frozen for p in g.params)

@@ -3,8 +3,8 @@
 The tutorial compares three ways to use a pretrained VGG16; headstart names five:
 
 - ``features``: the whole backbone frozen, only the head trains (on cached features);
-- ``partial``: the first K groups frozen (``half``: half of them; the tutorial's "half network"
-  is VGG16 with its first 10 Keras layers frozen, ``freeze_layers=10``);
+- ``partial``: the first K groups frozen (``half``: half of them, rounded up; for VGG16 that is
+  the tutorial's "half network", its first 10 Keras layers frozen, as ``freeze_layers=10``);
 - ``full``: everything trains (the tutorial's "full network");
 - ``gradual``: the head first, then groups unfrozen from the top (ULMFiT / fastai);
 - ``scratch``: the same architecture from random weights, to show what transfer buys.
@@ -76,7 +76,9 @@ def resolve_freeze(model: Classifier, spec: int | float | str) -> int:
     names = [g.name for g in model.groups]
     if isinstance(spec, str):
         if spec == "half":
-            return n // 2
+            # Rounded up: for VGG16 that is block1-3, exactly the tutorial's "half network"
+            # (its first 10 Keras layers, layers[:-9]).
+            return (n + 1) // 2
         if spec in names:
             return names.index(spec) + 1
         try:
