@@ -24,9 +24,8 @@ from torchmetrics.functional.classification import (
 
 from headstart._files import write_text
 from headstart.backbones import Classifier, create_model
+from headstart.data import SPLITS
 from headstart.weights import Preprocessing
-
-SPLITS = ("training", "validation", "evaluation")
 
 
 @dataclass
@@ -130,7 +129,7 @@ def write_evaluation(ev: Evaluation, run_dir: Path, extra: dict | None = None) -
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "evaluation",
-                 progress: bool = False) -> tuple[Evaluation, "object"]:
+                 progress: bool = False) -> tuple[Evaluation, list[np.ndarray]]:
     """Evaluate a run's best checkpoint on a split of its data (or of ``data``); write the results.
 
     Returns the evaluation and the decoded images of the split (for the misclassified gallery).
