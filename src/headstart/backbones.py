@@ -82,11 +82,9 @@ class Group:
         return sum(p.numel() for p in self.params)
 
 
-def _group(name: str, net: nn.Module, param_names: list[str]) -> Group:
-    owned = dict(net.named_parameters())
-    modules = dict(net.named_modules())
+def _group(name: str, params: dict[str, nn.Parameter], modules: dict[str, nn.Module], param_names: list[str]) -> Group:
     owners = dict.fromkeys(n.rsplit(".", 1)[0] for n in param_names if "." in n)
-    return Group(name, [owned[n] for n in param_names], [modules[o] for o in owners])
+    return Group(name, [params[n] for n in param_names], [modules[o] for o in owners])
 
 
 @dataclass(frozen=True)
@@ -260,6 +258,7 @@ def _timm_groups(net: nn.Module) -> list[Group]:
         matcher["final"] = "|".join(f"(?:{r})" for r in final)
     regexes = {k: re.compile(v if isinstance(v, str) else "|".join(f"(?:{s[0]})" for s in v))
                for k, v in matcher.items() if v}
+    params, modules = dict(net.named_parameters()), dict(net.named_modules())
     groups = []
     for _, names in sorted(group_parameters(net, matcher).items()):
         first = names[0]
@@ -271,7 +270,7 @@ def _timm_groups(net: nn.Module) -> list[Group]:
             title = title if re.search(r"\d", title) else first.split(".")[0]
         else:
             title = "final"  # not matched, so last: e.g. ConvNeXt's head.norm, MobileNetV3's conv_head
-        groups.append(_group(title, net, names))
+        groups.append(_group(title, params, modules, names))
     return groups
 
 
@@ -526,9 +525,13 @@ def load_model(path: str | Path) -> tuple[Classifier, dict]:
         meta = json.loads((f.metadata() or {}).get("headstart", "null") or "null")
     if not meta:
         raise WeightsError(f"{path} was not written by headstart (no 'headstart' metadata).")
-    config = dict(meta.pop("config"))
-    config["weights"] = "none"  # the saved tensors replace them
-    model = create_model(**config)
-    model.load_state_dict(load_file(str(path)))
-    model.set_preprocessing(Preprocessing.from_dict(meta.pop("preprocessing")))
+    model = rebuild_model(meta.pop("config"), load_file(str(path)), meta.pop("preprocessing"))
     return model, meta
+
+
+def rebuild_model(config: dict, state: dict, preprocessing: dict) -> Classifier:
+    """A model as ``create_model(**config)`` built it, with saved weights and preprocessing."""
+    model = create_model(**{**config, "weights": "none"})  # the saved tensors replace the weights
+    model.load_state_dict(state)
+    model.set_preprocessing(Preprocessing.from_dict(preprocessing))
+    return model

@@ -183,11 +183,11 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run from its last.ckpt."),
 ) -> None:
     """Train a pretrained backbone on DATA; writes runs/<name>/ and prints the evaluation accuracy."""
+    # Every option given on the command line, as TrainConfig fields (before anything else is local).
+    options = {k: v for k, v in locals().items() if k not in ("data", "config", "resume") and v is not None}
     from headstart.training import TrainingError, fit
     from headstart.weights import WeightsError
 
-    options = {k: v for k, v in locals().items() if k not in ("data", "config", "resume", "fit", "TrainingError",
-                                                               "WeightsError") and v is not None}
     if data is None and resume is None:
         raise _fail("Pass DATA (a dataset folder, a CSV manifest or 'demo'), or --resume RUN.")
     try:

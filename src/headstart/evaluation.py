@@ -23,9 +23,8 @@ from torchmetrics.functional.classification import (
 )
 
 from headstart._files import write_text
-from headstart.backbones import Classifier, create_model
+from headstart.backbones import Classifier, rebuild_model
 from headstart.data import SPLITS
-from headstart.weights import Preprocessing
 
 
 @dataclass
@@ -101,11 +100,8 @@ def load_run_model(checkpoint: str | Path) -> tuple[Classifier, dict]:
     """The model of a training checkpoint, with its preprocessing, and the checkpoint's metadata."""
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     meta = ckpt["headstart"]
-    config = {**meta["model"], "weights": "none"}
-    model = create_model(**config)
-    model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
-    model.set_preprocessing(Preprocessing.from_dict(meta["preprocessing"]))
-    return model.eval(), meta
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    return rebuild_model(meta["model"], state, meta["preprocessing"]).eval(), meta
 
 
 @torch.inference_mode()

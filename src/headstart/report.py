@@ -55,7 +55,7 @@ def write_run_report(run, ev, images, data: dict) -> Path:
     html = _env().get_template("run.html.j2").render(
         title=f"{run.dir.name}",
         subtitle=f"{run.config.backbone} · {run.config.strategy} · recipe {run.config.recipe} · {len(ev.classes)} classes",
-        m={**run.metrics, "top_k": {k: v for k, v in run.metrics.get("top_k", {}).items()}},
+        m=run.metrics,
         images={k: _inline(v) for k, v in pictures.items()},
         data=data, config=run.config.to_dict(),
     )

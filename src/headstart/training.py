@@ -490,11 +490,12 @@ def fit(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    write_text(run_dir / "data.json", json.dumps({
+    data_info = {
         "root": str(ds.root), "layout": ds.layout, "classes": ds.classes, "counts": ds.counts(),
         "fingerprint": fingerprint, "problems": [{"path": str(p.path), "reason": p.reason} for p in ds.problems],
         "ignored": len(ds.ignored),
-    }, indent=2) + "\n")
+    }
+    write_text(run_dir / "data.json", json.dumps(data_info, indent=2) + "\n")
     setup_seconds = time.perf_counter() - started  # reading, decoding (once), features (once)
     history = History(run_dir / "history.csv")
     trainer = _trainer(cfg, run_dir, progress, [history, *(callbacks or [])])
@@ -532,5 +533,5 @@ def fit(
                    "train_seconds": round(sum(r["seconds"] for r in history.rows), 2)}
     write_evaluation(ev, run_dir, run.metrics)
     run.metrics = {**run.metrics, **ev.to_dict()}
-    write_run_report(run, ev, [store[i] for i in eval_idx], json.loads((run_dir / "data.json").read_text()))
+    write_run_report(run, ev, [store[i] for i in eval_idx], data_info)
     return run
