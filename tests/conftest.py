@@ -101,3 +101,24 @@ def demo_run(tmp_path_factory):
 
     os.environ["HEADSTART_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
     return fit("demo", strategy="features", epochs=4, input_size=64, runs_dir=tmp_path_factory.mktemp("runs"), name="demo")
+
+
+def chromium_browser(tmp_path: Path):
+    """Headless Debian Chromium driven by Selenium (skipped where missing, except in CI)."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromedriver are needed for the report test; .ci/run installs them")
+        pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
+    os.environ["SE_OFFLINE"] = "true"  # never let Selenium look for drivers online
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1300,1200"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=opts)

@@ -4,40 +4,20 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
+
+from conftest import chromium_browser
 
 from headstart.compare import compare
 from headstart.training import fit
 
 
-def _browser(tmp_path: Path):
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        if os.environ.get("CI"):
-            pytest.fail("chromium and chromedriver are needed for the report test; .ci/run installs them")
-        pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
-    os.environ["SE_OFFLINE"] = "true"  # never let Selenium look for drivers online
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1300,1200"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(driver), options=opts)
-
-
 def _render(report: Path, screenshot: Path, tmp_path: Path) -> dict:
     """Open a report in headless Chromium: the state of every image, the console errors, a screenshot."""
-    browser = _browser(tmp_path)
+    browser = chromium_browser(tmp_path)
     try:
         browser.get(report.resolve().as_uri())
         images = browser.execute_script(

@@ -18,5 +18,10 @@ def __getattr__(name: str):
         from headstart import training
 
         return getattr(training, name)
+    if name in ("load", "Predictor", "Prediction"):
+        from headstart import predict
+
+        return getattr(predict, name)
     raise AttributeError(f"module 'headstart' has no attribute {name!r}")
-__all__ = ["DataError", "Dataset", "Run", "fit", "inspect", "load_dataset", "load_image", "verify_images"]
+__all__ = ["DataError", "Dataset", "Prediction", "Predictor", "Run", "fit", "inspect", "load", "load_dataset",
+           "load_image", "verify_images"]

@@ -84,12 +84,13 @@ class ImageStore:
 
 
 def decoded_images(
-    ds: Dataset, pre: Preprocessing, *, progress: bool = True, directory: Path | None = None
+    ds: Dataset, pre: Preprocessing, *, progress: bool = True, directory: Path | None = None, check: bool = True
 ) -> tuple[Dataset, ImageStore]:
     """The dataset without broken images, and the decoded pixels of each of its samples.
 
     Broken images are dropped and listed in ``problems`` with their reason (and a warning), as
-    ``verify_images`` does; the cache remembers them, so they are not decoded again either.
+    ``verify_images`` does; the cache remembers them, so they are not decoded again either. Then
+    the splits are checked again (``check``; a sample of some splits only is not checked).
     """
     root = (directory or cache_dir()) / "images"
     root.mkdir(parents=True, exist_ok=True)
@@ -108,5 +109,6 @@ def decoded_images(
     if bad:
         ds = Dataset(ds.root, ds.layout, ds.classes, [ds.samples[i] for i in rows], ds.ignored,
                      ds.problems + bad, ds.drawn, ds.sources)
-        check_splits(ds)
+        if check:
+            check_splits(ds)
     return ds, ImageStore(array, rows)

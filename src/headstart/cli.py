@@ -161,7 +161,7 @@ def train(
     data: Optional[str] = typer.Argument(None, help=DATA_HELP + " Not needed with --resume."),
     backbone: Optional[str] = typer.Option(None, help="Curated name or any timm model [default: efficientnet_lite0]."),
     weights: Optional[str] = typer.Option(None, help="default, bundled, hub, none, or a file [default: default]."),
-    strategy: Optional[str] = typer.Option(None, help="features, partial, half, full, gradual or scratch [default: features]."),
+    strategy: Optional[str] = typer.Option(None, help="features, partial, half, full, gradual, scratch, or auto (headstart advise) [default: features]."),
     freeze: Optional[str] = typer.Option(None, help="partial: groups frozen: a count, a fraction, a group name or 'half'."),
     freeze_layers: Optional[int] = typer.Option(None, help="partial, vgg16: Keras layers frozen (the tutorial's half: 10)."),
     recipe: Optional[str] = typer.Option(None, help="default (AdamW, cosine, augmentation...) or seed (the tutorial's)."),
@@ -178,6 +178,8 @@ def train(
     deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic algorithms (slower)."),
     devices: Optional[str] = typer.Option(None, help="Lightning devices: auto, a count, or a list [auto]."),
     num_workers: Optional[int] = typer.Option(None, help="DataLoader workers [0: images come from a memory-mapped cache]."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory order [on]."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model [off]."),
     runs_dir: Optional[str] = typer.Option(None, help="Where runs go [runs]."),
     name: Optional[str] = typer.Option(None, help="Run folder name [backbone-strategy-time]."),
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run from its last.ckpt."),
@@ -252,7 +254,7 @@ def evaluate(
 @app.command()
 def compare(
     data: str = typer.Argument(..., help=DATA_HELP),
-    strategies: str = typer.Option("features,half,full", help="Comma-separated strategies to compare."),
+    strategies: str = typer.Option("features,half,full", help="Comma-separated strategies to compare; 'auto' is the advised one."),
     backbone: Optional[str] = typer.Option(None, help="Backbone for every strategy [efficientnet_lite0]."),
     weights: Optional[str] = typer.Option(None, help="default, bundled, hub, none, or a file."),
     recipe: Optional[str] = typer.Option(None, help="default or seed (the tutorial's)."),
@@ -263,6 +265,7 @@ def compare(
     seed: Optional[int] = typer.Option(None, help="Random seed, the same for every strategy [0]."),
     runs_dir: str = typer.Option("runs", help="Where the comparison folder goes."),
     name: Optional[str] = typer.Option(None, help="Comparison folder name [compare-<data>-<time>]."),
+    advise: bool = typer.Option(True, "--advise/--no-advise", help="Measure the data first; the report shows the advised strategy."),
 ) -> None:
     """Train several strategies on the same data and seed; one report compares them."""
     from headstart.compare import compare as run_compare
@@ -276,7 +279,7 @@ def compare(
         names = ["partial" if s == "half" else s for s in names]
         options["freeze_layers"] = freeze_layers
     try:
-        result = run_compare(data, names, runs_dir=runs_dir, name=name, progress=err.is_terminal, **options)
+        result = run_compare(data, names, runs_dir=runs_dir, name=name, progress=err.is_terminal, advise=advise, **options)
     except (ValueError, TrainingError, WeightsError) as e:
         raise _fail(str(e)) from None
     except KeyboardInterrupt:
@@ -291,6 +294,138 @@ def compare(
     out.print(table)
     out.print(result.reading)
     out.print(f"Report: {result.report}")
+
+
+@app.command()
+def advise(
+    data: str = typer.Argument(..., help=DATA_HELP),
+    backbone: str = typer.Option("efficientnet_lite0", help="The backbone to advise for."),
+    weights: str = typer.Option("default", help="default, bundled, hub, none, or a file."),
+    input_size: Optional[int] = typer.Option(None, help="Input size in pixels [the weights']."),
+    sample: int = typer.Option(60, min=5, help="Images per class probed (a bounded sample)."),
+    seed: int = typer.Option(0, help="Seed of the sample and of drawn splits."),
+    as_json: bool = typer.Option(False, "--json", help="Print the advice as JSON."),
+) -> None:
+    """Measure DATA (size; similarity to the pretraining data) and recommend a strategy by the rules."""
+    import json
+
+    from headstart.advise import SOURCE
+    from headstart.advise import advise as run_advise
+    from headstart.weights import WeightsError
+
+    try:
+        a = run_advise(data, backbone, weights, input_size, per_class=sample, seed=seed, progress=err.is_terminal)
+    except (ValueError, WeightsError) as e:
+        raise _fail(str(e)) from None
+    if as_json:
+        out.print_json(json.dumps(a.to_dict()))
+        return
+    table = Table(title=f"Measured on {a.measurements['sample']} images ({backbone}, frozen)")
+    table.add_column("measurement")
+    table.add_column("value", justify="right")
+    for k, v in a.measurements.items():
+        if v is not None:
+            table.add_row(k.replace("_", " "), f"{v:.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
+    out.print(table)
+    out.print(f"[bold]Case:[/] {a.case}")
+    for r in a.reasons:
+        out.print(f"  - {r}")
+    out.print(f"[bold]Rule[/] ({SOURCE}):\n  \u201c{a.rule}\u201d")
+    rec = a.recommendation
+    out.print(f"[bold]Recommendation:[/] {rec['strategy']} — {rec['why']}.")
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{'' if v else 'no-'}{k}"
+                     for k, v in a.overrides().items())
+    out.print(f"  headstart train {data} --backbone {backbone} {flags}   (or: --strategy auto)")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="A run folder (runs/NAME), a .ckpt checkpoint or a saved .safetensors model."),
+    images: list[Path] = typer.Argument(..., help="Image files and folders (walked recursively)."),
+    top_k: int = typer.Option(3, min=1, help="Classes shown per image."),
+    format: str = typer.Option("table", "--format", help="table, json or csv."),
+    batch_size: int = typer.Option(32, min=1, help="Images per forward pass."),
+) -> None:
+    """Classify images with a trained model. Exit 0 if every image was read, 1 if some were not."""
+    import csv
+    import json
+
+    from headstart.predict import load
+
+    if format not in ("table", "json", "csv"):
+        raise _fail(f"Unknown --format '{format}'. Choose one of: table, json, csv.")
+    try:
+        results = load(run).predict(images, top_k=top_k, batch_size=batch_size)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    failed = [r for r in results if r.error]
+    if format == "json":
+        out.print_json(json.dumps({"predictions": [r.to_dict() for r in results]}))
+    elif format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["source", "rank", "class", "probability", "error"])
+        for r in results:
+            rows = [[r.source, i + 1, c, f"{p:.6f}", ""] for i, (c, p) in enumerate(r.top)] or [[r.source, "", "", "", r.error]]
+            writer.writerows(rows)
+    else:
+        table = Table(title=f"Predictions ({len(results) - len(failed)} of {len(results)} images)")
+        table.add_column("image", overflow="fold")
+        for i in range(top_k):
+            table.add_column(f"#{i + 1}" if i else "prediction", no_wrap=True)
+        for r in results:
+            cells = [f"{c} ({p:.1%})" for c, p in r.top] if not r.error else [f"[red]error: {r.error}[/]"]
+            table.add_row(r.source, *cells)
+        out.print(table)
+    if failed:
+        err.print(f"[yellow]{len(failed)} of {len(results)} image(s) could not be read.[/]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="A run folder (runs/NAME), a .ckpt checkpoint or a saved .safetensors model."),
+    format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Output file [RUN/export/model.onnx or model.pt]."),
+) -> None:
+    """Export the model (with its class names and preprocessing) and check it against PyTorch."""
+    from headstart.export import ExportError
+    from headstart.export import export as run_export
+
+    try:
+        result = run_export(run, format, out_file)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    except ExportError as e:
+        raise _fail(str(e), 1) from None
+    out.print(f"Wrote {result.path} and {result.sidecar}")
+    out.print(f"Parity with PyTorch on {result.samples} sample images: max probability difference "
+              f"{result.max_difference:.2e} (allowed 1e-4)")
+
+
+@app.command()
+def serve(
+    run: Path = typer.Argument(..., help="A run folder (runs/NAME), a .ckpt checkpoint or a saved .safetensors model."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the server to the network."),
+    port: int = typer.Option(8000, help="Port."),
+    top_k: int = typer.Option(3, min=1, help="Classes returned per image unless a request asks (?top_k=)."),
+    max_upload_mb: float = typer.Option(10.0, help="Largest upload per file, in MB."),
+    max_pixels: int = typer.Option(hs_data.MAX_PIXELS, help="Refuse images with more pixels."),
+) -> None:
+    """Serve the model over HTTP: POST /predict, GET /healthz, and a page at / to try photos."""
+    from headstart.predict import load
+    from headstart.serve import Limits, create_app
+
+    try:
+        predictor = load(run, max_pixels=max_pixels)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]Binding to {host}: anyone who can reach this machine can use the model.[/]")
+    import uvicorn
+
+    app_ = create_app(predictor, Limits(max_upload_mb=max_upload_mb, max_pixels=max_pixels, top_k=top_k))
+    out.print(f"Serving {run} on http://{host}:{port}/  (Ctrl-C to stop)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from headstart.strategies import STRATEGIES
 from headstart.training import Run, TrainingError, fit
 
 COLUMNS = ["strategy", "trainable", "best_epoch", "val_accuracy", "accuracy", "correct", "total",
-           "seconds_per_epoch", "total_seconds"]
+           "seconds_per_epoch", "total_seconds", "advised"]
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Comparison:
     rows: list[dict]
     runs: dict[str, Run]
     reading: str
+    advice: Any = None  # headstart.advise.Advice, when the data was measured
 
     @property
     def report(self) -> Path:
@@ -84,17 +85,44 @@ def reading(rows: list[dict]) -> str:
     return text
 
 
+def advice_outcome(advice, rows: list[dict]) -> str:
+    """Which strategy the rules predicted, which one won, and by how much."""
+    predicted = advice.strategy
+    best = max(rows, key=lambda r: (r["accuracy"], -r["total_seconds"]))
+    by = {r["strategy"]: r for r in rows}
+    text = f"The rules ({advice.case}) predicted {predicted}"
+    if predicted not in by:
+        return text + ", which this comparison did not train."
+    if best["strategy"] == predicted:
+        return text + f", and it won ({best['accuracy']:.1%})."
+    gap = 100 * (best["accuracy"] - by[predicted]["accuracy"])
+    return text + f"; {best['strategy']} won, {gap:.1f} points ahead of it ({by[predicted]['accuracy']:.1%})."
+
+
 def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", name: str | None = None,
-            progress: bool = False, **options: Any) -> Comparison:
-    """Train each strategy on the same data, backbone and seed; write the comparison report."""
-    unknown = [s for s in strategies if s not in STRATEGIES]
+            progress: bool = False, advise: bool = True, **options: Any) -> Comparison:
+    """Train each strategy on the same data, backbone and seed; write the comparison report.
+
+    With ``advise`` (the default) ``headstart.advise`` measures the data first and the report says
+    which strategy the rules predicted; ``"auto"`` among the strategies trains that one.
+    """
+    unknown = [s for s in strategies if s not in STRATEGIES and s != "auto"]
     if unknown or not strategies:
-        raise ValueError(f"Unknown strategy '{unknown[0] if unknown else ''}'. Choose from: {', '.join(STRATEGIES)}.")
-    resolve_config(options.get("recipe"), None, {**options, "data": str(data)})  # bad options fail before any run
+        raise ValueError(f"Unknown strategy '{unknown[0] if unknown else ''}'. Choose from: "
+                         f"{', '.join(STRATEGIES)}, auto.")
+    cfg = resolve_config(options.get("recipe"), None, {**options, "data": str(data)})  # bad options fail first
     label = "demo" if str(data) == "demo" else Path(data).resolve().name
     out = Path(runs_dir) / (name or f"compare-{label}-{datetime.now():%Y%m%d-%H%M%S}")
     if out.exists():
         raise TrainingError(f"{out} already exists. Pick another --name.")
+    advice = None
+    if advise or "auto" in strategies:
+        from headstart.advise import advise as measure
+        from headstart.data import load_dataset
+
+        ds = load_dataset(data, cfg.layout, val_fraction=cfg.val_fraction, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
+        advice = measure(ds, cfg.backbone, cfg.weights, cfg.input_size, seed=cfg.seed, progress=progress)
+        strategies = list(dict.fromkeys(advice.strategy if s == "auto" else s for s in strategies))
     runs = {}
     for strategy in strategies:
         runs[strategy] = fit(data, strategy=strategy, runs_dir=str(out), name=strategy, progress=progress, **options)
@@ -102,16 +130,22 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
             raise KeyboardInterrupt
     rows = [_row(s, r) for s, r in runs.items()]
     text = reading(rows)
+    outcome = advice_outcome(advice, rows) if advice else ""
+    if outcome:
+        text += " " + outcome
     buf = io.StringIO()
     w = csv.DictWriter(buf, COLUMNS, extrasaction="ignore")
     w.writeheader()
-    w.writerows(rows)
+    w.writerows([{**r, "advised": advice is not None and r["strategy"] == advice.strategy} for r in rows])
     write_text(out / "comparison.csv", buf.getvalue())
+    if advice:
+        write_text(out / "advice.json", json.dumps(advice.to_dict(), indent=2) + "\n")
     first = next(iter(runs.values()))
     data_info = json.loads((first.dir / "data.json").read_text())
     write_compare_report(
         out, rows, {s: r.history for s, r in runs.items()},
         {s: r.metrics["confusion_matrix"] for s, r in runs.items()}, data_info["classes"], data_info, text,
         title=f"{first.config.backbone} on {label}: {', '.join(strategies)}",
+        advice=advice.to_dict() if advice else None, outcome=outcome,
     )
-    return Comparison(out, rows, runs, text)
+    return Comparison(out, rows, runs, text, advice)

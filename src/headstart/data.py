@@ -24,6 +24,7 @@ folders, say) are drawn from the training images, stratified by class and seeded
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -534,12 +535,27 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 def decode_image(path: Path, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
     try:
-        if path.stat().st_size == 0:
-            raise ImageError("empty file (0 bytes)")
+        empty = path.stat().st_size == 0
+    except OSError as e:
+        raise ImageError(f"cannot read: {e.strerror or e}") from None
+    if empty:
+        raise ImageError("empty file (0 bytes)")
+    return _decode(path, path, max_pixels)
+
+
+def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS, name: str = "upload") -> Image.Image:
+    """``decode_image`` for the bytes of an image file (an upload): the same checks and conversions."""
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    return _decode(io.BytesIO(data), Path(name), max_pixels)[0]
+
+
+def _decode(source, path: Path, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
+    try:
         with warnings.catch_warnings():
             # Our own limit below decides; Pillow still raises for more than twice its own.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise ImageError(

@@ -26,6 +26,11 @@ def _env() -> Environment:
     return Environment(loader=PackageLoader("headstart", "templates"), autoescape=select_autoescape(["html", "j2"]))
 
 
+def render(template: str, **context) -> str:
+    """A page from ``headstart/templates``."""
+    return _env().get_template(template).render(**context)
+
+
 def _inline(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
@@ -52,7 +57,8 @@ def write_run_report(run, ev, images, data: dict) -> Path:
     """``<run>/report.html``: headline numbers, curves, confusion matrix, per-class table,
     misclassified gallery, data summary and problems, timings and the resolved config."""
     pictures = draw_run_pictures(run.dir, run.history, run.metrics.get("best_epoch", 0), ev, images)
-    html = _env().get_template("run.html.j2").render(
+    html = render(
+        "run.html.j2",
         title=f"{run.dir.name}",
         subtitle=f"{run.config.backbone} · {run.config.strategy} · recipe {run.config.recipe} · {len(ev.classes)} classes",
         m=run.metrics,
@@ -63,15 +69,17 @@ def write_run_report(run, ev, images, data: dict) -> Path:
 
 
 def write_compare_report(out_dir: Path, rows: list[dict], histories: dict, confusions: dict, classes: list[str],
-                         data: dict, reading: str, title: str) -> Path:
+                         data: dict, reading: str, title: str, advice: dict | None = None, outcome: str = "") -> Path:
     """``<compare>/report.html``: the table, overlaid curves, confusion matrices side by side, a reading."""
     pictures = {
         "curves": plots.plot_histories(histories, out_dir / "curves.png"),
         "confusions": plots.plot_confusions(confusions, classes, out_dir / "confusion_matrices.png"),
     }
     best = max(rows, key=lambda r: (r["accuracy"], -r["total_seconds"]))["strategy"]
-    html = _env().get_template("compare.html.j2").render(
+    html = render(
+        "compare.html.j2",
         title=title, subtitle=f"{data['root']} · {len(classes)} classes", rows=rows, best=best,
-        images={k: _inline(v) for k, v in pictures.items()}, data=data, reading=reading,
+        images={k: _inline(v) for k, v in pictures.items()}, data=data, reading=reading, advice=advice,
+        outcome=outcome,
     )
     return write_text(out_dir / REPORT_HTML, html)

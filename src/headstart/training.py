@@ -121,7 +121,7 @@ def split_indices(ds: Dataset) -> dict[str, tuple[list[int], list[int]]]:
 @torch.inference_mode()
 def extract_features(model: Classifier, store: ImageStore, indices: list[int], batch_size: int = 64,
                      device: str | torch.device = "cpu", progress: bool = False, upto: nn.Module | None = None,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                     dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
     """What a frozen part of the model makes of the given images, computed once: the pooled
     features (``model.forward_features``), or the activations of the frozen prefix ``upto``."""
     from rich.progress import track
@@ -130,9 +130,14 @@ def extract_features(model: Classifier, store: ImageStore, indices: list[int], b
     fn = upto if upto is not None else model.forward_features
     loader = DataLoader(ImageSet(store, indices, [0] * len(indices), augment=False), batch_size=batch_size)
     what = "features" if upto is None else "frozen layers"
-    chunks = [fn(x.to(device)).to(dtype).cpu()
+    chunks = [fn(_layout(x.to(device), channels_last)).to(dtype).cpu()
               for x, _ in track(loader, description=f"Computing {what} (once)", disable=not progress, transient=True)]
     return torch.cat(chunks)
+
+
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Images (and 4-D activations) in NHWC memory order when asked: what fast convolutions read."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 # --- the Lightning module -----------------------------------------------------------------
@@ -167,9 +172,15 @@ class TransferModule(L.LightningModule):
         self.train_loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.eval_loss_fn = nn.CrossEntropyLoss()  # plain, so val_loss compares across recipes
         self.epoch_stats = {"train": torch.zeros(3), "val": torch.zeros(3)}  # loss sum, correct, count
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self._plain_forward) if cfg.compile else self._plain_forward
+
+    def _plain_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.head(self.trunk(_layout(x.float(), self.cfg.channels_last)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.head(self.trunk(x.float()))
+        return self._forward(x)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
@@ -393,6 +404,20 @@ def _resume_config(run_dir: Path, overrides: dict, config_file: str | Path | Non
     return cfg
 
 
+def _advised(cfg: TrainConfig, ds: Dataset, asked: dict, progress: bool) -> TrainConfig:
+    """``--strategy auto``: the advice's strategy and settings, except those asked for explicitly
+    (and, with the seed recipe, only the strategy: the rest of the recipe is the tutorial's)."""
+    import dataclasses
+
+    from headstart.advise import advise
+
+    advice = advise(ds, cfg.backbone, cfg.weights, cfg.input_size, seed=cfg.seed, progress=progress)
+    keys = ("strategy",) if cfg.recipe == "seed" else tuple(advice.overrides())
+    chosen = {k: v for k, v in advice.overrides().items() if k in keys and (k == "strategy" or k not in asked)}
+    log.info("auto: %s -> %s", advice.case, advice.strategy)
+    return dataclasses.replace(cfg, **chosen, advice=advice.to_dict())
+
+
 def _leading_frozen(model: Classifier) -> int:
     k = 0
     while k < len(model.groups) and not any(p.requires_grad for p in model.groups[k].params):
@@ -412,7 +437,10 @@ def _datasets(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStor
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def once(**kw) -> dict:
-        out = {s: TensorDataset(extract_features(model, store, idx, device=device, progress=progress, **kw),
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        out = {s: TensorDataset(extract_features(model, store, idx, device=device, progress=progress,
+                                                 channels_last=cfg.channels_last, **kw),
                                 torch.tensor(y)) for s, (idx, y) in splits.items()}
         model.cpu()
         return out
@@ -428,7 +456,8 @@ def _datasets(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStor
         log.info("%s: the %d frozen groups are computed once; epochs run the rest", cfg.strategy, k)
         return once(upto=prefix, dtype=CACHE_DTYPE), rest
     if cut is not None:
-        log.info("%s: augmentation is on, so the frozen layers run every epoch (--no-augment caches them)", cfg.strategy)
+        log.warning("%s: augmentation is on, so the frozen layers run every epoch (--no-augment computes them once)",
+                    cfg.strategy)
     images = {s: ImageSet(store, idx, y, augment=cfg.augment and s == "training", seed=cfg.seed)
               for s, (idx, y) in splits.items()}
     return images, None
@@ -461,6 +490,8 @@ def fit(
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ds = load_dataset(cfg.data, cfg.layout, val_fraction=cfg.val_fraction, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
+    if cfg.strategy == "auto":
+        cfg = _advised(cfg, ds, {**(read_yaml(config_file) if config_file else {}), **overrides}, progress)
     scratch = cfg.strategy == "scratch"
     model = create_model(cfg.backbone, ds.num_classes, weights="none" if scratch else cfg.weights,
                          head={"dropout": cfg.head_dropout, "hidden": cfg.head_hidden}, input_size=cfg.input_size)

@@ -1,0 +1,205 @@
+"""headstart against a naive loop written like the tutorial, in one process, on the same data,
+seed, backbone and recipe: time per epoch, first-epoch overhead, peak memory and accuracy.
+
+    python bench/epoch_time.py [--data demo] [--input-size 160] [--epochs 3] [--strategies features,half,full]
+
+The naive loop is what the tutorial does, in plain PyTorch: it decodes and resizes every image
+again in every epoch, and pushes every batch through the whole network, frozen layers included.
+headstart decodes once (memory-mapped cache, built cold here: a fresh cache folder), computes
+what is frozen once, and uses channels-last tensors.
+
+Both sides train the same model (same weights, same groups frozen, same optimizer, learning
+rates and schedule, same shuffling and dropout seeds, augmentation off so the frozen layers can
+be cached), keep the best weights by validation loss, and are scored on the evaluation split.
+Epoch times include validation. "first" is the first epoch, and for headstart everything before
+it too (reading, decoding, features). Peak memory is the process's largest resident set while
+that side ran (sampled every 20 ms).
+
+Timings are noisy on a shared machine: read the ratios, which come from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+
+from headstart import strategies as S
+from headstart.backbones import create_model
+from headstart.config import resolve_config
+from headstart.data import load_dataset
+from headstart.training import fit, lr_lambda, split_indices
+
+
+class PeakMemory:
+    """The largest resident set size (MB) of this process while the ``with`` block ran."""
+
+    def __enter__(self) -> "PeakMemory":
+        self.peak, self._stop = _rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# --- the naive loop, as the tutorial writes it -----------------------------------------------
+
+
+class DecodeEveryTime(torch.utils.data.Dataset):
+    """Open, decode and resize the image file on every access: what a plain loader does."""
+
+    def __init__(self, samples, pre):
+        self.samples, self.pre = samples, pre
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        with Image.open(self.samples[i].path) as im:
+            image = self.pre.resize_image(im.convert("RGB"))
+        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+        return x, self.samples[i].label
+
+
+def naive(cfg, ds) -> dict:
+    from headstart.training import _seed  # the same shuffling and dropout seeds as headstart
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.backbone, ds.num_classes, weights=cfg.weights, input_size=cfg.input_size,
+                         head={"dropout": cfg.head_dropout, "hidden": cfg.head_hidden})
+    S.apply_strategy(model, cfg.strategy)
+    model.pretrained_bn_stats = cfg.pretrained_bn_stats
+    splits = {s: [ds.samples[i] for i in idx] for s, (idx, _) in split_indices(ds).items()}
+    sets = {s: DecodeEveryTime(v, model.preprocessing) for s, v in splits.items()}
+    steps = math.ceil(len(sets["training"]) / cfg.batch_size)
+    opt = torch.optim.AdamW(S.param_groups(model, cfg.lr, cfg.backbone_lr, cfg.lr_decay), lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps))
+    train_loss, eval_loss = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), nn.CrossEntropyLoss()
+    best, best_loss, seconds = None, float("inf"), []
+    for epoch in range(cfg.epochs):
+        start = time.perf_counter()
+        order = torch.randperm(len(sets["training"]), generator=torch.Generator().manual_seed(_seed(cfg.seed, epoch)))
+        loader = DataLoader(torch.utils.data.Subset(sets["training"], order.tolist()), batch_size=cfg.batch_size)
+        model.train()
+        for b, (x, y) in enumerate(loader):
+            torch.manual_seed(_seed(cfg.seed, epoch, b))
+            loss = train_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        val_loss = _score(model, sets["validation"], cfg.batch_size, eval_loss)[0]
+        if val_loss < best_loss:
+            best, best_loss = copy.deepcopy(model.state_dict()), val_loss
+        seconds.append(time.perf_counter() - start)
+    model.load_state_dict(best)
+    return {"seconds": seconds, "accuracy": _score(model, sets["evaluation"], cfg.batch_size, eval_loss)[1]}
+
+
+@torch.no_grad()
+def _score(model, dataset, batch_size: int, loss_fn) -> tuple[float, float]:
+    model.eval()
+    loss, correct = 0.0, 0
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        logits = model(x)
+        loss += loss_fn(logits, y).item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+    return loss / len(dataset), correct / len(dataset)
+
+
+# --- headstart --------------------------------------------------------------------------------
+
+
+def headstart(cfg) -> dict:
+    start = time.perf_counter()
+    run = fit(config=cfg, progress=False)
+    seconds = [r["seconds"] for r in run.history]
+    seconds[0] += run.metrics["setup_seconds"]  # reading, decoding and computing what is frozen
+    return {"seconds": seconds, "accuracy": run.metrics["accuracy"], "total": time.perf_counter() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="demo", help="Any dataset headstart reads [the embedded demo].")
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--input-size", type=int, default=160)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--strategies", default="features,half,full")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch is reported apart from the others.")
+
+    here = Path(__file__).parent
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
+    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                      cwd=here).stdout.strip():
+        commit += " + uncommitted changes"
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}; "
+          f"commit {commit or '?'}", flush=True)
+    print(f"data {args.data}, backbone {args.backbone}, {args.input_size} px, {args.epochs} epochs, "
+          f"batch {args.batch_size}, seed {args.seed}, augmentation off", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["HEADSTART_CACHE"] = str(Path(tmp) / "cache")  # cold: headstart decodes in its first run
+        ds = load_dataset(args.data, seed=args.seed)
+        for strategy in args.strategies.split(","):
+            cfg = resolve_config(overrides=dict(
+                data=args.data, backbone=args.backbone, input_size=args.input_size, epochs=args.epochs,
+                batch_size=args.batch_size, seed=args.seed, strategy=strategy, augment=False, early_stopping=0,
+                runs_dir=str(Path(tmp) / "runs")))
+            with PeakMemory() as mem_naive:
+                a = naive(cfg, ds)
+            print(f"{strategy:9s} naive:     epochs {_fmt(a['seconds'])}  accuracy {a['accuracy']:.4f}  "
+                  f"peak {mem_naive.peak:.0f} MB", flush=True)
+            with PeakMemory() as mem_hs:
+                b = headstart(cfg)
+            print(f"{strategy:9s} headstart: epochs {_fmt(b['seconds'])}  accuracy {b['accuracy']:.4f}  "
+                  f"peak {mem_hs.peak:.0f} MB", flush=True)
+            rows.append((strategy, a, b, mem_naive.peak, mem_hs.peak))
+
+    print("\n| strategy | naive s/epoch (later) | headstart s/epoch (later) | speed-up (later epochs) "
+          "| first epoch naive / headstart (s) | accuracy naive / headstart | peak MB naive / headstart |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for strategy, a, b, ma, mb in rows:
+        later_a, later_b = np.mean(a["seconds"][1:]), np.mean(b["seconds"][1:])
+        print(f"| {strategy} | {later_a:.2f} | {later_b:.2f} | {later_a / later_b:.1f}× | "
+              f"{a['seconds'][0]:.1f} / {b['seconds'][0]:.1f} | {a['accuracy']:.4f} / {b['accuracy']:.4f} | "
+              f"{ma:.0f} / {mb:.0f} |")
+
+
+def _fmt(seconds: list[float]) -> str:
+    return " ".join(f"{s:.2f}" for s in seconds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The transfer-learning rules as a tool: measure the data, place it in one of the four cases,
+recommend a strategy (``headstart advise DATA``, ``--strategy auto``).
+
+The rules (the tutorial quotes them; they come from the CS231n notes on transfer learning):
+
+===========  ===============================  ==========================================
+             similar to the pretraining data  different from it
+===========  ===============================  ==========================================
+small data   train only a new classifier on   fix the earlier layers, retrain the rest
+             frozen features (``features``)   (``half``: frozen up to the middle)
+large data   retrain the whole network from   retrain the whole network from
+             the pretrained weights (``full``) the pretrained weights (``full``)
+===========  ===============================  ==========================================
+
+Two inputs decide the case, both measured on the user's data:
+
+- **size**: training images per class (the smallest class decides: it is the one that overfits);
+- **similarity**: how well the backbone's frozen final features already separate the classes
+  (leave-one-out k-NN on a bounded sample), compared with the same probe on an earlier layer's
+  pooled features. ImageNet-like data is separated well by the final layer; data unlike it is
+  separated poorly, or better by earlier, more generic layers (Yosinski et al. 2014: later
+  layers are the specific ones). Where the backbone has its ImageNet classifier, how confident it
+  is on these images is shown as a third signal; it does not decide.
+
+>>> advice = advise("demo")                                  # doctest: +SKIP
+>>> advice.case, advice.recommendation["strategy"]          # doctest: +SKIP
+('small data, similar to the pretraining data', 'features')
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from headstart.data import Dataset, load_dataset
+
+# --- thresholds: every number the advice depends on, and where it comes from ---------------------------
+
+# "Small" data: fewer training images than this in the smallest class. The rules give no number;
+# 1,000 per class is the usual rule of thumb (ImageNet itself has ~1,000 per class), and Food-11's
+# 9,866 training images in 11 classes (~900 each) count as small, as in the tutorial.
+SMALL_PER_CLASS = 1000
+# "Similar" data: the final layer's k-NN accuracy at least halfway from chance to perfect, i.e. a
+# normalised separability (acc - 1/C) / (1 - 1/C) >= 0.5. On ImageNet-like photos frozen features
+# score far above (0.9+ in the tests); on data built to be different they sit near chance (0).
+SIMILAR_SEPARABILITY = 0.5
+# ... and not beaten by the earlier layer's features by more than this (accuracy points): earlier,
+# generic layers beating the final, specific ones is Yosinski et al.'s sign of a different domain.
+EARLIER_MARGIN = 0.05
+# k of the k-NN probe (cosine similarity, majority vote, leave-one-out), and the bounded sample.
+K_NEIGHBOURS = 5
+SAMPLE_PER_CLASS = 60
+
+RULES = {
+    ("small", "similar"): ("features", "If the new data-set is very small, it's better to train only the final "
+                           "layers of the network to avoid overfitting, keeping all other layers fixed."),
+    ("large", "similar"): ("full", "If the new data-set is very much large, retrain the whole network with "
+                           "initial weights from the pre-trained model."),
+    ("small", "different"): ("half", "If the new data-set is very small, it will be good to fix the earlier "
+                             "layers and retrain the rest of the layers."),
+    ("large", "different"): ("full", "If the new data-set has large amount of data, we can retrain the whole "
+                             "network with weights initialized from the pre-trained network."),
+}
+SOURCE = "Transfer-learning rules as quoted by the tutorial (from the CS231n notes)"
+
+
+@dataclass
+class Advice:
+    """The measurements, the case they place the data in, the rule, and what to run."""
+
+    data: str
+    backbone: str
+    measurements: dict
+    size: str  # small | large
+    similarity: str  # similar | different
+    rule: str
+    recommendation: dict = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def case(self) -> str:
+        return f"{self.size} data, {self.similarity} {'to' if self.similarity == 'similar' else 'from'} the pretraining data"
+
+    @property
+    def strategy(self) -> str:
+        return self.recommendation["strategy"]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "case": self.case}
+
+    def overrides(self) -> dict:
+        """The recommendation as ``TrainConfig`` options."""
+        return {k: v for k, v in self.recommendation.items()
+                if k in ("strategy", "augment", "lr", "backbone_lr", "epochs") and v is not None}
+
+
+def knn_accuracy(features: torch.Tensor, labels: torch.Tensor, k: int = K_NEIGHBOURS) -> float:
+    """Leave-one-out k-NN accuracy with cosine similarity: how well the features separate the classes."""
+    x = torch.nn.functional.normalize(features.float(), dim=1)
+    sim = x @ x.T
+    sim.fill_diagonal_(-float("inf"))
+    k = min(k, len(x) - 1)
+    nearest = sim.topk(k, dim=1).indices
+    votes = torch.nn.functional.one_hot(labels[nearest], int(labels.max()) + 1).sum(1).float()
+    votes += 1e-3 * torch.nn.functional.one_hot(labels[nearest[:, 0]], votes.shape[1])  # ties: the nearest wins
+    return float((votes.argmax(1) == labels).float().mean())
+
+
+def separability(accuracy: float, num_classes: int) -> float:
+    """Accuracy rescaled so that chance is 0 and perfect is 1."""
+    chance = 1 / num_classes
+    return max(0.0, (accuracy - chance) / (1 - chance))
+
+
+def _sample(ds: Dataset, per_class: int, seed: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in range(ds.num_classes):
+        idx = [i for i, s in enumerate(ds.samples) if s.label == c and s.split in ("training", "validation")]
+        out += sorted(rng.choice(idx, min(per_class, len(idx)), replace=False).tolist())
+    return out
+
+
+@torch.inference_mode()
+def measure_similarity(ds: Dataset, backbone: str, weights: str = "default", input_size: int | None = None,
+                       per_class: int = SAMPLE_PER_CLASS, seed: int = 0, progress: bool = False) -> dict:
+    """Probe the frozen backbone on a bounded sample: k-NN accuracy of the final and of an earlier
+    layer's pooled features, and the ImageNet classifier's confidence where there is one."""
+    from headstart.backbones import create_model
+    from headstart.cache import decoded_images
+    from headstart.training import extract_features
+
+    try:  # keep the ImageNet classifier when the weights have one: its confidence is a signal
+        model = create_model(backbone, 1000, weights=weights, head="pretrained", input_size=input_size)
+    except Exception:
+        model = create_model(backbone, ds.num_classes, weights=weights, input_size=input_size)
+    model.eval()
+    picked = _sample(ds, per_class, seed)
+    sample = Dataset(ds.root, ds.layout, ds.classes, [ds.samples[i] for i in picked], [], [], (), {})
+    sample, store = decoded_images(sample, model.preprocessing, progress=progress, check=False)
+    labels = torch.tensor([s.label for s in sample.samples])
+    indices = list(range(len(sample.samples)))
+    out = {"sample": len(indices), "groups": len(model.groups), "earlier_layer": None, "earlier_knn": None, "earlier_separability": None,
+           "imagenet_confidence": None}
+    mid = math.ceil(len(model.groups) / 2)
+    cut = model.split(mid)
+    if cut is not None:  # one pass: the earlier activations, then the rest of the body on them
+        prefix, rest = cut
+        act = extract_features(model, store, indices, upto=prefix, progress=progress)
+        final = torch.cat([rest(act[i:i + 64]) for i in range(0, len(act), 64)])
+        earlier = act.float().mean((2, 3)) if act.dim() == 4 else act.float().mean(1)
+        out["earlier_layer"] = model.groups[mid - 1].name
+        out["earlier_knn"] = knn_accuracy(earlier, labels)
+        out["earlier_separability"] = separability(out["earlier_knn"], ds.num_classes)
+    else:
+        final = extract_features(model, store, indices, progress=progress)
+    out["final_knn"] = knn_accuracy(final, labels)
+    out["final_separability"] = separability(out["final_knn"], ds.num_classes)
+    if model.config.get("head") == "pretrained":
+        out["imagenet_confidence"] = float(model.head(final).softmax(1).max(1).values.mean())
+    return out
+
+
+def recommend(size: str, similarity: str, num_groups: int) -> dict:
+    """Strategy, freeze point, learning rates, epochs and augmentation for one of the four cases."""
+    strategy = RULES[(size, similarity)][0]
+    rec = {"strategy": strategy, "epochs": 15, "lr": 1e-3}
+    if strategy == "features":
+        rec.update(augment=False, backbone_lr=None,
+                   why="a new classifier on frozen features: nothing else to fit on little data; features are "
+                       "computed once, so epochs take a fraction of a second")
+    elif strategy == "half":
+        rec.update(backbone_lr=1e-4, augment=True,
+                   why=f"the first {math.ceil(num_groups / 2)} of {num_groups} groups stay fixed (generic "
+                       "features); the later ones adapt, at a 10x lower rate than the new head; augmentation "
+                       "against overfitting")
+    else:
+        rec.update(backbone_lr=1e-4 if similarity == "similar" else 3e-4, augment=True,
+                   why="every layer trains from the pretrained weights, lower layers more gently "
+                       "(discriminative rates); enough data not to overfit")
+    return rec
+
+
+def advise(data: str | Dataset, backbone: str = "efficientnet_lite0", weights: str = "default",
+           input_size: int | None = None, per_class: int = SAMPLE_PER_CLASS, seed: int = 0,
+           progress: bool = False) -> Advice:
+    """Measure ``data`` and apply the rules: the case, the rule quoted, and a recommendation."""
+    ds = data if isinstance(data, Dataset) else load_dataset(data, seed=seed)
+    train = ds.counts()["training"]
+    m = {"classes": ds.num_classes, "training_images": sum(train), "smallest_class": min(train),
+         "largest_class": max(train), "imbalance": round(max(train) / max(min(train), 1), 2)}
+    m.update(measure_similarity(ds, backbone, weights, input_size, per_class, seed, progress))
+
+    size = "small" if m["smallest_class"] < SMALL_PER_CLASS else "large"
+    reasons = [f"{size}: the smallest class has {m['smallest_class']:,} training images "
+               f"({'<' if size == 'small' else '>='} {SMALL_PER_CLASS:,})"]
+    separable = m["final_separability"] >= SIMILAR_SEPARABILITY
+    earlier_wins = m["earlier_knn"] is not None and m["earlier_knn"] > m["final_knn"] + EARLIER_MARGIN
+    similarity = "similar" if separable and not earlier_wins else "different"
+    reasons.append(f"final-layer features separate the classes {'well' if separable else 'poorly'}: k-NN "
+                   f"{m['final_knn']:.1%}, separability {m['final_separability']:.2f} "
+                   f"({'>=' if separable else '<'} {SIMILAR_SEPARABILITY})")
+    if m["earlier_knn"] is not None:
+        reasons.append(f"earlier layer ({m['earlier_layer']}) k-NN {m['earlier_knn']:.1%}: "
+                       + ("better than the final layer, a sign of a different domain" if earlier_wins
+                          else "not better than the final layer"))
+    return Advice(str(data if not isinstance(data, Dataset) else ds.root), backbone, m, size, similarity,
+                  RULES[(size, similarity)][1], recommend(size, similarity, m["groups"]), reasons)
