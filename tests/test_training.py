@@ -228,3 +228,42 @@ def test_frozen_prefix_is_computed_once_and_matches_the_uncached_path(tmp_path: 
     for a, b in zip(cached.history, uncached.history):
         assert a["loss"] == pytest.approx(b["loss"], rel=2e-3) and a["val_loss"] == pytest.approx(b["val_loss"], rel=2e-3)
     assert abs(cached.metrics["accuracy"] - uncached.metrics["accuracy"]) <= 0.01
+
+
+class _Layouts(L.Callback):
+    """What the trainer does at the first batch: the memory order of what a trained conv reads, the forward."""
+
+    channels_last = compiled = None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == 0:
+            self.compiled = hasattr(module._forward, "_torchdynamo_orig_callable")
+            conv = next((m for m in module.model.body.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad), None)
+            if conv is not None:
+                self._hook = conv.register_forward_pre_hook(self._look)
+
+    def _look(self, conv, inputs):
+        x = inputs[0]
+        self.channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        self._hook.remove()
+
+
+def test_speed_levers_change_the_speed_not_the_results(tmp_path: Path):
+    opts = dict(strategy="half", epochs=2, augment=False, runs_dir=tmp_path, input_size=32, batch_size=64)
+    seen = {}
+    for channels_last in (True, False):
+        probe = _Layouts()
+        seen[channels_last] = fit("demo", name=f"cl-{channels_last}", channels_last=channels_last, callbacks=[probe], **opts)
+        assert probe.channels_last is channels_last and probe.compiled is False
+    for a, b in zip(seen[True].history, seen[False].history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3) and a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
+    # torch.compile: the head of `features` (a short compile, still ~30 s on 2 cores)
+    opts = dict(strategy="features", epochs=2, runs_dir=tmp_path, input_size=32)
+    probe = _Layouts()
+    compiled = fit("demo", name="compiled", compile=True, callbacks=[probe], **opts)
+    plain = fit("demo", name="plain", **opts)
+    assert probe.compiled is True
+    # Compiled dropout draws from another generator: close, not equal.
+    for a, b in zip(compiled.history, plain.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-2) and a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-2)
+    assert abs(compiled.metrics["accuracy"] - plain.metrics["accuracy"]) <= 0.02

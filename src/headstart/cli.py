@@ -369,9 +369,10 @@ def predict(
             writer.writerows(rows)
     else:
         table = Table(title=f"Predictions ({len(results) - len(failed)} of {len(results)} images)")
-        table.add_column("image", overflow="fold")
-        for i in range(top_k):
-            table.add_column(f"#{i + 1}" if i else "prediction", no_wrap=True)
+        table.add_column("image", no_wrap=True)
+        table.add_column("prediction", overflow="fold", min_width=20)
+        for i in range(1, top_k):
+            table.add_column(f"#{i + 1}", no_wrap=True)
         for r in results:
             cells = [f"{c} ({p:.1%})" for c, p in r.top] if not r.error else [f"[red]error: {r.error}[/]"]
             table.add_row(r.source, *cells)
