@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -116,6 +117,28 @@ def test_strategy_auto_trains_the_advised_strategy_and_records_it(shuffled, tmp_
     assert "strategy: half" in saved and "fix the earlier layers" in saved
     report = (tmp_path / "auto" / "report.html").read_text()
     assert "Advice: small data, different from the pretraining data" in report
+    # Advising does not disturb the random state: the same training as naming the strategy.
+    named = fit(shuffled, strategy="half", input_size=SIZE, epochs=1, runs_dir=tmp_path, name="named")
+    assert [r["loss"] for r in named.history] == [r["loss"] for r in run.history]
     # Options asked for explicitly win over the advice's.
     run = fit(shuffled, strategy="auto", input_size=SIZE, epochs=1, augment=False, runs_dir=tmp_path, name="explicit")
     assert run.config.strategy == "half" and run.config.augment is False
+
+
+def test_compare_shows_the_advice_beside_the_result(shuffled, tmp_path):
+    from headstart.compare import compare
+
+    result = compare(shuffled, ["features", "auto"], input_size=SIZE, epochs=1, runs_dir=str(tmp_path), name="cmp")
+    assert list(result.runs) == ["features", "half"]  # auto is the advised strategy, half
+    rows = {r["strategy"]: r for r in result.rows}
+    assert "The rules (small data, different from the pretraining data) predicted half" in result.reading
+    if rows["half"]["accuracy"] >= rows["features"]["accuracy"]:
+        assert "and it won" in result.reading
+    else:
+        gap = 100 * (rows["features"]["accuracy"] - rows["half"]["accuracy"])
+        assert f"features won, {gap:.1f} points ahead of it" in result.reading
+    html = (result.dir / "report.html").read_text()
+    assert "Advice: small data, different from the pretraining data" in html and "(advised)" in html
+    assert json.loads((result.dir / "advice.json").read_text())["recommendation"]["strategy"] == "half"
+    with (result.dir / "comparison.csv").open() as f:
+        assert {r["strategy"]: r["advised"] for r in csv.DictReader(f)} == {"features": "False", "half": "True"}

@@ -52,8 +52,13 @@ def test_predict_walks_folders_and_reports_unreadable_files(demo_run, tmp_path: 
     assert errors["broken.jpg"].startswith("cannot decode") and errors["missing.png"] == "no such file or folder"
     ok = [r for r in results if not r.error]
     assert len(ok) == 5 and all(len(r.top) == 2 and r.label in predictor.classes for r in ok)
-    # The same picture as PIL image and as array gives the same answer.
+    # The same picture as PIL image and as array gives the same answer; a one-channel array too.
     assert results[4].top == results[5].top
+    grey = np.asarray(cat.convert("L"))
+    assert predictor.predict(grey[..., None])[0].top == predictor.predict(grey)[0].top
+    red = np.array([200, 30, 30], np.uint8)
+    one_pixel, block = predictor.predict([np.tile(red, (1, 1, 1)), np.tile(red, (8, 8, 1))])
+    assert one_pixel.error is None and one_pixel.label == block.label  # (1, 1, 3) is a 1-pixel image
     # The demo files predicted from a folder match predicting them one by one (up to batch rounding).
     for r in ok[:3]:
         alone = predictor.predict(r.source, top_k=2)[0]
@@ -81,7 +86,8 @@ def test_predict_cli_formats_and_exit_codes(demo_run, tmp_path: Path):
     assert rows[2]["source"] == str(broken) and rows[2]["error"].startswith("cannot decode")
 
     res = runner.invoke(app, ["predict", str(demo_run.dir), str(images[0]), str(broken)])
-    assert res.exit_code == 1 and expected[0].label in res.stdout and "error: cannot decode" in res.stdout
+    assert res.exit_code == 1 and "not read (below)" in res.stdout
+    assert f"error: {broken}: cannot decode" in res.stdout.replace("\n", "")  # in full, on its own line
 
     for args, message in (([str(tmp_path), str(images[0])], "no checkpoints/best.ckpt"),
                           ([str(demo_run.dir), str(images[0]), "--format", "xml"], "Unknown --format 'xml'")):
@@ -112,10 +118,10 @@ def test_onnx_export_matches_pytorch_and_carries_its_metadata(demo_run, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["food.onnx", "food.onnx.json"]  # no leftovers
 
 
-def test_torchscript_export_from_the_cli(demo_run):
-    res = CliRunner().invoke(app, ["export", str(demo_run.dir), "--format", "torchscript"])
+def test_torchscript_export_from_the_cli(demo_run, tmp_path: Path):
+    path = tmp_path / "model.pt"
+    res = CliRunner().invoke(app, ["export", str(demo_run.dir), "--format", "torchscript", "--out", str(path)])
     assert res.exit_code == 0, res.output
-    path = demo_run.dir / "export" / "model.pt"
     assert "Parity with PyTorch" in res.stdout and str(path) in res.stdout
     files = {"headstart.json": ""}
     module = torch.jit.load(str(path), _extra_files=files)
@@ -147,5 +153,12 @@ def test_a_broken_export_is_caught_and_nothing_is_kept(demo_run, tmp_path: Path,
 def test_export_rejects_bad_arguments(demo_run, tmp_path: Path):
     res = CliRunner().invoke(app, ["export", str(demo_run.dir), "--format", "tflite"])
     assert res.exit_code == 2 and "Unknown export format 'tflite'" in res.output
+    for out in (tmp_path, tmp_path / "model.onnx"):  # a folder; the wrong suffix for torchscript
+        res = CliRunner().invoke(app, ["export", str(demo_run.dir), "--format", "torchscript", "--out", str(out)])
+        assert res.exit_code == 2 and "--out must be a .pt file" in res.output
+    (tmp_path / "bad.safetensors").write_bytes(b"not a model")
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "bad.safetensors")])
+    assert res.exit_code == 2 and "is not a readable headstart model" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors"]
     res = CliRunner().invoke(app, ["export", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "does not exist" in res.output

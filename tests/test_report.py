@@ -74,6 +74,13 @@ def test_compare_table_matches_the_runs_and_renders(messy: Path, tmp_path: Path)
     assert result.reading[:40] in page["text"]
 
 
+def test_compare_gives_a_freeze_point_only_to_the_strategies_that_have_one(messy: Path, tmp_path: Path):
+    result = compare(messy, ["features", "half"], freeze="1", epochs=1, input_size=32, runs_dir=str(tmp_path),
+                     name="cmp", advise=False)
+    assert result.runs["half"].config.freeze == "1" and result.runs["features"].config.freeze is None
+    assert result.advice is None and "advised" not in (result.dir / "report.html").read_text()
+
+
 def test_compare_rejects_unknown_strategies_before_training(tmp_path: Path):
     with pytest.raises(ValueError, match="Unknown strategy 'most'"):
         compare("demo", ["features", "most"], runs_dir=str(tmp_path))

@@ -83,6 +83,24 @@ def test_malformed_requests_get_a_json_error(client):
     assert res.status_code == 413 and "at most 4" in res.json()["error"]
     res = client.post("/predict?top_k=0", files={"file": ("a.png", _png(photo(0)), "image/png")})
     assert res.status_code == 422 and "top_k" in res.json()["error"]
+    res = client.post("/predict", json={"file": "cat.jpg"})
+    assert res.status_code == 422 and "error" in res.json()
+    res = client.get("/nowhere")
+    assert res.status_code == 404 and res.json() == {"error": "Not Found"}
+
+
+def test_a_chunked_upload_is_counted_as_it_arrives(client):
+    """No Content-Length: the body limit (4 files of 0.5 MB) still stops it, with a 413."""
+    boundary = "xyz"
+
+    def body():
+        yield f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.png\"\r\n\r\n".encode()
+        for _ in range(40):  # 40 x 64 KB = 2.5 MB
+            yield b"\0" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    res = client.post("/predict", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert res.status_code == 413 and res.json()["error"].startswith("The request is larger than")
 
 
 def test_the_page_classifies_a_photo_in_a_browser(predictor, tmp_path: Path):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import photo
+from PIL import Image
 from headstart.backbones import VGG16_KERAS_LAYERS, create_model
 from headstart.weights import CAFFE, WeightsError
 
@@ -157,3 +158,18 @@ def test_saved_model_keeps_its_preprocessing_and_outputs(tmp_path: Path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(model(x), loaded.eval()(x), atol=1e-5)
+
+
+def test_center_crop_is_the_centre_square_resized_even_for_extreme_shapes():
+    from headstart.weights import Preprocessing
+
+    pre = Preprocessing(input_size=32, resize="center_crop")
+    wide = photo(3, (120, 60))
+    expected = wide.crop((30, 0, 90, 60)).resize((32, 32), Image.BILINEAR)
+    diff = np.abs(np.asarray(pre.resize_image(wide), dtype=int) - np.asarray(expected, dtype=int))
+    # Equal inside; at the left and right edges the resampling filter reads just past the square.
+    assert diff[:, 1:-1].max() <= 1 and diff.mean() < 0.5
+    # 1 x 100,000 pixels: cropping first never builds a 32 x 3,200,000 intermediate image.
+    thin = Image.new("RGB", (1, 100_000), (10, 200, 30))
+    assert pre.resize_image(thin).size == (32, 32)
+    assert np.asarray(pre.resize_image(thin))[16, 16].tolist() == [10, 200, 30]

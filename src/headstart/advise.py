@@ -29,7 +29,6 @@ Two inputs decide the case, both measured on the user's data:
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -50,9 +49,12 @@ SIMILAR_SEPARABILITY = 0.5
 # ... and not beaten by the earlier layer's features by more than this (accuracy points): earlier,
 # generic layers beating the final, specific ones is Yosinski et al.'s sign of a different domain.
 EARLIER_MARGIN = 0.05
-# k of the k-NN probe (cosine similarity, majority vote, leave-one-out), and the bounded sample.
+# k of the k-NN probe (cosine similarity, majority vote, leave-one-out), and the bounded sample:
+# at most 60 images a class and 3,000 in all (at least 5 a class), so the probe's N x N
+# similarity matrix stays small whatever the number of classes.
 K_NEIGHBOURS = 5
 SAMPLE_PER_CLASS = 60
+SAMPLE_TOTAL = 3000
 
 RULES = {
     ("small", "similar"): ("features", "If the new data-set is very small, it's better to train only the final "
@@ -92,9 +94,12 @@ class Advice:
         return {**asdict(self), "case": self.case}
 
     def overrides(self) -> dict:
-        """The recommendation as ``TrainConfig`` options."""
+        """The recommendation as ``TrainConfig`` options: the strategy, and what differs from the defaults."""
+        from headstart.config import TrainConfig
+
+        d = TrainConfig()
         return {k: v for k, v in self.recommendation.items()
-                if k in ("strategy", "augment", "lr", "backbone_lr", "epochs") and v is not None}
+                if k == "strategy" or (hasattr(d, k) and v is not None and v != getattr(d, k))}
 
 
 def knn_accuracy(features: torch.Tensor, labels: torch.Tensor, k: int = K_NEIGHBOURS) -> float:
@@ -116,7 +121,9 @@ def separability(accuracy: float, num_classes: int) -> float:
 
 
 def _sample(ds: Dataset, per_class: int, seed: int) -> list[int]:
+    """Indices of a seeded sample of the training and validation images, bounded per class and in all."""
     rng = np.random.default_rng(seed)
+    per_class = min(per_class, max(5, SAMPLE_TOTAL // ds.num_classes))
     out = []
     for c in range(ds.num_classes):
         idx = [i for i, s in enumerate(ds.samples) if s.label == c and s.split in ("training", "validation")]
@@ -126,11 +133,17 @@ def _sample(ds: Dataset, per_class: int, seed: int) -> list[int]:
 
 @torch.inference_mode()
 def measure_similarity(ds: Dataset, backbone: str, weights: str = "default", input_size: int | None = None,
-                       per_class: int = SAMPLE_PER_CLASS, seed: int = 0, progress: bool = False) -> dict:
+                       per_class: int = SAMPLE_PER_CLASS, seed: int = 0, progress: bool = False,
+                       decode_all: bool = False) -> dict:
     """Probe the frozen backbone on a bounded sample: k-NN accuracy of the final and of an earlier
-    layer's pooled features, and the ImageNet classifier's confidence where there is one."""
+    layer's pooled features, and the ImageNet classifier's confidence where there is one.
+
+    Only the sample is decoded, unless ``decode_all``: then the whole dataset goes into the image
+    cache (what training is about to read anyway) and the sample is read from there.
+    """
     from headstart.backbones import create_model
     from headstart.cache import decoded_images
+    from headstart.strategies import resolve_freeze
     from headstart.training import extract_features
 
     try:  # keep the ImageNet classifier when the weights have one: its confidence is a signal
@@ -138,14 +151,18 @@ def measure_similarity(ds: Dataset, backbone: str, weights: str = "default", inp
     except Exception:
         model = create_model(backbone, ds.num_classes, weights=weights, input_size=input_size)
     model.eval()
-    picked = _sample(ds, per_class, seed)
-    sample = Dataset(ds.root, ds.layout, ds.classes, [ds.samples[i] for i in picked], [], [], (), {})
-    sample, store = decoded_images(sample, model.preprocessing, progress=progress, check=False)
-    labels = torch.tensor([s.label for s in sample.samples])
-    indices = list(range(len(sample.samples)))
-    out = {"sample": len(indices), "groups": len(model.groups), "earlier_layer": None, "earlier_knn": None, "earlier_separability": None,
-           "imagenet_confidence": None}
-    mid = math.ceil(len(model.groups) / 2)
+    if decode_all:
+        ds, store = decoded_images(ds, model.preprocessing, progress=progress)
+        indices = _sample(ds, per_class, seed)
+    else:
+        picked = _sample(ds, per_class, seed)
+        ds = Dataset(ds.root, ds.layout, ds.classes, [ds.samples[i] for i in picked], [], [], (), {})
+        ds, store = decoded_images(ds, model.preprocessing, progress=progress, check=False)
+        indices = list(range(len(ds.samples)))
+    labels = torch.tensor([ds.samples[i].label for i in indices])
+    mid = resolve_freeze(model, "half")  # the end of what `half` freezes: the earlier layer probed
+    out = {"sample": len(indices), "groups": len(model.groups), "half_freezes": mid, "earlier_layer": None, "earlier_knn": None,
+           "earlier_separability": None, "imagenet_confidence": None}
     cut = model.split(mid)
     if cut is not None:  # one pass: the earlier activations, then the rest of the body on them
         prefix, rest = cut
@@ -164,35 +181,42 @@ def measure_similarity(ds: Dataset, backbone: str, weights: str = "default", inp
     return out
 
 
-def recommend(size: str, similarity: str, num_groups: int) -> dict:
-    """Strategy, freeze point, learning rates, epochs and augmentation for one of the four cases."""
+def recommend(size: str, similarity: str, groups: int, frozen: int) -> dict:
+    """Strategy, learning rates, epochs and augmentation for one of the four cases: the default
+    recipe's values (``TrainConfig``), except where the case calls for others."""
+    from headstart.config import TrainConfig
+
+    d = TrainConfig()
     strategy = RULES[(size, similarity)][0]
-    rec = {"strategy": strategy, "epochs": 15, "lr": 1e-3}
+    rec = {"strategy": strategy, "epochs": d.epochs, "lr": d.lr, "backbone_lr": d.backbone_lr, "augment": d.augment}
     if strategy == "features":
         rec.update(augment=False, backbone_lr=None,
                    why="a new classifier on frozen features: nothing else to fit on little data; features are "
                        "computed once, so epochs take a fraction of a second")
     elif strategy == "half":
-        rec.update(backbone_lr=1e-4, augment=True,
-                   why=f"the first {math.ceil(num_groups / 2)} of {num_groups} groups stay fixed (generic "
-                       "features); the later ones adapt, at a 10x lower rate than the new head; augmentation "
-                       "against overfitting")
+        rec.update(why=f"the first {frozen} of {groups} groups stay fixed (generic features); the "
+                       f"later ones adapt at {d.backbone_lr:g}, {d.lr / d.backbone_lr:g}x gentler than the new head; "
+                       "augmentation against overfitting")
     else:
-        rec.update(backbone_lr=1e-4 if similarity == "similar" else 3e-4, augment=True,
-                   why="every layer trains from the pretrained weights, lower layers more gently "
+        if similarity == "different":
+            rec["backbone_lr"] = 3 * d.backbone_lr  # the body has further to go
+        rec.update(why="every layer trains from the pretrained weights, lower layers more gently "
                        "(discriminative rates); enough data not to overfit")
     return rec
 
 
 def advise(data: str | Dataset, backbone: str = "efficientnet_lite0", weights: str = "default",
            input_size: int | None = None, per_class: int = SAMPLE_PER_CLASS, seed: int = 0,
-           progress: bool = False) -> Advice:
-    """Measure ``data`` and apply the rules: the case, the rule quoted, and a recommendation."""
+           progress: bool = False, decode_all: bool = False) -> Advice:
+    """Measure ``data`` and apply the rules: the case, the rule quoted, and a recommendation.
+    ``decode_all``: decode the whole dataset into the image cache (when training follows)."""
     ds = data if isinstance(data, Dataset) else load_dataset(data, seed=seed)
+    if ds.num_classes < 2:
+        raise ValueError(f"advise needs at least 2 classes; {ds.root} has {ds.num_classes}.")
     train = ds.counts()["training"]
     m = {"classes": ds.num_classes, "training_images": sum(train), "smallest_class": min(train),
          "largest_class": max(train), "imbalance": round(max(train) / max(min(train), 1), 2)}
-    m.update(measure_similarity(ds, backbone, weights, input_size, per_class, seed, progress))
+    m.update(measure_similarity(ds, backbone, weights, input_size, per_class, seed, progress, decode_all))
 
     size = "small" if m["smallest_class"] < SMALL_PER_CLASS else "large"
     reasons = [f"{size}: the smallest class has {m['smallest_class']:,} training images "
@@ -208,4 +232,4 @@ def advise(data: str | Dataset, backbone: str = "efficientnet_lite0", weights: s
                        + ("better than the final layer, a sign of a different domain" if earlier_wins
                           else "not better than the final layer"))
     return Advice(str(data if not isinstance(data, Dataset) else ds.root), backbone, m, size, similarity,
-                  RULES[(size, similarity)][1], recommend(size, similarity, m["groups"]), reasons)
+                  RULES[(size, similarity)][1], recommend(size, similarity, m["groups"], m["half_freezes"]), reasons)

@@ -276,8 +276,7 @@ def compare(
                                       input_size=input_size, batch_size=batch_size, seed=seed).items() if v is not None}
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     if freeze_layers is not None:
-        names = ["partial" if s == "half" else s for s in names]
-        options["freeze_layers"] = freeze_layers
+        options["freeze_layers"] = freeze_layers  # for half and partial only
     try:
         result = run_compare(data, names, runs_dir=runs_dir, name=name, progress=err.is_terminal, advise=advise, **options)
     except (ValueError, TrainingError, WeightsError) as e:
@@ -311,11 +310,10 @@ def advise(
 
     from headstart.advise import SOURCE
     from headstart.advise import advise as run_advise
-    from headstart.weights import WeightsError
 
     try:
         a = run_advise(data, backbone, weights, input_size, per_class=sample, seed=seed, progress=err.is_terminal)
-    except (ValueError, WeightsError) as e:
+    except ValueError as e:  # DataError and WeightsError included
         raise _fail(str(e)) from None
     if as_json:
         out.print_json(json.dumps(a.to_dict()))
@@ -368,15 +366,18 @@ def predict(
             rows = [[r.source, i + 1, c, f"{p:.6f}", ""] for i, (c, p) in enumerate(r.top)] or [[r.source, "", "", "", r.error]]
             writer.writerows(rows)
     else:
+        from rich.markup import escape
+
         table = Table(title=f"Predictions ({len(results) - len(failed)} of {len(results)} images)")
-        table.add_column("image", no_wrap=True)
-        table.add_column("prediction", overflow="fold", min_width=20)
-        for i in range(1, top_k):
-            table.add_column(f"#{i + 1}", no_wrap=True)
+        table.add_column("image", overflow="fold")
+        for i in range(top_k):
+            table.add_column(f"#{i + 1}" if i else "prediction", no_wrap=True)
         for r in results:
-            cells = [f"{c} ({p:.1%})" for c, p in r.top] if not r.error else [f"[red]error: {r.error}[/]"]
-            table.add_row(r.source, *cells)
+            cells = [f"{escape(c)} ({p:.1%})" for c, p in r.top] if not r.error else ["[red]not read (below)[/]"]
+            table.add_row(escape(r.source), *cells)
         out.print(table)
+        for r in failed:  # each on its own line, in full
+            out.print(f"[red]error:[/] {escape(r.source)}: {escape(r.error)}")
     if failed:
         err.print(f"[yellow]{len(failed)} of {len(results)} image(s) could not be read.[/]")
         raise typer.Exit(1)
@@ -389,7 +390,7 @@ def export(
     out_file: Optional[Path] = typer.Option(None, "--out", help="Output file [RUN/export/model.onnx or model.pt]."),
 ) -> None:
     """Export the model (with its class names and preprocessing) and check it against PyTorch."""
-    from headstart.export import ExportError
+    from headstart.export import TOLERANCE, ExportError
     from headstart.export import export as run_export
 
     try:
@@ -400,7 +401,7 @@ def export(
         raise _fail(str(e), 1) from None
     out.print(f"Wrote {result.path} and {result.sidecar}")
     out.print(f"Parity with PyTorch on {result.samples} sample images: max probability difference "
-              f"{result.max_difference:.2e} (allowed 1e-4)")
+              f"{result.max_difference:.2e} (allowed {TOLERANCE:g})")
 
 
 @app.command()

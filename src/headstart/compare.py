@@ -25,6 +25,7 @@ from headstart.report import REPORT_HTML, write_compare_report
 from headstart.strategies import STRATEGIES
 from headstart.training import Run, TrainingError, fit
 
+FREEZE = ("freeze", "freeze_layers")
 COLUMNS = ["strategy", "trainable", "best_epoch", "val_accuracy", "accuracy", "correct", "total",
            "seconds_per_epoch", "total_seconds", "advised"]
 
@@ -121,18 +122,20 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
         from headstart.data import load_dataset
 
         ds = load_dataset(data, cfg.layout, val_fraction=cfg.val_fraction, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
-        advice = measure(ds, cfg.backbone, cfg.weights, cfg.input_size, seed=cfg.seed, progress=progress)
+        advice = measure(ds, cfg.backbone, cfg.weights, cfg.input_size, seed=cfg.seed, progress=progress,
+                         decode_all=True)  # every run reads the same cache next
         strategies = list(dict.fromkeys(advice.strategy if s == "auto" else s for s in strategies))
     runs = {}
     for strategy in strategies:
-        runs[strategy] = fit(data, strategy=strategy, runs_dir=str(out), name=strategy, progress=progress, **options)
+        # A freeze point (--freeze, --freeze-layers) is for the strategies that have one.
+        own = options if strategy in ("partial", "half") else {k: v for k, v in options.items() if k not in FREEZE}
+        runs[strategy] = fit(data, strategy=strategy, runs_dir=str(out), name=strategy, progress=progress, **own)
         if runs[strategy].interrupted:
             raise KeyboardInterrupt
     rows = [_row(s, r) for s, r in runs.items()]
     text = reading(rows)
-    outcome = advice_outcome(advice, rows) if advice else ""
-    if outcome:
-        text += " " + outcome
+    if advice:
+        text += " " + advice_outcome(advice, rows)
     buf = io.StringIO()
     w = csv.DictWriter(buf, COLUMNS, extrasaction="ignore")
     w.writeheader()
@@ -146,6 +149,6 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
         out, rows, {s: r.history for s, r in runs.items()},
         {s: r.metrics["confusion_matrix"] for s, r in runs.items()}, data_info["classes"], data_info, text,
         title=f"{first.config.backbone} on {label}: {', '.join(strategies)}",
-        advice=advice.to_dict() if advice else None, outcome=outcome,
+        advice=advice.to_dict() if advice else None,
     )
     return Comparison(out, rows, runs, text, advice)

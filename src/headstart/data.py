@@ -69,7 +69,12 @@ class DataError(ValueError):
 
 
 class ImageError(ValueError):
-    """One image that cannot be decoded; the message is the reason."""
+    """One image that cannot be decoded; the message is the reason. ``kind``: "unreadable"
+    (missing, empty, broken), "not_image" (no format Pillow knows) or "too_large" (pixel limit)."""
+
+    def __init__(self, message: str, kind: str = "unreadable"):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,7 @@ def resolve_data(data: str | os.PathLike) -> Path:
     return path.resolve()
 
 
-def _is_image(path: Path) -> bool:
+def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
@@ -156,7 +161,7 @@ def _visible(entries) -> list[Path]:
     return sorted(p for p in entries if not p.name.startswith("."))
 
 
-def _files_under(folder: Path) -> list[Path]:
+def files_under(folder: Path) -> list[Path]:
     """Every visible file below ``folder``, sorted (hidden files and folders are skipped)."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -184,8 +189,8 @@ def _split_folders(root: Path) -> dict[str, Path]:
 def _folder_kind(folder: Path) -> str:
     """'files' (images directly inside), 'classes' (images in sub-folders), 'mixed' or 'empty'."""
     entries = _visible(folder.iterdir())
-    has_files = any(p.is_file() and _is_image(p) for p in entries)
-    has_classes = any(p.is_dir() and any(_is_image(f) for f in _files_under(p)) for p in entries)
+    has_files = any(p.is_file() and is_image_file(p) for p in entries)
+    has_classes = any(p.is_dir() and any(is_image_file(f) for f in files_under(p)) for p in entries)
     return {(True, False): "files", (False, True): "classes", (True, True): "mixed"}.get(
         (has_files, has_classes), "empty"
     )
@@ -225,7 +230,7 @@ def detect_layout(root: Path) -> str:
             "Check the path."
         )
     stray = [p for p in _visible(root.iterdir()) if p.is_dir() and p not in splits.values()
-             and any(_is_image(f) for f in _files_under(p))]
+             and any(is_image_file(f) for f in files_under(p))]
     if stray:
         raise DataError(
             f"{root} holds split folders ({', '.join(p.name for p in splits.values())}) and also "
@@ -318,7 +323,7 @@ def _read_food11(root: Path) -> tuple[list[Sample], list[Path], list[str], dict[
         for path in _visible(folder.iterdir()):
             if not path.is_file():
                 continue
-            if not _is_image(path):
+            if not is_image_file(path):
                 ignored.append(path)
                 continue
             label = _food11_label(path)
@@ -350,8 +355,8 @@ def _read_folders(root: Path) -> tuple[list[Sample], list[Path], list[str], dict
                 if class_dir.is_file() and folder != root:
                     ignored.append(class_dir)
                 continue
-            for path in _files_under(class_dir):
-                if _is_image(path):
+            for path in files_under(class_dir):
+                if is_image_file(path):
                     found.append((path, class_dir.name, split))
                 else:
                     ignored.append(path)
@@ -401,7 +406,7 @@ def _read_csv(manifest: Path) -> tuple[list[Sample], list[Path], list[str], dict
     samples, ignored, problems = [], [], []
     for (n, rel, _, split), label in zip(entries, ids):
         path = rel if rel.is_absolute() else base / rel
-        if not _is_image(path):
+        if not is_image_file(path):
             ignored.append(path)
         elif not path.is_file():
             problems.append(Problem(path, f"listed in {manifest.name}, row {n}, but not found"))
@@ -514,7 +519,7 @@ def load_dataset(
 # --- decoding -----------------------------------------------------------------------------
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB: alpha composited on white, 16-bit scaled, CMYK converted."""
     if im.mode == "RGB":
         return im
@@ -560,17 +565,17 @@ def _decode(source, path: Path, max_pixels: int) -> tuple[Image.Image, ImageInfo
                 if w * h > max_pixels:
                     raise ImageError(
                         f"{w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,} "
-                        "(a decompression bomb?); raise max_pixels if the image is genuine"
+                        "(a decompression bomb?); raise max_pixels if the image is genuine", "too_large"
                     )
                 im.load()  # the first frame of a GIF or TIFF; reads every byte, so truncation shows
                 mode, fmt = im.mode, im.format or path.suffix.lstrip(".").upper()
-                rgb = _to_rgb(ImageOps.exif_transpose(im))
+                rgb = to_rgb(ImageOps.exif_transpose(im))
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageError(f"refused as a decompression bomb: {e}") from None
+        raise ImageError(f"refused as a decompression bomb: {e}", "too_large") from None
     except UnidentifiedImageError:
-        raise ImageError("cannot decode: not an image Pillow recognises (bad or missing header)") from None
+        raise ImageError("cannot decode: not an image Pillow recognises (bad or missing header)", "not_image") from None
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error...
         raise ImageError(f"cannot decode: {e}") from None
     return rgb, ImageInfo(path, rgb.width, rgb.height, mode, fmt)

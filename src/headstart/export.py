@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -28,7 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from headstart._files import write_text
 from headstart.predict import Predictor, load
+
+log = logging.getLogger(__name__)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-4  # max absolute difference of probabilities against PyTorch
@@ -126,26 +130,22 @@ def sample_images(predictor: Predictor, n: int = SAMPLES) -> list[np.ndarray]:
     from headstart.data import load_dataset
     from headstart.training import Run
 
-    run_dir = Path(predictor.source)
     images: list[np.ndarray] = []
-    try:
-        cfg = Run.load(run_dir if run_dir.is_dir() else run_dir.parent.parent).config
-        ds = load_dataset(cfg.data, cfg.layout, val_fraction=cfg.val_fraction, eval_fraction=cfg.eval_fraction,
-                          seed=cfg.seed)
-        paths = [s.path for s in ds.samples if s.split == "evaluation"][: n * 2]
-        images = [predictor.prepare(img) for _, img in _decoded(predictor, paths)][:n]
-    except Exception:  # the run's data is elsewhere now: noise still exercises every layer
-        images = []
+    if predictor.run_dir is not None:
+        try:
+            cfg = Run.load(predictor.run_dir).config
+            ds = load_dataset(cfg.data, cfg.layout, val_fraction=cfg.val_fraction, eval_fraction=cfg.eval_fraction,
+                              seed=cfg.seed)
+            for sample in [s for s in ds.samples if s.split == "evaluation"][: n * 2]:
+                images += [predictor.prepare(img) for _, img in predictor.read(sample.path) if not isinstance(img, str)]
+        except Exception as e:  # the run's data is elsewhere now
+            log.warning("parity check: the run's data cannot be read (%s); using noise images", e)
+    images = images[:n]
     size = predictor.preprocessing.input_size
     rng = np.random.default_rng(0)
-    while len(images) < n:
+    while len(images) < n:  # noise still exercises every layer
         images.append(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
     return images
-
-
-def _decoded(predictor: Predictor, paths):
-    for p in paths:
-        yield from ((s, img) for s, img in predictor.read(p) if not isinstance(img, str))
 
 
 def check_parity(predictor: Predictor, path: str | Path, fmt: str, images: list[np.ndarray] | None = None,
@@ -174,32 +174,36 @@ def check_parity(predictor: Predictor, path: str | Path, fmt: str, images: list[
 
 def export(source: str | os.PathLike | Predictor, fmt: str = "onnx", out: str | os.PathLike | None = None) -> Exported:
     """Write the model of a run (or any ``Predictor``) as ONNX or TorchScript, with its class names
-    and preprocessing, and check it against PyTorch. Default file: ``<run>/export/model.<ext>``."""
+    and preprocessing, and check it against PyTorch. Default file: ``<run>/export/model.<ext>``
+    (beside the file for a saved ``.safetensors`` model)."""
     if fmt not in FORMATS:
         raise ValueError(f"Unknown export format '{fmt}'. Choose one of: {', '.join(FORMATS)}.")
     predictor = source if isinstance(source, Predictor) else load(source)
     if out is None:
-        base = Path(predictor.source)
-        base = base if base.is_dir() else base.parent
+        base = predictor.run_dir or Path(predictor.source).parent
         out = base / "export" / f"model{FORMATS[fmt]}"
     path, meta = Path(out), metadata(predictor, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() or path.suffix != FORMATS[fmt]:
+        raise ValueError(f"--out must be a {FORMATS[fmt]} file for {fmt}. Received: {path}")
     sidecar = path.with_name(path.name + ".json")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{FORMATS[fmt]}")
     size = predictor.preprocessing.input_size
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         writer = _write_onnx if fmt == "onnx" else _write_torchscript
         try:
             with torch.no_grad():
                 writer(_graph(predictor), example, tmp, meta)
+        except OSError:
+            raise
         except Exception as e:
             raise ExportError(f"Exporting to {fmt} failed: {type(e).__name__}: {e}") from None
         diff = check_parity(predictor, tmp, fmt)
-        from headstart._files import write_text
-
+        os.replace(tmp, path)  # the model, then the sidecar that describes it
         write_text(sidecar, json.dumps({**meta, "parity_max_difference": diff}, indent=2) + "\n")
-        os.replace(tmp, path)
+    except OSError as e:
+        raise ValueError(f"Cannot write {path}: {e.strerror or e}.") from None
     finally:
         tmp.unlink(missing_ok=True)
     return Exported(path, sidecar, fmt, diff, SAMPLES)

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Iterable, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from headstart.backbones import Classifier, load_model
-from headstart.data import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, _to_rgb, decode_image
+from headstart.data import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, files_under, is_image_file, to_rgb, decode_image
 from headstart.evaluation import load_run_model, predict_probs
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -54,12 +54,17 @@ class Prediction:
 
 
 class Predictor:
-    """A trained model with its class names and preprocessing, ready for new images."""
+    """A trained model with its class names and preprocessing, ready for new images.
 
-    def __init__(self, model: Classifier, classes: list[str], source: str = "", max_pixels: int = MAX_PIXELS):
+    ``run_dir`` is the run the model comes from (None for a saved ``.safetensors`` model).
+    """
+
+    def __init__(self, model: Classifier, classes: list[str], source: str = "", max_pixels: int = MAX_PIXELS,
+                 run_dir: Path | None = None):
         if len(classes) != model.config["num_classes"]:
             raise ValueError(f"{len(classes)} class names for a model with {model.config['num_classes']} outputs.")
         self.model, self.classes, self.source, self.max_pixels = model.eval(), list(classes), source, max_pixels
+        self.run_dir = run_dir
 
     @property
     def preprocessing(self):
@@ -73,45 +78,53 @@ class Predictor:
         """(N, classes) softmax probabilities of prepared images."""
         return predict_probs(self.model, images, batch_size)
 
+    def top(self, probs: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """The k most probable classes of one probability vector, most probable first."""
+        best = np.argsort(-probs, kind="stable")[: min(k, len(self.classes))]
+        return [(self.classes[j], float(probs[j])) for j in best]
+
     def predict(self, inputs: ImageInput | Iterable[ImageInput], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
         """Predictions for image files, folders (walked recursively), PIL images or RGB arrays, in order.
 
-        Always a list, one entry per image (a folder gives one per image in it).
+        Always a list, one entry per image (a folder gives one per image in it). Images are decoded,
+        prepared and predicted ``batch_size`` at a time: memory does not grow with the input.
         """
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1. Received: {top_k}")
         items = [inputs] if isinstance(inputs, (str, os.PathLike, Image.Image, np.ndarray)) else list(inputs)
         results: list[Prediction] = []
-        ready: list[tuple[int, np.ndarray]] = []
+        pending: list[tuple[Prediction, np.ndarray]] = []
+
+        def flush() -> None:
+            for (pred, _), p in zip(pending, self.probabilities([a for _, a in pending], batch_size)):
+                pred.top = self.top(p, top_k)
+            pending.clear()
+
         for n, item in enumerate(items):
             for source, image in self.read(item, n):
-                if isinstance(image, str):
-                    results.append(Prediction(source, error=image))
-                else:
-                    ready.append((len(results), self.prepare(image)))
-                    results.append(Prediction(source))
-        if ready:
-            probs = self.probabilities([a for _, a in ready], batch_size)
-            k = min(top_k, len(self.classes))
-            for (i, _), p in zip(ready, probs):
-                best = np.argsort(-p, kind="stable")[:k]
-                results[i].top = [(self.classes[j], float(p[j])) for j in best]
+                results.append(Prediction(source, error=image if isinstance(image, str) else None))
+                if not isinstance(image, str):
+                    pending.append((results[-1], self.prepare(image)))
+                    if len(pending) == batch_size:
+                        flush()
+        flush()
         return results
 
     def read(self, item: ImageInput, n: int = 0):
-        """(source, RGB image or the reason it cannot be read) for each image an input names."""
+        """(source, RGB image or the reason it cannot be read) for each image an input names,
+        decoded as in training (EXIF orientation applied, any mode to 8-bit RGB)."""
         if isinstance(item, Image.Image):
-            yield f"<image {n}>", _to_rgb(item)
+            yield f"<image {n}>", to_rgb(ImageOps.exif_transpose(item))
         elif isinstance(item, np.ndarray):
             if item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (1, 3, 4)):
-                yield f"<array {n}>", _to_rgb(Image.fromarray(_as_uint8(item.squeeze())))
+                pixels = item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item
+                yield f"<array {n}>", to_rgb(Image.fromarray(_as_uint8(pixels)))
             else:
-                yield f"<array {n}>", f"an image array must be (H, W), (H, W, 3) or (H, W, 4); received {item.shape}"
+                yield f"<array {n}>", f"an image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); received {item.shape}"
         else:
             path = Path(item)
             if path.is_dir():
-                files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                               and not any(part.startswith(".") for part in p.relative_to(path).parts))
+                files = [f for f in files_under(path) if is_image_file(f)]
                 if not files:
                     yield str(path), f"no images in this folder (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
                 for f in files:
@@ -145,14 +158,13 @@ def load(source: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Predictor:
         path = ckpt
     if not path.is_file():
         raise ValueError(f"'{source}' does not exist. Pass a run folder (runs/NAME), a .ckpt or a .safetensors model.")
-    if path.suffix == ".safetensors":
-        model, extra = load_model(path)
-    else:
-        try:
-            model, extra = load_run_model(path)
-        except Exception as e:  # not a checkpoint, or not one of ours
-            raise ValueError(f"{path} is not a headstart checkpoint ({type(e).__name__}: {e}).") from None
-    classes = extra.get("classes")
-    if not classes:
-        classes = [str(i) for i in range(model.config["num_classes"])]
-    return Predictor(model, classes, str(source), max_pixels)
+    what = "model written by save_model" if path.suffix == ".safetensors" else "checkpoint"
+    try:
+        model, extra = load_model(path) if path.suffix == ".safetensors" else load_run_model(path)
+    except Exception as e:  # not one of ours, or damaged
+        raise ValueError(f"{path} is not a readable headstart {what} ({type(e).__name__}: {e}).") from None
+    classes = extra.get("classes") or [str(i) for i in range(model.config["num_classes"])]
+    # A checkpoint lives in <run>/checkpoints/: that run's folder holds its config and data.
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file() \
+        else None
+    return Predictor(model, classes, str(source), max_pixels, run_dir)

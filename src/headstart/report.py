@@ -69,7 +69,7 @@ def write_run_report(run, ev, images, data: dict) -> Path:
 
 
 def write_compare_report(out_dir: Path, rows: list[dict], histories: dict, confusions: dict, classes: list[str],
-                         data: dict, reading: str, title: str, advice: dict | None = None, outcome: str = "") -> Path:
+                         data: dict, reading: str, title: str, advice: dict | None = None) -> Path:
     """``<compare>/report.html``: the table, overlaid curves, confusion matrices side by side, a reading."""
     pictures = {
         "curves": plots.plot_histories(histories, out_dir / "curves.png"),
@@ -80,6 +80,5 @@ def write_compare_report(out_dir: Path, rows: list[dict], histories: dict, confu
         "compare.html.j2",
         title=title, subtitle=f"{data['root']} · {len(classes)} classes", rows=rows, best=best,
         images={k: _inline(v) for k, v in pictures.items()}, data=data, reading=reading, advice=advice,
-        outcome=outcome,
     )
     return write_text(out_dir / REPORT_HTML, html)

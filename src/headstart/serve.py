@@ -6,8 +6,10 @@
 - ``GET /`` — a page where a person drops or picks a photo and sees it with its top-k bars.
 
 Uploads are bounded (``max_upload_mb`` per file, ``max_files`` per request, ``max_pixels`` per
-image) and must decode as an image. A bad upload gets a 4xx with ``{"error": "..."}``: 413 too
-large, 415 not an image, 422 a broken image or a malformed request. Never a 500 for bad input.
+image; the request body is counted as it arrives, so a chunked upload cannot slip past) and must
+decode as an image. Every error is JSON ``{"error": "..."}``: 413 too large, 415 not an image,
+422 a broken image or a malformed request, 400 a body that is not multipart; never a 500 for bad
+input.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException
 
 from headstart.data import MAX_PIXELS, ImageError, decode_bytes
 from headstart.predict import Predictor
@@ -33,11 +36,52 @@ class Limits:
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 2**20)
 
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_upload_bytes * self.max_files + 2**16  # room for the multipart headers
+
 
 class UploadError(Exception):
+    """A bad upload: its HTTP status and the message sent back as ``{"error": ...}``."""
+
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message
+
+
+STATUS = {"too_large": 413, "not_image": 415, "unreadable": 422}  # by ImageError.kind
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is refused with a 413 before the endpoint
+    has parsed it — from its Content-Length, or by counting the bytes as they arrive."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = UploadError(413, f"The request is larger than {self.limit:,} bytes (at most the server's "
+                                     "--max-upload-mb per file, 16 files).")
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await _json(too_large.status, too_large.message)(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise too_large
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _json(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
 
 
 def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
@@ -46,52 +90,56 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
 
     limits = limits or Limits()
     app = FastAPI(title="headstart", description=f"Image classification: {', '.join(predictor.classes)}")
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
     info = {"classes": predictor.classes, "input_size": predictor.preprocessing.input_size,
-            "backbone": predictor.model.config.get("backbone"), "source": predictor.source}
+            "backbone": predictor.model.config.get("backbone")}
+    page = render("serve.html.j2", title="headstart", limits=limits, info=info,
+                  subtitle=f"{len(predictor.classes)} classes: " + ", ".join(predictor.classes))
 
     @app.exception_handler(UploadError)
     async def _upload_error(request: Request, e: UploadError):
-        return JSONResponse({"error": e.message}, status_code=e.status)
+        return _json(e.status, e.message)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, e: HTTPException):
+        # FastAPI reports a body it could not parse as a 400; when the body limit stopped it, say that.
+        cause = e.__cause__
+        if isinstance(cause, UploadError):
+            return _json(cause.status, cause.message)
+        return _json(e.status_code, str(e.detail))
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, e: RequestValidationError):
         problems = "; ".join(f"{'.'.join(map(str, err.get('loc', ())))}: {err.get('msg')}" for err in e.errors())
-        return JSONResponse({"error": f"Malformed request ({problems}). Send the image(s) as multipart form "
-                                      "field 'file'."}, status_code=422)
-
-    @app.middleware("http")
-    async def _bounded(request: Request, call_next):
-        # Refuse a body that cannot fit before reading it (per-file sizes are checked again below).
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limits.max_upload_bytes * limits.max_files + 2**16:
-            return JSONResponse({"error": f"Request of {int(declared):,} bytes is too large (at most "
-                                          f"{limits.max_files} files of {limits.max_upload_mb:g} MB)."},
-                                status_code=413)
-        return await call_next(request)
+        return _json(422, f"Malformed request ({problems}). Send the image(s) as multipart form field 'file'.")
 
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok", **info}
 
     @app.get("/", response_class=HTMLResponse)
-    def page() -> str:
-        return render("serve.html.j2", title="headstart", subtitle=f"{len(predictor.classes)} classes: "
-                      + ", ".join(predictor.classes), limits=limits, info=info)
+    def index() -> str:
+        return page
 
     @app.post("/predict")
     def predict(file: list[UploadFile] = File(..., description="One or several images."),
                 top_k: int = Query(None, ge=1, description="How many classes per image [server's default].")) -> dict:
         if len(file) > limits.max_files:
             raise UploadError(413, f"{len(file)} files in one request; at most {limits.max_files}.")
-        images = [_read(f, limits) for f in file]
-        results = predictor.predict(images, top_k=top_k or limits.top_k)
-        return {"predictions": [{"filename": f.filename, **{k: v for k, v in r.to_dict().items() if k != "source"}}
-                                for f, r in zip(file, results)]}
+        # Each upload is decoded and shrunk to the model's input before the next: one full-size image at a time.
+        images = [predictor.prepare(_read(f, limits)) for f in file]
+        probs = predictor.probabilities(images)
+        out = []
+        for f, p in zip(file, probs):
+            top = predictor.top(p, top_k or limits.top_k)
+            out.append({"filename": f.filename, "label": top[0][0], "probability": top[0][1],
+                        "top": [{"class": c, "probability": q} for c, q in top]})
+        return {"predictions": out}
 
     return app
 
 
-def _read(upload, limits: Limits):
+def _read(upload: UploadFile, limits: Limits):
     """The decoded image of one upload, or an UploadError saying why not."""
     name = upload.filename or "upload"
     data = upload.file.read(limits.max_upload_bytes + 1)
@@ -100,7 +148,4 @@ def _read(upload, limits: Limits):
     try:
         return decode_bytes(data, limits.max_pixels, name)
     except ImageError as e:
-        reason = str(e)
-        status = 413 if "pixels is over the limit" in reason or "bomb" in reason else \
-            415 if "not an image" in reason else 422
-        raise UploadError(status, f"{name}: {reason}.") from None
+        raise UploadError(STATUS[e.kind], f"{name}: {e}.") from None

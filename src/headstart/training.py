@@ -404,16 +404,20 @@ def _resume_config(run_dir: Path, overrides: dict, config_file: str | Path | Non
     return cfg
 
 
-def _advised(cfg: TrainConfig, ds: Dataset, asked: dict, progress: bool) -> TrainConfig:
+def _advised(cfg: TrainConfig, ds: Dataset, asked: dict | None, progress: bool) -> TrainConfig:
     """``--strategy auto``: the advice's strategy and settings, except those asked for explicitly
-    (and, with the seed recipe, only the strategy: the rest of the recipe is the tutorial's)."""
+    (``asked``; None: everything was, e.g. a whole config passed in, so only the strategy is taken;
+    so too with the seed recipe: the rest of it is the tutorial's)."""
     import dataclasses
 
     from headstart.advise import advise
 
-    advice = advise(ds, cfg.backbone, cfg.weights, cfg.input_size, seed=cfg.seed, progress=progress)
-    keys = ("strategy",) if cfg.recipe == "seed" else tuple(advice.overrides())
-    chosen = {k: v for k, v in advice.overrides().items() if k in keys and (k == "strategy" or k not in asked)}
+    # Its own random state: an advised run trains exactly as one with the same strategy named.
+    with torch.random.fork_rng(devices=[]):
+        advice = advise(ds, cfg.backbone, cfg.weights, cfg.input_size, seed=cfg.seed, progress=progress,
+                        decode_all=True)  # training reads the same cache next
+    take_all = asked is not None and cfg.recipe != "seed"
+    chosen = {k: v for k, v in advice.overrides().items() if k == "strategy" or (take_all and k not in asked)}
     log.info("auto: %s -> %s", advice.case, advice.strategy)
     return dataclasses.replace(cfg, **chosen, advice=advice.to_dict())
 
@@ -491,7 +495,8 @@ def fit(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ds = load_dataset(cfg.data, cfg.layout, val_fraction=cfg.val_fraction, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
     if cfg.strategy == "auto":
-        cfg = _advised(cfg, ds, {**(read_yaml(config_file) if config_file else {}), **overrides}, progress)
+        asked = None if config is not None else {**(read_yaml(config_file) if config_file else {}), **overrides}
+        cfg = _advised(cfg, ds, asked, progress)
     scratch = cfg.strategy == "scratch"
     model = create_model(cfg.backbone, ds.num_classes, weights="none" if scratch else cfg.weights,
                          head={"dropout": cfg.head_dropout, "hidden": cfg.head_hidden}, input_size=cfg.input_size)

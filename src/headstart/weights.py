@@ -57,10 +57,11 @@ class Preprocessing:
             return image.resize((size, size), method)
         if self.resize != "center_crop":
             raise ValueError(f"Unknown resize '{self.resize}'. Use 'squash' or 'center_crop'.")
-        scale = size / min(image.size)
-        w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-        left, top = (w - size) // 2, (h - size) // 2
-        return image.resize((w, h), method).crop((left, top, left + size, top + size))
+        # The centre square of the source, resized: the same as shorter side to size then the centre
+        # crop, without ever making the (possibly huge) intermediate image of a long thin one.
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        return image.resize((size, size), method, box=(left, top, left + side, top + side))
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         """An RGB PIL image -> a float tensor (3, size, size) in [0, 1], what models take."""
