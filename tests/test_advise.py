@@ -71,6 +71,16 @@ def test_knn_probe_on_known_features():
     noise = torch.randn(40, 16, generator=torch.Generator().manual_seed(0))
     assert A.knn_accuracy(noise, labels) < 0.5
     assert A.separability(0.25, 4) == 0.0 and A.separability(1.0, 4) == 1.0
+    # Over several blocks of rows: the same answer as the whole similarity matrix at once.
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 7, (2500,), generator=g)
+    feats = torch.nn.functional.one_hot(labels, 7).float() + 0.5 * torch.randn(2500, 7, generator=g)
+    x = torch.nn.functional.normalize(feats, dim=1)
+    sim = (x @ x.T).fill_diagonal_(-float("inf"))
+    votes = torch.nn.functional.one_hot(labels[sim.topk(5, dim=1).indices], 7).sum(1).float()
+    votes += 1e-3 * torch.nn.functional.one_hot(labels[sim.topk(1, dim=1).indices[:, 0]], 7)
+    whole = float((votes.argmax(1) == labels).float().mean())
+    assert A.knn_accuracy(feats, labels) == pytest.approx(whole, abs=1e-6) and 0.5 < whole < 1.0
 
 
 def test_photos_are_similar_and_shuffled_pixels_are_different(photos, shuffled):

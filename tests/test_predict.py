@@ -155,7 +155,7 @@ def test_export_rejects_bad_arguments(demo_run, tmp_path: Path):
     assert res.exit_code == 2 and "Unknown export format 'tflite'" in res.output
     for out in (tmp_path, tmp_path / "model.onnx"):  # a folder; the wrong suffix for torchscript
         res = CliRunner().invoke(app, ["export", str(demo_run.dir), "--format", "torchscript", "--out", str(out)])
-        assert res.exit_code == 2 and "--out must be a .pt file" in res.output
+        assert res.exit_code == 2 and "must be a .pt file" in res.output
     (tmp_path / "bad.safetensors").write_bytes(b"not a model")
     res = CliRunner().invoke(app, ["export", str(tmp_path / "bad.safetensors")])
     assert res.exit_code == 2 and "is not a readable headstart model" in res.output

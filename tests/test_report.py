@@ -79,6 +79,8 @@ def test_compare_gives_a_freeze_point_only_to_the_strategies_that_have_one(messy
                      name="cmp", advise=False)
     assert result.runs["half"].config.freeze == "1" and result.runs["features"].config.freeze is None
     assert result.advice is None and "advised" not in (result.dir / "report.html").read_text()
+    with pytest.raises(ValueError, match="--freeze sets the freeze point of half or partial"):
+        compare(messy, ["features", "full"], freeze="1", runs_dir=str(tmp_path), name="cmp2")
 
 
 def test_compare_rejects_unknown_strategies_before_training(tmp_path: Path):

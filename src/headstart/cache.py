@@ -34,7 +34,8 @@ def cache_dir() -> Path:
 
 def cache_key(samples: list[Sample], pre: Preprocessing) -> str:
     h = hashlib.sha256()
-    h.update(f"v2|{pre.input_size}|{pre.resize}|{pre.interpolation}".encode())  # v2: center_crop by box
+    version = "v2|" if pre.resize == "center_crop" else ""  # v2: center_crop crops the source first
+    h.update(f"{version}{pre.input_size}|{pre.resize}|{pre.interpolation}".encode())
     for s in samples:
         st = s.path.stat()
         h.update(f"\n{s.path}|{st.st_size}|{st.st_mtime_ns}".encode())

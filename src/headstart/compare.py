@@ -112,6 +112,10 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
         raise ValueError(f"Unknown strategy '{unknown[0] if unknown else ''}'. Choose from: "
                          f"{', '.join(STRATEGIES)}, auto.")
     cfg = resolve_config(options.get("recipe"), None, {**options, "data": str(data)})  # bad options fail first
+    frozen = [k for k in FREEZE if options.get(k) is not None]
+    if frozen and not {"partial", "half", "auto"} & set(strategies):
+        raise ValueError(f"--{frozen[0].replace('_', '-')} sets the freeze point of half or partial; compare "
+                         f"trains {', '.join(strategies)}. Add half, or leave the option out.")
     label = "demo" if str(data) == "demo" else Path(data).resolve().name
     out = Path(runs_dir) / (name or f"compare-{label}-{datetime.now():%Y%m%d-%H%M%S}")
     if out.exists():

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from headstart._files import write_text
 from headstart.predict import Predictor, load
 
 log = logging.getLogger(__name__)
@@ -184,9 +183,10 @@ def export(source: str | os.PathLike | Predictor, fmt: str = "onnx", out: str | 
         out = base / "export" / f"model{FORMATS[fmt]}"
     path, meta = Path(out), metadata(predictor, fmt)
     if path.is_dir() or path.suffix != FORMATS[fmt]:
-        raise ValueError(f"--out must be a {FORMATS[fmt]} file for {fmt}. Received: {path}")
+        raise ValueError(f"The output (--out) must be a {FORMATS[fmt]} file for {fmt}. Received: {path}")
     sidecar = path.with_name(path.name + ".json")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{FORMATS[fmt]}")
+    tmp_sidecar = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
     size = predictor.preprocessing.input_size
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     try:
@@ -200,12 +200,14 @@ def export(source: str | os.PathLike | Predictor, fmt: str = "onnx", out: str | 
         except Exception as e:
             raise ExportError(f"Exporting to {fmt} failed: {type(e).__name__}: {e}") from None
         diff = check_parity(predictor, tmp, fmt)
-        os.replace(tmp, path)  # the model, then the sidecar that describes it
-        write_text(sidecar, json.dumps({**meta, "parity_max_difference": diff}, indent=2) + "\n")
+        tmp_sidecar.write_text(json.dumps({**meta, "parity_max_difference": diff}, indent=2) + "\n")
+        os.replace(tmp, path)  # both written in full first: the model, then the sidecar that describes it
+        os.replace(tmp_sidecar, sidecar)
     except OSError as e:
         raise ValueError(f"Cannot write {path}: {e.strerror or e}.") from None
     finally:
         tmp.unlink(missing_ok=True)
+        tmp_sidecar.unlink(missing_ok=True)
     return Exported(path, sidecar, fmt, diff, SAMPLES)
 
 

@@ -114,7 +114,8 @@ class Predictor:
         """(source, RGB image or the reason it cannot be read) for each image an input names,
         decoded as in training (EXIF orientation applied, any mode to 8-bit RGB)."""
         if isinstance(item, Image.Image):
-            yield f"<image {n}>", to_rgb(ImageOps.exif_transpose(item))
+            # EXIF orientation only for an image as opened from a file: one already turned upright keeps its EXIF.
+            yield f"<image {n}>", to_rgb(ImageOps.exif_transpose(item) if item.format else item)
         elif isinstance(item, np.ndarray):
             if item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (1, 3, 4)):
                 pixels = item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item

@@ -8,8 +8,8 @@
 Uploads are bounded (``max_upload_mb`` per file, ``max_files`` per request, ``max_pixels`` per
 image; the request body is counted as it arrives, so a chunked upload cannot slip past) and must
 decode as an image. Every error is JSON ``{"error": "..."}``: 413 too large, 415 not an image,
-422 a broken image or a malformed request, 400 a body that is not multipart; never a 500 for bad
-input.
+422 a broken image or a request without images, 400 a multipart body that cannot be parsed;
+never a 500 for bad input.
 """
 
 from __future__ import annotations
@@ -52,21 +52,26 @@ class UploadError(Exception):
 STATUS = {"too_large": 413, "not_image": 415, "unreadable": 422}  # by ImageError.kind
 
 
+class TooLarge(HTTPException):
+    """The request body went over the limit (raised while it arrives; FastAPI passes it through)."""
+
+    def __init__(self, message: str):
+        super().__init__(413, message)
+
+
 class BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes is refused with a 413 before the endpoint
     has parsed it — from its Content-Length, or by counting the bytes as they arrive."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, message: str):
+        self.app, self.limit, self.message = app, limit, message
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_large = UploadError(413, f"The request is larger than {self.limit:,} bytes (at most the server's "
-                                     "--max-upload-mb per file, 16 files).")
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
-            return await _json(too_large.status, too_large.message)(scope, receive, send)
+            return await _json(413, self.message)(scope, receive, send)
         seen = 0
 
         async def counted():
@@ -74,14 +79,14 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise too_large
+                raise TooLarge(self.message)
             return message
 
         await self.app(scope, counted, send)
 
 
-def _json(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _json(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
@@ -90,7 +95,9 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
 
     limits = limits or Limits()
     app = FastAPI(title="headstart", description=f"Image classification: {', '.join(predictor.classes)}")
-    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes, message=(
+        f"The request is larger than {limits.max_body_bytes:,} bytes (at most {limits.max_files} files of "
+        f"{limits.max_upload_mb:g} MB, the server's --max-upload-mb)."))
     info = {"classes": predictor.classes, "input_size": predictor.preprocessing.input_size,
             "backbone": predictor.model.config.get("backbone")}
     page = render("serve.html.j2", title="headstart", limits=limits, info=info,
@@ -102,11 +109,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, e: HTTPException):
-        # FastAPI reports a body it could not parse as a 400; when the body limit stopped it, say that.
-        cause = e.__cause__
-        if isinstance(cause, UploadError):
-            return _json(cause.status, cause.message)
-        return _json(e.status_code, str(e.detail))
+        return _json(e.status_code, str(e.detail), e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, e: RequestValidationError):

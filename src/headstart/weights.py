@@ -57,8 +57,8 @@ class Preprocessing:
             return image.resize((size, size), method)
         if self.resize != "center_crop":
             raise ValueError(f"Unknown resize '{self.resize}'. Use 'squash' or 'center_crop'.")
-        # The centre square of the source, resized: the same as shorter side to size then the centre
-        # crop, without ever making the (possibly huge) intermediate image of a long thin one.
+        # The centre square of the source, resized: nearly the same as shorter side to size then the
+        # centre crop, without ever making the (possibly huge) intermediate image of a long thin one.
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2
         return image.resize((size, size), method, box=(left, top, left + side, top + side))
