@@ -66,7 +66,7 @@ RULES = {
     ("large", "different"): ("full", "If the new data-set has large amount of data, we can retrain the whole "
                              "network with weights initialized from the pre-trained network."),
 }
-SOURCE = "Transfer-learning rules as quoted by the tutorial (from the CS231n notes)"
+SOURCE = "as the tutorial quotes it, from the CS231n notes"
 
 
 @dataclass

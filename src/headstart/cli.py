@@ -328,7 +328,7 @@ def advise(
     out.print(f"[bold]Case:[/] {a.case}")
     for r in a.reasons:
         out.print(f"  - {r}")
-    out.print(f"[bold]Rule[/] ({SOURCE}):\n  \u201c{a.rule}\u201d")
+    out.print(f"[bold]Rule[/], {SOURCE}:\n  \u201c{a.rule}\u201d")
     rec = a.recommendation
     out.print(f"[bold]Recommendation:[/] {rec['strategy']} — {rec['why']}.")
     flags = " ".join(f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{'' if v else 'no-'}{k}"
