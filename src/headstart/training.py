@@ -172,8 +172,6 @@ class TransferModule(L.LightningModule):
         self.train_loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.eval_loss_fn = nn.CrossEntropyLoss()  # plain, so val_loss compares across recipes
         self.epoch_stats = {"train": torch.zeros(3), "val": torch.zeros(3)}  # loss sum, correct, count
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
         self._forward = torch.compile(self._plain_forward) if cfg.compile else self._plain_forward
 
     def _plain_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -441,8 +439,6 @@ def _datasets(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStor
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def once(**kw) -> dict:
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
         out = {s: TensorDataset(extract_features(model, store, idx, device=device, progress=progress,
                                                  channels_last=cfg.channels_last, **kw),
                                 torch.tensor(y)) for s, (idx, y) in splits.items()}
@@ -502,6 +498,8 @@ def fit(
                          head={"dropout": cfg.head_dropout, "hidden": cfg.head_hidden}, input_size=cfg.input_size)
     plan = S.apply_strategy(model, "full" if scratch else cfg.strategy, freeze=cfg.freeze, freeze_layers=cfg.freeze_layers)
     model.pretrained_bn_stats = cfg.pretrained_bn_stats and not scratch
+    if cfg.channels_last:  # the weights in NHWC order too, for the frozen pass and for training
+        model.to(memory_format=torch.channels_last)
     ds, store = decoded_images(ds, model.preprocessing, progress=progress)
     fingerprint = data_fingerprint(ds)
     if resume is not None:
