@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from headstart.data import MAX_PIXELS, Dataset, ImageError, Problem, Sample, check_splits, decode_image
+from headstart.data import Dataset, check_splits
+from headstart.errors import ImageError
+from headstart.images import MAX_PIXELS, decode_image
+from headstart.layouts import Problem, Sample
 from headstart.weights import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -104,12 +107,9 @@ def decoded_images(
     errors = json.loads(index.read_text())["errors"]
     array = np.load(npy, mmap_mode="r")
     bad = [Problem(s.path, e) for s, e in zip(ds.samples, errors) if e]
-    for p in bad:
-        log.warning("skipping %s: %s", p.path, p.reason)
     rows = np.array([i for i, e in enumerate(errors) if not e], dtype=np.int64)
     if bad:
-        ds = Dataset(ds.root, ds.layout, ds.classes, [ds.samples[i] for i in rows], ds.ignored,
-                     ds.problems + bad, ds.drawn, ds.sources)
+        ds = ds.without(bad)
         if check:
             check_splits(ds)
     return ds, ImageStore(array, rows)

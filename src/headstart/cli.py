@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 bad input (unknown option, unusable data: the message s
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -15,7 +16,9 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from headstart import data as hs_data
+from headstart.errors import HeadstartError
+from headstart.images import MAX_PIXELS
+from headstart.layouts import LAYOUTS
 
 app = typer.Typer(
     name="headstart",
@@ -36,6 +39,20 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def command(fn):
+    """``app.command()``, and the one place where bad input becomes a message and an exit code
+    (``HeadstartError.exit_code``: 2) instead of a traceback."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HeadstartError as e:
+            raise _fail(str(e), e.exit_code) from None
+
+    return app.command()(run)
+
+
 @app.callback()
 def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug messages.")) -> None:
     # Library code logs; the CLI shows warnings (skipped images, ...) through rich on stderr.
@@ -47,7 +64,7 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show deb
     )
 
 
-def _print_summary(s: hs_data.Summary) -> None:
+def _print_summary(s) -> None:
     out.print(f"[bold]{s.root}[/]  layout [cyan]{s.layout}[/], {len(s.classes)} classes")
     if s.drawn:
         out.print(f"Drawn from training (stratified, seeded): {', '.join(s.drawn)}")
@@ -90,37 +107,34 @@ def _print_summary(s: hs_data.Summary) -> None:
         out.print(f"Ignored {len(s.ignored)} file(s) that are not images: {shown}")
 
 
-@app.command()
+@command
 def inspect(
     data: str = typer.Argument(..., help=DATA_HELP),
     out_dir: Optional[Path] = typer.Option(
         None, "--out", help="Where to write the pictures and inspect.json [default: runs/inspect-<name>]."
     ),
     layout: Optional[str] = typer.Option(
-        None, help=f"Force a layout: {', '.join(hs_data.LAYOUTS)} [default: detected]."
+        None, help=f"Force a layout: {', '.join(LAYOUTS)} [default: detected]."
     ),
     val_fraction: float = typer.Option(0.2, help="Share of training drawn for validation when the data has none."),
     eval_fraction: float = typer.Option(0.2, help="Share of training drawn for evaluation when the data has none."),
     seed: int = typer.Option(0, help="Seed for drawn splits and the sample grid."),
-    max_pixels: int = typer.Option(hs_data.MAX_PIXELS, help="Refuse images with more pixels (decompression bombs)."),
+    max_pixels: int = typer.Option(MAX_PIXELS, help="Refuse images with more pixels (decompression bombs)."),
 ) -> None:
     """Counts per split and class, imbalance, image sizes, problems; class_distribution.png and samples.png."""
+    from headstart import inspection
+
     if out_dir is None:
-        name = "demo" if data == hs_data.DEMO else Path(data).resolve().name
-        out_dir = Path("runs") / f"inspect-{name}"
-    try:
-        summary = hs_data.inspect_dataset(
-            data, out_dir, layout=layout, val_fraction=val_fraction, eval_fraction=eval_fraction,
-            seed=seed, max_pixels=max_pixels, progress=err.is_terminal,
-        )
-    except hs_data.DataError as e:
-        raise _fail(str(e)) from None
+        out_dir = Path("runs") / f"inspect-{'demo' if data == 'demo' else Path(data).resolve().name}"
+    summary = inspection.inspect_dataset(data, out_dir, layout=layout, val_fraction=val_fraction,
+                                         eval_fraction=eval_fraction, seed=seed, max_pixels=max_pixels,
+                                         progress=err.is_terminal)
     _print_summary(summary)
-    out.print(f"Wrote {out_dir / hs_data.DISTRIBUTION_PNG}, {out_dir / hs_data.SAMPLES_PNG}, "
-              f"{out_dir / hs_data.SUMMARY_JSON}")
+    out.print(f"Wrote {out_dir / inspection.DISTRIBUTION_PNG}, {out_dir / inspection.SAMPLES_PNG}, "
+              f"{out_dir / inspection.SUMMARY_JSON}")
 
 
-@app.command()
+@command
 def backbones(
     name: Optional[str] = typer.Argument(None, help="Show one backbone's groups and preprocessing (any timm name)."),
     weights: str = typer.Option("none", help="With NAME: load these weights (default, bundled, hub, none, or a file)."),
@@ -128,7 +142,6 @@ def backbones(
 ) -> None:
     """List the curated backbones, or show one: parameters, freezable groups, preprocessing."""
     from headstart import backbones as hs_bb
-    from headstart.weights import WeightsError
 
     if name is None:
         table = Table(title="Backbones (any timm model name works too)")
@@ -138,10 +151,7 @@ def backbones(
             table.add_row(row["name"], f"{row['params']:,}", str(row["groups"]), str(row["input_size"]), row["weights"])
         out.print(table)
         return
-    try:
-        model = hs_bb.create_model(name, num_classes, weights=weights)
-    except (ValueError, WeightsError) as e:
-        raise _fail(str(e)) from None
+    model = hs_bb.create_model(name, num_classes, weights=weights)
     total, body = hs_bb.count_params(model), hs_bb.count_params(model.body)
     out.print(f"[bold]{name}[/]: {total:,} parameters ({body:,} in the backbone, {total - body:,} in the head)")
     table = Table(title="Freezable groups, input to output")
@@ -156,8 +166,9 @@ def backbones(
     out.print(f"Preprocessing: {model.preprocessing.to_dict()}")
 
 
-@app.command()
+@command
 def train(
+    ctx: typer.Context,
     data: Optional[str] = typer.Argument(None, help=DATA_HELP + " Not needed with --resume."),
     backbone: Optional[str] = typer.Option(None, help="Curated name or any timm model [default: efficientnet_lite0]."),
     weights: Optional[str] = typer.Option(None, help="default, bundled, hub, none, or a file [default: default]."),
@@ -185,17 +196,13 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run from its last.ckpt."),
 ) -> None:
     """Train a pretrained backbone on DATA; writes runs/<name>/ and prints the evaluation accuracy."""
-    # Every option given on the command line, as TrainConfig fields (before anything else is local).
-    options = {k: v for k, v in locals().items() if k not in ("data", "config", "resume") and v is not None}
-    from headstart.training import TrainingError, fit
-    from headstart.weights import WeightsError
+    from headstart.training import fit
 
+    # Every option given on the command line, as TrainConfig fields.
+    options = {k: v for k, v in ctx.params.items() if k not in ("data", "config", "resume") and v is not None}
     if data is None and resume is None:
         raise _fail("Pass DATA (a dataset folder, a CSV manifest or 'demo'), or --resume RUN.")
-    try:
-        run = fit(data, config_file=config, resume=resume, progress=err.is_terminal, **options)
-    except (ValueError, TrainingError, WeightsError) as e:
-        raise _fail(str(e)) from None
+    run = fit(data, config_file=config, resume=resume, progress=err.is_terminal, **options)
     if run.interrupted:
         err.print(f"[yellow]Interrupted.[/] Resume with: headstart train --resume {run.dir}")
         raise typer.Exit(130)
@@ -230,28 +237,23 @@ def _print_evaluation(ev) -> None:
         out.print("Most confused: " + "; ".join(f"{c['true']} -> {c['predicted']} ({c['count']})" for c in ev.most_confused))
 
 
-@app.command()
+@command
 def evaluate(
     run: Path = typer.Argument(..., help="A run folder (runs/NAME)."),
     data: Optional[str] = typer.Option(None, help="Evaluate on other data with the same classes [the run's]."),
     split: str = typer.Option("evaluation", help="training, validation or evaluation."),
 ) -> None:
     """Accuracy, number correct, confusion matrix, per-class scores and top-k of a run's best checkpoint."""
-    from headstart import plots
-    from headstart.evaluation import evaluate_run
-    from headstart.training import TrainingError
+    from headstart.evaluation import evaluate
+    from headstart.runs import Run
 
-    try:
-        ev, _ = evaluate_run(run, data, split, progress=err.is_terminal)
-    except (ValueError, TrainingError) as e:
-        raise _fail(str(e)) from None
+    folder = Run.load(run)
+    ev = evaluate(folder, data, split, progress=err.is_terminal)
     _print_evaluation(ev)
-    suffix = "" if split == "evaluation" else f"-{split}"
-    picture = plots.plot_confusion(ev.confusion, ev.classes, run / f"confusion_matrix{suffix}.png")
-    out.print(f"Wrote {run / f'metrics{suffix}.json'}, {run / f'confusion_matrix{suffix}.csv'}, {picture}")
+    out.print(f"Wrote {folder.metrics_file(split)}, {folder.confusion_file(split)}, {folder.confusion_file(split, 'png')}")
 
 
-@app.command()
+@command
 def compare(
     data: str = typer.Argument(..., help=DATA_HELP),
     strategies: str = typer.Option("features,half,full", help="Comma-separated strategies to compare; 'auto' is the advised one."),
@@ -268,21 +270,17 @@ def compare(
     advise: bool = typer.Option(True, "--advise/--no-advise", help="Measure the data first; the report shows the advised strategy."),
 ) -> None:
     """Train several strategies on the same data and seed; one report compares them."""
-    from headstart.compare import compare as run_compare
-    from headstart.training import TrainingError
-    from headstart.weights import WeightsError
+    from headstart.comparison import compare as run_compare
 
     options = {k: v for k, v in dict(backbone=backbone, weights=weights, recipe=recipe, epochs=epochs,
                                       input_size=input_size, batch_size=batch_size, seed=seed).items() if v is not None}
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     if freeze_layers is not None:
         options["freeze_layers"] = freeze_layers  # for half and partial only
-    try:
-        result = run_compare(data, names, runs_dir=runs_dir, name=name, progress=err.is_terminal, advise=advise, **options)
-    except (ValueError, TrainingError, WeightsError) as e:
-        raise _fail(str(e)) from None
-    except KeyboardInterrupt:
-        raise _fail("Interrupted.", 130) from None
+    result = run_compare(data, names, runs_dir=runs_dir, name=name, progress=err.is_terminal, advise=advise, **options)
+    if result.interrupted:
+        last = list(result.runs.values())[-1]
+        raise _fail(f"Interrupted. Resume the unfinished run with: headstart train --resume {last.dir}", 130)
     table = Table(title="Comparison")
     for col in ("strategy", "trainable", "best epoch", "val acc", "eval acc", "correct", "s/epoch", "total s"):
         table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
@@ -295,7 +293,7 @@ def compare(
     out.print(f"Report: {result.report}")
 
 
-@app.command()
+@command
 def advise(
     data: str = typer.Argument(..., help=DATA_HELP),
     backbone: str = typer.Option("efficientnet_lite0", help="The backbone to advise for."),
@@ -308,13 +306,10 @@ def advise(
     """Measure DATA (size; similarity to the pretraining data) and recommend a strategy by the rules."""
     import json
 
-    from headstart.advise import SOURCE
-    from headstart.advise import advise as run_advise
+    from headstart.advice import SOURCE
+    from headstart.advice import advise as run_advise
 
-    try:
-        a = run_advise(data, backbone, weights, input_size, per_class=sample, seed=seed, progress=err.is_terminal)
-    except ValueError as e:  # DataError and WeightsError included
-        raise _fail(str(e)) from None
+    a = run_advise(data, backbone, weights, input_size, per_class=sample, seed=seed, progress=err.is_terminal)
     if as_json:
         out.print_json(json.dumps(a.to_dict()))
         return
@@ -336,7 +331,7 @@ def advise(
     out.print(f"  headstart train {data} --backbone {backbone} {flags}   (or: --strategy auto)")
 
 
-@app.command()
+@command
 def predict(
     run: Path = typer.Argument(..., help="A run folder (runs/NAME), a .ckpt checkpoint or a saved .safetensors model."),
     images: list[Path] = typer.Argument(..., help="Image files and folders (walked recursively)."),
@@ -352,10 +347,7 @@ def predict(
 
     if format not in ("table", "json", "csv"):
         raise _fail(f"Unknown --format '{format}'. Choose one of: table, json, csv.")
-    try:
-        results = load(run).predict(images, top_k=top_k, batch_size=batch_size)
-    except ValueError as e:
-        raise _fail(str(e)) from None
+    results = load(run).predict(images, top_k=top_k, batch_size=batch_size)
     failed = [r for r in results if r.error]
     if format == "json":
         out.print_json(json.dumps({"predictions": [r.to_dict() for r in results]}))
@@ -383,44 +375,36 @@ def predict(
         raise typer.Exit(1)
 
 
-@app.command()
+@command
 def export(
     run: Path = typer.Argument(..., help="A run folder (runs/NAME), a .ckpt checkpoint or a saved .safetensors model."),
     format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
     out_file: Optional[Path] = typer.Option(None, "--out", help="Output file [RUN/export/model.onnx or model.pt]."),
 ) -> None:
     """Export the model (with its class names and preprocessing) and check it against PyTorch."""
-    from headstart.export import TOLERANCE, ExportError
-    from headstart.export import export as run_export
+    from headstart.exporting import TOLERANCE
+    from headstart.exporting import export as run_export
 
-    try:
-        result = run_export(run, format, out_file)
-    except ValueError as e:
-        raise _fail(str(e)) from None
-    except ExportError as e:
-        raise _fail(str(e), 1) from None
+    result = run_export(run, format, out_file)
     out.print(f"Wrote {result.path} and {result.sidecar}")
     out.print(f"Parity with PyTorch on {result.samples} sample images: max probability difference "
               f"{result.max_difference:.2e} (allowed {TOLERANCE:g})")
 
 
-@app.command()
+@command
 def serve(
     run: Path = typer.Argument(..., help="A run folder (runs/NAME), a .ckpt checkpoint or a saved .safetensors model."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the server to the network."),
     port: int = typer.Option(8000, help="Port."),
     top_k: int = typer.Option(3, min=1, help="Classes returned per image unless a request asks (?top_k=)."),
     max_upload_mb: float = typer.Option(10.0, help="Largest upload per file, in MB."),
-    max_pixels: int = typer.Option(hs_data.MAX_PIXELS, help="Refuse images with more pixels."),
+    max_pixels: int = typer.Option(MAX_PIXELS, help="Refuse images with more pixels."),
 ) -> None:
     """Serve the model over HTTP: POST /predict, GET /healthz, and a page at / to try photos."""
     from headstart.predict import load
     from headstart.serve import Limits, create_app
 
-    try:
-        predictor = load(run, max_pixels=max_pixels)
-    except ValueError as e:
-        raise _fail(str(e)) from None
+    predictor = load(run, max_pixels=max_pixels)
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]Binding to {host}: anyone who can reach this machine can use the model.[/]")
     import uvicorn

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from headstart._files import write_text
+from headstart.errors import ConfigError
 from headstart.strategies import STRATEGIES
 
 
@@ -86,19 +88,19 @@ SCHEDULES = ("constant", "cosine")
 
 def _check(cfg: TrainConfig) -> TrainConfig:
     if cfg.recipe not in RECIPES:
-        raise ValueError(f"Unknown recipe '{cfg.recipe}'. Choose one of: {', '.join(RECIPES)}.")
+        raise ConfigError(f"Unknown recipe '{cfg.recipe}'. Choose one of: {', '.join(RECIPES)}.")
     if cfg.strategy not in STRATEGIES and cfg.strategy != "auto":
-        raise ValueError(f"Unknown strategy '{cfg.strategy}'. Choose one of: {', '.join(STRATEGIES)}, or auto.")
+        raise ConfigError(f"Unknown strategy '{cfg.strategy}'. Choose one of: {', '.join(STRATEGIES)}, or auto.")
     if cfg.optimizer not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer '{cfg.optimizer}'. Choose one of: {', '.join(OPTIMIZERS)}.")
+        raise ConfigError(f"Unknown optimizer '{cfg.optimizer}'. Choose one of: {', '.join(OPTIMIZERS)}.")
     if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"Unknown schedule '{cfg.schedule}'. Choose one of: {', '.join(SCHEDULES)}.")
+        raise ConfigError(f"Unknown schedule '{cfg.schedule}'. Choose one of: {', '.join(SCHEDULES)}.")
     for name in ("epochs", "batch_size", "unfreeze_every"):
         if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be at least 1. Received: {name}={getattr(cfg, name)}")
+            raise ConfigError(f"{name} must be at least 1. Received: {name}={getattr(cfg, name)}")
     for name in ("lr", "backbone_lr"):
         if not getattr(cfg, name) > 0:
-            raise ValueError(f"{name} must be positive. Received: {name}={getattr(cfg, name)}")
+            raise ConfigError(f"{name} must be positive. Received: {name}={getattr(cfg, name)}")
     return cfg
 
 
@@ -112,7 +114,10 @@ def coerce(name: str, value: Any) -> Any:
     if isinstance(default, bool) and isinstance(value, str):
         return value.lower() in ("1", "true", "yes", "on")
     if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
-        return type(default)(value)
+        try:
+            return type(default)(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number ({type(default).__name__}). Received: {name}={value!r}") from None
     if name in ("freeze",) and value is not None:
         return str(value)
     return value
@@ -121,10 +126,10 @@ def coerce(name: str, value: Any) -> Any:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"Config file '{path}' does not exist.")
+        raise ConfigError(f"Config file '{path}' does not exist.")
     loaded = yaml.safe_load(path.read_text()) or {}
     if not isinstance(loaded, dict):
-        raise ValueError(f"{path} must hold a mapping of options (key: value); it holds a {type(loaded).__name__}.")
+        raise ConfigError(f"{path} must hold a mapping of options (key: value); it holds a {type(loaded).__name__}.")
     return loaded
 
 
@@ -137,17 +142,15 @@ def resolve_config(recipe: str | None = None, yaml_path: str | Path | None = Non
     for source, values in (("the config file", from_yaml), ("the options", overrides)):
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"Unknown option(s) in {source}: {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+            raise ConfigError(f"Unknown option(s) in {source}: {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
     name = recipe or overrides.get("recipe") or from_yaml.get("recipe") or "default"
     if name not in RECIPES:
-        raise ValueError(f"Unknown recipe '{name}'. Choose one of: {', '.join(RECIPES)}.")
+        raise ConfigError(f"Unknown recipe '{name}'. Choose one of: {', '.join(RECIPES)}.")
     values: dict[str, Any] = {**RECIPES[name], **from_yaml, **overrides, "recipe": name}
     return _check(TrainConfig(**{k: coerce(k, v) for k, v in values.items()}))
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    from headstart._files import write_text
-
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 

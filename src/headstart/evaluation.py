@@ -1,9 +1,10 @@
 """Evaluation: the tutorial's test evaluation (accuracy, number correct, confusion matrix) and
 more — per-class precision/recall/F1, top-k accuracy, the most-confused pairs.
 
-Computing is here; drawing is in ``headstart.plots``. Metrics come from torchmetrics.
+Computing is here, drawing in ``headstart.plots``, where files go in ``headstart.runs``. Metrics
+come from torchmetrics.
 
->>> ev = evaluate_run("runs/efficientnet_lite0-features-...")          # doctest: +SKIP
+>>> ev = evaluate("runs/efficientnet_lite0-features-...")              # doctest: +SKIP
 >>> ev.accuracy, ev.correct, ev.total                                  # doctest: +SKIP
 (0.8167, 245, 300)
 """
@@ -23,8 +24,13 @@ from torchmetrics.functional.classification import (
 )
 
 from headstart._files import write_text
-from headstart.backbones import Classifier, rebuild_model
-from headstart.data import SPLITS
+from headstart.cache import decoded_images
+from headstart.data import load_dataset_for
+from headstart.errors import ConfigError, DataError
+from headstart.layouts import SPLITS
+from headstart.plots import plot_confusion
+from headstart.predict import predict_probs
+from headstart.runs import Run, load_checkpoint
 
 
 @dataclass
@@ -96,63 +102,31 @@ def compute(targets: np.ndarray, probs: np.ndarray, classes: list[str], split: s
     return ev
 
 
-def load_run_model(checkpoint: str | Path) -> tuple[Classifier, dict]:
-    """The model of a training checkpoint, with its preprocessing, and the checkpoint's metadata."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    meta = ckpt["headstart"]
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    return rebuild_model(meta["model"], state, meta["preprocessing"]).eval(), meta
+def write_evaluation(run: Run, ev: Evaluation, extra: dict | None = None) -> None:
+    """What an evaluation leaves in the run folder: ``metrics.json`` (``metrics-<split>.json`` for
+    another split), the confusion matrix as CSV and as a picture."""
+    write_text(run.metrics_file(ev.split), json.dumps({**(extra or {}), **ev.to_dict()}, indent=2) + "\n")
+    write_text(run.confusion_file(ev.split), ev.confusion_csv())
+    plot_confusion(ev.confusion, ev.classes, run.confusion_file(ev.split, "png"))
 
 
-@torch.inference_mode()
-def predict_probs(model: Classifier, images, batch_size: int = 64) -> np.ndarray:
-    """Softmax probabilities for a sequence of (H, W, 3) uint8 arrays at the model's input size."""
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = np.stack([np.asarray(images[i]) for i in range(start, min(start + batch_size, len(images)))])
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255).to(device)
-        out.append(model(x).float().softmax(1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config["num_classes"]), dtype=np.float32)
-
-
-def write_evaluation(ev: Evaluation, run_dir: Path, extra: dict | None = None) -> None:
-    """``metrics.json`` for the evaluation split (``metrics-<split>.json`` otherwise) and the
-    confusion matrix as CSV."""
-    suffix = "" if ev.split == "evaluation" else f"-{ev.split}"
-    write_text(run_dir / f"metrics{suffix}.json", json.dumps({**(extra or {}), **ev.to_dict()}, indent=2) + "\n")
-    write_text(run_dir / f"confusion_matrix{suffix}.csv", ev.confusion_csv())
-
-
-def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "evaluation",
-                 progress: bool = False) -> tuple[Evaluation, list[np.ndarray]]:
-    """Evaluate a run's best checkpoint on a split of its data (or of ``data``); write the results.
-
-    Returns the evaluation and the decoded images of the split (for the misclassified gallery).
-    """
-    from headstart.cache import decoded_images
-    from headstart.data import load_dataset
-    from headstart.training import Run, TrainingError
-
-    run = Run.load(run_dir)
+def evaluate(run: str | Path | Run, data: str | Path | None = None, split: str = "evaluation",
+             progress: bool = False) -> Evaluation:
+    """Evaluate a run's best checkpoint on a split of its data (or of ``data``, with the same
+    classes), as ``headstart evaluate`` does; write the results into the run folder."""
+    run = run if isinstance(run, Run) else Run.load(run)
     if split not in SPLITS:
-        raise ValueError(f"Unknown split '{split}'. Choose one of: {', '.join(SPLITS)}.")
-    if not run.best_checkpoint.is_file():
-        raise TrainingError(f"{run.dir} has no checkpoints/best.ckpt: it did not finish. Resume it with "
-                            f"headstart train --resume {run.dir}")
-    cfg = run.config
-    model, meta = load_run_model(run.best_checkpoint)
-    ds = load_dataset(data or cfg.data, cfg.layout if data is None else None, val_fraction=cfg.val_fraction,
-                      eval_fraction=cfg.eval_fraction, seed=cfg.seed)
+        raise ConfigError(f"Unknown split '{split}'. Choose one of: {', '.join(SPLITS)}.")
+    model, meta = load_checkpoint(run.finished_checkpoint())
+    ds = load_dataset_for(run.config, data)
     if ds.classes != meta["classes"]:
-        raise ValueError(f"The data's classes ({', '.join(ds.classes)}) are not the run's "
-                         f"({', '.join(meta['classes'])}). Evaluate on data with the same classes.")
+        raise DataError(f"The data's classes ({', '.join(ds.classes)}) are not the run's "
+                        f"({', '.join(meta['classes'])}). Evaluate on data with the same classes.")
     ds, store = decoded_images(ds, model.preprocessing, progress=progress)
     idx = [i for i, s in enumerate(ds.samples) if s.split == split]
-    images = [store[i] for i in idx]
-    probs = predict_probs(model, images)
+    probs = predict_probs(model, [store[i] for i in idx])
     ev = compute(np.array([ds.samples[i].label for i in idx]), probs, ds.classes, split,
                  [str(ds.samples[i].path) for i in idx])
-    old = run.metrics if split == "evaluation" else {}
-    write_evaluation(ev, run.dir, {k: v for k, v in old.items() if k not in ev.to_dict()})
-    return ev, images
+    old = run.metrics if split == "evaluation" else {}  # what training recorded beside the metrics
+    write_evaluation(run, ev, {k: v for k, v in old.items() if k not in ev.to_dict()})
+    return ev

@@ -4,7 +4,7 @@
 >>> [p.label for p in model.predict(["dish.jpg", "photos/"])]             # doctest: +SKIP
 ['Dessert', 'Soup', 'Rice', ...]
 
-Images are prepared exactly as in training and evaluation (``headstart.data.decode_image``:
+Images are prepared exactly as in training and evaluation (``headstart.images.decode_image``:
 EXIF orientation, any mode to 8-bit RGB; then the preprocessing saved with the model), so a
 photo gets the same probabilities here as in ``headstart evaluate``. A file that cannot be read
 gives a ``Prediction`` with its ``error``; the others are still predicted.
@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Iterable, Union
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
-from headstart.backbones import Classifier, load_model
-from headstart.data import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, files_under, is_image_file, to_rgb, decode_image
-from headstart.evaluation import load_run_model, predict_probs
+from headstart.backbones import Classifier
+from headstart.errors import ConfigError, ImageError
+from headstart.images import IMAGE_EXTENSIONS, MAX_PIXELS, decode_image, files_under, is_image_file, to_rgb
+from headstart.runs import load_model
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -62,7 +64,7 @@ class Predictor:
     def __init__(self, model: Classifier, classes: list[str], source: str = "", max_pixels: int = MAX_PIXELS,
                  run_dir: Path | None = None):
         if len(classes) != model.config["num_classes"]:
-            raise ValueError(f"{len(classes)} class names for a model with {model.config['num_classes']} outputs.")
+            raise ConfigError(f"{len(classes)} class names for a model with {model.config['num_classes']} outputs.")
         self.model, self.classes, self.source, self.max_pixels = model.eval(), list(classes), source, max_pixels
         self.run_dir = run_dir
 
@@ -90,7 +92,7 @@ class Predictor:
         prepared and predicted ``batch_size`` at a time: memory does not grow with the input.
         """
         if top_k < 1:
-            raise ValueError(f"top_k must be at least 1. Received: {top_k}")
+            raise ConfigError(f"top_k must be at least 1. Received: {top_k}")
         items = [inputs] if isinstance(inputs, (str, os.PathLike, Image.Image, np.ndarray)) else list(inputs)
         results: list[Prediction] = []
         pending: list[tuple[Prediction, np.ndarray]] = []
@@ -149,23 +151,18 @@ def _as_uint8(a: np.ndarray) -> np.ndarray:
 def load(source: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Predictor:
     """A predictor from a run folder (its best checkpoint), a ``.ckpt`` checkpoint, or a model
     written by ``headstart.backbones.save_model`` (``.safetensors`` with class names)."""
-    path = Path(source)
-    if path.is_dir():
-        ckpt = path / "checkpoints" / "best.ckpt"
-        if not ckpt.is_file():
-            hint = "it did not finish: resume it with headstart train --resume" if (path / "config.yaml").is_file() \
-                else "it is not a headstart run"
-            raise ValueError(f"{path} has no checkpoints/best.ckpt ({hint}). Pass a finished run folder.")
-        path = ckpt
-    if not path.is_file():
-        raise ValueError(f"'{source}' does not exist. Pass a run folder (runs/NAME), a .ckpt or a .safetensors model.")
-    what = "model written by save_model" if path.suffix == ".safetensors" else "checkpoint"
-    try:
-        model, extra = load_model(path) if path.suffix == ".safetensors" else load_run_model(path)
-    except Exception as e:  # not one of ours, or damaged
-        raise ValueError(f"{path} is not a readable headstart {what} ({type(e).__name__}: {e}).") from None
-    classes = extra.get("classes") or [str(i) for i in range(model.config["num_classes"])]
-    # A checkpoint lives in <run>/checkpoints/: that run's folder holds its config and data.
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file() \
-        else None
+    model, meta, run_dir = load_model(source)
+    classes = meta.get("classes") or [str(i) for i in range(model.config["num_classes"])]
     return Predictor(model, classes, str(source), max_pixels, run_dir)
+
+
+@torch.inference_mode()
+def predict_probs(model: Classifier, images, batch_size: int = 64) -> np.ndarray:
+    """Softmax probabilities for a sequence of (H, W, 3) uint8 arrays at the model's input size."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = np.stack([np.asarray(images[i]) for i in range(start, min(start + batch_size, len(images)))])
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255).to(device)
+        out.append(model(x).float().softmax(1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config["num_classes"]), dtype=np.float32)

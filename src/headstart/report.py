@@ -1,7 +1,7 @@
 """One self-contained HTML page per run or comparison: pictures inline, no network needed.
 
-The pictures are also kept as PNG files beside the page (``curves.png``, ``confusion_matrix.png``,
-``misclassified.png``).
+The pictures are also kept as PNG files beside the page (a run's: ``curves.png``,
+``confusion_matrix.png``, ``misclassified.png``; where, ``headstart.runs`` says).
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ from PIL import Image
 from headstart import plots
 from headstart._files import write_text
 
-CURVES_PNG = "curves.png"
-CONFUSION_PNG = "confusion_matrix.png"
-MISCLASSIFIED_PNG = "misclassified.png"
-REPORT_HTML = "report.html"
+REPORT_HTML = "report.html"  # a comparison's; a run's is ``Run.report``
 
 
 def _env() -> Environment:
@@ -35,28 +32,29 @@ def _inline(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def draw_run_pictures(run_dir: Path, history: list[dict], best_epoch: int, ev, images) -> dict[str, Path]:
-    """The run's curves, confusion matrix and most confidently wrong evaluation images, as PNG files."""
+def draw_run_pictures(run, ev, images) -> dict[str, Path]:
+    """The run's curves and most confidently wrong evaluation images, as PNG files; with the
+    confusion matrix that the evaluation drew."""
     out = {
-        "curves": plots.plot_history(history, run_dir / CURVES_PNG, best_epoch),
-        "confusion": plots.plot_confusion(ev.confusion, ev.classes, run_dir / CONFUSION_PNG),
+        "curves": plots.plot_history(run.history, run.picture("curves"), run.metrics.get("best_epoch", 0)),
+        "confusion": run.confusion_file(ev.split, "png"),
     }
     wrong = ev.wrong_by_confidence(16)
     if wrong:
         pictures = [Image.fromarray(np.asarray(images[i])) for i in wrong]
         titles = [f"true: {ev.classes[ev.targets[i]]}\npred: {ev.classes[ev.predictions[i]]} "
                   f"({ev.probs[i].max():.0%})" for i in wrong]
-        out["misclassified"] = plots.plot_samples(pictures, titles, run_dir / MISCLASSIFIED_PNG,
+        out["misclassified"] = plots.plot_samples(pictures, titles, run.picture("misclassified"),
                                                   title="Most confidently wrong (evaluation split)")
     else:
-        (run_dir / MISCLASSIFIED_PNG).unlink(missing_ok=True)
+        run.picture("misclassified").unlink(missing_ok=True)
     return out
 
 
 def write_run_report(run, ev, images, data: dict) -> Path:
     """``<run>/report.html``: headline numbers, curves, confusion matrix, per-class table,
     misclassified gallery, data summary and problems, timings and the resolved config."""
-    pictures = draw_run_pictures(run.dir, run.history, run.metrics.get("best_epoch", 0), ev, images)
+    pictures = draw_run_pictures(run, ev, images)
     html = render(
         "run.html.j2",
         title=f"{run.dir.name}",
@@ -65,7 +63,7 @@ def write_run_report(run, ev, images, data: dict) -> Path:
         images={k: _inline(v) for k, v in pictures.items()},
         data=data, config=run.config.to_dict(),
     )
-    return write_text(run.dir / REPORT_HTML, html)
+    return write_text(run.report, html)
 
 
 def write_compare_report(out_dir: Path, rows: list[dict], histories: dict, confusions: dict, classes: list[str],

@@ -21,7 +21,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
-from headstart.data import MAX_PIXELS, ImageError, decode_bytes
+from headstart.errors import ImageError
+from headstart.images import MAX_PIXELS, decode_bytes
 from headstart.predict import Predictor
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from headstart.backbones import Classifier, count_params
+from headstart.errors import ConfigError
 
 STRATEGIES = ("features", "partial", "half", "full", "gradual", "scratch")
 
@@ -84,16 +85,16 @@ def resolve_freeze(model: Classifier, spec: int | float | str) -> int:
         try:
             spec = float(spec) if "." in spec else int(spec)
         except ValueError:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown freeze point '{spec}' for {model.backbone}: use a group count 0-{n}, a fraction "
                 f"in [0, 1], 'half', or a group name ({', '.join(names)}). Received: freeze={spec!r}"
             ) from None
     if isinstance(spec, float):
         if not 0 <= spec <= 1:
-            raise ValueError(f"A freeze fraction must be in [0, 1]. Received: freeze={spec}")
+            raise ConfigError(f"A freeze fraction must be in [0, 1]. Received: freeze={spec}")
         return round(n * spec)
     if not 0 <= spec <= n:
-        raise ValueError(
+        raise ConfigError(
             f"{model.backbone} has {n} groups ({', '.join(names)}): freeze must be 0-{n}. Received: freeze={spec}"
         )
     return spec
@@ -101,14 +102,14 @@ def resolve_freeze(model: Classifier, spec: int | float | str) -> int:
 
 def freeze_keras_layers(model: Classifier, count: int) -> list[str]:
     """Freeze VGG16's first ``count`` Keras layers, as ``for layer in model.layers[:count]`` does."""
-    layers = getattr(model.body, "keras_layers", None)
+    layers = model.body.layers()
     if layers is None:
-        raise ValueError(
+        raise ConfigError(
             f"--freeze-layers counts Keras layers and only applies to vgg16; {model.backbone} is "
             "frozen by groups: use --freeze K, a fraction, or a group name."
         )
     if not 0 <= count <= len(layers):
-        raise ValueError(f"vgg16 has {len(layers)} Keras layers: freeze_layers must be 0-{len(layers)}. "
+        raise ConfigError(f"vgg16 has {len(layers)} Keras layers: freeze_layers must be 0-{len(layers)}. "
                          f"Received: freeze_layers={count}")
     chosen = layers[:count]
     freeze_modules(model, [m for _, m in chosen if m is not None])
@@ -124,9 +125,9 @@ def apply_strategy(
     """Freeze what ``strategy`` keeps fixed; return the plan. For ``gradual`` this is its first
     stage (only the head trains); ``unfreeze_top`` opens groups as training goes on."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"Unknown strategy '{strategy}'. Choose one of: {', '.join(STRATEGIES)}.")
+        raise ConfigError(f"Unknown strategy '{strategy}'. Choose one of: {', '.join(STRATEGIES)}.")
     if (freeze is not None or freeze_layers is not None) and strategy not in ("partial", "half"):
-        raise ValueError(f"A freeze point only applies to the partial strategy. Received: strategy={strategy!r}")
+        raise ConfigError(f"A freeze point only applies to the partial strategy. Received: strategy={strategy!r}")
     unfreeze_all(model)
     plan = StrategyPlan(strategy)
     if strategy in ("features", "gradual"):

@@ -1,28 +1,20 @@
 """Training on Lightning: the tutorial's loop (fit, keep the best by validation loss, evaluate),
-for every strategy, with a run folder a person can browse.
+for every strategy, with a run folder a person can browse (``headstart.runs``).
 
 >>> run = fit("demo", strategy="features", input_size=96, epochs=5)
 >>> run.metrics["accuracy"], run.metrics["correct"], run.metrics["total"]   # doctest: +SKIP
 (0.78, 234, 300)
 
-A run is ``<runs_dir>/<name>/``: ``config.yaml`` (resolved, enough to run again),
-``history.csv`` (one row an epoch), ``checkpoints/best.ckpt`` and ``last.ckpt``, ``data.json``
-(what was read, and what was skipped) and ``metrics.json`` (the evaluation split at the best
-checkpoint).
+``fit`` reads top to bottom: prepare the data and the model (decoding and the frozen pass happen
+once), train, evaluate the best checkpoint, write the report.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import math
-import signal
 import time
 import warnings
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,114 +22,20 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader
 
 from headstart import strategies as S
-from headstart._files import write_text
+from headstart.advice import advised_config
 from headstart.backbones import Classifier, count_params, create_model
-from headstart.cache import ImageStore, decoded_images
-from headstart.config import TrainConfig, coerce, load_config, read_yaml, resolve_config, save_config
-from headstart.data import Dataset, load_dataset
+from headstart.cache import decoded_images
+from headstart.config import TrainConfig, read_yaml, resolve_config
+from headstart.data import Dataset, load_dataset_for
 from headstart.evaluation import compute, write_evaluation
+from headstart.frozen import EpochSampler, memory_layout, seed_of, split_indices, training_inputs
 from headstart.report import write_run_report
+from headstart.runs import BEST, Run
 
 log = logging.getLogger(__name__)
-
-# Frozen-prefix activations are stored in half precision: half the memory, within fp16 rounding.
-CACHE_DTYPE = torch.float16
-HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "backbone_lr", "trainable", "seconds"]
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or go on as asked (e.g. a resume that does not match)."""
-
-
-# --- data ---------------------------------------------------------------------------------
-
-
-class ImageSet(torch.utils.data.Dataset):
-    """Decoded images from the cache as float tensors in [0, 1], augmented for training.
-
-    The augmentation of image i in epoch e draws from its own seed (seed, e, i), so a resumed
-    run augments exactly as an uninterrupted one, whatever else used the random generator.
-    """
-
-    def __init__(self, store: ImageStore, indices: list[int], labels: list[int], augment: bool, seed: int = 0):
-        self.store, self.indices, self.labels, self.seed, self.epoch = store, indices, labels, seed, 0
-        self.transform = None
-        if augment:
-            from torchvision.transforms import v2
-
-            size = store.array.shape[1]
-            # Light augmentation: the default recipe's random resized crop and horizontal flip.
-            self.transform = v2.Compose([v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
-                                         v2.RandomHorizontalFlip()])
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        x = torch.from_numpy(np.array(self.store[self.indices[i]])).permute(2, 0, 1)  # uint8 CHW
-        if self.transform is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_seed(self.seed, self.epoch, i))
-                x = self.transform(x)
-        return x.float().div_(255), self.labels[i]
-
-
-def _seed(*parts: int) -> int:
-    return hash(parts) % (2**31)  # hash of a tuple of ints is stable across runs
-
-
-class EpochSampler(Sampler[int]):
-    """A shuffle that depends only on (seed, epoch): a resumed run sees the same order. It also
-    tells the dataset the epoch (Lightning calls ``set_epoch`` before the epoch's first batch)."""
-
-    def __init__(self, dataset, seed: int):
-        self.dataset, self.n, self.seed, self.epoch = dataset, len(dataset), seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if hasattr(self.dataset, "epoch"):
-            self.dataset.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(_seed(self.seed, self.epoch))
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-
-def split_indices(ds: Dataset) -> dict[str, tuple[list[int], list[int]]]:
-    """For each split, the sample indices and labels."""
-    out = {}
-    for split in ("training", "validation", "evaluation"):
-        idx = [i for i, s in enumerate(ds.samples) if s.split == split]
-        out[split] = (idx, [ds.samples[i].label for i in idx])
-    return out
-
-
-@torch.inference_mode()
-def extract_features(model: Classifier, store: ImageStore, indices: list[int], batch_size: int = 64,
-                     device: str | torch.device = "cpu", progress: bool = False, upto: nn.Module | None = None,
-                     dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
-    """What a frozen part of the model makes of the given images, computed once: the pooled
-    features (``model.forward_features``), or the activations of the frozen prefix ``upto``."""
-    from rich.progress import track
-
-    model.eval().to(device)
-    fn = upto if upto is not None else model.forward_features
-    loader = DataLoader(ImageSet(store, indices, [0] * len(indices), augment=False), batch_size=batch_size)
-    what = "features" if upto is None else "frozen layers"
-    chunks = [fn(_layout(x.to(device), channels_last)).to(dtype).cpu()
-              for x, _ in track(loader, description=f"Computing {what} (once)", disable=not progress, transient=True)]
-    return torch.cat(chunks)
-
-
-def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """Images (and 4-D activations) in NHWC memory order when asked: what fast convolutions read."""
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 # --- the Lightning module -----------------------------------------------------------------
@@ -175,7 +73,7 @@ class TransferModule(L.LightningModule):
         self._forward = torch.compile(self._plain_forward) if cfg.compile else self._plain_forward
 
     def _plain_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.head(self.trunk(_layout(x.float(), self.cfg.channels_last)))
+        return self.model.head(self.trunk(memory_layout(x.float(), self.cfg.channels_last)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(x)
@@ -209,7 +107,7 @@ class TransferModule(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Dropout draws from a generator seeded by (seed, epoch, batch): resuming repeats it exactly.
-        torch.manual_seed(_seed(self.cfg.seed, self.current_epoch, batch_idx))
+        torch.manual_seed(seed_of(self.cfg.seed, self.current_epoch, batch_idx))
 
     def on_train_epoch_start(self) -> None:
         self.epoch_stats["train"] = torch.zeros(3, device=self.device)
@@ -245,8 +143,8 @@ class History(L.Callback):
     """One row an epoch in ``history.csv``, written when the epoch (validation included) ends,
     just before the checkpoints are saved: they hold it, so a resumed run continues it."""
 
-    def __init__(self, path: Path):
-        self.path, self.rows, self._start = path, [], 0.0
+    def __init__(self, run: Run):
+        self.run, self.rows, self._start = run, [], 0.0
 
     def on_train_epoch_start(self, trainer, module) -> None:
         self._start = time.perf_counter()
@@ -261,11 +159,7 @@ class History(L.Callback):
             "trainable": count_params(module.model, trainable_only=True),
             "seconds": round(time.perf_counter() - self._start, 3),
         })
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, HISTORY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(self.rows)
-        write_text(self.path, buf.getvalue())
+        self.run.write_history(self.rows)
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
@@ -274,79 +168,46 @@ class History(L.Callback):
         self.rows = list(state["rows"])
 
 
-# --- runs ---------------------------------------------------------------------------------
+# --- the steps of fit ---------------------------------------------------------------------
 
 
-@dataclass
-class Run:
-    """A finished (or interrupted) run: its folder, config, history and evaluation metrics."""
-
-    dir: Path
-    config: TrainConfig
-    history: list[dict] = field(default_factory=list)
-    metrics: dict = field(default_factory=dict)
-    interrupted: bool = False
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.dir / "checkpoints" / "best.ckpt"
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.dir / "checkpoints" / "last.ckpt"
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Run":
-        path = Path(path)
-        if not (path / "config.yaml").is_file():
-            raise TrainingError(f"{path} is not a headstart run (no config.yaml). Pass a folder under runs/.")
-        history = []
-        if (path / "history.csv").is_file():
-            with (path / "history.csv").open() as f:
-                history = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-        metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else {}
-        return cls(path, load_config(path / "config.yaml"), history, metrics)
+def _config(data, config: TrainConfig | None, config_file, resume, overrides: dict) -> tuple[TrainConfig, dict | None, Run | None]:
+    """The run's config; what was asked for explicitly (None: a whole config was passed in); the run to resume."""
+    if data is not None:
+        overrides["data"] = str(data)
+    asked = None if config is not None else {**(read_yaml(config_file) if config_file else {}), **overrides}
+    if resume is not None:
+        run = Run.resume(resume, asked or {})
+        return run.config, asked, run
+    return config or resolve_config(overrides.get("recipe"), config_file, overrides), asked, None
 
 
-def _number(text: str) -> Any:
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return text
+def build_model(cfg: TrainConfig, num_classes: int) -> tuple[Classifier, S.StrategyPlan]:
+    """The backbone with its head, frozen as the strategy says (``scratch``: random weights, all trained)."""
+    scratch = cfg.strategy == "scratch"
+    model = create_model(cfg.backbone, num_classes, weights="none" if scratch else cfg.weights,
+                         head={"dropout": cfg.head_dropout, "hidden": cfg.head_hidden}, input_size=cfg.input_size)
+    plan = S.apply_strategy(model, "full" if scratch else cfg.strategy, freeze=cfg.freeze, freeze_layers=cfg.freeze_layers)
+    model.pretrained_bn_stats = cfg.pretrained_bn_stats and not scratch
+    if cfg.channels_last:  # the weights in NHWC order too, for the frozen pass and for training
+        model.to(memory_format=torch.channels_last)
+    return model, plan
 
 
-def data_fingerprint(ds: Dataset) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for s in ds.samples:
-        st = s.path.stat()
-        h.update(f"{s.path}|{s.label}|{s.split}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def _run_dir(cfg: TrainConfig) -> Path:
-    root = Path(cfg.runs_dir)
-    if cfg.name:
-        path = root / cfg.name
-        if path.exists():
-            raise TrainingError(f"Run folder {path} already exists. Pick another --name, or --resume {path}.")
-        return path
-    base = f"{cfg.backbone}-{cfg.strategy}-{datetime.now():%Y%m%d-%H%M%S}"
-    path, n = root / base, 1
-    while path.exists():
-        n += 1
-        path = root / f"{base}-{n}"
-    return path
+def _loaders(cfg: TrainConfig, inputs: dict) -> dict[str, DataLoader]:
+    """Batches of each split; training in the seeded order of ``EpochSampler``."""
+    return {
+        s: DataLoader(t, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                      sampler=EpochSampler(t, cfg.seed) if s == "training" else None,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=cfg.num_workers > 0)
+        for s, t in inputs.items()
+    }
 
 
-def _trainer(cfg: TrainConfig, run_dir: Path, progress: bool, callbacks: list) -> L.Trainer:
+def _trainer(cfg: TrainConfig, run: Run, progress: bool, callbacks: list) -> L.Trainer:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
-    cbs = [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_loss", mode="min",
+    cbs = [ModelCheckpoint(dirpath=run.checkpoints, filename=BEST, monitor="val_loss", mode="min",
                            save_last=True, enable_version_counter=False, save_on_train_epoch_end=True), *callbacks]
     if cfg.early_stopping:
         cbs.append(EarlyStopping(monitor="val_loss", mode="min", patience=cfg.early_stopping))
@@ -359,7 +220,7 @@ def _trainer(cfg: TrainConfig, run_dir: Path, progress: bool, callbacks: list) -
     return L.Trainer(
         max_epochs=cfg.epochs, accelerator="auto", devices=devices, precision=precision,
         deterministic=cfg.deterministic, callbacks=cbs, logger=False, enable_progress_bar=progress,
-        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(run_dir),
+        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(run.dir),
     )
 
 
@@ -385,187 +246,74 @@ def _predict(module: TransferModule, loader: DataLoader) -> tuple[np.ndarray, np
     return np.concatenate(probs), np.concatenate(targets)
 
 
-def _resume_config(run_dir: Path, overrides: dict, config_file: str | Path | None) -> TrainConfig:
-    """The saved config of a run to resume; options asked for now must agree with it."""
-    cfg = Run.load(run_dir).config
-    asked = {**(read_yaml(config_file) if config_file else {}), **overrides}
-    unknown = sorted(k for k in asked if not hasattr(cfg, k))
-    if unknown:
-        raise TrainingError(f"Unknown option(s): {', '.join(unknown)}.")
-    diff = {k: (getattr(cfg, k), coerce(k, v)) for k, v in asked.items() if getattr(cfg, k) != coerce(k, v)}
-    if diff:
-        shown = ", ".join(f"{k}: the run has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
-        raise TrainingError(f"Cannot resume {run_dir}: its config differs ({shown}). Resume without "
-                            "those options, or start a new run.")
-    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
-        raise TrainingError(f"Cannot resume {run_dir}: it has no checkpoints/last.ckpt (it never finished an epoch).")
-    return cfg
+def _train(trainer: L.Trainer, module: TransferModule, loaders: dict, run: Run, resume: bool) -> bool:
+    """Train (from the run's ``last.ckpt`` when resuming); True when interrupted (Ctrl-C), with a
+    ``last.ckpt`` to resume from."""
+    try:
+        trainer.fit(module, loaders["training"], loaders["validation"], ckpt_path=run.last_checkpoint if resume else None)
+    except SystemExit:
+        # On Ctrl-C Lightning stops gracefully, then calls sys.exit(1): a library returns instead.
+        if not trainer.interrupted:
+            raise
+        if not run.last_checkpoint.exists():
+            trainer.save_checkpoint(run.last_checkpoint)
+        log.warning("Interrupted. Resume with: headstart train --resume %s", run.dir)
+        return True
+    return False
 
 
-def _advised(cfg: TrainConfig, ds: Dataset, asked: dict | None, progress: bool) -> TrainConfig:
-    """``--strategy auto``: the advice's strategy and settings, except those asked for explicitly
-    (``asked``; None: everything was, e.g. a whole config passed in, so only the strategy is taken;
-    so too with the seed recipe: the rest of it is the tutorial's)."""
-    import dataclasses
-
-    from headstart.advise import advise
-
-    # Its own random state: an advised run trains exactly as one with the same strategy named.
-    with torch.random.fork_rng(devices=[]):
-        advice = advise(ds, cfg.backbone, cfg.weights, cfg.input_size, seed=cfg.seed, progress=progress,
-                        decode_all=True)  # training reads the same cache next
-    take_all = asked is not None and cfg.recipe != "seed"
-    chosen = {k: v for k, v in advice.overrides().items() if k == "strategy" or (take_all and k not in asked)}
-    log.info("auto: %s -> %s", advice.case, advice.strategy)
-    return dataclasses.replace(cfg, **chosen, advice=advice.to_dict())
-
-
-def _leading_frozen(model: Classifier) -> int:
-    k = 0
-    while k < len(model.groups) and not any(p.requires_grad for p in model.groups[k].params):
-        k += 1
-    return k
+def _evaluate_best(run: Run, trainer: L.Trainer, module: TransferModule, loader: DataLoader, ds: Dataset,
+                   setup_seconds: float):
+    """The best checkpoint on the evaluation split, read as training read it (features, activations
+    or images): the tutorial's accuracy, number correct and confusion matrix, and more."""
+    state = torch.load(trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(state["state_dict"])
+    probs, targets = _predict(module, loader)
+    paths = [str(s.path) for s in ds.split("evaluation")]
+    ev = compute(targets, probs, ds.classes, "evaluation", paths)
+    rows = run.history
+    run.metrics = {"best_epoch": min(rows, key=lambda r: r["val_loss"])["epoch"] if rows else 0, "epochs": len(rows),
+                   "trainable_params": count_params(module.model, trainable_only=True), "strategy": run.config.strategy,
+                   "backbone": run.config.backbone, "recipe": run.config.recipe, "skipped_images": len(ds.problems),
+                   "setup_seconds": round(setup_seconds, 2), "train_seconds": round(sum(r["seconds"] for r in rows), 2)}
+    write_evaluation(run, ev, run.metrics)
+    run.metrics = {**run.metrics, **ev.to_dict()}
+    return ev
 
 
-def _datasets(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStore, progress: bool):
-    """Per split, what the trainer reads, and the trunk that turns it into pooled features:
-
-    - ``features``: pooled features computed once; the trunk is nothing;
-    - ``partial`` without augmentation: the frozen prefix's activations computed once (fp16);
-      the trunk is the layers after it;
-    - otherwise: the images; the trunk is the whole body.
-    """
-    splits = split_indices(ds)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-
-    def once(**kw) -> dict:
-        out = {s: TensorDataset(extract_features(model, store, idx, device=device, progress=progress,
-                                                 channels_last=cfg.channels_last, **kw),
-                                torch.tensor(y)) for s, (idx, y) in splits.items()}
-        model.cpu()
-        return out
-
-    if cfg.strategy == "features":
-        if cfg.augment:
-            log.info("features: augmentation is off, the backbone's features are computed once")
-        return once(), nn.Identity()
-    k = _leading_frozen(model)
-    cut = model.split(k) if cfg.strategy in ("partial", "half") and cfg.cache_frozen and k else None
-    if cut is not None and not cfg.augment:
-        prefix, rest = cut
-        log.info("%s: the %d frozen groups are computed once; epochs run the rest", cfg.strategy, k)
-        return once(upto=prefix, dtype=CACHE_DTYPE), rest
-    if cut is not None:
-        log.warning("%s: augmentation is on, so the frozen layers run every epoch (--no-augment computes them once)",
-                    cfg.strategy)
-    images = {s: ImageSet(store, idx, y, augment=cfg.augment and s == "training", seed=cfg.seed)
-              for s, (idx, y) in splits.items()}
-    return images, None
-
-
-def fit(
-    data: str | Path | None = None,
-    *,
-    config: TrainConfig | None = None,
-    config_file: str | Path | None = None,
-    resume: str | Path | None = None,
-    progress: bool = False,
-    callbacks: list | None = None,
-    **overrides: Any,
-) -> Run:
+def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, config_file: str | Path | None = None,
+        resume: str | Path | None = None, progress: bool = False, callbacks: list | None = None, **overrides: Any) -> Run:
     """Train as ``headstart train`` does and return the run. Options as in ``TrainConfig``.
 
     ``resume`` continues an interrupted run from its ``last.ckpt``: its config and data must be
     the same (options passed here must agree with the saved config).
     """
     _quiet_lightning()
-    if data is not None:
-        overrides["data"] = str(data)
-    if resume is not None:
-        run_dir, cfg = Path(resume), _resume_config(Path(resume), overrides, config_file)
-    else:
-        cfg = config or resolve_config(overrides.get("recipe"), config_file, overrides)
-
-    # Everything that can fail on bad input happens before the run folder is made.
     started = time.perf_counter()
+    # 1. Prepare the data and the model. Everything that can fail on bad input happens before
+    #    the run folder is made; images are decoded once, the frozen pass is computed once.
+    cfg, asked, resumed = _config(data, config, config_file, resume, overrides)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    ds = load_dataset(cfg.data, cfg.layout, val_fraction=cfg.val_fraction, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
+    ds = load_dataset_for(cfg)
     if cfg.strategy == "auto":
-        asked = None if config is not None else {**(read_yaml(config_file) if config_file else {}), **overrides}
-        cfg = _advised(cfg, ds, asked, progress)
-    scratch = cfg.strategy == "scratch"
-    model = create_model(cfg.backbone, ds.num_classes, weights="none" if scratch else cfg.weights,
-                         head={"dropout": cfg.head_dropout, "hidden": cfg.head_hidden}, input_size=cfg.input_size)
-    plan = S.apply_strategy(model, "full" if scratch else cfg.strategy, freeze=cfg.freeze, freeze_layers=cfg.freeze_layers)
-    model.pretrained_bn_stats = cfg.pretrained_bn_stats and not scratch
-    if cfg.channels_last:  # the weights in NHWC order too, for the frozen pass and for training
-        model.to(memory_format=torch.channels_last)
+        cfg = advised_config(cfg, ds, asked, progress)
+    model, plan = build_model(cfg, ds.num_classes)
     ds, store = decoded_images(ds, model.preprocessing, progress=progress)
-    fingerprint = data_fingerprint(ds)
-    if resume is not None:
-        saved = json.loads((run_dir / "data.json").read_text()).get("fingerprint")
-        if saved != fingerprint:
-            raise TrainingError(f"Cannot resume {run_dir}: the data changed since it started (files added, removed "
-                                "or modified). Start a new run.")
-    else:
-        run_dir = _run_dir(cfg)
-
-    tensors, trunk = _datasets(cfg, model, ds, store, progress)
-    train_set = tensors["training"]
-    loaders = {
-        s: DataLoader(t, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                      sampler=EpochSampler(t, cfg.seed) if s == "training" else None,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=cfg.num_workers > 0)
-        for s, t in tensors.items()
-    }
-    steps = math.ceil(len(train_set) / cfg.batch_size)
-    extra = {"classes": ds.classes, "strategy_plan": plan.__dict__}
-    module = TransferModule(model, cfg, steps, extra, trunk)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    data_info = {
-        "root": str(ds.root), "layout": ds.layout, "classes": ds.classes, "counts": ds.counts(),
-        "fingerprint": fingerprint, "problems": [{"path": str(p.path), "reason": p.reason} for p in ds.problems],
-        "ignored": len(ds.ignored),
-    }
-    write_text(run_dir / "data.json", json.dumps(data_info, indent=2) + "\n")
-    setup_seconds = time.perf_counter() - started  # reading, decoding (once), features (once)
-    history = History(run_dir / "history.csv")
-    trainer = _trainer(cfg, run_dir, progress, [history, *(callbacks or [])])
-    sigint = signal.getsignal(signal.SIGINT)
-    interrupted = False
-    try:
-        ckpt_path = run_dir / "checkpoints" / "last.ckpt" if resume is not None else None
-        trainer.fit(module, loaders["training"], loaders["validation"], ckpt_path=ckpt_path)
-    except SystemExit:
-        # Lightning turns Ctrl-C into a graceful shutdown and then sys.exit(1); a library keeps going.
-        if not trainer.interrupted:
-            raise
-        interrupted = True
-    finally:
-        signal.signal(signal.SIGINT, sigint)
-    run = Run(run_dir, cfg, history.rows, interrupted=interrupted)
-    if interrupted:
-        last = run.last_checkpoint
-        if not last.exists():
-            trainer.save_checkpoint(last)
-        log.warning("Interrupted. Resume with: headstart train --resume %s", run_dir)
+    run = resumed.check_same_data(ds) if resumed else Run.create(cfg)
+    inputs, trunk = training_inputs(cfg, model, ds, store, progress)
+    loaders = _loaders(cfg, inputs)
+    module = TransferModule(model, cfg, len(loaders["training"]), {"classes": ds.classes, "strategy_plan": plan.__dict__},
+                            trunk)
+    data_info = run.start(ds)
+    setup_seconds = time.perf_counter() - started
+    # 2. Train, keeping the best epoch by validation loss.
+    history = History(run)
+    trainer = _trainer(cfg, run, progress, [history, *(callbacks or [])])
+    run.interrupted = _train(trainer, module, loaders, run, resumed is not None)
+    run.history = history.rows
+    if run.interrupted:
         return run
-
-    best = trainer.checkpoint_callback.best_model_path
-    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state)
-    best_epoch = min(history.rows, key=lambda r: r["val_loss"])["epoch"] if history.rows else 0
-    probs, targets = _predict(module, loaders["evaluation"])
-    eval_idx = [i for i, s in enumerate(ds.samples) if s.split == "evaluation"]
-    ev = compute(targets, probs, ds.classes, "evaluation", [str(ds.samples[i].path) for i in eval_idx])
-    run.metrics = {"best_epoch": best_epoch, "epochs": len(history.rows),
-                   "trainable_params": count_params(model, trainable_only=True), "strategy": cfg.strategy,
-                   "backbone": cfg.backbone, "recipe": cfg.recipe, "skipped_images": len(ds.problems),
-                   "setup_seconds": round(setup_seconds, 2),
-                   "train_seconds": round(sum(r["seconds"] for r in history.rows), 2)}
-    write_evaluation(ev, run_dir, run.metrics)
-    run.metrics = {**run.metrics, **ev.to_dict()}
-    write_run_report(run, ev, [store[i] for i in eval_idx], data_info)
+    # 3. Evaluate the best checkpoint; 4. write the report.
+    ev = _evaluate_best(run, trainer, module, loaders["evaluation"], ds, setup_seconds)
+    write_run_report(run, ev, [store[i] for i in split_indices(ds)["evaluation"][0]], data_info)
     return run

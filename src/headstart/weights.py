@@ -23,14 +23,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from headstart.errors import ConfigError, WeightsError
+
 log = logging.getLogger(__name__)
 
 WEIGHT_SOURCES = ("default", "bundled", "hub", "none")
 FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".h5", ".hdf5")
-
-
-class WeightsError(ValueError):
-    """Weights that cannot be had or do not fit. The message says what to do instead."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ class Preprocessing:
         if self.resize == "squash":
             return image.resize((size, size), method)
         if self.resize != "center_crop":
-            raise ValueError(f"Unknown resize '{self.resize}'. Use 'squash' or 'center_crop'.")
+            raise ConfigError(f"Unknown resize '{self.resize}'. Use 'squash' or 'center_crop'.")
         # The centre square of the source, resized: nearly the same as shorter side to size then the
         # centre crop, without ever making the (possibly huge) intermediate image of a long thin one.
         side = min(image.size)

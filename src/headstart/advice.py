@@ -29,12 +29,22 @@ Two inputs decide the case, both measured on the user's data:
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
+from headstart.backbones import create_model
+from headstart.cache import decoded_images
+from headstart.config import TrainConfig
 from headstart.data import Dataset, load_dataset
+from headstart.errors import DataError
+from headstart.frozen import extract_features
+from headstart.strategies import resolve_freeze
+
+log = logging.getLogger(__name__)
 
 # --- thresholds: every number the advice depends on, and where it comes from ---------------------------
 
@@ -95,8 +105,6 @@ class Advice:
 
     def overrides(self) -> dict:
         """The recommendation as ``TrainConfig`` options: the strategy, and what differs from the defaults."""
-        from headstart.config import TrainConfig
-
         d = TrainConfig()
         return {k: v for k, v in self.recommendation.items()
                 if k == "strategy" or (hasattr(d, k) and v is not None and v != getattr(d, k))}
@@ -147,11 +155,6 @@ def measure_similarity(ds: Dataset, backbone: str, weights: str = "default", inp
     Only the sample is decoded, unless ``decode_all``: then the whole dataset goes into the image
     cache (what training is about to read anyway) and the sample is read from there.
     """
-    from headstart.backbones import create_model
-    from headstart.cache import decoded_images
-    from headstart.strategies import resolve_freeze
-    from headstart.training import extract_features
-
     try:  # keep the ImageNet classifier when the weights have one: its confidence is a signal
         model = create_model(backbone, 1000, weights=weights, head="pretrained", input_size=input_size)
     except Exception:
@@ -162,7 +165,7 @@ def measure_similarity(ds: Dataset, backbone: str, weights: str = "default", inp
         indices = _sample(ds, per_class, seed)
     else:
         picked = _sample(ds, per_class, seed)
-        ds = Dataset(ds.root, ds.layout, ds.classes, [ds.samples[i] for i in picked], [], [], (), {})
+        ds = dataclasses.replace(ds, samples=[ds.samples[i] for i in picked], ignored=[], problems=[])
         ds, store = decoded_images(ds, model.preprocessing, progress=progress, check=False)
         indices = list(range(len(ds.samples)))
     labels = torch.tensor([ds.samples[i].label for i in indices])
@@ -190,8 +193,6 @@ def measure_similarity(ds: Dataset, backbone: str, weights: str = "default", inp
 def recommend(size: str, similarity: str, groups: int, frozen: int) -> dict:
     """Strategy, learning rates, epochs and augmentation for one of the four cases: the default
     recipe's values (``TrainConfig``), except where the case calls for others."""
-    from headstart.config import TrainConfig
-
     d = TrainConfig()
     strategy = RULES[(size, similarity)][0]
     rec = {"strategy": strategy, "epochs": d.epochs, "lr": d.lr, "backbone_lr": d.backbone_lr, "augment": d.augment}
@@ -218,7 +219,7 @@ def advise(data: str | Dataset, backbone: str = "efficientnet_lite0", weights: s
     ``decode_all``: decode the whole dataset into the image cache (when training follows)."""
     ds = data if isinstance(data, Dataset) else load_dataset(data, seed=seed)
     if ds.num_classes < 2:
-        raise ValueError(f"advise needs at least 2 classes; {ds.root} has {ds.num_classes}.")
+        raise DataError(f"advise needs at least 2 classes; {ds.root} has {ds.num_classes}.")
     train = ds.counts()["training"]
     m = {"classes": ds.num_classes, "training_images": sum(train), "smallest_class": min(train),
          "largest_class": max(train), "imbalance": round(max(train) / max(min(train), 1), 2)}
@@ -239,3 +240,17 @@ def advise(data: str | Dataset, backbone: str = "efficientnet_lite0", weights: s
                           else "not better than the final layer"))
     return Advice(str(data if not isinstance(data, Dataset) else ds.root), backbone, m, size, similarity,
                   RULES[(size, similarity)][1], recommend(size, similarity, m["groups"], m["half_freezes"]), reasons)
+
+
+def advised_config(cfg: TrainConfig, ds: Dataset, asked: dict | None, progress: bool) -> TrainConfig:
+    """``--strategy auto``: the advice's strategy and settings, except those asked for explicitly
+    (``asked``; None: everything was, e.g. a whole config passed in, so only the strategy is taken;
+    so too with the seed recipe: the rest of it is the tutorial's)."""
+    # Its own random state: an advised run trains exactly as one with the same strategy named.
+    with torch.random.fork_rng(devices=[]):
+        advice = advise(ds, cfg.backbone, cfg.weights, cfg.input_size, seed=cfg.seed, progress=progress,
+                        decode_all=True)  # training reads the same cache next
+    take_all = asked is not None and cfg.recipe != "seed"
+    chosen = {k: v for k, v in advice.overrides().items() if k == "strategy" or (take_all and k not in asked)}
+    log.info("auto: %s -> %s", advice.case, advice.strategy)
+    return dataclasses.replace(cfg, **chosen, advice=advice.to_dict())

@@ -20,10 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from headstart._files import write_text
+from headstart.advice import advise as measure
 from headstart.config import resolve_config
+from headstart.data import load_dataset_for
+from headstart.errors import ConfigError, RunError
 from headstart.report import REPORT_HTML, write_compare_report
+from headstart.runs import Run
 from headstart.strategies import STRATEGIES
-from headstart.training import Run, TrainingError, fit
+from headstart.training import fit
 
 FREEZE = ("freeze", "freeze_layers")
 COLUMNS = ["strategy", "trainable", "best_epoch", "val_accuracy", "accuracy", "correct", "total",
@@ -36,7 +40,8 @@ class Comparison:
     rows: list[dict]
     runs: dict[str, Run]
     reading: str
-    advice: Any = None  # headstart.advise.Advice, when the data was measured
+    advice: Any = None  # headstart.advice.Advice, when the data was measured
+    interrupted: bool = False  # Ctrl-C: the runs so far, the interrupted one last; no report
 
     @property
     def report(self) -> Path:
@@ -104,29 +109,25 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
             progress: bool = False, advise: bool = True, **options: Any) -> Comparison:
     """Train each strategy on the same data, backbone and seed; write the comparison report.
 
-    With ``advise`` (the default) ``headstart.advise`` measures the data first and the report says
+    With ``advise`` (the default) ``headstart.advice`` measures the data first and the report says
     which strategy the rules predicted; ``"auto"`` among the strategies trains that one.
     """
     unknown = [s for s in strategies if s not in STRATEGIES and s != "auto"]
     if unknown or not strategies:
-        raise ValueError(f"Unknown strategy '{unknown[0] if unknown else ''}'. Choose from: "
+        raise ConfigError(f"Unknown strategy '{unknown[0] if unknown else ''}'. Choose from: "
                          f"{', '.join(STRATEGIES)}, auto.")
     cfg = resolve_config(options.get("recipe"), None, {**options, "data": str(data)})  # bad options fail first
     frozen = [k for k in FREEZE if options.get(k) is not None]
     if frozen and not {"partial", "half", "auto"} & set(strategies):
-        raise ValueError(f"--{frozen[0].replace('_', '-')} sets the freeze point of half or partial; compare "
+        raise ConfigError(f"--{frozen[0].replace('_', '-')} sets the freeze point of half or partial; compare "
                          f"trains {', '.join(strategies)}. Add half, or leave the option out.")
     label = "demo" if str(data) == "demo" else Path(data).resolve().name
     out = Path(runs_dir) / (name or f"compare-{label}-{datetime.now():%Y%m%d-%H%M%S}")
     if out.exists():
-        raise TrainingError(f"{out} already exists. Pick another --name.")
+        raise RunError(f"{out} already exists. Pick another --name.")
     advice = None
     if advise or "auto" in strategies:
-        from headstart.advise import advise as measure
-        from headstart.data import load_dataset
-
-        ds = load_dataset(data, cfg.layout, val_fraction=cfg.val_fraction, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
-        advice = measure(ds, cfg.backbone, cfg.weights, cfg.input_size, seed=cfg.seed, progress=progress,
+        advice = measure(load_dataset_for(cfg), cfg.backbone, cfg.weights, cfg.input_size, seed=cfg.seed, progress=progress,
                          decode_all=True)  # every run reads the same cache next
         strategies = list(dict.fromkeys(advice.strategy if s == "auto" else s for s in strategies))
     runs = {}
@@ -135,7 +136,7 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
         own = options if strategy in ("partial", "half") else {k: v for k, v in options.items() if k not in FREEZE}
         runs[strategy] = fit(data, strategy=strategy, runs_dir=str(out), name=strategy, progress=progress, **own)
         if runs[strategy].interrupted:
-            raise KeyboardInterrupt
+            return Comparison(out, [], runs, "", advice, interrupted=True)
     rows = [_row(s, r) for s, r in runs.items()]
     text = reading(rows)
     if advice:
@@ -148,7 +149,7 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
     if advice:
         write_text(out / "advice.json", json.dumps(advice.to_dict(), indent=2) + "\n")
     first = next(iter(runs.values()))
-    data_info = json.loads((first.dir / "data.json").read_text())
+    data_info = first.data_info()
     write_compare_report(
         out, rows, {s: r.history for s, r in runs.items()},
         {s: r.metrics["confusion_matrix"] for s, r in runs.items()}, data_info["classes"], data_info, text,

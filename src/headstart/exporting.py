@@ -29,17 +29,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from headstart.data import load_dataset_for
+from headstart.errors import ConfigError, ExportError, HeadstartError
 from headstart.predict import Predictor, load
+from headstart.runs import Run
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-4  # max absolute difference of probabilities against PyTorch
 SAMPLES = 8
-
-
-class ExportError(RuntimeError):
-    """An export that failed, or whose file does not compute what the PyTorch model computes."""
 
 
 @dataclass
@@ -63,7 +62,7 @@ class WithSoftmax(nn.Module):
 
 
 def metadata(predictor: Predictor, fmt: str) -> dict:
-    from headstart import __version__
+    from importlib.metadata import version
 
     pre = predictor.preprocessing
     return {
@@ -73,7 +72,7 @@ def metadata(predictor: Predictor, fmt: str) -> dict:
                   "how": f"decode to RGB, resize to {pre.input_size}x{pre.input_size} ({pre.resize}, "
                          f"{pre.interpolation}), divide by 255; mean/std are applied inside the model"},
         "output": {"name": "probabilities", "shape": ["batch", len(predictor.classes)], "meaning": "softmax over classes"},
-        "source": predictor.source, "headstart": __version__,
+        "source": predictor.source, "headstart": version("headstart"),
     }
 
 
@@ -126,15 +125,10 @@ def runner(path: str | Path, fmt: str):
 
 def sample_images(predictor: Predictor, n: int = SAMPLES) -> list[np.ndarray]:
     """Up to ``n`` prepared images from the evaluation split of the model's run, else seeded noise."""
-    from headstart.data import load_dataset
-    from headstart.training import Run
-
     images: list[np.ndarray] = []
     if predictor.run_dir is not None:
         try:
-            cfg = Run.load(predictor.run_dir).config
-            ds = load_dataset(cfg.data, cfg.layout, val_fraction=cfg.val_fraction, eval_fraction=cfg.eval_fraction,
-                              seed=cfg.seed)
+            ds = load_dataset_for(Run.load(predictor.run_dir).config)
             for sample in [s for s in ds.samples if s.split == "evaluation"][: n * 2]:
                 images += [predictor.prepare(img) for _, img in predictor.read(sample.path) if not isinstance(img, str)]
         except Exception as e:  # the run's data is elsewhere now
@@ -176,14 +170,14 @@ def export(source: str | os.PathLike | Predictor, fmt: str = "onnx", out: str | 
     and preprocessing, and check it against PyTorch. Default file: ``<run>/export/model.<ext>``
     (beside the file for a saved ``.safetensors`` model)."""
     if fmt not in FORMATS:
-        raise ValueError(f"Unknown export format '{fmt}'. Choose one of: {', '.join(FORMATS)}.")
+        raise ConfigError(f"Unknown export format '{fmt}'. Choose one of: {', '.join(FORMATS)}.")
     predictor = source if isinstance(source, Predictor) else load(source)
     if out is None:
         base = predictor.run_dir or Path(predictor.source).parent
         out = base / "export" / f"model{FORMATS[fmt]}"
     path, meta = Path(out), metadata(predictor, fmt)
     if path.is_dir() or path.suffix != FORMATS[fmt]:
-        raise ValueError(f"The output (--out) must be a {FORMATS[fmt]} file for {fmt}. Received: {path}")
+        raise ConfigError(f"The output (--out) must be a {FORMATS[fmt]} file for {fmt}. Received: {path}")
     sidecar = path.with_name(path.name + ".json")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{FORMATS[fmt]}")
     tmp_sidecar = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
@@ -204,7 +198,7 @@ def export(source: str | os.PathLike | Predictor, fmt: str = "onnx", out: str | 
         os.replace(tmp, path)  # both written in full first: the model, then the sidecar that describes it
         os.replace(tmp_sidecar, sidecar)
     except OSError as e:
-        raise ValueError(f"Cannot write {path}: {e.strerror or e}.") from None
+        raise HeadstartError(f"Cannot write {path}: {e.strerror or e}. Pass a writable --out.") from None
     finally:
         tmp.unlink(missing_ok=True)
         tmp_sidecar.unlink(missing_ok=True)

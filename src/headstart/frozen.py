@@ -1,0 +1,161 @@
+"""The frozen pass: what frozen layers make of the images, computed once, and what training reads.
+
+Frozen layers give the same output every epoch, so it is computed once, before training:
+
+- ``features``: the pooled features of the whole frozen backbone; epochs train only the head;
+- ``partial``/``half`` without augmentation: the activations of the frozen prefix (in fp16);
+  epochs run only the layers after it;
+- otherwise (augmentation, or everything trains): the decoded images themselves (``ImageSet``).
+
+>>> inputs, trunk = training_inputs(cfg, model, ds, store)        # doctest: +SKIP
+>>> inputs["training"][0][0].shape                                # doctest: +SKIP
+torch.Size([1280])
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+from headstart.backbones import Classifier
+from headstart.cache import ImageStore
+from headstart.config import TrainConfig
+from headstart.data import Dataset
+from headstart.layouts import SPLITS
+
+log = logging.getLogger(__name__)
+
+# Frozen-prefix activations are stored in half precision: half the memory, within fp16 rounding.
+CACHE_DTYPE = torch.float16
+
+
+class ImageSet(torch.utils.data.Dataset):
+    """Decoded images from the cache as float tensors in [0, 1], augmented for training.
+
+    The augmentation of image i in epoch e draws from its own seed (seed, e, i), so a resumed
+    run augments exactly as an uninterrupted one, whatever else used the random generator.
+    """
+
+    def __init__(self, store: ImageStore, indices: list[int], labels: list[int], augment: bool, seed: int = 0):
+        self.store, self.indices, self.labels, self.seed, self.epoch = store, indices, labels, seed, 0
+        self.transform = None
+        if augment:
+            from torchvision.transforms import v2
+
+            size = store.array.shape[1]
+            # Light augmentation: the default recipe's random resized crop and horizontal flip.
+            self.transform = v2.Compose([v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
+                                         v2.RandomHorizontalFlip()])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        x = torch.from_numpy(np.array(self.store[self.indices[i]])).permute(2, 0, 1)  # uint8 CHW
+        if self.transform is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed_of(self.seed, self.epoch, i))
+                x = self.transform(x)
+        return x.float().div_(255), self.labels[i]
+
+
+def seed_of(*parts: int) -> int:
+    return hash(parts) % (2**31)  # hash of a tuple of ints is stable across runs
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch): a resumed run sees the same order. It also
+    tells the dataset the epoch (Lightning calls ``set_epoch`` before the epoch's first batch)."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.n, self.seed, self.epoch = dataset, len(dataset), seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.dataset, "epoch"):
+            self.dataset.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(seed_of(self.seed, self.epoch))
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+def split_indices(ds: Dataset) -> dict[str, tuple[list[int], list[int]]]:
+    """For each split, the sample indices and labels."""
+    out = {}
+    for split in SPLITS:
+        idx = [i for i, s in enumerate(ds.samples) if s.split == split]
+        out[split] = (idx, [ds.samples[i].label for i in idx])
+    return out
+
+
+@torch.inference_mode()
+def extract_features(model: Classifier, store: ImageStore, indices: list[int], batch_size: int = 64,
+                     device: str | torch.device = "cpu", progress: bool = False, upto: nn.Module | None = None,
+                     dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
+    """What a frozen part of the model makes of the given images, computed once: the pooled
+    features (``model.forward_features``), or the activations of the frozen prefix ``upto``."""
+    from rich.progress import track
+
+    model.eval().to(device)
+    fn = upto if upto is not None else model.forward_features
+    loader = DataLoader(ImageSet(store, indices, [0] * len(indices), augment=False), batch_size=batch_size)
+    what = "features" if upto is None else "frozen layers"
+    chunks = [fn(memory_layout(x.to(device), channels_last)).to(dtype).cpu()
+              for x, _ in track(loader, description=f"Computing {what} (once)", disable=not progress, transient=True)]
+    return torch.cat(chunks)
+
+
+def memory_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Images (and 4-D activations) in NHWC memory order when asked: what fast convolutions read."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def leading_frozen(model: Classifier) -> int:
+    k = 0
+    while k < len(model.groups) and not any(p.requires_grad for p in model.groups[k].params):
+        k += 1
+    return k
+
+
+def training_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStore, progress: bool):
+    """Per split, what the trainer reads, and the trunk that turns it into pooled features:
+
+    - ``features``: pooled features computed once; the trunk is nothing;
+    - ``partial`` without augmentation: the frozen prefix's activations computed once (fp16);
+      the trunk is the layers after it;
+    - otherwise: the images; the trunk is the whole body.
+    """
+    splits = split_indices(ds)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def once(**kw) -> dict:
+        out = {s: TensorDataset(extract_features(model, store, idx, device=device, progress=progress,
+                                                 channels_last=cfg.channels_last, **kw),
+                                torch.tensor(y)) for s, (idx, y) in splits.items()}
+        model.cpu()
+        return out
+
+    if cfg.strategy == "features":
+        if cfg.augment:
+            log.info("features: augmentation is off, the backbone's features are computed once")
+        return once(), nn.Identity()
+    k = leading_frozen(model)
+    cut = model.split(k) if cfg.strategy in ("partial", "half") and cfg.cache_frozen and k else None
+    if cut is not None and not cfg.augment:
+        prefix, rest = cut
+        log.info("%s: the %d frozen groups are computed once; epochs run the rest", cfg.strategy, k)
+        return once(upto=prefix, dtype=CACHE_DTYPE), rest
+    if cut is not None:
+        log.warning("%s: augmentation is on, so the frozen layers run every epoch (--no-augment computes them once)",
+                    cfg.strategy)
+    images = {s: ImageSet(store, idx, y, augment=cfg.augment and s == "training", seed=cfg.seed)
+              for s, (idx, y) in splits.items()}
+    return images, None

@@ -1,0 +1,123 @@
+"""Image decoding: any file Pillow reads becomes 8-bit RGB, upright, or an ImageError with the reason.
+
+Training, evaluation, prediction and serving all decode through ``decode_image`` /
+``decode_bytes``, so a photo gets the same pixels everywhere.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from headstart.errors import ImageError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# Pillow's own decompression-bomb threshold (1024 * 1024 * 1024 // 4 // 3 pixels, ~0.25 GB of
+# RGB): far above any photo a classifier is trained on, far below what exhausts memory.
+MAX_PIXELS = 89_478_485
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image was before it became 8-bit RGB (size after EXIF orientation)."""
+
+    path: Path
+    width: int
+    height: int
+    mode: str
+    format: str
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def visible(entries) -> list[Path]:
+    """The entries whose names do not start with a dot, sorted."""
+    return sorted(p for p in entries if not p.name.startswith("."))
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every visible file below ``folder``, sorted (hidden files and folders are skipped)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
+    return sorted(out)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB: alpha composited on white, 16-bit scaled, CMYK converted."""
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I"):
+        # 16-bit greyscale (PNG, TIFF) opens as I;16 or I: scale 0..65535 to 0..255.
+        arr = np.asarray(im, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "F":  # floating-point TIFF: [0, 1] or already 0..255
+        arr = np.asarray(im, dtype=np.float64)
+        arr = arr * 255.0 if arr.max() <= 1.0 else arr
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def decode_image(path: Path, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
+    try:
+        empty = path.stat().st_size == 0
+    except OSError as e:
+        raise ImageError(f"cannot read: {e.strerror or e}") from None
+    if empty:
+        raise ImageError("empty file (0 bytes)")
+    return _decode(path, path, max_pixels)
+
+
+def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS, name: str = "upload") -> Image.Image:
+    """``decode_image`` for the bytes of an image file (an upload): the same checks and conversions."""
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    return _decode(io.BytesIO(data), Path(name), max_pixels)[0]
+
+
+def _decode(source, path: Path, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
+    try:
+        with warnings.catch_warnings():
+            # Our own limit below decides; Pillow still raises for more than twice its own.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise ImageError(
+                        f"{w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,} "
+                        "(a decompression bomb?); raise max_pixels if the image is genuine", "too_large"
+                    )
+                im.load()  # the first frame of a GIF or TIFF; reads every byte, so truncation shows
+                mode, fmt = im.mode, im.format or path.suffix.lstrip(".").upper()
+                rgb = to_rgb(ImageOps.exif_transpose(im))
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"refused as a decompression bomb: {e}", "too_large") from None
+    except UnidentifiedImageError:
+        raise ImageError("cannot decode: not an image Pillow recognises (bad or missing header)", "not_image") from None
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error...
+        raise ImageError(f"cannot decode: {e}") from None
+    return rgb, ImageInfo(path, rgb.width, rgb.height, mode, fmt)
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an image file to 8-bit RGB with its EXIF orientation applied.
+
+    Greyscale, palette, CMYK and 16-bit images are converted; transparency is composited on
+    white; a GIF or multi-page TIFF gives its first frame. Raises ImageError with the reason.
+    """
+    return decode_image(Path(path), max_pixels)[0]

@@ -1,0 +1,231 @@
+"""The run folder: the one place that knows its layout, and how to read a run back.
+
+A run is ``<runs_dir>/<name>/``, a folder a person can browse::
+
+    config.yaml               the resolved TrainConfig: enough to run it again
+    data.json                 what was read: root, layout, classes, counts, fingerprint, problems
+    history.csv               one row an epoch
+    checkpoints/best.ckpt     the best epoch by validation loss (and last.ckpt, to resume)
+    metrics.json              the evaluation split at the best checkpoint (metrics-<split>.json for others)
+    confusion_matrix.csv/.png
+    curves.png, misclassified.png, report.html
+
+>>> run = Run.load("runs/efficientnet_lite0-features-...")                 # doctest: +SKIP
+>>> run.metrics["accuracy"], run.best_checkpoint                          # doctest: +SKIP
+(0.8167, PosixPath('runs/.../checkpoints/best.ckpt'))
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headstart._files import write_text
+from headstart.backbones import Classifier, load_saved_model, rebuild_model
+from headstart.config import TrainConfig, coerce, load_config, save_config
+from headstart.errors import RunError
+
+CONFIG = "config.yaml"
+DATA = "data.json"
+HISTORY = "history.csv"
+CHECKPOINTS = "checkpoints"
+BEST = "best"  # checkpoints/best.ckpt
+LAST = "last"
+REPORT = "report.html"
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "backbone_lr", "trainable", "seconds"]
+
+
+@dataclass
+class Run:
+    """A run folder with what it holds: its config, history and evaluation metrics."""
+
+    dir: Path
+    config: TrainConfig
+    history: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    interrupted: bool = False
+
+    # --- where things are
+    @property
+    def checkpoints(self) -> Path:
+        return self.dir / CHECKPOINTS
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints / f"{BEST}.ckpt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / f"{LAST}.ckpt"
+
+    @property
+    def history_file(self) -> Path:
+        return self.dir / HISTORY
+
+    @property
+    def data_file(self) -> Path:
+        return self.dir / DATA
+
+    @property
+    def report(self) -> Path:
+        return self.dir / REPORT
+
+    def picture(self, name: str) -> Path:
+        """``curves``, ``misclassified``, ``confusion_matrix`` (``-<split>`` for other splits): a PNG."""
+        return self.dir / f"{name}.png"
+
+    def metrics_file(self, split: str = "evaluation") -> Path:
+        return self.dir / f"metrics{_suffix(split)}.json"
+
+    def confusion_file(self, split: str = "evaluation", ext: str = "csv") -> Path:
+        return self.dir / f"confusion_matrix{_suffix(split)}.{ext}"
+
+    # --- reading and writing
+    @classmethod
+    def load(cls, path: str | Path) -> "Run":
+        path = Path(path)
+        if not (path / CONFIG).is_file():
+            raise RunError(f"{path} is not a headstart run (no {CONFIG}). Pass a folder under runs/.")
+        history = []
+        if (path / HISTORY).is_file():
+            with (path / HISTORY).open() as f:
+                history = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        run = cls(path, load_config(path / CONFIG), history)
+        if run.metrics_file().is_file():
+            run.metrics = json.loads(run.metrics_file().read_text())
+        return run
+
+    @classmethod
+    def create(cls, cfg: TrainConfig) -> "Run":
+        """A new run under ``cfg.runs_dir``: ``cfg.name``, or ``<backbone>-<strategy>-<time>``.
+        The folder itself is made by ``start``, once nothing can fail on bad input any more."""
+        root = Path(cfg.runs_dir)
+        if cfg.name:
+            path = root / cfg.name
+            if path.exists():
+                raise RunError(f"Run folder {path} already exists. Pick another --name, or --resume {path}.")
+            return cls(path, cfg)
+        base = f"{cfg.backbone}-{cfg.strategy}-{datetime.now():%Y%m%d-%H%M%S}"
+        path, n = root / base, 1
+        while path.exists():
+            n += 1
+            path = root / f"{base}-{n}"
+        return cls(path, cfg)
+
+    def start(self, ds) -> dict:
+        """Make the folder; write ``config.yaml`` and ``data.json`` (what was read). Returns the latter."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.config, self.dir / CONFIG)
+        info = {
+            "root": str(ds.root), "layout": ds.layout, "classes": ds.classes, "counts": ds.counts(),
+            "fingerprint": data_fingerprint(ds),
+            "problems": [{"path": str(p.path), "reason": p.reason} for p in ds.problems], "ignored": len(ds.ignored),
+        }
+        write_text(self.data_file, json.dumps(info, indent=2) + "\n")
+        return info
+
+    def data_info(self) -> dict:
+        return json.loads(self.data_file.read_text())
+
+    def write_history(self, rows: list[dict]) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, HISTORY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(self.history_file, buf.getvalue())
+
+    def finished_checkpoint(self) -> Path:
+        """The best checkpoint, or a RunError saying the run did not finish."""
+        if not self.best_checkpoint.is_file():
+            raise RunError(f"{self.dir} has no {CHECKPOINTS}/{BEST}.ckpt: it did not finish. Resume it with "
+                           f"headstart train --resume {self.dir}")
+        return self.best_checkpoint
+
+    # --- resuming
+    @classmethod
+    def resume(cls, path: str | Path, asked: dict[str, Any]) -> "Run":
+        """A run to continue from its ``last.ckpt``; options asked for now must agree with its config."""
+        run = cls.load(path)
+        cfg = run.config
+        unknown = sorted(k for k in asked if not hasattr(cfg, k))
+        if unknown:
+            raise RunError(f"Unknown option(s): {', '.join(unknown)}.")
+        diff = {k: (getattr(cfg, k), coerce(k, v)) for k, v in asked.items() if getattr(cfg, k) != coerce(k, v)}
+        if diff:
+            shown = ", ".join(f"{k}: the run has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
+            raise RunError(f"Cannot resume {run.dir}: its config differs ({shown}). Resume without "
+                           "those options, or start a new run.")
+        if not run.last_checkpoint.is_file():
+            raise RunError(f"Cannot resume {run.dir}: it has no {CHECKPOINTS}/{LAST}.ckpt (it never finished an epoch).")
+        return cls(run.dir, cfg)
+
+    def check_same_data(self, ds) -> "Run":
+        """This run, if ``ds`` is the data it started with; else a RunError."""
+        if self.data_info().get("fingerprint") != data_fingerprint(ds):
+            raise RunError(f"Cannot resume {self.dir}: the data changed since it started (files added, removed "
+                           "or modified). Start a new run.")
+        return self
+
+
+def _suffix(split: str) -> str:
+    return "" if split == "evaluation" else f"-{split}"
+
+
+def _number(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def data_fingerprint(ds) -> str:
+    """Which files, labels and splits a dataset is, and each file's size and modification time."""
+    h = hashlib.sha256()
+    for s in ds.samples:
+        st = s.path.stat()
+        h.update(f"{s.path}|{s.label}|{s.split}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+def load_checkpoint(path: str | Path) -> tuple[Classifier, dict]:
+    """The model of a training checkpoint, with its preprocessing, and the checkpoint's metadata
+    (class names, config). Only tensors and plain data are loaded (``weights_only=True``)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    meta = ckpt["headstart"]
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    return rebuild_model(meta["model"], state, meta["preprocessing"]).eval(), meta
+
+
+def load_model(source: str | Path) -> tuple[Classifier, dict, Path | None]:
+    """The model behind a run folder (its best checkpoint), a ``.ckpt``, or a ``.safetensors``
+    written by ``save_model``; its metadata (``classes``...); and the run folder it comes from."""
+    path = Path(source)
+    if path.is_dir():
+        if not (path / CONFIG).is_file():
+            raise RunError(f"{path} has no {CHECKPOINTS}/{BEST}.ckpt (it is not a headstart run). "
+                           "Pass a finished run folder.")
+        path = Run.load(path).finished_checkpoint()
+    if not path.is_file():
+        raise RunError(f"'{source}' does not exist. Pass a run folder (runs/NAME), a .ckpt or a .safetensors model.")
+    what = "model written by save_model" if path.suffix == ".safetensors" else "checkpoint"
+    try:
+        model, meta = load_saved_model(path) if path.suffix == ".safetensors" else load_checkpoint(path)
+    except Exception as e:  # not one of ours, or damaged
+        raise RunError(f"{path} is not a readable headstart {what} ({type(e).__name__}: {e}).") from None
+    # A checkpoint lives in <run>/checkpoints/: that run's folder holds its config and data.
+    run_dir = path.parent.parent
+    return model, meta, run_dir if path.parent.name == CHECKPOINTS and (run_dir / CONFIG).is_file() else None
