@@ -94,13 +94,41 @@ def messy(tmp_path: Path) -> Path:
     return make_messy_food11(tmp_path / "messy")
 
 
+# The tiny fixture for mechanics (resume, modes, caches, layouts of memory): 3 classes, 8
+# training images each, at 32 px. Fast; not meant to be learnt (accuracy belongs in bench/).
+TINY = {"training": [8, 8, 8], "validation": [3, 3, 3], "evaluation": [3, 3, 3]}
+TINY_IMAGES = sum(sum(c) for c in TINY.values())
+TINY_OPTIONS = dict(input_size=32, batch_size=8)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    """One decoded-image cache for the whole session, outside the runs and the user's home."""
+    os.environ["HEADSTART_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+
+
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory):
-    """One short features run on the demo data (64 px), shared by the evaluation and report tests."""
+def tiny(tmp_path_factory) -> Path:
+    return make_food11(tmp_path_factory.mktemp("tiny") / "data", TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny, tmp_path_factory):
+    """A finished features run on the tiny data, shared by the tests that only read a run."""
     from headstart.training import fit
 
-    os.environ["HEADSTART_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
-    return fit("demo", strategy="features", epochs=4, input_size=64, runs_dir=tmp_path_factory.mktemp("runs"), name="demo")
+    return fit(tiny, strategy="features", epochs=2, runs_dir=tmp_path_factory.mktemp("runs"), name="tiny",
+               **TINY_OPTIONS)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """A features run on the demo data (64 px), shared by the tests that need a model that has
+    learnt something: it is the one accuracy claim of the timed suite."""
+    from headstart.training import fit
+
+    return fit("demo", strategy="features", epochs=6, input_size=64, runs_dir=tmp_path_factory.mktemp("runs"),
+               name="demo")
 
 
 def chromium_browser(tmp_path: Path):

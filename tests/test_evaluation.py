@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,10 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from typer.testing import CliRunner
 
 from headstart.cli import app
-from headstart.data import load_dataset, load_image
-from headstart.evaluation import compute, evaluate_run, load_run_model
+from headstart.data import load_dataset
+from headstart.evaluation import compute, evaluate
+from headstart.images import load_image
+from headstart.runs import load_checkpoint
 
 
 def test_compute_agrees_with_scikit_learn():
@@ -43,9 +46,9 @@ def test_compute_agrees_with_scikit_learn():
 
 def test_evaluate_matches_predictions_made_independently(demo_run):
     run = demo_run
-    ev, _ = evaluate_run(run.dir)
+    ev = evaluate(run.dir)
     # Independently: decode each evaluation image, resize it, and ask the best checkpoint.
-    model, meta = load_run_model(run.best_checkpoint)
+    model, meta = load_checkpoint(run.best_checkpoint)
     ds = load_dataset("demo")
     samples = [s for s in ds.samples if s.split == "evaluation"]
     x = torch.stack([model.preprocessing.to_tensor(load_image(s.path)) for s in samples])
@@ -63,6 +66,27 @@ def test_evaluate_matches_predictions_made_independently(demo_run):
         rows = list(csv.reader(f))
     assert rows[0][1:] == meta["classes"]
     assert [[int(v) for v in r[1:]] for r in rows[1:]] == ev.confusion.tolist()
+
+
+EVALUATION_FILES = {"metrics{}.json", "confusion_matrix{}.csv", "confusion_matrix{}.png"}
+
+
+def _written(run_dir: Path, since: float) -> set[str]:
+    return {p.name for p in run_dir.iterdir() if p.is_file() and p.stat().st_mtime_ns >= since}
+
+
+def test_python_and_cli_evaluate_write_the_same_files(tiny_run):
+    before = time.time_ns()
+    ev = evaluate(tiny_run.dir, split="training")
+    python = _written(tiny_run.dir, before)
+    assert python == {f.format("-training") for f in EVALUATION_FILES}
+    before = time.time_ns()
+    result = CliRunner().invoke(app, ["evaluate", str(tiny_run.dir), "--split", "training"])
+    assert result.exit_code == 0, result.output
+    assert _written(tiny_run.dir, before) == python
+    assert json.loads((tiny_run.dir / "metrics-training.json").read_text())["correct"] == ev.correct
+    # The end of training wrote the same for the evaluation split, and the report beside them.
+    assert {f.format("") for f in EVALUATION_FILES} <= {p.name for p in tiny_run.dir.iterdir()}
 
 
 def test_evaluate_cli(demo_run, tmp_path: Path):

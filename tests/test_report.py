@@ -1,4 +1,4 @@
-"""Reports: self-contained HTML that renders in a real browser, and the comparison of strategies."""
+"""Reports: self-contained HTML that renders in a real browser."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 
 from conftest import chromium_browser
 
-from headstart.compare import compare
 from headstart.training import fit
 
 
@@ -53,37 +52,3 @@ def test_run_report_lists_skipped_images(messy: Path, tmp_path: Path):
     assert "1 unreadable image(s) skipped" in html
     assert str(messy / "training" / "1_90.jpg") in html
     assert json.loads((run.dir / "data.json").read_text())["problems"][0]["path"].endswith("1_90.jpg")
-
-
-def test_compare_table_matches_the_runs_and_renders(messy: Path, tmp_path: Path):
-    result = compare(messy, ["features", "full", "scratch"], epochs=2, input_size=32, runs_dir=str(tmp_path), name="cmp")
-    with (result.dir / "comparison.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    assert [r["strategy"] for r in rows] == ["features", "full", "scratch"]
-    for row in rows:
-        m = json.loads((result.dir / row["strategy"] / "metrics.json").read_text())
-        assert (float(row["accuracy"]), int(row["correct"]), int(row["total"])) == (m["accuracy"], m["correct"], m["total"])
-        assert int(row["trainable"]) == m["trainable_params"]
-        assert (result.dir / row["strategy"] / "report.html").is_file()
-    best = max(result.rows, key=lambda r: (r["accuracy"], -r["total_seconds"]))
-    assert result.reading.startswith(f"{best['strategy']} reached the best evaluation accuracy")
-    assert "random weights" in result.reading or best["strategy"] == "scratch"
-    page = _render(result.report, tmp_path / "compare-report.png", tmp_path)
-    assert page["errors"] == [] and len(page["images"]) == 2
-    assert all(ok and w > 300 for _, ok, w, _ in page["images"])
-    assert result.reading[:40] in page["text"]
-
-
-def test_compare_gives_a_freeze_point_only_to_the_strategies_that_have_one(messy: Path, tmp_path: Path):
-    result = compare(messy, ["features", "half"], freeze="1", epochs=1, input_size=32, runs_dir=str(tmp_path),
-                     name="cmp", advise=False)
-    assert result.runs["half"].config.freeze == "1" and result.runs["features"].config.freeze is None
-    assert result.advice is None and "advised" not in (result.dir / "report.html").read_text()
-    with pytest.raises(ValueError, match="--freeze sets the freeze point of half or partial"):
-        compare(messy, ["features", "full"], freeze="1", runs_dir=str(tmp_path), name="cmp2")
-
-
-def test_compare_rejects_unknown_strategies_before_training(tmp_path: Path):
-    with pytest.raises(ValueError, match="Unknown strategy 'most'"):
-        compare("demo", ["features", "most"], runs_dir=str(tmp_path))
-    assert not any(tmp_path.iterdir())

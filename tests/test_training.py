@@ -1,60 +1,32 @@
-"""Training: the run folder, the features cache, the tutorial's seed recipe, and resume."""
+"""Training: what trains and what stays frozen, train/eval modes, resume, speed levers, the CLI.
+
+Mechanics run on the tiny fixture; the one accuracy claim is on the demo data (``demo_run``).
+"""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-import yaml
+from conftest import TINY_IMAGES, TINY_OPTIONS, photo
 from torch import nn
+from typer.testing import CliRunner
 
-from headstart import backbones
 from headstart.backbones import create_model
-from headstart.config import resolve_config
-from headstart.strategies import apply_strategy
-from headstart.training import Run, TrainingError, TransferModule, fit
+from headstart.cli import app
+from headstart.errors import ConfigError, RunError
+from headstart.training import fit
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    # One decoded-image cache for the whole session, outside the runs.
-    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
-FAST = dict(input_size=64, batch_size=64)
-
-
-def test_features_on_demo_computes_the_backbone_once_and_learns(tmp_path: Path, monkeypatch):
-    seen = []
-    forward = backbones.TimmBody.forward
-    monkeypatch.setattr(backbones.TimmBody, "forward", lambda self, x: (seen.append(len(x)), forward(self, x))[1])
-    run = fit("demo", strategy="features", epochs=8, runs_dir=tmp_path, name="f", **FAST)
-    assert sum(seen) == 1500  # every demo image through the backbone exactly once, for 8 epochs
-    m = run.metrics
+def test_the_demo_learns_well_above_chance(demo_run):
+    m = demo_run.metrics
     assert m["total"] == 300 and m["correct"] == round(m["accuracy"] * 300)
-    assert m["accuracy"] >= 0.75, m  # frozen ImageNet features separate Fashion-MNIST well
+    assert m["accuracy"] >= 0.75, m  # frozen ImageNet features separate Fashion-MNIST well (chance: 0.10)
     assert m["trainable_params"] == 1280 * 100 + 100 + 100 * 10 + 10  # the head only
-
-    files = {p.relative_to(run.dir).as_posix() for p in run.dir.rglob("*") if p.is_file()}
-    assert {"config.yaml", "history.csv", "data.json", "metrics.json",
-            "checkpoints/best.ckpt", "checkpoints/last.ckpt"} <= files
-    with (run.dir / "history.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
-    assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "backbone_lr", "trainable", "seconds"}
-    best_epoch = min(rows, key=lambda r: float(r["val_loss"]))["epoch"]
-    assert m["best_epoch"] == int(best_epoch)
-    config = yaml.safe_load((run.dir / "config.yaml").read_text())
-    assert config["strategy"] == "features" and config["input_size"] == 64 and config["recipe"] == "default"
-    assert Run.load(run.dir).metrics == json.loads((run.dir / "metrics.json").read_text())
-    ckpt = torch.load(run.best_checkpoint, map_location="cpu", weights_only=False)
-    assert ckpt["headstart"]["classes"][0] == "T-shirt/top"
-    assert ckpt["headstart"]["preprocessing"]["input_size"] == 64
-    assert ckpt["headstart"]["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert m["best_epoch"] == min(demo_run.history, key=lambda r: r["val_loss"])["epoch"]
 
 
 class _Capture(L.Callback):
@@ -63,10 +35,10 @@ class _Capture(L.Callback):
         self.model = module.model
 
 
-def test_half_trains_only_the_top_and_frozen_batchnorm_never_moves(tmp_path: Path):
+def test_half_trains_only_the_top_and_frozen_batchnorm_never_moves(tiny, tmp_path: Path):
     capture = _Capture()
-    run = fit("demo", strategy="half", epochs=1, runs_dir=tmp_path, name="h", callbacks=[capture],
-              input_size=32, batch_size=128, augment=False, pretrained_bn_stats=False)
+    run = fit(tiny, strategy="half", epochs=1, runs_dir=tmp_path, name="h", callbacks=[capture], augment=False,
+              pretrained_bn_stats=False, **TINY_OPTIONS)
     model = capture.model
     frozen, open_ = model.groups[:5], model.groups[5:]
     in_optimizer = {id(p) for g in capture.optimizer.param_groups for p in g["params"]}
@@ -74,8 +46,9 @@ def test_half_trains_only_the_top_and_frozen_batchnorm_never_moves(tmp_path: Pat
     assert not any(id(p) in in_optimizer for g in frozen for p in g.params)
     assert all(id(p) in in_optimizer for g in open_ for p in g.params)
     # The frozen BatchNorm statistics are still the pretrained ones after training.
-    pretrained = create_model("efficientnet_lite0", 10, input_size=32)
-    trained = {k.removeprefix("model."): v for k, v in torch.load(run.last_checkpoint, weights_only=False)["state_dict"].items()}
+    pretrained = create_model("efficientnet_lite0", 3, input_size=32)
+    state = torch.load(run.last_checkpoint, weights_only=True)["state_dict"]
+    trained = {k.removeprefix("model."): v for k, v in state.items()}
     reference = pretrained.state_dict()
     names = {m: n for n, m in model.named_modules()}
     frozen_bn = [names[m] for g in frozen for m in g.modules if isinstance(m, nn.BatchNorm2d)]
@@ -83,33 +56,6 @@ def test_half_trains_only_the_top_and_frozen_batchnorm_never_moves(tmp_path: Pat
     assert frozen_bn and open_bn
     assert all(torch.equal(trained[f"{n}.running_mean"], reference[f"{n}.running_mean"]) for n in frozen_bn)
     assert not all(torch.equal(trained[f"{n}.running_mean"], reference[f"{n}.running_mean"]) for n in open_bn)
-
-
-def test_seed_recipe_builds_the_tutorials_vgg16_and_optimizer():
-    cfg = resolve_config(recipe="seed", overrides={"backbone": "vgg16", "strategy": "partial", "freeze_layers": 10})
-    assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs, cfg.augment, cfg.input_size) == ("adam", 1e-5, 32, 10, False, 224)
-    assert cfg.early_stopping == 0 and cfg.label_smoothing == 0 and cfg.schedule == "constant"
-    model = create_model("vgg16", 11, weights="none")
-    apply_strategy(model, cfg.strategy, freeze_layers=cfg.freeze_layers)
-    opt = TransferModule(model, cfg, 10, {}).configure_optimizers()["optimizer"]
-    assert type(opt) is torch.optim.Adam
-    assert {g["lr"] for g in opt.param_groups} == {1e-5}
-    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == 13_031_611
-
-
-def test_default_recipe_values_and_overrides(tmp_path: Path):
-    (tmp_path / "run.yaml").write_text("epochs: 3\nlr: 0.01\nrecipe: seed\n")
-    cfg = resolve_config(yaml_path=tmp_path / "run.yaml", overrides={"lr": "0.5"})
-    assert (cfg.recipe, cfg.epochs, cfg.lr, cfg.batch_size) == ("seed", 3, 0.5, 32)  # flags beat YAML beat recipe
-    default = resolve_config()
-    assert (default.optimizer, default.schedule, default.augment, default.early_stopping) == ("adamw", "cosine", True, 5)
-    assert default.label_smoothing > 0 and default.backbone_lr < default.lr
-    with pytest.raises(ValueError, match="Unknown recipe 'fast'. Choose one of: default, seed"):
-        resolve_config(recipe="fast")
-    with pytest.raises(ValueError, match="Unknown strategy 'most'. Choose one of: features, partial"):
-        resolve_config(overrides={"strategy": "most"})
-    with pytest.raises(ValueError, match="Unknown option.*epoch\\b"):
-        resolve_config(overrides={"epoch": 3})
 
 
 class _StopAfter(L.Callback):
@@ -123,12 +69,11 @@ class _StopAfter(L.Callback):
             raise KeyboardInterrupt  # what Ctrl-C does
 
 
-@pytest.mark.parametrize("strategy, size", [("features", 64), ("half", 32)])  # dropout; + augmentation
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, strategy: str, size: int):
-    opts = dict(strategy=strategy, epochs=4, deterministic=True, runs_dir=tmp_path, early_stopping=0,
-                input_size=size, batch_size=128)
-    whole = fit("demo", name="whole", **opts)
-    stopped = fit("demo", name="stopped", callbacks=[_StopAfter(2)], **opts)
+@pytest.mark.parametrize("strategy", ["features", "half"])  # dropout; + augmentation and fine-tuning
+def test_interrupted_and_resumed_equals_uninterrupted(tiny, tmp_path: Path, strategy: str):
+    opts = dict(strategy=strategy, epochs=4, deterministic=True, runs_dir=tmp_path, early_stopping=0, **TINY_OPTIONS)
+    whole = fit(tiny, name="whole", **opts)
+    stopped = fit(tiny, name="stopped", callbacks=[_StopAfter(2)], **opts)
     assert stopped.interrupted and stopped.last_checkpoint.exists() and not stopped.metrics
     assert [r["epoch"] for r in stopped.history] == [1, 2]
     resumed = fit(resume=stopped.dir)
@@ -140,47 +85,45 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, strategy: 
     timing = ("setup_seconds", "train_seconds")
     assert {k: v for k, v in resumed.metrics.items() if k not in timing} == {
         k: v for k, v in whole.metrics.items() if k not in timing}
-    with pytest.raises(TrainingError, match="its config differs \\(epochs: the run has 4, asked 6\\)"):
+    with pytest.raises(RunError, match="its config differs \\(epochs: the run has 4, asked 6\\)"):
         fit(resume=stopped.dir, epochs=6)
 
 
-def test_bad_input_writes_nothing(tmp_path: Path):
-    with pytest.raises(ValueError, match="Unknown backbone 'vgg61'"):
-        fit("demo", backbone="vgg61", runs_dir=tmp_path)
-    with pytest.raises(ValueError, match="freeze must be 0-9. Received: freeze=20"):
-        fit("demo", strategy="partial", freeze="20", runs_dir=tmp_path, **FAST)
+def test_resume_refuses_changed_data(tmp_path: Path):
+    from conftest import make_food11
+
+    data = make_food11(tmp_path / "data", {"training": [6, 6], "validation": [2, 2], "evaluation": [2, 2]})
+    stopped = fit(data, strategy="features", epochs=3, runs_dir=tmp_path / "runs", name="r", callbacks=[_StopAfter(1)],
+                  **TINY_OPTIONS)
+    assert stopped.interrupted
+    photo(50).save(data / "training" / "1_99.jpg")
+    with pytest.raises(RunError, match="the data changed since it started"):
+        fit(resume=stopped.dir)
+
+
+def test_bad_input_writes_nothing(tiny, tmp_path: Path):
+    with pytest.raises(ConfigError, match="Unknown backbone 'vgg61'"):
+        fit(tiny, backbone="vgg61", runs_dir=tmp_path)
+    with pytest.raises(ConfigError, match="freeze must be 0-9. Received: freeze=20"):
+        fit(tiny, strategy="partial", freeze="20", runs_dir=tmp_path, **TINY_OPTIONS)
     assert not any(tmp_path.iterdir())
 
 
-def test_train_cli_end_to_end_and_exit_codes(tmp_path: Path):
-    from typer.testing import CliRunner
-
-    from headstart.cli import app
-
+def test_train_cli_end_to_end_and_exit_codes(tiny, tmp_path: Path):
     runner = CliRunner()
-    ok = runner.invoke(app, ["train", "demo", "--epochs", "2", "--input-size", "64", "--runs-dir", str(tmp_path),
-                             "--name", "cli"])
+    ok = runner.invoke(app, ["train", str(tiny), "--epochs", "2", "--input-size", "32", "--batch-size", "8",
+                             "--runs-dir", str(tmp_path), "--name", "cli"])
     assert ok.exit_code == 0, ok.output
     metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
-    assert f"Number of correctly identified images: {metrics['correct']} of 300" in ok.output
+    assert f"Number of correctly identified images: {metrics['correct']} of 9" in ok.output
     assert f"Run: {tmp_path / 'cli'}" in ok.output
-    again = runner.invoke(app, ["train", "demo", "--runs-dir", str(tmp_path), "--name", "cli", "--input-size", "64"])
+    config = (tmp_path / "cli" / "config.yaml").read_text()
+    assert "epochs: 2\n" in config and "batch_size: 8\n" in config  # the flags, as TrainConfig fields
+    again = runner.invoke(app, ["train", str(tiny), "--runs-dir", str(tmp_path), "--name", "cli"])
     assert again.exit_code == 2 and "already exists" in again.output
     bad = runner.invoke(app, ["train", "demo", "--recipe", "quick"])
     assert bad.exit_code == 2 and "Unknown recipe 'quick'. Choose one of: default, seed" in bad.output
     assert runner.invoke(app, ["train"]).exit_code == 2
-
-
-def test_resume_refuses_changed_data(tmp_path: Path):
-    from conftest import make_food11, photo
-
-    data = make_food11(tmp_path / "data", {"training": [6, 6], "validation": [2, 2], "evaluation": [2, 2]})
-    stopped = fit(data, strategy="features", epochs=3, input_size=32, runs_dir=tmp_path / "runs", name="r",
-                  callbacks=[_StopAfter(1)])
-    assert stopped.interrupted
-    photo(50).save(data / "training" / "1_99.jpg")
-    with pytest.raises(TrainingError, match="the data changed since it started"):
-        fit(resume=stopped.dir)
 
 
 class _Modes(L.Callback):
@@ -200,34 +143,14 @@ class _Modes(L.Callback):
     ("half", False, True, "some"),      # ... or learns new ones in the open groups
     ("scratch", True, True, "all"),     # from random weights there are no statistics to keep
 ])
-def test_train_and_eval_modes_during_training(tmp_path: Path, strategy, pretrained_bn_stats, head, bn):
+def test_train_and_eval_modes_during_training(tiny, tmp_path: Path, strategy, pretrained_bn_stats, head, bn):
     modes = _Modes()
-    fit("demo", strategy=strategy, epochs=1, runs_dir=tmp_path, name="m", callbacks=[modes], input_size=32,
-        batch_size=256, pretrained_bn_stats=pretrained_bn_stats, augment=False)
+    fit(tiny, strategy=strategy, epochs=1, runs_dir=tmp_path, name="m", callbacks=[modes],
+        pretrained_bn_stats=pretrained_bn_stats, augment=False, **TINY_OPTIONS)
     assert modes.head_training is head
     expected = {"none": not any(modes.bn_training), "some": 0 < sum(modes.bn_training) < len(modes.bn_training),
                 "all": all(modes.bn_training)}
     assert expected[bn], modes.bn_training
-
-
-def test_frozen_prefix_is_computed_once_and_matches_the_uncached_path(tmp_path: Path, monkeypatch):
-    stem_images = []
-    model_split = backbones.Classifier.split
-
-    def counting_split(self, k):
-        cut = model_split(self, k)
-        if cut is not None:
-            self.body.net.conv_stem.register_forward_hook(lambda mod, inp, out: stem_images.append(len(out)))
-        return cut
-
-    monkeypatch.setattr(backbones.Classifier, "split", counting_split)
-    opts = dict(strategy="half", epochs=3, augment=False, deterministic=True, runs_dir=tmp_path, input_size=32, batch_size=64)
-    cached = fit("demo", name="cached", **opts)
-    assert sum(stem_images) == 1500  # the frozen stem ran once per image, for 3 epochs
-    uncached = fit("demo", name="uncached", cache_frozen=False, **opts)
-    for a, b in zip(cached.history, uncached.history):
-        assert a["loss"] == pytest.approx(b["loss"], rel=2e-3) and a["val_loss"] == pytest.approx(b["val_loss"], rel=2e-3)
-    assert abs(cached.metrics["accuracy"] - uncached.metrics["accuracy"]) <= 0.01
 
 
 class _Layouts(L.Callback):
@@ -248,22 +171,25 @@ class _Layouts(L.Callback):
         self._hook.remove()
 
 
-def test_speed_levers_change_the_speed_not_the_results(tmp_path: Path):
-    opts = dict(strategy="half", epochs=2, augment=False, runs_dir=tmp_path, input_size=32, batch_size=64)
+def test_channels_last_changes_the_memory_order_not_the_results(tiny, tmp_path: Path):
+    opts = dict(strategy="half", epochs=2, augment=False, runs_dir=tmp_path, **TINY_OPTIONS)
     seen = {}
     for channels_last in (True, False):
         probe = _Layouts()
-        seen[channels_last] = fit("demo", name=f"cl-{channels_last}", channels_last=channels_last, callbacks=[probe], **opts)
+        seen[channels_last] = fit(tiny, name=f"cl-{channels_last}", channels_last=channels_last, callbacks=[probe], **opts)
         assert probe.channels_last is channels_last and probe.compiled is False
     for a, b in zip(seen[True].history, seen[False].history):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3) and a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
-    # torch.compile: the head of `features` (a short compile, still ~30 s on 2 cores)
-    opts = dict(strategy="features", epochs=2, runs_dir=tmp_path, input_size=32)
+
+
+def test_compile_trains_the_same_model(tiny, tmp_path: Path):
+    # torch.compile on the head of `features`: the shortest compile there is (still ~20 s on 2 cores).
+    opts = dict(strategy="features", epochs=2, runs_dir=tmp_path, **TINY_OPTIONS)
     probe = _Layouts()
-    compiled = fit("demo", name="compiled", compile=True, callbacks=[probe], **opts)
-    plain = fit("demo", name="plain", **opts)
+    compiled = fit(tiny, name="compiled", compile=True, callbacks=[probe], **opts)
+    plain = fit(tiny, name="plain", **opts)
     assert probe.compiled is True
     # Compiled dropout draws from another generator: close, not equal.
     for a, b in zip(compiled.history, plain.history):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-2) and a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-2)
-    assert abs(compiled.metrics["accuracy"] - plain.metrics["accuracy"]) <= 0.02
+        assert a["loss"] == pytest.approx(b["loss"], rel=2e-2) and a["val_loss"] == pytest.approx(b["val_loss"], rel=2e-2)
+    assert compiled.metrics["total"] == plain.metrics["total"] == TINY_IMAGES - 24 - 9

@@ -193,7 +193,7 @@ def train(
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model [off]."),
     runs_dir: Optional[str] = typer.Option(None, help="Where runs go [runs]."),
     name: Optional[str] = typer.Option(None, help="Run folder name [backbone-strategy-time]."),
-    resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run from its last.ckpt."),
+    resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run (runs/NAME) where it stopped."),
 ) -> None:
     """Train a pretrained backbone on DATA; writes runs/<name>/ and prints the evaluation accuracy."""
     from headstart.training import fit
@@ -211,7 +211,7 @@ def train(
     out.print(f"Number of correctly identified images: {m['correct']} of {m['total']}")
     out.print(f"Best epoch {m['best_epoch']} of {m['epochs']}; {m['trainable_params']:,} trainable parameters")
     if m.get("skipped_images"):
-        out.print(f"[yellow]{m['skipped_images']} unreadable image(s) skipped[/] (listed in {run.dir / 'data.json'})")
+        out.print(f"[yellow]{m['skipped_images']} unreadable image(s) skipped[/] (listed in {run.data_file})")
     out.print(f"Run: {run.dir}")
 
 

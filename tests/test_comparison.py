@@ -1,0 +1,68 @@
+"""Compare: the tutorial's experiment, several strategies on the same data and seed, one report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from headstart import comparison
+from headstart.cli import app
+from headstart.comparison import compare
+from headstart.errors import ConfigError
+from headstart.runs import Run
+from test_report import _render
+
+
+def test_compare_table_matches_the_runs_and_renders(messy: Path, tmp_path: Path):
+    result = compare(messy, ["features", "full", "scratch"], epochs=2, input_size=32, runs_dir=str(tmp_path), name="cmp")
+    with (result.dir / "comparison.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["strategy"] for r in rows] == ["features", "full", "scratch"]
+    for row in rows:
+        m = json.loads((result.dir / row["strategy"] / "metrics.json").read_text())
+        assert (float(row["accuracy"]), int(row["correct"]), int(row["total"])) == (m["accuracy"], m["correct"], m["total"])
+        assert int(row["trainable"]) == m["trainable_params"]
+        assert (result.dir / row["strategy"] / "report.html").is_file()
+    best = max(result.rows, key=lambda r: (r["accuracy"], -r["total_seconds"]))
+    assert result.reading.startswith(f"{best['strategy']} reached the best evaluation accuracy")
+    assert "random weights" in result.reading or best["strategy"] == "scratch"
+    page = _render(result.report, tmp_path / "compare-report.png", tmp_path)
+    assert page["errors"] == [] and len(page["images"]) == 2
+    assert all(ok and w > 300 for _, ok, w, _ in page["images"])
+    assert result.reading[:40] in page["text"]
+
+
+def test_compare_gives_a_freeze_point_only_to_the_strategies_that_have_one(messy: Path, tmp_path: Path):
+    result = compare(messy, ["features", "half"], freeze="1", epochs=1, input_size=32, runs_dir=str(tmp_path),
+                     name="cmp", advise=False)
+    assert result.runs["half"].config.freeze == "1" and result.runs["features"].config.freeze is None
+    assert result.advice is None and "advised" not in (result.dir / "report.html").read_text()
+    with pytest.raises(ConfigError, match="--freeze sets the freeze point of half or partial"):
+        compare(messy, ["features", "full"], freeze="1", runs_dir=str(tmp_path), name="cmp2")
+
+
+def test_compare_rejects_unknown_strategies_before_training(tmp_path: Path):
+    with pytest.raises(ConfigError, match="Unknown strategy 'most'"):
+        compare("demo", ["features", "most"], runs_dir=str(tmp_path))
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_interrupted_comparison_stops_and_says_what_to_resume(tiny, tmp_path: Path, monkeypatch):
+    trained = []
+
+    def interrupted_fit(data, **options):  # Ctrl-C during the second strategy
+        run = Run(Path(options["runs_dir"]) / options["name"], None, interrupted=len(trained) == 1)
+        trained.append(options["strategy"])
+        return run
+
+    monkeypatch.setattr(comparison, "fit", interrupted_fit)
+    result = CliRunner().invoke(app, ["compare", str(tiny), "--strategies", "features,half,full", "--no-advise",
+                                      "--runs-dir", str(tmp_path), "--name", "cmp"])
+    assert result.exit_code == 130, result.output
+    assert trained == ["features", "half"]  # full never started
+    assert f"headstart train --resume {tmp_path / 'cmp' / 'half'}" in " ".join(result.output.split())
+    assert not (tmp_path / "cmp" / "report.html").exists()

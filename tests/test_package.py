@@ -1,0 +1,125 @@
+"""The package's shape: every import points one way, the API matches the CLI, one owner per idea."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import headstart
+
+SRC = Path(headstart.__file__).parent
+MODULES = {f"headstart.{p.stem}" if p.stem != "__init__" else "headstart": p for p in sorted(SRC.glob("*.py"))}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every headstart module that ``path`` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from headstart import strategies` imports the module headstart.strategies
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
+                     for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n in MODULES}
+    return found
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle, as a path that ends where it starts, or None."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_cycle_between_modules_function_level_imports_included():
+    graph = {name: _imports(path) - {name} for name, path in MODULES.items()}
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    assert not any("headstart" in deps for name, deps in graph.items() if name != "headstart")  # nothing imports the facade
+
+
+def test_import_headstart_is_light():
+    code = "import sys, headstart; print(sorted(m for m in ('torch', 'lightning', 'timm', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", headstart.__all__)
+def test_the_api_names_resolve_even_after_every_module_was_imported(name):
+    for module in MODULES:
+        if module != "headstart.__main__":  # that one runs the CLI
+            __import__(module)
+    obj = getattr(headstart, name)
+    module, attribute = headstart._API[name]
+    assert obj is getattr(sys.modules[module], attribute)
+    assert not isinstance(obj, type(sys)), f"headstart.{name} is a module, not the API's {attribute}"
+
+
+def test_the_api_has_what_the_cli_has():
+    from headstart.cli import app
+
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    assert commands == {"inspect", "backbones", "train", "evaluate", "compare", "advise", "predict", "export", "serve"}
+    python = {"inspect": "inspect", "train": "fit", "evaluate": "evaluate", "compare": "compare", "advise": "advise",
+              "predict": "load", "export": "export", "backbones": "create_model"}
+    assert set(python.values()) <= set(headstart.__all__)
+
+
+def test_no_module_is_longer_than_450_lines():
+    lengths = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
+    assert max(lengths.values()) <= 450, {k: v for k, v in lengths.items() if v > 450}
+
+
+RUN_FILES = ("config.yaml", "data.json", "history.csv", "metrics.json", "best.ckpt", "last.ckpt", '"checkpoints"')
+
+
+def test_only_the_runs_module_spells_the_run_folder():
+    for name, path in MODULES.items():
+        if name == "headstart.runs":
+            continue
+        code = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+        strings = [n.value for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        docstrings = {ast.get_docstring(n, clean=False) for n in ast.walk(ast.parse(code))
+                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef))}
+        spelled = [s for s in strings if s not in docstrings and any(f.strip('"') in s for f in RUN_FILES)]
+        assert spelled == [], f"{name} spells run-folder paths: {spelled}"
+
+
+def test_every_user_facing_error_is_a_headstart_error():
+    from headstart import errors
+
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
+    assert all(issubclass(c, errors.HeadstartError) and issubclass(c, ValueError) for c in classes)
+    raised = set()
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
+                raised.add(node.exc.func.id)
+    assert not raised & {"ValueError", "RuntimeError", "TypeError", "KeyboardInterrupt"}, raised

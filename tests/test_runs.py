@@ -1,0 +1,104 @@
+"""The run folder: what a finished run holds, reading it back, and loading its model safely."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from headstart.errors import RunError
+from headstart.predict import load
+from headstart.runs import HISTORY_COLUMNS, Run, data_fingerprint, load_checkpoint, load_model
+
+
+def test_a_finished_run_holds_what_the_readme_says(tiny_run):
+    files = {p.relative_to(tiny_run.dir).as_posix() for p in tiny_run.dir.rglob("*") if p.is_file()}
+    expected = {"config.yaml", "data.json", "history.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
+                "metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "curves.png", "report.html"}
+    if tiny_run.metrics["correct"] < tiny_run.metrics["total"]:
+        expected.add("misclassified.png")  # the gallery of wrong predictions, when there are any
+    assert files == expected
+    with tiny_run.history_file.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and list(rows[0]) == HISTORY_COLUMNS
+    config = yaml.safe_load((tiny_run.dir / "config.yaml").read_text())
+    assert config["strategy"] == "features" and config["input_size"] == 32 and config["recipe"] == "default"
+    data = json.loads(tiny_run.data_file.read_text())
+    assert data["layout"] == "food11" and data["counts"]["training"] == [8, 8, 8]
+    assert data["classes"] == ["Bread", "Dairy product", "Dessert"]  # Food-11's names for ids 0-2
+
+
+def test_load_reads_back_what_fit_returned(tiny_run):
+    again = Run.load(tiny_run.dir)
+    assert again.config == tiny_run.config
+    assert again.metrics == json.loads(tiny_run.metrics_file().read_text()) == tiny_run.metrics
+    assert [r["val_loss"] for r in again.history] == pytest.approx([r["val_loss"] for r in tiny_run.history], rel=1e-6)
+
+
+def test_the_checkpoint_carries_what_it_takes_to_use_the_model(tiny_run):
+    model, meta = load_checkpoint(tiny_run.best_checkpoint)
+    assert meta["classes"] == Run.load(tiny_run.dir).data_info()["classes"]
+    assert meta["preprocessing"]["input_size"] == 32 and meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert model.preprocessing.input_size == 32 and not model.training
+    for source in (tiny_run.dir, tiny_run.best_checkpoint):  # a run folder or its checkpoint: the same model
+        same, _, run_dir = load_model(source)
+        assert run_dir == tiny_run.dir
+        assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), model.state_dict().values()))
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {Path(os.environ['EXPLOIT_TARGET'])}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tiny_run, tmp_path: Path, monkeypatch):
+    target = tmp_path / "pwned"
+    monkeypatch.setenv("EXPLOIT_TARGET", str(target))
+    ckpt = torch.load(tiny_run.best_checkpoint, weights_only=True)
+    ckpt["headstart"]["payload"] = _Exploit()
+    torch.save(ckpt, tmp_path / "evil.ckpt")
+    with pytest.raises(RunError, match="is not a readable headstart checkpoint"):
+        load(tmp_path / "evil.ckpt")
+    assert not target.exists()
+
+
+def test_not_a_run_and_an_unfinished_run_are_run_errors(tiny_run, tmp_path: Path):
+    with pytest.raises(RunError, match="is not a headstart run"):
+        Run.load(tmp_path)
+    with pytest.raises(RunError, match="it is not a headstart run"):
+        load(tmp_path)
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.yaml").write_text((tiny_run.dir / "config.yaml").read_text())
+    with pytest.raises(RunError, match=f"did not finish. Resume it with headstart train --resume {unfinished}"):
+        load(unfinished)
+
+
+def test_create_names_a_new_folder_and_refuses_an_existing_name(tiny_run, tmp_path: Path):
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny_run.config, runs_dir=str(tmp_path), name=None)
+    first = Run.create(cfg)
+    first.dir.mkdir(parents=True)
+    second = Run.create(cfg)
+    assert second.dir != first.dir and second.dir.name.startswith("efficientnet_lite0-features-")
+    with pytest.raises(RunError, match="already exists. Pick another --name"):
+        Run.create(dataclasses.replace(cfg, name=first.dir.name))
+
+
+def test_fingerprint_changes_with_the_files(tiny, tmp_path: Path):
+    import shutil
+
+    from headstart.data import load_dataset
+
+    copy = shutil.copytree(tiny, tmp_path / "copy")
+    before = data_fingerprint(load_dataset(copy))
+    assert data_fingerprint(load_dataset(copy)) == before
+    target = next((copy / "training").iterdir())
+    os.utime(target, ns=(1, 1))
+    assert data_fingerprint(load_dataset(copy)) != before
