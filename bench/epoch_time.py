@@ -42,7 +42,8 @@ from headstart import strategies as S
 from headstart.backbones import create_model
 from headstart.config import resolve_config
 from headstart.data import load_dataset
-from headstart.training import fit, lr_lambda, split_indices
+from headstart.frozen import split_indices
+from headstart.training import fit, lr_lambda
 
 
 class PeakMemory:
@@ -92,7 +93,7 @@ class DecodeEveryTime(torch.utils.data.Dataset):
 
 
 def naive(cfg, ds) -> dict:
-    from headstart.training import _seed  # the same shuffling and dropout seeds as headstart
+    from headstart.frozen import seed_of as _seed  # the same shuffling and dropout seeds as headstart
 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.backbone, ds.num_classes, weights=cfg.weights, input_size=cfg.input_size,

@@ -68,7 +68,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the forward pass: pays on long GPU runs, costs minutes up front
     runs_dir: str = "runs"
     name: str | None = None  # default: <backbone>-<strategy>-<time>
-    advice: dict | None = None  # with --strategy auto: what headstart.advise measured and recommended
+    advice: dict | None = None  # with --strategy auto: what headstart.advice measured and recommended
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
