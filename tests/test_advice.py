@@ -1,4 +1,4 @@
-"""headstart advise: the measurements on data whose answer is known, the four cases, --strategy auto."""
+"""headstart.advice (headstart advise): the measurements on data whose answer is known, the four cases, --strategy auto."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PHOTOS
 from PIL import Image
 from typer.testing import CliRunner
 
-from headstart import advise as A
+from conftest import PHOTOS
+from headstart import advice as A
 from headstart.cli import app
 
 SIZE = 64
@@ -80,7 +80,9 @@ def test_knn_probe_on_known_features():
     votes = torch.nn.functional.one_hot(labels[sim.topk(5, dim=1).indices], 7).sum(1).float()
     votes += 1e-3 * torch.nn.functional.one_hot(labels[sim.topk(1, dim=1).indices[:, 0]], 7)
     whole = float((votes.argmax(1) == labels).float().mean())
-    assert A.knn_accuracy(feats, labels) == pytest.approx(whole, abs=1e-6) and 0.5 < whole < 1.0
+    # Blocks and the whole matrix may round a similarity differently, which can swap two near-equal
+    # neighbours: a few rows of 2500 at most (a row is 4e-4), where wrong blocks would be far off.
+    assert A.knn_accuracy(feats, labels) == pytest.approx(whole, abs=2e-3) and 0.5 < whole < 1.0
 
 
 def test_photos_are_similar_and_shuffled_pixels_are_different(photos, shuffled):
@@ -129,14 +131,14 @@ def test_strategy_auto_trains_the_advised_strategy_and_records_it(shuffled, tmp_
     assert "Advice: small data, different from the pretraining data" in report
     # Advising does not disturb the random state: the same training as naming the strategy.
     named = fit(shuffled, strategy="half", input_size=SIZE, epochs=1, runs_dir=tmp_path, name="named")
-    assert [r["loss"] for r in named.history] == [r["loss"] for r in run.history]
+    assert [r["loss"] for r in named.history] == pytest.approx([r["loss"] for r in run.history], rel=1e-5)
     # Options asked for explicitly win over the advice's.
     run = fit(shuffled, strategy="auto", input_size=SIZE, epochs=1, augment=False, runs_dir=tmp_path, name="explicit")
     assert run.config.strategy == "half" and run.config.augment is False
 
 
 def test_compare_shows_the_advice_beside_the_result(shuffled, tmp_path):
-    from headstart.compare import compare
+    from headstart.comparison import compare
 
     result = compare(shuffled, ["features", "auto"], input_size=SIZE, epochs=1, runs_dir=str(tmp_path), name="cmp")
     assert list(result.runs) == ["features", "half"]  # auto is the advised strategy, half

@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from headstart.backbones import REGISTRY, count_params, create_model
+from headstart.body import Body
 from headstart.cli import app
+from headstart.errors import ConfigError
+from headstart.vgg16 import VGG16_KERAS_LAYERS
 from headstart.weights import INCEPTION, Preprocessing
-from PIL import Image
 
 runner = CliRunner()
 CATS = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
+BLOCKS = [f"blocks.{i}" for i in range(12)]
+GROUPS = {
+    "efficientnet_lite0": ["stem", *BLOCKS[:7], "final"],
+    "vgg16": ["block1", "block2", "block3", "block4", "block5"],
+    "resnet50": ["stem", "layer1", "layer2", "layer3", "layer4"],
+    "mobilenetv3_large_100": ["stem", *BLOCKS[:7], "final"],
+    "convnext_tiny": ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "final"],
+    "vit_small_patch16_224": ["stem", *BLOCKS, "final"],
+}
+
+
+@functools.cache
+def random_model(name: str):
+    """A 4-class model of a curated backbone, random weights, 64 px, in eval mode (not to be changed)."""
+    torch.manual_seed(0)
+    return create_model(name, 4, weights="none", input_size=64).eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_random_models():
+    yield
+    random_model.cache_clear()  # a few hundred MB of weights: not kept for the rest of the session
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +87,8 @@ def test_vgg16_with_the_tutorial_head_has_the_tutorials_parameter_counts():
     assert count_params(model) == 14_767_099
     assert count_params(model.body) == 14_714_688
     assert [g.name for g in model.groups] == ["block1", "block2", "block3", "block4", "block5"]
-    layers = model.body.keras_layers
-    assert len(layers) == 19 and layers[0][0] == "input_1" and layers[-1][0] == "block5_pool"
+    layers = model.body.layers()
+    assert layers is model.body.keras_layers and len(layers) == 19 and layers[0][0] == "input_1" and layers[-1][0] == "block5_pool"
     for _, module in layers[:-9]:  # the tutorial: for layer in model_vgg.layers[:-9]: trainable = False
         if module is not None:
             module.requires_grad_(False)
@@ -80,12 +107,11 @@ def test_head_is_configurable():
 
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_curated_backbones_shapes_groups_preprocessing(name: str):
-    torch.manual_seed(0)
-    model = create_model(name, 4, weights="none", input_size=64).eval()
+    model = random_model(name)
     with torch.no_grad():
         assert model(torch.rand(2, 3, 64, 64)).shape == (2, 4)
     groups = model.groups
-    assert len(groups) >= 5 and groups[0].name == "stem" or name == "vgg16"
+    assert [g.name for g in groups] == GROUPS[name]  # stem first (vgg16: Keras' block names), final last
     # The groups cover every backbone parameter exactly once, in input-to-output order.
     ids = [id(p) for g in groups for p in g.params]
     assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.body.parameters()}
@@ -123,8 +149,34 @@ def test_backbones_cli_lists_and_shows():
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_body_honours_the_contract(name: str):
+    body = random_model(name).body
+    assert isinstance(body, Body)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        pooled = body.pool(body.forward_features(x))
+        assert torch.allclose(body(x), pooled, rtol=1e-5, atol=1e-6)
+    assert pooled.shape == (2, body.num_features)
+    # Stages, where the architecture has them (not a ViT's), are named like the groups, input side
+    # first, so the forward pass can be cut after any group but the last.
+    stages = body.stages()
+    names = [g.name for g in body.groups()]
+    assert stages is None if name.startswith("vit") else [n for n, _ in stages][:len(names) - 1] == names[:-1]
+    layers = body.layers()
+    if name == "vgg16":
+        assert [n for n, _ in layers] == list(VGG16_KERAS_LAYERS) and len(layers) == 19
+        assert layers[0][1] is None and all(m is not None for _, m in layers[1:])
+        with pytest.raises(ConfigError, match="no pretrained head"):
+            body.pretrained_head()
+    else:
+        assert layers is None
+        with torch.no_grad():  # the ImageNet classifier the weights came with, on the pooled features
+            assert body.pretrained_head()(pooled).shape == (2, 1000)
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
 def test_forward_can_be_cut_after_any_frozen_group(name: str):
-    model = create_model(name, 3, weights="none", input_size=64).eval()
+    model = random_model(name)
     x = torch.rand(2, 3, 64, 64)
     cuts = 0
     with torch.no_grad():

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
+import threading
+import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,8 @@ import numpy as np
 from conftest import make_food11, photo
 from headstart import cache as hs_cache
 from headstart.cache import decoded_images
-from headstart.data import load_dataset, load_image
+from headstart.data import load_dataset
+from headstart.images import load_image
 from headstart.weights import Preprocessing
 
 PRE = Preprocessing(input_size=32)
@@ -59,10 +64,55 @@ def _build(root: str, directory: str) -> bytes:
     return np.stack([store[i] for i in range(len(store))]).tobytes()
 
 
+def _build_together(root: str, directory: str, barrier, results) -> None:
+    """A worker process: build the cache, with every decode held until the other worker decodes too.
+
+    Both workers are then inside their build at the same time, whatever the scheduling: neither
+    can finish (and write the cache the other would read) before the other has started building.
+    """
+    try:
+        real, lock, times = hs_cache.decode_image, threading.Lock(), []
+
+        def decode(*args):
+            with lock:
+                if not times:
+                    times.append(time.time())  # the first decode: this build has started
+                    barrier.wait(timeout=60)
+            out = real(*args)
+            with lock:
+                times.append(time.time())
+            return out
+
+        hs_cache.decode_image = decode  # this process only: it is its own
+        pixels = _build(root, directory)
+        results.put((times[0], times[-1], len(times) - 1, pixels))
+    except BaseException:
+        results.put(traceback.format_exc())
+
+
 def test_two_processes_building_at_once_agree(tmp_path: Path):
     root = make_food11(tmp_path / "d", {"training": [20, 20], "validation": [5, 5], "evaluation": [5, 5]})
-    with mp.get_context("spawn").Pool(2) as pool:
-        a, b = pool.starmap(_build, [(str(root), str(tmp_path / "c"))] * 2)
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    workers = [ctx.Process(target=_build_together, args=(str(root), str(tmp_path / "c"), barrier, results))
+               for _ in range(2)]
+    for w in workers:
+        w.start()
+    try:
+        got = [results.get(timeout=120) for _ in workers]
+    except queue.Empty:
+        got = ["a worker sent nothing back"]
+    finally:
+        for w in workers:
+            w.join(30)
+            if w.is_alive():
+                w.kill()
+    errors = [g for g in got if isinstance(g, str)]
+    assert not errors, errors[0]
+    (start_a, end_a, decoded_a, a), (start_b, end_b, decoded_b, b) = got
+    # Both decoded every image (neither read the other's cache), and the builds overlapped in time.
+    assert decoded_a == decoded_b == 60
+    assert max(start_a, start_b) < min(end_a, end_b)
     assert a == b == _build(str(root), str(tmp_path / "c"))
     leftovers = [p.name for p in (tmp_path / "c" / "images").iterdir() if p.name.startswith(".")]
     assert leftovers == []

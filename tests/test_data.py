@@ -1,103 +1,23 @@
-"""The data layer: layouts, class names, splits, broken files, and the errors users see."""
+"""Datasets: load_dataset, the splits drawn when the data has none, check_splits, and Dataset.
+
+The refusals are listed in DATA_ERRORS, as in test_layouts.py: checked here on ``load_dataset``,
+and through ``headstart inspect`` in test_inspection.py.
+"""
 
 from __future__ import annotations
 
-import csv
-import json
+import dataclasses
 import logging
-import shutil
+import re
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from conftest import food11_to_csv, food11_to_folders, make_food11, photo
-from headstart import data
-from headstart.cli import app
-from headstart.data import DataError, load_dataset, verify_images
-
-runner = CliRunner()
-MESSY_COUNTS = {"training": [4, 4, 5], "validation": [3, 2, 2], "evaluation": [2, 2, 2]}
-
-
-def inspect_cli(*args: str):
-    return runner.invoke(app, ["inspect", *map(str, args)])
-
-
-# --- the issue's example, in all three layouts ----------------------------------------------
-
-
-def test_inspect_messy_food11_counts_problems_and_pictures(messy: Path, tmp_path: Path):
-    out = tmp_path / "out"
-    result = inspect_cli(messy, "--out", out)
-    assert result.exit_code == 0, result.output
-    text = result.output
-    assert "layout food11, 3 classes" in text
-    # The tutorial's own line, per split, with the right counts.
-    assert "Training data available in 3 classes\n[4, 4, 5]" in text
-    assert "Validation data available in 3 classes\n[3, 2, 2]" in text
-    assert "Evaluation data available in 3 classes\n[2, 2, 2]" in text
-    assert "Skipped 1 unreadable image(s)" in text
-    assert f"{messy / 'training' / '1_90.jpg'}: cannot decode" in text
-    assert "Ignored 1 file(s) that are not images: notes.txt" in text
-    assert "CMYK 1" in text and "RGBA 1" in text
-    for name in ("class_distribution.png", "samples.png"):
-        with Image.open(out / name) as im:
-            assert im.format == "PNG" and im.width > 400 and im.height > 200
-    summary = json.loads((out / "inspect.json").read_text())
-    assert summary["counts"] == MESSY_COUNTS
-    assert summary["problems"][0]["path"].endswith("1_90.jpg")
-    assert summary["imbalance"] == 1.25
-
-
-def test_messy_data_as_folders_and_csv_gives_the_same_counts(messy: Path, tmp_path: Path):
-    folders = food11_to_folders(messy, tmp_path / "folders")
-    manifest = food11_to_csv(messy, messy / "labels.csv")
-    results = {}
-    for layout, path in (("food11", messy), ("folders", folders), ("csv", manifest)):
-        ds = load_dataset(path)
-        assert ds.layout == layout
-        ds, images = verify_images(ds, progress=False)
-        assert ds.counts() == MESSY_COUNTS, layout
-        assert [p.path.name for p in ds.problems] == ["1_90.jpg"], layout
-        assert [p.name for p in ds.ignored] == ["notes.txt"], layout
-        assert ds.classes == ["Bread", "Dairy", "Dessert"]
-        results[layout] = sorted((s.path.name, s.label, s.split) for s in ds.samples)
-    assert results["food11"] == results["folders"] == results["csv"]
-
-
-# --- layouts --------------------------------------------------------------------------------
-
-
-def test_food11_label_is_the_integer_before_the_first_underscore(tmp_path: Path):
-    root = make_food11(tmp_path / "d")
-    photo(0).save(root / "training" / "2_extra_name.jpg")
-    ds = load_dataset(root)
-    by_name = {s.path.name: s.label for s in ds.samples}
-    assert by_name["2_extra_name.jpg"] == 2
-    assert all(by_name[name] == int(name.split("_")[0]) for name in by_name)
-
-
-def test_food11_with_short_split_names(tmp_path: Path):
-    root = make_food11(tmp_path / "d", {"train": [2, 2], "val": [1, 1], "test": [1, 1]})
-    ds = load_dataset(root)
-    assert ds.layout == "food11"
-    assert ds.counts() == {"training": [2, 2], "validation": [1, 1], "evaluation": [1, 1]}
-    # No classes.txt and ids within 0-10: the Food-11 names, as in the tutorial.
-    assert ds.classes == ["Bread", "Dairy product"]
-
-
-def test_food11_default_names_are_the_tutorials_eleven(tmp_path: Path):
-    root = make_food11(tmp_path / "d", {"training": [1] * 11, "validation": [1] * 11, "evaluation": [1] * 11})
-    assert load_dataset(root).classes == list(data.FOOD11_CLASSES)
-    assert data.FOOD11_CLASSES[6] == "Noodles/Pasta" and len(data.FOOD11_CLASSES) == 11
-
-
-def test_classes_txt_names_the_ids(tmp_path: Path):
-    root = make_food11(tmp_path / "d")
-    (root / "classes.txt").write_text("cat\ncoffee\n\nastronaut\n")  # blank lines ignored
-    assert load_dataset(root).classes == ["cat", "coffee", "astronaut"]
+from conftest import make_food11, photo
+from headstart.data import Dataset, check_splits, demo_root, load_dataset, load_dataset_for
+from headstart.errors import DataError, HeadstartError
+from headstart.layouts import Problem
 
 
 def test_folders_in_one_root_draws_stratified_seeded_splits(tmp_path: Path):
@@ -137,37 +57,37 @@ def test_folders_inside_split_folders_and_missing_split_is_drawn(tmp_path: Path)
     assert ds.counts() == {"training": [8, 8], "validation": [2, 2], "evaluation": [2, 2]}
 
 
-def test_csv_with_ids_classes_txt_no_split_and_no_header(tmp_path: Path):
+def test_a_drawn_split_keeps_an_image_of_each_class_in_training(tmp_path: Path):
     root = tmp_path / "d"
-    (root / "img").mkdir(parents=True)
-    rows = []
-    for i in range(20):
-        photo(i).save(root / "img" / f"{i}.webp")
-        rows.append([f"img/{i}.webp", str(i % 2)])
-    rows.append(["img/missing.jpg", "0"])
-    rows.append(["img/readme.txt", "1"])
-    with (root / "manifest.csv").open("w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    (root / "classes.txt").write_text("even\nodd\n")
-    ds = load_dataset(root)
-    assert ds.layout == "csv"
-    assert ds.classes == ["even", "odd"]
-    assert ds.counts() == {"training": [6, 6], "validation": [2, 2], "evaluation": [2, 2]}
-    assert [(p.path.name, "not found" in p.reason) for p in ds.problems] == [("missing.jpg", True)]
-    assert [p.name for p in ds.ignored] == ["readme.txt"]
+    for name, n in (("few", 2), ("many", 10)):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            photo(i).save(root / name / f"{i}.png")
+    ds = load_dataset(root, val_fraction=0.4, eval_fraction=0.4)
+    # round(2 * 0.4) = 1 for validation, and the last one stays: evaluation gets none of "few".
+    assert ds.counts() == {"training": [1, 2], "validation": [1, 4], "evaluation": [0, 4]}
 
 
-def test_layout_can_be_forced(messy: Path):
-    with pytest.raises(DataError, match="Unknown layout 'imagenet'. Choose one of: food11, folders, csv"):
-        load_dataset(messy, layout="imagenet")
-    # Forcing 'folders' on food11 data finds no class folders: a clear error, not a crash.
-    with pytest.raises(DataError, match="No training images found"):
-        load_dataset(messy, layout="folders")
+def test_the_config_of_a_run_loads_its_dataset_split_as_it_was(tmp_path: Path):
+    from headstart.config import TrainConfig
+
+    root = tmp_path / "pets"
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            photo(i).save(root / name / f"{i}.png")
+    cfg = TrainConfig(data=str(root), val_fraction=0.3, eval_fraction=0.1, seed=3)
+    direct = load_dataset(root, val_fraction=0.3, eval_fraction=0.1, seed=3)
+    assert load_dataset_for(cfg).samples == direct.samples
+    # Other data with the same classes: its own layout, the run's fractions and seed.
+    make_food11(tmp_path / "food", {"training": [10, 10]})
+    other = load_dataset_for(cfg, tmp_path / "food")
+    assert other.layout == "food11" and other.counts()["validation"] == [3, 3]
 
 
 def test_demo_word_means_the_embedded_dataset():
     ds = load_dataset("demo")
-    assert ds.root == data.demo_root()
+    assert ds.root == demo_root()
     assert ds.layout == "food11"
     assert ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot"
     assert ds.counts() == {"training": [100] * 10, "validation": [20] * 10, "evaluation": [30] * 10}
@@ -179,136 +99,68 @@ def test_demo_word_means_the_embedded_dataset():
         assert im.size == (28, 28) and im.mode == "L"
 
 
-# --- broken images --------------------------------------------------------------------------
+# --- Dataset --------------------------------------------------------------------------------
 
 
-def test_broken_images_are_skipped_listed_and_warned(tmp_path: Path, caplog):
-    root = make_food11(tmp_path / "d")
-    train = root / "training"
-    (train / "0_100.jpg").write_bytes(b"")
-    good = train / "1_4.jpg"
-    blob = good.read_bytes()
-    (train / "1_101.jpg").write_bytes(blob[: len(blob) // 2])
-    (train / "2_102.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
-    ds = load_dataset(root)
-    assert len(ds.split("training")) == 15  # scanning decodes nothing
+def test_without_drops_the_problems_keeps_them_listed_and_warns(tmp_path: Path, caplog):
+    ds = load_dataset(make_food11(tmp_path / "d"))
+    train = ds.split("training")  # classes 0, 0, 0, 0, 1, 1, ...
+    bad = [Problem(train[0].path, "cannot decode: test"), Problem(train[5].path, "empty file (0 bytes)")]
     with caplog.at_level(logging.WARNING, logger="headstart.data"):
-        clean, images = verify_images(ds, progress=False)
-    reasons = {p.path.name: p.reason for p in clean.problems}
-    assert reasons["0_100.jpg"] == "empty file (0 bytes)"
-    assert "truncated" in reasons["1_101.jpg"].lower()
-    assert reasons["2_102.png"].startswith("cannot decode")
-    assert clean.counts()["training"] == [4, 4, 4]
-    assert len(images) == len(clean.samples) == 24
-    assert sum("skipping" in r.message for r in caplog.records) == 3
+        clean = ds.without(bad)
+    logged = [r.getMessage() for r in caplog.records if r.name == "headstart.data"]
+    assert logged == [f"skipping {p.path}: {p.reason}" for p in bad]
+    assert clean.samples == [s for s in ds.samples if s not in (train[0], train[5])]
+    assert clean.problems == bad
+    assert len(ds.samples) == 24 and ds.problems == []  # the original is unchanged
+    assert clean.counts()["training"] == [3, 3, 4]
 
 
-def test_all_images_of_a_split_broken_is_an_empty_split(tmp_path: Path):
-    root = make_food11(tmp_path / "d")
-    for f in (root / "evaluation").iterdir():
-        f.write_bytes(b"garbage")
-    with pytest.raises(DataError, match=f"The evaluation split is empty: no usable images in {root}"):
-        verify_images(load_dataset(root), progress=False)
+# --- check_splits, and the errors users see -------------------------------------------------
 
 
-# --- errors: exit code 2, a message naming the path, nothing written ------------------------
+def test_check_splits_wants_every_split_and_every_class_in_training(tmp_path: Path):
+    ds = load_dataset(make_food11(tmp_path / "d"))
+    check_splits(ds)  # a usable dataset passes
+    no_eval = dataclasses.replace(ds, samples=[s for s in ds.samples if s.split != "evaluation"])
+    with pytest.raises(DataError, match=re.escape(f"The evaluation split is empty: no usable images in {ds.root / 'evaluation'}.")):
+        check_splits(no_eval)
+    no_class_1 = Dataset(ds.root, ds.layout, ds.classes, [s for s in ds.samples if (s.split, s.label) != ("training", 1)])
+    with pytest.raises(DataError, match="Class 1 'Dairy product' has no training images"):
+        check_splits(no_class_1)
 
 
-def _assert_error(tmp_path: Path, dataset: Path, *needles: str, args: tuple = ()):
-    out = tmp_path / "out"
-    result = inspect_cli(dataset, "--out", out, *args)
-    assert result.exit_code == 2, result.output
-    message = " ".join(result.output.split())  # rich may break long lines
-    assert message.startswith("error:")
-    for needle in needles:
-        assert needle in message, message
-    assert not out.exists(), "nothing may be written when the data is unusable"
-    return message
+def test_data_errors_are_headstart_errors_with_exit_code_2():
+    assert issubclass(DataError, HeadstartError) and issubclass(DataError, ValueError)
+    assert DataError("x").exit_code == 2
 
 
-def test_error_empty_split(tmp_path: Path):
+# Each case calls ``check(data, *needles, **options)``: see test_layouts.py.
+
+
+def empty_split(tmp_path: Path, check) -> None:
     root = make_food11(tmp_path / "d")
     for f in (root / "validation").iterdir():
         f.unlink()
-    _assert_error(tmp_path, root, "The validation split is empty", str(root / "validation"),
-                  "remove the folder to draw it from training")
+    check(root, "The validation split is empty", str(root / "validation"), "remove the folder to draw it from training")
 
 
-def test_error_class_without_training_images(tmp_path: Path):
+def class_without_training_images(tmp_path: Path, check) -> None:
     root = make_food11(tmp_path / "d", {"training": [2, 2, 0], "validation": [1, 1, 1], "evaluation": [1, 1, 1]})
-    _assert_error(tmp_path, root, "Class 2 'Dessert' has no training images in", str(root / "training"))
+    check(root, "Class 2 'Dessert' has no training images in", str(root / "training"))
 
 
-def test_error_label_id_without_class_name(tmp_path: Path):
+def missing_data_and_bad_fractions(tmp_path: Path, check) -> None:
+    check(tmp_path / "nope", f"DATA '{tmp_path / 'nope'}' does not exist", "'demo'")
     root = make_food11(tmp_path / "d")
-    photo(0).save(root / "training" / "12_7.jpg")
-    _assert_error(tmp_path, root, "Label id 12", str(root / "training" / "12_7.jpg"), "classes.txt")
-    (root / "classes.txt").write_text("a\nb\nc\n")
-    _assert_error(tmp_path, root, "Label id 12", "has 3 names")
+    check(root, "received 0.6 + 0.5", val_fraction=0.6, eval_fraction=0.5)
 
 
-def test_error_file_name_without_label(tmp_path: Path):
-    root = make_food11(tmp_path / "d")
-    photo(0).save(root / "validation" / "cat.jpg")
-    _assert_error(tmp_path, root, "no class id in their name", str(root / "validation" / "cat.jpg"),
-                  "<class id>_<n>.jpg")
+DATA_ERRORS = [empty_split, class_without_training_images, missing_data_and_bad_fractions]
 
 
-def test_error_mixed_layouts_inside_a_split(tmp_path: Path):
-    root = make_food11(tmp_path / "d")
-    (root / "training" / "cats").mkdir()
-    photo(0).save(root / "training" / "cats" / "a.jpg")
-    _assert_error(tmp_path, root, str(root / "training"), "a mix of the 'food11' layout")
+@pytest.mark.parametrize("case", DATA_ERRORS, ids=lambda case: case.__name__)
+def test_unusable_data_is_refused_with_the_path_and_the_fix(tmp_path: Path, case):
+    from test_layouts import refused
 
-
-def test_error_mixed_layouts_across_splits(tmp_path: Path):
-    root = make_food11(tmp_path / "d")
-    shutil.rmtree(root / "evaluation")
-    (root / "evaluation" / "cats").mkdir(parents=True)
-    photo(0).save(root / "evaluation" / "cats" / "a.jpg")
-    _assert_error(tmp_path, root, f"{root} mixes layouts", "training, validation hold loose image files",
-                  "evaluation hold class sub-folders")
-
-
-def test_error_split_folders_beside_class_folders(tmp_path: Path):
-    root = make_food11(tmp_path / "d")
-    (root / "dogs").mkdir()
-    photo(0).save(root / "dogs" / "a.jpg")
-    _assert_error(tmp_path, root, str(root), "other folders with images (dogs)")
-
-
-def test_error_two_folders_for_one_split(tmp_path: Path):
-    root = make_food11(tmp_path / "d")
-    make_food11(root, {"train": [1, 1, 1]})
-    _assert_error(tmp_path, root, "two folders for the training split", "'train'", "'training'")
-
-
-def test_error_missing_data_and_bad_fractions(tmp_path: Path):
-    _assert_error(tmp_path, tmp_path / "nope", f"DATA '{tmp_path / 'nope'}' does not exist", "'demo'")
-    root = make_food11(tmp_path / "d")
-    _assert_error(tmp_path, root, "received 0.6 + 0.5", args=("--val-fraction", "0.6", "--eval-fraction", "0.5"))
-
-
-def test_error_csv_rows(tmp_path: Path):
-    root = make_food11(tmp_path / "d")
-    manifest = root / "manifest.csv"
-    manifest.write_text("training/0_0.jpg,0,training\ntraining/1_4.jpg,1\n")
-    _assert_error(tmp_path, root, str(manifest), "a split for some rows and not for others")
-    manifest.write_text("training/0_0.jpg,0,holdout\n")
-    _assert_error(tmp_path, root, f"{manifest}, row 1: unknown split 'holdout'")
-    manifest.write_text("training/0_0.jpg,0\ntraining/1_4.jpg,1\n")
-    _assert_error(tmp_path, root, "Label id 0", f"{manifest}, row 1", "there is no")
-
-
-def test_console_script_runs_and_exits_2_on_bad_data(tmp_path: Path):
-    import subprocess
-    import sys
-
-    exe = Path(sys.executable).parent / "headstart"
-    ok = subprocess.run([exe, "inspect", "demo", "--out", tmp_path / "demo"], capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
-    assert "Training data available in 10 classes" in ok.stdout
-    assert (tmp_path / "demo" / "samples.png").stat().st_size > 10_000
-    bad = subprocess.run([sys.executable, "-m", "headstart", "inspect", tmp_path / "nope"], capture_output=True, text=True)
-    assert bad.returncode == 2
-    assert f"DATA '{tmp_path / 'nope'}' does not exist" in " ".join(bad.stderr.split())
+    case(tmp_path, refused)

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import photo
-from headstart.data import ImageError, load_image
+from headstart.errors import ImageError
+from headstart.images import decode_bytes, load_image
 
 LOSSLESS = ["png", "bmp", "tiff", "webp_lossless", "gif"]
 
@@ -139,3 +140,25 @@ def test_float_tiff_is_scaled_to_8_bit(tmp_path: Path):
     Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32)).save(tmp_path / "f.tiff")
     im = load_image(tmp_path / "f.tiff")
     assert [im.getpixel((x, 0))[0] for x in range(3)] == [0, 128, 255]
+
+
+def test_bytes_decode_to_the_same_pixels_as_the_file(tmp_path: Path):
+    """An upload (decode_bytes) and a file on disk (load_image) give a photo the same pixels."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo(3, (64, 48)).save(tmp_path / "o.jpg", exif=exif)
+    photo(3, (64, 48)).convert("CMYK").save(tmp_path / "c.jpg")
+    for name in ("o.jpg", "c.jpg"):
+        from_bytes = decode_bytes((tmp_path / name).read_bytes(), name=name)
+        assert np.array_equal(np.asarray(from_bytes), np.asarray(load_image(tmp_path / name)))
+    assert decode_bytes((tmp_path / "o.jpg").read_bytes()).size == (48, 64)  # orientation applied
+
+
+@pytest.mark.parametrize("content, kind", [
+    (b"", "unreadable"), (b"plain text, not a picture", "not_image"), (None, "too_large"),
+])
+def test_image_errors_say_what_kind_of_problem(tmp_path: Path, content, kind: str):
+    data = _png_with_size(tmp_path / "bomb.png", 10_000, 10_000).read_bytes() if content is None else content
+    with pytest.raises(ImageError) as raised:
+        decode_bytes(data)
+    assert raised.value.kind == kind

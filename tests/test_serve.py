@@ -13,7 +13,7 @@ from conftest import chromium_browser, photo
 from fastapi.testclient import TestClient
 from PIL import Image
 
-import headstart
+from headstart.data import demo_root
 from headstart.predict import load
 from headstart.serve import Limits, create_app
 
@@ -25,8 +25,8 @@ def _png(image: Image.Image, fmt: str = "PNG") -> bytes:
 
 
 @pytest.fixture(scope="module")
-def predictor(demo_run):
-    return load(demo_run.dir)
+def predictor(tiny_run):
+    return load(tiny_run.dir)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def client(predictor):
 
 
 def _demo_images(n: int) -> list[Path]:
-    return sorted((headstart.data.demo_root() / "evaluation").iterdir())[:n]
+    return sorted((demo_root() / "evaluation").iterdir())[:n]
 
 
 def test_healthz(client, predictor):
@@ -53,13 +53,15 @@ def test_predict_one_and_several_images(client, predictor):
     [p] = res.json()["predictions"]
     assert p["filename"] == images[0].name and p["label"] == expected[0].label
     assert [t["class"] for t in p["top"]] == [c for c, _ in expected[0].top]
-    assert abs(p["probability"] - expected[0].probability) < 1e-6
+    # One image here, two in ``expected``: other batch sizes may round differently, in the last digits.
+    assert abs(p["probability"] - expected[0].probability) < 1e-5
 
     files = [("file", (f.name, f.read_bytes(), "image/png")) for f in images]
     res = client.post("/predict?top_k=5", files=files)
     assert res.status_code == 200
     body = res.json()["predictions"]
-    assert [p["label"] for p in body] == [r.label for r in expected] and all(len(p["top"]) == 5 for p in body)
+    assert [p["label"] for p in body] == [r.label for r in expected]
+    assert all(len(p["top"]) == min(5, len(predictor.classes)) for p in body)
 
 
 @pytest.mark.parametrize("name, content, status, message", [

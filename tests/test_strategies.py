@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from headstart.backbones import create_model
+from headstart.errors import ConfigError
 from headstart.strategies import (
     STRATEGIES, apply_strategy, count_trainable, param_groups, resolve_freeze, unfreeze_top,
 )
@@ -59,15 +60,15 @@ def test_freeze_points(lite0, spec, frozen: int):
 
 
 def test_freeze_point_errors_name_the_valid_range(lite0):
-    with pytest.raises(ValueError, match=r"has 9 groups .* freeze must be 0-9. Received: freeze=12"):
+    with pytest.raises(ConfigError, match=r"has 9 groups .* freeze must be 0-9. Received: freeze=12"):
         resolve_freeze(lite0, 12)
-    with pytest.raises(ValueError, match=r"Unknown freeze point 'block9'.*stem, blocks.0"):
+    with pytest.raises(ConfigError, match=r"Unknown freeze point 'block9'.*stem, blocks.0"):
         resolve_freeze(lite0, "block9")
-    with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"fraction must be in \[0, 1\]"):
         resolve_freeze(lite0, 1.5)
-    with pytest.raises(ValueError, match="only applies to vgg16"):
+    with pytest.raises(ConfigError, match="only applies to vgg16"):
         apply_strategy(lite0, "partial", freeze_layers=3)
-    with pytest.raises(ValueError, match="Unknown strategy 'fine'. Choose one of: features, partial"):
+    with pytest.raises(ConfigError, match="Unknown strategy 'fine'. Choose one of: features, partial"):
         apply_strategy(lite0, "fine")
 
 
@@ -101,5 +102,43 @@ def test_gradual_unfreezes_from_the_top(lite0):
     assert [(g["name"], g["lr"]) for g in groups] == [("head", 1e-3), ("blocks.6", pytest.approx(1e-5)), ("final", 1e-4)]
 
 
-def test_every_strategy_is_known():
-    assert set(STRATEGIES) == {"features", "partial", "half", "full", "gradual", "scratch"}
+# What each strategy promises, from headstart.training.build_model: how many of lite0's 9 groups
+# (input side) stay frozen, and whether the body starts from the pretrained weights.
+PROMISES = {
+    "features": (9, True), "gradual": (9, True),  # gradual: its first stage, only the head trains
+    "partial": (5, True), "half": (5, True),  # partial without a freeze point: half, rounded up
+    "full": (0, True), "scratch": (0, False),  # scratch: random weights, everything trains
+}
+
+
+@pytest.fixture(scope="module")
+def bundled_stem():
+    return create_model("efficientnet_lite0", 3, input_size=64).body.net.conv_stem.weight.detach().clone()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_builds_the_model_it_promises(strategy: str, bundled_stem):
+    from headstart.config import resolve_config
+    from headstart.training import build_model
+
+    frozen_count, pretrained = PROMISES[strategy]  # a KeyError: a new strategy without a promise here
+    cfg = resolve_config(overrides={"strategy": strategy, "input_size": 64})
+    model, plan = build_model(cfg, 3)
+    names = [g.name for g in model.groups]
+    frozen = [g.name for g in model.groups if not any(p.requires_grad for p in g.params)]
+    assert frozen == names[:frozen_count]  # the input side, and nothing trainable left in it
+    assert all(p.requires_grad for g in model.groups[frozen_count:] for p in g.params)
+    assert all(p.requires_grad for p in model.head.parameters())
+    assert (plan.frozen_groups, plan.trainable_groups) == (frozen, names[frozen_count:])
+    assert torch.equal(model.body.net.conv_stem.weight, bundled_stem) is pretrained
+    assert model.pretrained_bn_stats is pretrained  # scratch has no pretrained statistics to keep
+    # Frozen BatchNorm stays in eval mode when training starts.
+    model.pretrained_bn_stats = False
+    model.train()
+    bn = {g.name: [m.training for m in g.modules if isinstance(m, nn.BatchNorm2d)] for g in model.groups}
+    assert all(not any(bn[n]) for n in frozen) and all(all(bn[n]) for n in names[frozen_count:])
+    # Applied after another strategy, it leaves the same model: nothing of the earlier one leaks.
+    apply_strategy(model, "features" if frozen_count < 9 else "full")
+    again = apply_strategy(model, "full" if strategy == "scratch" else strategy)
+    assert (again.frozen_groups, again.trainable_groups) == (plan.frozen_groups, plan.trainable_groups)
+    assert [g.name for g in model.groups if not any(p.requires_grad for p in g.params)] == frozen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -9,10 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import photo
 from PIL import Image
-from headstart.backbones import VGG16_KERAS_LAYERS, create_model
-from headstart.weights import CAFFE, WeightsError
+
+from conftest import photo
+from headstart.backbones import create_model, load_saved_model, save_model
+from headstart.errors import WeightsError
+from headstart.vgg16 import VGG16_KERAS_LAYERS
+from headstart.weights import CAFFE, Preprocessing
 
 # --- Keras .h5 ---------------------------------------------------------------------------
 
@@ -70,7 +74,7 @@ def test_keras_h5_loads_into_vgg16_and_matches_an_independent_computation(tmp_pa
     weights = _keras_vgg16_weights()
     path = _write_keras_h5(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", weights)
     model = create_model("vgg16", 11, weights=path, input_size=32).eval()
-    assert model.preprocessing == CAFFE.__class__(**{**CAFFE.__dict__, "input_size": 32})
+    assert model.preprocessing == dataclasses.replace(CAFFE, input_size=32)
     image = photo(3, (32, 32))
     with torch.no_grad():
         ours = model.forward_features(model.preprocessing.to_tensor(image)[None])[0].double().numpy()
@@ -147,12 +151,10 @@ def test_shape_mismatch_and_bad_files_are_clear_errors(tmp_path: Path):
 
 
 def test_saved_model_keeps_its_preprocessing_and_outputs(tmp_path: Path):
-    from headstart.backbones import load_model, save_model
-
     path = _write_keras_h5(tmp_path / "w.h5", _keras_vgg16_weights())
     model = create_model("vgg16", 4, weights=path, input_size=32).eval()
     save_model(model, tmp_path / "m.safetensors", extra={"classes": ["a", "b", "c", "d"]})
-    loaded, extra = load_model(tmp_path / "m.safetensors")
+    loaded, extra = load_saved_model(tmp_path / "m.safetensors")
     assert extra == {"classes": ["a", "b", "c", "d"]}
     assert loaded.preprocessing == model.preprocessing and loaded.preprocessing.channels == "BGR"
     x = torch.rand(2, 3, 32, 32)
@@ -161,8 +163,6 @@ def test_saved_model_keeps_its_preprocessing_and_outputs(tmp_path: Path):
 
 
 def test_center_crop_is_the_centre_square_resized_even_for_extreme_shapes():
-    from headstart.weights import Preprocessing
-
     pre = Preprocessing(input_size=32, resize="center_crop")
     wide = photo(3, (120, 60))
     expected = wide.crop((30, 0, 90, 60)).resize((32, 32), Image.BILINEAR)

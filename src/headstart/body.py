@@ -6,8 +6,8 @@ every body answers the same few questions, so nothing above it asks what type it
 - ``forward_features(x)`` / ``pool(x)``: the feature map, and the pooling that makes it a vector
   (``forward`` is both); ``num_features`` is the vector's width;
 - ``groups()``: its freezable parts, input to output, with names a user can say;
-- ``stages()``: ``forward_features`` as consecutive named stages (one per group), so the forward pass can
-  be cut after any group; None where the architecture is not a plain sequence (a ViT);
+- ``stages()``: ``forward_features`` as consecutive stages named like the groups they hold, so the
+  forward pass can be cut after a group; None where the architecture is not a plain sequence (a ViT);
 - ``layers()``: Keras-style layers for ``--freeze-layers``; None where they mean nothing;
 - ``preprocessing``: what the loaded weights expect; ``load_file(path)`` loads weights from a file;
 - ``pretrained_head()``: the ImageNet classifier its weights came with, where there is one.

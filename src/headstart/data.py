@@ -89,7 +89,6 @@ def resolve_data(data: str | os.PathLike) -> Path:
     return path.resolve()
 
 
-
 # --- splits -------------------------------------------------------------------------------
 
 

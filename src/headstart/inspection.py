@@ -25,6 +25,7 @@ from headstart.errors import ImageError
 from headstart.images import MAX_PIXELS, ImageInfo, decode_image, load_image
 from headstart.layouts import Problem, Sample
 
+
 def verify_images(
     ds: Dataset, *, max_pixels: int = MAX_PIXELS, progress: bool = True, workers: int | None = None
 ) -> tuple[Dataset, list[ImageInfo]]:
