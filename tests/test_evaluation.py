@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -75,18 +76,19 @@ def _written(run_dir: Path, since: float) -> set[str]:
     return {p.name for p in run_dir.iterdir() if p.is_file() and p.stat().st_mtime_ns >= since}
 
 
-def test_python_and_cli_evaluate_write_the_same_files(tiny_run):
+def test_python_and_cli_evaluate_write_the_same_files(tiny_run, tmp_path: Path):
+    run_dir = shutil.copytree(tiny_run.dir, tmp_path / "run")  # the shared run stays as training left it
     before = time.time_ns()
-    ev = evaluate(tiny_run.dir, split="training")
-    python = _written(tiny_run.dir, before)
+    ev = evaluate(run_dir, split="training")
+    python = _written(run_dir, before)
     assert python == {f.format("-training") for f in EVALUATION_FILES}
     before = time.time_ns()
-    result = CliRunner().invoke(app, ["evaluate", str(tiny_run.dir), "--split", "training"])
+    result = CliRunner().invoke(app, ["evaluate", str(run_dir), "--split", "training"])
     assert result.exit_code == 0, result.output
-    assert _written(tiny_run.dir, before) == python
-    assert json.loads((tiny_run.dir / "metrics-training.json").read_text())["correct"] == ev.correct
+    assert _written(run_dir, before) == python
+    assert json.loads((run_dir / "metrics-training.json").read_text())["correct"] == ev.correct
     # The end of training wrote the same for the evaluation split, and the report beside them.
-    assert {f.format("") for f in EVALUATION_FILES} <= {p.name for p in tiny_run.dir.iterdir()}
+    assert {f.format("") for f in EVALUATION_FILES} <= {p.name for p in run_dir.iterdir()}
 
 
 def test_evaluate_cli(demo_run, tmp_path: Path):
