@@ -9,13 +9,16 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 # The embedded demo: the tutorial's comparison on the bundled photos and backbone, sized for a
 # laptop CPU (64 px, 4 epochs a strategy; a few minutes on 2 cores). Ends with the report to open.
-demo: $(STAMP)
+demo: install
 	$(VENV)/bin/headstart compare demo --strategies features,half,full,scratch --input-size 64 --epochs 4
 
-test: $(STAMP)
+test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+# The dependencies once per pyproject.toml; this checkout every time (cheap), so a VENV shared by
+# several clones (CI's) always runs the code of the clone at hand.
 install: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps -e .
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
