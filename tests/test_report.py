@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from pathlib import Path
 
-import pytest
 
 from conftest import chromium_browser
 
