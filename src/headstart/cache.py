@@ -6,8 +6,9 @@ runs. Here the decoded, resized pixels of a dataset are written once to
 stays bounded by the pages in use, not by the dataset's size.
 
 The key covers each file's identity (path, size, modification time) and the target size and
-resize method, so a changed file means a new cache. Files are written under a temporary name
-and renamed into place, so two runs building the same cache at once cannot corrupt it.
+resize method, so a changed file means a new cache. One process builds it while the others wait
+(a file lock), and files are written under a temporary name and renamed into place, so nobody
+ever reads half a cache.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from headstart.data import Dataset, check_splits
 from headstart.errors import ImageError
@@ -100,10 +102,13 @@ def decoded_images(
     root.mkdir(parents=True, exist_ok=True)
     key = cache_key(ds.samples, pre)
     npy, index = root / f"{key}.npy", root / f"{key}.json"
-    if index.exists() and npy.exists():
-        log.info("decoded images from the cache %s", npy)
-    else:
-        _build(ds.samples, pre, npy, index, progress)
+    if not index.exists():
+        # One process per machine builds (several ranks of a distributed run, two runs at once);
+        # the others wait for the lock, then find the whole cache (the index is written last).
+        with FileLock(root / f"{key}.lock"):
+            if not index.exists():
+                _build(ds.samples, pre, npy, index, progress)
+    log.info("decoded images from the cache %s", npy)
     errors = json.loads(index.read_text())["errors"]
     array = np.load(npy, mmap_mode="r")
     bad = [Problem(s.path, e) for s, e in zip(ds.samples, errors) if e]
