@@ -178,7 +178,7 @@ def train(
     recipe: Optional[str] = typer.Option(None, help="default (AdamW, cosine, augmentation...) or seed (the tutorial's)."),
     config: Optional[Path] = typer.Option(None, "--config", help="A YAML file of options; flags override it."),
     epochs: Optional[int] = typer.Option(None, help="Epochs [recipe: 15 default, 10 seed]."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size [32]."),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch size, shared among the devices [32]."),
     lr: Optional[float] = typer.Option(None, help="Head learning rate [1e-3 default, 1e-5 seed]."),
     backbone_lr: Optional[float] = typer.Option(None, help="Top backbone group's learning rate [1e-4 default, 1e-5 seed]."),
     input_size: Optional[int] = typer.Option(None, help="Input size in pixels [the weights': 224]."),
@@ -187,7 +187,9 @@ def train(
     unfreeze_every: Optional[int] = typer.Option(None, help="gradual: epochs between unfreezing groups [2]."),
     seed: Optional[int] = typer.Option(None, help="Random seed [0]."),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic algorithms (slower)."),
-    devices: Optional[str] = typer.Option(None, help="Lightning devices: auto, a count, or a list [auto]."),
+    accelerator: Optional[str] = typer.Option(None, help="cpu, gpu or auto (a GPU where there is one) [auto]."),
+    devices: Optional[str] = typer.Option(None, help="Devices per machine, one process each: a count, ids (0,1), or auto [auto: every GPU, or 1 CPU process]."),
+    num_nodes: Optional[int] = typer.Option(None, help="Machines, for torchrun or SLURM [1]."),
     num_workers: Optional[int] = typer.Option(None, help="DataLoader workers [0: images come from a memory-mapped cache]."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory order [on]."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model [off]."),
@@ -196,6 +198,7 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run (runs/NAME) where it stopped."),
 ) -> None:
     """Train a pretrained backbone on DATA; writes runs/<name>/ and prints the evaluation accuracy."""
+    from headstart.distributed import is_main_process
     from headstart.training import fit
 
     # Every option given on the command line, as TrainConfig fields.
@@ -203,6 +206,8 @@ def train(
     if data is None and resume is None:
         raise _fail("Pass DATA (a dataset folder, a CSV manifest or 'demo'), or --resume RUN.")
     run = fit(data, config_file=config, resume=resume, progress=err.is_terminal, **options)
+    if not is_main_process():  # the other ranks of a distributed run: rank 0 reports
+        return
     if run.interrupted:
         err.print(f"[yellow]Interrupted.[/] Resume with: headstart train --resume {run.dir}")
         raise typer.Exit(130)
@@ -263,17 +268,22 @@ def compare(
     freeze_layers: Optional[int] = typer.Option(None, help="vgg16: Keras layers frozen by 'half' (the tutorial: 10)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs per strategy [recipe's]."),
     input_size: Optional[int] = typer.Option(None, help="Input size in pixels [the weights': 224]."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size [32]."),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch size, shared among the devices [32]."),
     seed: Optional[int] = typer.Option(None, help="Random seed, the same for every strategy [0]."),
+    accelerator: Optional[str] = typer.Option(None, help="cpu, gpu or auto [auto]."),
+    devices: Optional[str] = typer.Option(None, help="Devices per machine, one process each [auto]."),
+    num_nodes: Optional[int] = typer.Option(None, help="Machines, for torchrun or SLURM [1]."),
     runs_dir: str = typer.Option("runs", help="Where the comparison folder goes."),
     name: Optional[str] = typer.Option(None, help="Comparison folder name [compare-<data>-<time>]."),
     advise: bool = typer.Option(True, "--advise/--no-advise", help="Measure the data first; the report shows the advised strategy."),
 ) -> None:
     """Train several strategies on the same data and seed; one report compares them."""
     from headstart.comparison import compare as run_compare
+    from headstart.distributed import is_main_process
 
     options = {k: v for k, v in dict(backbone=backbone, weights=weights, recipe=recipe, epochs=epochs,
-                                      input_size=input_size, batch_size=batch_size, seed=seed).items() if v is not None}
+                                      input_size=input_size, batch_size=batch_size, seed=seed, accelerator=accelerator,
+                                      devices=devices, num_nodes=num_nodes).items() if v is not None}
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     if freeze_layers is not None:
         options["freeze_layers"] = freeze_layers  # for half and partial only
@@ -281,6 +291,8 @@ def compare(
     if result.interrupted:
         last = list(result.runs.values())[-1]
         raise _fail(f"Interrupted. Resume the unfinished run with: headstart train --resume {last.dir}", 130)
+    if not is_main_process():
+        return
     table = Table(title="Comparison")
     for col in ("strategy", "trainable", "best epoch", "val acc", "eval acc", "correct", "s/epoch", "total s"):
         table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)

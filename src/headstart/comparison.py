@@ -23,6 +23,7 @@ from headstart._files import write_text
 from headstart.advice import advise as measure
 from headstart.config import resolve_config
 from headstart.data import load_dataset_for
+from headstart.distributed import launch, parse_devices
 from headstart.errors import ConfigError, RunError
 from headstart.report import REPORT_HTML, write_compare_report
 from headstart.runs import Run
@@ -105,6 +106,12 @@ def advice_outcome(advice, rows: list[dict]) -> str:
     return text + f"; {best['strategy']} won, {gap:.1f} points ahead of it ({by[predicted]['accuracy']:.1%})."
 
 
+def _new_folder(path: Path) -> Path:
+    if path.exists():
+        raise RunError(f"{path} already exists. Pick another --name.")
+    return path
+
+
 def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", name: str | None = None,
             progress: bool = False, advise: bool = True, **options: Any) -> Comparison:
     """Train each strategy on the same data, backbone and seed; write the comparison report.
@@ -122,9 +129,8 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
         raise ConfigError(f"--{frozen[0].replace('_', '-')} sets the freeze point of half or partial; compare "
                          f"trains {', '.join(strategies)}. Add half, or leave the option out.")
     label = "demo" if str(data) == "demo" else Path(data).resolve().name
-    out = Path(runs_dir) / (name or f"compare-{label}-{datetime.now():%Y%m%d-%H%M%S}")
-    if out.exists():
-        raise RunError(f"{out} already exists. Pick another --name.")
+    ranks = launch(cfg.accelerator, parse_devices(cfg.devices), cfg.num_nodes)  # before any work: it is shared out
+    out = ranks.on_zero(lambda: _new_folder(Path(runs_dir) / (name or f"compare-{label}-{datetime.now():%Y%m%d-%H%M%S}")))
     advice = None
     if advise or "auto" in strategies:
         advice = measure(load_dataset_for(cfg), cfg.backbone, cfg.weights, cfg.input_size, seed=cfg.seed, progress=progress,
@@ -137,6 +143,8 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
         runs[strategy] = fit(data, strategy=strategy, runs_dir=str(out), name=strategy, progress=progress, **own)
         if runs[strategy].interrupted:
             return Comparison(out, [], runs, "", advice, interrupted=True)
+    if not ranks.is_zero:  # rank 0 writes the comparison
+        return Comparison(out, [], runs, "", advice)
     rows = [_row(s, r) for s, r in runs.items()]
     text = reading(rows)
     if advice:

@@ -47,7 +47,7 @@ class TrainConfig:
     # --- recipe
     recipe: str = "default"
     epochs: int = 15
-    batch_size: int = 32
+    batch_size: int = 32  # the global batch, shared among the devices: a recipe means the same on 1 or 8
     optimizer: str = "adamw"
     lr: float = 1e-3  # the head's learning rate
     backbone_lr: float = 1e-4  # the top backbone group's; a pretrained body needs gentler steps
@@ -61,7 +61,9 @@ class TrainConfig:
     # --- engine
     seed: int = 0
     deterministic: bool = False
-    devices: str = "auto"
+    accelerator: str = "auto"  # cpu, gpu, or auto: a GPU where there is one
+    devices: str = "auto"  # per machine: a count or a list of ids; auto: every GPU, or one CPU process
+    num_nodes: int = 1  # machines (torchrun, SLURM)
     precision: str = "auto"  # bf16 mixed on a GPU, 32-bit on a CPU
     num_workers: int = 0  # decoded images come from a memory-mapped cache: loading is cheap
     channels_last: bool = True  # NHWC tensors: faster convolutions on CPUs and GPUs (1.35x, lite0 on CPU)
@@ -84,6 +86,7 @@ SEED = dict(
 RECIPES: dict[str, dict[str, Any]] = {"default": {}, "seed": SEED}
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
 def _check(cfg: TrainConfig) -> TrainConfig:
@@ -95,7 +98,9 @@ def _check(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"Unknown optimizer '{cfg.optimizer}'. Choose one of: {', '.join(OPTIMIZERS)}.")
     if cfg.schedule not in SCHEDULES:
         raise ConfigError(f"Unknown schedule '{cfg.schedule}'. Choose one of: {', '.join(SCHEDULES)}.")
-    for name in ("epochs", "batch_size", "unfreeze_every"):
+    if cfg.accelerator not in ACCELERATORS:
+        raise ConfigError(f"Unknown accelerator '{cfg.accelerator}'. Choose one of: {', '.join(ACCELERATORS)}.")
+    for name in ("epochs", "batch_size", "unfreeze_every", "num_nodes"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be at least 1. Received: {name}={getattr(cfg, name)}")
     for name in ("lr", "backbone_lr"):

@@ -19,12 +19,13 @@ import logging
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Sampler, TensorDataset
 
 from headstart.backbones import Classifier
 from headstart.cache import ImageStore
 from headstart.config import TrainConfig
 from headstart.data import Dataset
+from headstart.distributed import Ranks
 from headstart.layouts import SPLITS
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,23 @@ class EpochSampler(Sampler[int]):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
+class RankBatches(BatchSampler):
+    """The batches of ``sampler``'s order, each global batch of ``batch_size`` shared among the
+    ranks (rank r takes every world-th sample of it): one step on N devices sees the samples that
+    one device would, so a recipe means the same on 1 or 8. Lightning calls ``set_epoch`` on
+    ``self.sampler``."""
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, rank: int = 0, world: int = 1):
+        super().__init__(sampler, batch_size, drop_last=False)
+        self.rank, self.world = rank, world
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if len(batch) < self.world:  # a last batch smaller than the ranks: every rank needs a sample
+                batch = (batch * self.world)[:self.world]
+            yield batch[self.rank::self.world]
+
+
 def split_indices(ds: Dataset) -> dict[str, tuple[list[int], list[int]]]:
     """For each split, the sample indices and labels."""
     out = {}
@@ -104,13 +122,16 @@ def extract_features(model: Classifier, store: ImageStore, indices: list[int], b
     features (``model.forward_features``), or the activations of the frozen prefix ``upto``."""
     from rich.progress import track
 
+    device = torch.device(device)
     model.eval().to(device)
     fn = upto if upto is not None else model.forward_features
-    loader = DataLoader(ImageSet(store, indices, [0] * len(indices), augment=False), batch_size=batch_size)
+    # No images (a rank's share of a tiny split): one is run all the same, for the output's shape.
+    loader = DataLoader(ImageSet(store, indices or [0], [0] * max(len(indices), 1), augment=False), batch_size=batch_size)
     what = "features" if upto is None else "frozen layers"
-    chunks = [fn(memory_layout(x.to(device), channels_last)).to(dtype).cpu()
-              for x, _ in track(loader, description=f"Computing {what} (once)", disable=not progress, transient=True)]
-    return torch.cat(chunks)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):  # GPU: bf16 matmuls
+        chunks = [fn(memory_layout(x.to(device), channels_last)).to(dtype).cpu()
+                  for x, _ in track(loader, description=f"Computing {what} (once)", disable=not progress, transient=True)]
+    return torch.cat(chunks)[:len(indices)]
 
 
 def memory_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -125,21 +146,27 @@ def leading_frozen(model: Classifier) -> int:
     return k
 
 
-def training_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStore, progress: bool):
+def training_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStore, progress: bool,
+                    ranks: Ranks | None = None):
     """Per split, what the trainer reads, and the trunk that turns it into pooled features:
 
     - ``features``: pooled features computed once; the trunk is nothing;
     - ``partial`` without augmentation: the frozen prefix's activations computed once (fp16);
       the trunk is the layers after it;
     - otherwise: the images; the trunk is the whole body.
+
+    Once in total: with several ranks, each computes its share of the images on its own device,
+    and every rank gets all of them.
     """
-    splits = split_indices(ds)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    splits, ranks = split_indices(ds), ranks or Ranks()
 
     def once(**kw) -> dict:
-        out = {s: TensorDataset(extract_features(model, store, idx, device=device, progress=progress,
-                                                 channels_last=cfg.channels_last, **kw),
-                                torch.tensor(y)) for s, (idx, y) in splits.items()}
+        out = {}
+        for s, (idx, y) in splits.items():
+            mine = [idx[i] for i in ranks.share(len(idx))]
+            rows = extract_features(model, store, mine, device=ranks.device, progress=progress and ranks.is_zero,
+                                    channels_last=cfg.channels_last, **kw)
+            out[s] = TensorDataset(ranks.gather_rows(rows, len(idx)), torch.tensor(y))
         model.cpu()
         return out
 

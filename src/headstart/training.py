@@ -22,7 +22,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from headstart import strategies as S
 from headstart.advice import advised_config
@@ -31,7 +31,8 @@ from headstart.cache import decoded_images
 from headstart.config import TrainConfig, read_yaml, resolve_config
 from headstart.data import Dataset, load_dataset_for
 from headstart.evaluation import compute, write_evaluation
-from headstart.frozen import EpochSampler, memory_layout, seed_of, split_indices, training_inputs
+from headstart.distributed import Ranks, launch, parse_devices
+from headstart.frozen import EpochSampler, RankBatches, memory_layout, seed_of, split_indices, training_inputs
 from headstart.report import write_run_report
 from headstart.runs import BEST, Run
 
@@ -82,11 +83,11 @@ class TransferModule(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = (self.train_loss_fn if stage == "train" else self.eval_loss_fn)(logits, y)
-        prefix = "" if stage == "train" else "val_"
         correct = (logits.argmax(1) == y).sum()
-        self.log(f"{prefix}loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log(f"{prefix}accuracy", correct / len(y), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        # Epoch sums of our own, so the history row does not depend on when Lightning reduces its metrics.
+        if stage == "train":  # this rank's, for the progress bar; the epoch's figures are summed over the ranks
+            self.log("loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+            self.log("accuracy", correct / len(y), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        # Epoch sums of our own (loss, correct, count), added up over the ranks at the epoch's end.
         stats = self.epoch_stats[stage]
         stats += torch.stack([loss.detach().float() * len(y), correct.float(), torch.tensor(float(len(y)), device=y.device)])
         return loss
@@ -100,14 +101,22 @@ class TransferModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self.epoch_stats["val"] = torch.zeros(3, device=self.device)
 
+    def on_validation_epoch_end(self) -> None:
+        # What early stopping and the best checkpoint go by: the same figure on every rank.
+        loss, accuracy = self.epoch_means("val")
+        self.log("val_loss", loss, prog_bar=True)
+        self.log("val_accuracy", accuracy, prog_bar=True)
+
     def epoch_means(self, stage: str) -> tuple[float, float]:
-        """Mean loss and accuracy of the current epoch so far."""
-        loss, correct, n = self.epoch_stats[stage].tolist()
+        """Mean loss and accuracy of the current epoch so far, over every rank's samples (every
+        rank must ask: it is a collective)."""
+        loss, correct, n = self.trainer.strategy.reduce(self.epoch_stats[stage].clone(), reduce_op="sum").tolist()
         return loss / max(n, 1), correct / max(n, 1)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        # Dropout draws from a generator seeded by (seed, epoch, batch): resuming repeats it exactly.
-        torch.manual_seed(seed_of(self.cfg.seed, self.current_epoch, batch_idx))
+        # Dropout draws from a generator seeded by (seed, epoch, batch[, rank]): resuming repeats it exactly.
+        rank = (self.global_rank,) if self.trainer.world_size > 1 else ()
+        torch.manual_seed(seed_of(self.cfg.seed, self.current_epoch, batch_idx, *rank))
 
     def on_train_epoch_start(self) -> None:
         self.epoch_stats["train"] = torch.zeros(3, device=self.device)
@@ -159,7 +168,8 @@ class History(L.Callback):
             "trainable": count_params(module.model, trainable_only=True),
             "seconds": round(time.perf_counter() - self._start, 3),
         })
-        self.run.write_history(self.rows)
+        if trainer.is_global_zero:
+            self.run.write_history(self.rows)
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
@@ -194,17 +204,18 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[Classifier, S.Strat
     return model, plan
 
 
-def _loaders(cfg: TrainConfig, inputs: dict) -> dict[str, DataLoader]:
-    """Batches of each split; training in the seeded order of ``EpochSampler``."""
-    return {
-        s: DataLoader(t, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                      sampler=EpochSampler(t, cfg.seed) if s == "training" else None,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=cfg.num_workers > 0)
-        for s, t in inputs.items()
-    }
+def _loaders(cfg: TrainConfig, inputs: dict, ranks: Ranks) -> dict[str, DataLoader]:
+    """Batches of each split for this rank: training in the seeded order of ``EpochSampler``, each
+    global batch shared among the ranks; validation shared out too; evaluation whole (rank 0's)."""
+    kw = dict(num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=cfg.num_workers > 0)
+    train, val = inputs["training"], inputs["validation"]
+    batches = RankBatches(EpochSampler(train, cfg.seed), cfg.batch_size, ranks.rank, ranks.world)
+    return {"training": DataLoader(train, batch_sampler=batches, **kw),
+            "validation": DataLoader(Subset(val, ranks.share(len(val))), batch_size=math.ceil(cfg.batch_size / ranks.world), **kw),
+            "evaluation": DataLoader(inputs["evaluation"], batch_size=cfg.batch_size, **kw)}
 
 
-def _trainer(cfg: TrainConfig, run: Run, progress: bool, callbacks: list) -> L.Trainer:
+def _trainer(cfg: TrainConfig, run: Run, ranks: Ranks, progress: bool, callbacks: list) -> L.Trainer:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
     cbs = [ModelCheckpoint(dirpath=run.checkpoints, filename=BEST, monitor="val_loss", mode="min",
@@ -216,10 +227,10 @@ def _trainer(cfg: TrainConfig, run: Run, progress: bool, callbacks: list) -> L.T
     precision = cfg.precision
     if precision == "auto":  # bf16 mixed precision where it pays: on a GPU
         precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
-    devices: Any = cfg.devices if cfg.devices == "auto" else int(cfg.devices) if cfg.devices.isdigit() else cfg.devices
     return L.Trainer(
-        max_epochs=cfg.epochs, accelerator="auto", devices=devices, precision=precision,
-        deterministic=cfg.deterministic, callbacks=cbs, logger=False, enable_progress_bar=progress,
+        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=parse_devices(cfg.devices), num_nodes=cfg.num_nodes,
+        strategy="ddp" if ranks.world > 1 else "auto", use_distributed_sampler=False,  # RankBatches shares them out
+        precision=precision, deterministic=cfg.deterministic, callbacks=cbs, logger=False, enable_progress_bar=progress,
         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(run.dir),
     )
 
@@ -232,6 +243,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # resume
     # Frozen layers are in eval mode on purpose (their BatchNorm statistics must not move).
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")  # inside Lightning's Fabric
 
 
 @torch.inference_mode()
@@ -293,27 +305,28 @@ def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, co
     # 1. Prepare the data and the model. Everything that can fail on bad input happens before
     #    the run folder is made; images are decoded once, the frozen pass is computed once.
     cfg, asked, resumed = _config(data, config, config_file, resume, overrides)
+    ranks = launch(cfg.accelerator, parse_devices(cfg.devices), cfg.num_nodes)  # one process per device
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ds = load_dataset_for(cfg)
     if cfg.strategy == "auto":
         cfg = advised_config(cfg, ds, asked, progress)
     model, plan = build_model(cfg, ds.num_classes)
-    ds, store = decoded_images(ds, model.preprocessing, progress=progress)
-    run = resumed.check_same_data(ds) if resumed else Run.create(cfg)
-    inputs, trunk = training_inputs(cfg, model, ds, store, progress)
-    loaders = _loaders(cfg, inputs)
+    ds, store = decoded_images(ds, model.preprocessing, progress=progress and ranks.is_zero)
+    run = resumed.check_same_data(ds) if resumed else ranks.on_zero(lambda: Run.create(cfg))
+    inputs, trunk = training_inputs(cfg, model, ds, store, progress, ranks)
+    loaders = _loaders(cfg, inputs, ranks)
     module = TransferModule(model, cfg, len(loaders["training"]), {"classes": ds.classes, "strategy_plan": plan.__dict__},
                             trunk)
-    data_info = run.start(ds)
+    data_info = ranks.on_zero(lambda: run.start(ds))  # every file of the run is rank 0's
     setup_seconds = time.perf_counter() - started
     # 2. Train, keeping the best epoch by validation loss.
     history = History(run)
-    trainer = _trainer(cfg, run, progress, [history, *(callbacks or [])])
+    trainer = _trainer(cfg, run, ranks, progress, [history, *(callbacks or [])])
     run.interrupted = _train(trainer, module, loaders, run, resumed is not None)
     run.history = history.rows
-    if run.interrupted:
+    if run.interrupted or not ranks.is_zero:
         return run
-    # 3. Evaluate the best checkpoint; 4. write the report.
+    # 3. Evaluate the best checkpoint (once, on rank 0); 4. write the report.
     ev = _evaluate_best(run, trainer, module, loaders["evaluation"], ds, setup_seconds)
     write_run_report(run, ev, [store[i] for i in split_indices(ds)["evaluation"][0]], data_info)
     return run
