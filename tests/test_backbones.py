@@ -166,10 +166,13 @@ def test_every_body_honours_the_contract(name: str):
     if name == "vgg16":
         assert [n for n, _ in layers] == list(VGG16_KERAS_LAYERS) and len(layers) == 19
         assert layers[0][1] is None and all(m is not None for _, m in layers[1:])
-        with pytest.raises(ConfigError, match="no pretrained head"):
+        assert not body.has_pretrained_head
+        with pytest.raises(ConfigError, match="no pretrained classifier"):
             body.pretrained_head()
+        with pytest.raises(ConfigError, match="vgg16 has no pretrained classifier to keep"):
+            create_model("vgg16", 1000, weights="hub", head="pretrained")  # said before anything is fetched
     else:
-        assert layers is None
+        assert layers is None and body.has_pretrained_head
         with torch.no_grad():  # the ImageNet classifier the weights came with, on the pooled features
             assert body.pretrained_head()(pooled).shape == (2, 1000)
 

@@ -45,25 +45,29 @@ def test_compute_agrees_with_scikit_learn():
     assert compute(targets % 3, probs[:, :3], classes[:3]).top_k == {}  # top-k only with more than 5 classes
 
 
-def test_evaluate_matches_predictions_made_independently(demo_run):
-    run = demo_run
-    ev = evaluate(run.dir)
-    # Independently: decode each evaluation image, resize it, and ask the best checkpoint.
-    model, meta = load_checkpoint(run.best_checkpoint)
+def test_evaluate_matches_predictions_made_independently(demo_run, tmp_path: Path):
+    trained = demo_run.metrics  # what the end of training recorded, from the cached features
+    run_dir = shutil.copytree(demo_run.dir, tmp_path / "run")  # the shared run stays as training left it
+    ev = evaluate(run_dir)
+    # Independently: decode each evaluation image, resize it, and ask the best checkpoint, in one batch.
+    model, meta = load_checkpoint(demo_run.best_checkpoint)
     ds = load_dataset("demo")
     samples = [s for s in ds.samples if s.split == "evaluation"]
     x = torch.stack([model.preprocessing.to_tensor(load_image(s.path)) for s in samples])
     with torch.no_grad():
-        preds = model(x).argmax(1).numpy()
+        probs = model(x).softmax(1).numpy()
     targets = np.array([s.label for s in samples])
-    assert ev.correct == int((preds == targets).sum())
-    assert np.array_equal(ev.confusion, confusion_matrix(targets, preds, labels=range(10)))
+    # Other batch sizes take other kernels: probabilities equal to float rounding, not bit for bit.
+    assert np.abs(ev.probs - probs).max() < 1e-5
     assert ev.confusion.trace() == ev.correct and ev.confusion.sum() == ev.total == 300
-    # The run's own metrics.json (written at the end of training) says the same.
-    saved = json.loads((run.dir / "metrics.json").read_text())
-    assert (saved["accuracy"], saved["correct"], saved["total"]) == (ev.accuracy, ev.correct, 300)
-    assert saved["confusion_matrix"] == ev.confusion.tolist()
-    with (run.dir / "confusion_matrix.csv").open() as f:
+    assert abs(ev.correct - int((probs.argmax(1) == targets).sum())) <= 1  # a near-tie may fall either way
+    # Training's own evaluation (features computed once, then the head) agrees with the images' path.
+    assert (trained["total"], meta["classes"][0]) == (300, "T-shirt/top")
+    assert abs(trained["correct"] - ev.correct) <= 1
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert (saved["accuracy"], saved["correct"], saved["confusion_matrix"]) == (ev.accuracy, ev.correct, ev.confusion.tolist())
+    assert saved["best_epoch"] == trained["best_epoch"]  # what training recorded beside the metrics is kept
+    with (run_dir / "confusion_matrix.csv").open() as f:
         rows = list(csv.reader(f))
     assert rows[0][1:] == meta["classes"]
     assert [[int(v) for v in r[1:]] for r in rows[1:]] == ev.confusion.tolist()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,7 +98,9 @@ def test_no_module_is_longer_than_450_lines():
     assert max(lengths.values()) <= 450, {k: v for k, v in lengths.items() if v > 450}
 
 
-RUN_FILES = ("config.yaml", "data.json", "history.csv", "metrics.json", "best.ckpt", "last.ckpt", '"checkpoints"')
+RUN_FILES = ("config.yaml", "data.json", "history.csv", "metrics.json", "metrics-", "best.ckpt", "last.ckpt",
+             "confusion_matrix.", "confusion_matrix-", "curves.png", "misclassified.png")
+RUN_FOLDERS = ("checkpoints", "export")  # spelled as a path: `... / "checkpoints"`
 
 
 def test_only_the_runs_module_spells_the_run_folder():
@@ -108,7 +111,9 @@ def test_only_the_runs_module_spells_the_run_folder():
         strings = [n.value for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
         docstrings = {ast.get_docstring(n, clean=False) for n in ast.walk(ast.parse(code))
                       if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef))}
-        spelled = [s for s in strings if s not in docstrings and any(f.strip('"') in s for f in RUN_FILES)]
+        names = {s: s.rsplit("/", 1)[-1] for s in strings if s not in docstrings}  # a file name, or a path's last part
+        spelled = [s for s, n in names.items() if any(n == f or f[-1] in ".-" and n.startswith(f) for f in RUN_FILES)]
+        spelled += re.findall(rf"/\s*[\"']({'|'.join(RUN_FOLDERS)})[\"']", code)
         assert spelled == [], f"{name} spells run-folder paths: {spelled}"
 
 

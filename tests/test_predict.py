@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,16 @@ from headstart.evaluation import evaluate
 from headstart.predict import load
 
 
-def test_predict_agrees_with_evaluate(demo_run):
-    ev = evaluate(demo_run.dir)
+def test_predict_agrees_with_evaluate(demo_run, tmp_path: Path):
+    ev = evaluate(shutil.copytree(demo_run.dir, tmp_path / "run"))  # the shared run stays as it was
     results = headstart.load(demo_run.dir).predict(ev.paths, top_k=10)
     assert [r.source for r in results] == ev.paths
-    assert [r.label for r in results] == [ev.classes[i] for i in ev.predictions]
     got = np.array([[dict(r.top)[c] for c in ev.classes] for r in results])
-    assert np.abs(got - ev.probs).max() < 1e-5
+    assert np.abs(got - ev.probs).max() < 1e-5  # batches of 32 against 64: float rounding only
+    top2 = np.sort(ev.probs, 1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-4  # the label of a near-tie may fall either way
+    assert clear.sum() > 290
+    assert [r.label for r, c in zip(results, clear) if c] == [ev.classes[i] for i, c in zip(ev.predictions, clear) if c]
     # top-k: most probable first, k of them
     assert all(len(r.top) == 10 and r.top[0][1] >= r.top[1][1] >= r.top[2][1] for r in results)
 

@@ -102,3 +102,39 @@ def test_fingerprint_changes_with_the_files(tiny, tmp_path: Path):
     target = next((copy / "training").iterdir())
     os.utime(target, ns=(1, 1))
     assert data_fingerprint(load_dataset(copy)) != before
+
+
+def test_a_damaged_run_folder_is_a_clear_error_with_exit_2(tiny_run, tmp_path: Path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+    from headstart.errors import ConfigError
+
+    damaged = shutil.copytree(tiny_run.dir, tmp_path / "damaged")
+    (damaged / "metrics.json").write_text("{not json")
+    with pytest.raises(RunError, match="Cannot read .*metrics.json"):
+        Run.load(damaged)
+    result = CliRunner().invoke(app, ["evaluate", str(damaged)])
+    assert result.exit_code == 2 and "Cannot read" in result.output and "Traceback" not in result.output
+    (damaged / "metrics.json").unlink()
+    with (damaged / "config.yaml").open("a") as f:
+        f.write("colour: blue\n")
+    with pytest.raises(ConfigError, match="unknown option\\(s\\): colour"):
+        Run.load(damaged)
+    assert load(damaged).classes == load(tiny_run.dir).classes  # predicting needs only the checkpoint
+
+
+def test_ctrl_c_outside_training_exits_130(tiny_run, monkeypatch):
+    from typer.testing import CliRunner
+
+    from headstart import evaluation
+    from headstart.cli import app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate", interrupted)
+    result = CliRunner().invoke(app, ["evaluate", str(tiny_run.dir)])
+    assert result.exit_code == 130 and "Interrupted." in result.output

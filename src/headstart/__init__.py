@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from headstart._version import __version__
 
 # Public name -> (module, attribute): the API, loaded lazily (training pulls in Lightning).
 _API = {
     "inspect": ("headstart.inspection", "inspect_dataset"),
     "load_dataset": ("headstart.data", "load_dataset"),
+    "Dataset": ("headstart.data", "Dataset"),
+    "verify_images": ("headstart.inspection", "verify_images"),
     "load_image": ("headstart.images", "load_image"),
     "advise": ("headstart.advice", "advise"),
     "fit": ("headstart.training", "fit"),

@@ -197,7 +197,7 @@ def _weights_source(info: BackboneInfo, weights: str | Path) -> str:
         )
     if source == "default":
         return info.default_weights
-    if source == "bundled" and info.default_weights != "bundled":
+    if source == "bundled" and info.timm_name != "tf_efficientnet_lite0":
         raise WeightsError(f"Only efficientnet_lite0 has bundled weights. Received: backbone={info.name!r}, weights='bundled'")
     return source
 
@@ -227,6 +227,9 @@ def create_model(
     source = _weights_source(info, weights)
     if not isinstance(num_classes, int) or num_classes < 2 and head != "pretrained":
         raise ConfigError(f"num_classes must be an integer >= 2. Received: num_classes={num_classes!r}")
+    if head == "pretrained" and not info.adapter.has_pretrained_head:  # said before any weights are fetched
+        raise ConfigError(f"{backbone} has no pretrained classifier to keep (vgg16 here is the convolutional part "
+                          "only, as Keras' include_top=False). Use the default head.")
 
     body = info.adapter.build(info, "none" if source not in W.WEIGHT_SOURCES else source, input_size)
     if source not in W.WEIGHT_SOURCES:

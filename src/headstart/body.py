@@ -52,6 +52,7 @@ class Body(nn.Module):
 
     num_features: int
     preprocessing: Preprocessing
+    has_pretrained_head = True  # whether pretrained_head() can give the classifier its weights came with
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

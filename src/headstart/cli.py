@@ -1,6 +1,7 @@
 """The ``headstart`` command line: it parses, calls the Python API, and prints.
 
-Exit codes: 0 success, 2 bad input (unknown option, unusable data: the message says why).
+Exit codes: 0 success, 2 bad input (unknown option, unusable data: the message says why), 1 when
+``predict`` could not read some images or an export fails its parity check, 130 after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def command(fn):
             return fn(*args, **kwargs)
         except HeadstartError as e:
             raise _fail(str(e), e.exit_code) from None
+        except KeyboardInterrupt:  # Ctrl-C outside training (which stops cleanly and says how to resume)
+            raise _fail("Interrupted.", 130) from None
 
     return app.command()(run)
 

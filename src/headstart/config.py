@@ -160,4 +160,9 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 
 
 def load_config(path: Path) -> TrainConfig:
-    return _check(TrainConfig(**read_yaml(path)))
+    values = read_yaml(path)
+    unknown = sorted(set(values) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ConfigError(f"{path} has unknown option(s): {', '.join(unknown)}. Was it written by another version? "
+                          "Remove them.")
+    return _check(TrainConfig(**values))

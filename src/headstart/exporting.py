@@ -32,7 +32,8 @@ from torch import nn
 from headstart.data import load_dataset_for
 from headstart.errors import ConfigError, ExportError, HeadstartError
 from headstart.predict import Predictor, load
-from headstart.runs import Run
+from headstart._version import __version__
+from headstart.runs import Run, export_file
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,6 @@ class WithSoftmax(nn.Module):
 
 
 def metadata(predictor: Predictor, fmt: str) -> dict:
-    from importlib.metadata import version
-
     pre = predictor.preprocessing
     return {
         "format": fmt, "classes": predictor.classes, "model": predictor.model.config, "preprocessing": pre.to_dict(),
@@ -72,7 +71,7 @@ def metadata(predictor: Predictor, fmt: str) -> dict:
                   "how": f"decode to RGB, resize to {pre.input_size}x{pre.input_size} ({pre.resize}, "
                          f"{pre.interpolation}), divide by 255; mean/std are applied inside the model"},
         "output": {"name": "probabilities", "shape": ["batch", len(predictor.classes)], "meaning": "softmax over classes"},
-        "source": predictor.source, "headstart": version("headstart"),
+        "source": predictor.source, "headstart": __version__,
     }
 
 
@@ -173,8 +172,7 @@ def export(source: str | os.PathLike | Predictor, fmt: str = "onnx", out: str | 
         raise ConfigError(f"Unknown export format '{fmt}'. Choose one of: {', '.join(FORMATS)}.")
     predictor = source if isinstance(source, Predictor) else load(source)
     if out is None:
-        base = predictor.run_dir or Path(predictor.source).parent
-        out = base / "export" / f"model{FORMATS[fmt]}"
+        out = export_file(predictor.run_dir or Path(predictor.source).parent, FORMATS[fmt])
     path, meta = Path(out), metadata(predictor, fmt)
     if path.is_dir() or path.suffix != FORMATS[fmt]:
         raise ConfigError(f"The output (--out) must be a {FORMATS[fmt]} file for {fmt}. Received: {path}")

@@ -70,7 +70,7 @@ def write_compare_report(out_dir: Path, rows: list[dict], histories: dict, confu
                          data: dict, reading: str, title: str, advice: dict | None = None) -> Path:
     """``<compare>/report.html``: the table, overlaid curves, confusion matrices side by side, a reading."""
     pictures = {
-        "curves": plots.plot_histories(histories, out_dir / "curves.png"),
+        "curves": plots.plot_histories(histories, out_dir / "validation_curves.png"),
         "confusions": plots.plot_confusions(confusions, classes, out_dir / "confusion_matrices.png"),
     }
     best = max(rows, key=lambda r: (r["accuracy"], -r["total_seconds"]))["strategy"]

@@ -40,6 +40,7 @@ CHECKPOINTS = "checkpoints"
 BEST = "best"  # checkpoints/best.ckpt
 LAST = "last"
 REPORT = "report.html"
+EXPORT = "export"
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "backbone_lr", "trainable", "seconds"]
 
 
@@ -100,7 +101,7 @@ class Run:
                 history = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
         run = cls(path, load_config(path / CONFIG), history)
         if run.metrics_file().is_file():
-            run.metrics = json.loads(run.metrics_file().read_text())
+            run.metrics = _read_json(run.metrics_file())
         return run
 
     @classmethod
@@ -133,7 +134,7 @@ class Run:
         return info
 
     def data_info(self) -> dict:
-        return json.loads(self.data_file.read_text())
+        return _read_json(self.data_file)
 
     def write_history(self, rows: list[dict]) -> None:
         buf = io.StringIO()
@@ -145,8 +146,7 @@ class Run:
     def finished_checkpoint(self) -> Path:
         """The best checkpoint, or a RunError saying the run did not finish."""
         if not self.best_checkpoint.is_file():
-            raise RunError(f"{self.dir} has no {CHECKPOINTS}/{BEST}.ckpt: it did not finish. Resume it with "
-                           f"headstart train --resume {self.dir}")
+            raise _unfinished(self.dir)
         return self.best_checkpoint
 
     # --- resuming
@@ -173,6 +173,23 @@ class Run:
             raise RunError(f"Cannot resume {self.dir}: the data changed since it started (files added, removed "
                            "or modified). Start a new run.")
         return self
+
+
+def _unfinished(path: Path) -> RunError:
+    return RunError(f"{path} has no {CHECKPOINTS}/{BEST}.ckpt: it did not finish. Resume it with "
+                    f"headstart train --resume {path}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"Cannot read {path} ({e}). Was the run folder damaged? Train again, or restore it.") from None
+
+
+def export_file(base: Path, suffix: str) -> Path:
+    """Where an export goes by default: ``<run>/export/model<suffix>`` (beside a saved model: ``<its folder>/export/``)."""
+    return Path(base) / EXPORT / f"model{suffix}"
 
 
 def _suffix(split: str) -> str:
@@ -215,10 +232,12 @@ def load_model(source: str | Path) -> tuple[Classifier, dict, Path | None]:
     written by ``save_model``; its metadata (``classes``...); and the run folder it comes from."""
     path = Path(source)
     if path.is_dir():
-        if not (path / CONFIG).is_file():
-            raise RunError(f"{path} has no {CHECKPOINTS}/{BEST}.ckpt (it is not a headstart run). "
-                           "Pass a finished run folder.")
-        path = Run.load(path).finished_checkpoint()
+        best = path / CHECKPOINTS / f"{BEST}.ckpt"
+        if not best.is_file():
+            if (path / CONFIG).is_file():
+                raise _unfinished(path)
+            raise RunError(f"{path} has no {CHECKPOINTS}/{BEST}.ckpt: it is not a headstart run. Pass a finished run folder.")
+        path = best
     if not path.is_file():
         raise RunError(f"'{source}' does not exist. Pass a run folder (runs/NAME), a .ckpt or a .safetensors model.")
     what = "model written by save_model" if path.suffix == ".safetensors" else "checkpoint"

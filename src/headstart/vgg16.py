@@ -15,7 +15,7 @@ from torch import nn
 
 from headstart import weights as W
 from headstart.body import BackboneInfo, Body, Group
-from headstart.errors import ConfigError, WeightsError
+from headstart.errors import WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ class VGG16Body(Body):
     ``keras_layers`` lists the 19 layers of Keras' ``VGG16(include_top=False)`` with the module
     each one is here (None for the input layer), so ``--freeze-layers 10`` means what it does in Keras.
     """
+
+    has_pretrained_head = False  # the convolutional part only, as Keras' include_top=False
 
     def __init__(self, preprocessing: W.Preprocessing = W.IMAGENET):
         super().__init__()
@@ -62,9 +64,6 @@ class VGG16Body(Body):
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3))  # Keras' GlobalAveragePooling2D
-
-    def pretrained_head(self) -> nn.Module:
-        raise ConfigError("vgg16 here is the convolutional part only (Keras include_top=False); it has no pretrained head.")
 
     def layers(self) -> list[tuple[str, nn.Module | None]]:
         return self.keras_layers
