@@ -166,6 +166,7 @@ def training_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: Ima
             mine = [idx[i] for i in ranks.share(len(idx))]
             rows = extract_features(model, store, mine, device=ranks.device, progress=progress and ranks.is_zero,
                                     channels_last=cfg.channels_last, **kw)
+            log.info("frozen pass, %s: rank %d of %d computed %d of %d images", s, ranks.rank, ranks.world, len(mine), len(idx))
             out[s] = TensorDataset(ranks.gather_rows(rows, len(idx)), torch.tensor(y))
         model.cpu()
         return out

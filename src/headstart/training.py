@@ -244,6 +244,8 @@ def _quiet_lightning() -> None:
     # Frozen layers are in eval mode on purpose (their BatchNorm statistics must not move).
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")  # inside Lightning's Fabric
+    # val_loss and val_accuracy are summed over the ranks already; loss and accuracy are the progress bar's.
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
 
 
 @torch.inference_mode()
@@ -267,7 +269,7 @@ def _train(trainer: L.Trainer, module: TransferModule, loaders: dict, run: Run, 
         # On Ctrl-C Lightning stops gracefully, then calls sys.exit(1): a library returns instead.
         if not trainer.interrupted:
             raise
-        if not run.last_checkpoint.exists():
+        if not run.last_checkpoint.exists() and trainer.world_size == 1:  # with ranks, some may be gone already
             trainer.save_checkpoint(run.last_checkpoint)
         log.warning("Interrupted. Resume with: headstart train --resume %s", run.dir)
         return True
