@@ -96,3 +96,34 @@ def test_an_interrupted_two_rank_run_resumes(tiny, tmp_path: Path):
     assert timing(after[:len(before)]) == timing(before)  # the epochs before the interruption, as they were
     assert json.loads((runs / "r" / "metrics.json").read_text())["epochs"] == 60
     assert resumed.stdout.count("Number of correctly identified images") == 1
+
+
+def test_devices_and_accelerators_are_checked():
+    import torch
+
+    from headstart.distributed import device, parse_devices
+    from headstart.errors import ConfigError
+
+    assert device("cpu") == torch.device("cpu")
+    assert device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no GPU that PyTorch can use"):
+            device("gpu")
+    with pytest.raises(ConfigError, match="Unknown device 'tpu'"):
+        device("tpu")
+    assert (parse_devices("auto"), parse_devices("2"), parse_devices("0,1")) == ("auto", 2, [0, 1])
+    with pytest.raises(ConfigError, match="--devices must be auto, a count or a list"):
+        parse_devices("two")
+
+
+def test_global_batches_are_shared_among_ranks():
+    from headstart.frozen import EpochSampler, RankBatches
+
+    data = list(range(10))
+    one = list(RankBatches(EpochSampler(data, seed=0), 4, 0, 1))
+    two = [list(RankBatches(EpochSampler(data, seed=0), 4, r, 2)) for r in (0, 1)]
+    assert len(one) == len(two[0]) == len(two[1]) == 3  # the same steps
+    for whole, a, b in zip(one, *two):
+        assert sorted(a + b) == sorted(whole) and not set(a) & set(b)  # each step: the same samples, shared
+    three = [list(RankBatches(EpochSampler(data, seed=0), 4, r, 3)) for r in range(3)]
+    assert all(len(batches[-1]) >= 1 for batches in three)  # a last batch of 2 still gives every rank a sample

@@ -96,7 +96,10 @@ def test_predict_cli_formats_and_exit_codes(demo_run, tmp_path: Path):
     assert res.exit_code == 1 and "not read (below)" in res.stdout
     assert f"error: {broken}: cannot decode" in res.stdout.replace("\n", "")  # in full, on its own line
 
+    res = runner.invoke(app, ["predict", str(demo_run.dir), str(images[0]), "--device", "cpu", "--format", "json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["predictions"][0]["label"] == expected[0].label
     for args, message in (([str(tmp_path), str(images[0])], "no checkpoints/best.ckpt"),
+                          ([str(demo_run.dir), str(images[0]), "--device", "tpu"], "Unknown device 'tpu'"),
                           ([str(demo_run.dir), str(images[0]), "--format", "xml"], "Unknown --format 'xml'")):
         res = runner.invoke(app, ["predict", *args])
         assert res.exit_code == 2 and message in res.output

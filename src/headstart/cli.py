@@ -250,13 +250,14 @@ def evaluate(
     run: Path = typer.Argument(..., help="A run folder (runs/NAME)."),
     data: Optional[str] = typer.Option(None, help="Evaluate on other data with the same classes [the run's]."),
     split: str = typer.Option("evaluation", help="training, validation or evaluation."),
+    device: str = typer.Option("auto", help="auto (a GPU where there is one), cpu, gpu or cuda:N."),
 ) -> None:
     """Accuracy, number correct, confusion matrix, per-class scores and top-k of a run's best checkpoint."""
     from headstart.evaluation import evaluate
     from headstart.runs import Run
 
     folder = Run.load(run)
-    ev = evaluate(folder, data, split, progress=err.is_terminal)
+    ev = evaluate(folder, data, split, progress=err.is_terminal, device=device)
     _print_evaluation(ev)
     out.print(f"Wrote {folder.metrics_file(split)}, {folder.confusion_file(split)}, {folder.confusion_file(split, 'png')}")
 
@@ -353,6 +354,7 @@ def predict(
     top_k: int = typer.Option(3, min=1, help="Classes shown per image."),
     format: str = typer.Option("table", "--format", help="table, json or csv."),
     batch_size: int = typer.Option(32, min=1, help="Images per forward pass."),
+    device: str = typer.Option("auto", help="auto (a GPU where there is one), cpu, gpu or cuda:N."),
 ) -> None:
     """Classify images with a trained model. Exit 0 if every image was read, 1 if some were not."""
     import csv
@@ -362,7 +364,7 @@ def predict(
 
     if format not in ("table", "json", "csv"):
         raise _fail(f"Unknown --format '{format}'. Choose one of: table, json, csv.")
-    results = load(run).predict(images, top_k=top_k, batch_size=batch_size)
+    results = load(run, device=device).predict(images, top_k=top_k, batch_size=batch_size)
     failed = [r for r in results if r.error]
     if format == "json":
         out.print_json(json.dumps({"predictions": [r.to_dict() for r in results]}))
@@ -414,12 +416,13 @@ def serve(
     top_k: int = typer.Option(3, min=1, help="Classes returned per image unless a request asks (?top_k=)."),
     max_upload_mb: float = typer.Option(10.0, help="Largest upload per file, in MB."),
     max_pixels: int = typer.Option(MAX_PIXELS, help="Refuse images with more pixels."),
+    device: str = typer.Option("auto", help="auto (a GPU where there is one), cpu, gpu or cuda:N."),
 ) -> None:
     """Serve the model over HTTP: POST /predict, GET /healthz, and a page at / to try photos."""
     from headstart.predict import load
     from headstart.serve import Limits, create_app
 
-    predictor = load(run, max_pixels=max_pixels)
+    predictor = load(run, max_pixels=max_pixels, device=device)
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]Binding to {host}: anyone who can reach this machine can use the model.[/]")
     import uvicorn

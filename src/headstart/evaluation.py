@@ -26,6 +26,7 @@ from torchmetrics.functional.classification import (
 from headstart._files import write_text
 from headstart.cache import decoded_images
 from headstart.data import load_dataset_for
+from headstart.distributed import device as pick_device
 from headstart.errors import ConfigError, DataError
 from headstart.layouts import SPLITS
 from headstart.plots import plot_confusion
@@ -111,13 +112,15 @@ def write_evaluation(run: Run, ev: Evaluation, extra: dict | None = None) -> Non
 
 
 def evaluate(run: str | Path | Run, data: str | Path | None = None, split: str = "evaluation",
-             progress: bool = False) -> Evaluation:
+             progress: bool = False, device: str = "auto") -> Evaluation:
     """Evaluate a run's best checkpoint on a split of its data (or of ``data``, with the same
-    classes), as ``headstart evaluate`` does; write the results into the run folder."""
+    classes), as ``headstart evaluate`` does, on ``device`` (``auto``: a GPU where there is one);
+    write the results into the run folder."""
     run = run if isinstance(run, Run) else Run.load(run)
     if split not in SPLITS:
         raise ConfigError(f"Unknown split '{split}'. Choose one of: {', '.join(SPLITS)}.")
     model, meta = load_checkpoint(run.finished_checkpoint())
+    model.to(pick_device(device))
     ds = load_dataset_for(run.config, data)
     if ds.classes != meta["classes"]:
         raise DataError(f"The data's classes ({', '.join(ds.classes)}) are not the run's "

@@ -170,7 +170,7 @@ def export(source: str | os.PathLike | Predictor, fmt: str = "onnx", out: str | 
     (beside the file for a saved ``.safetensors`` model)."""
     if fmt not in FORMATS:
         raise ConfigError(f"Unknown export format '{fmt}'. Choose one of: {', '.join(FORMATS)}.")
-    predictor = source if isinstance(source, Predictor) else load(source)
+    predictor = source if isinstance(source, Predictor) else load(source, device="cpu")  # exported on the CPU
     if out is None:
         out = export_file(predictor.run_dir or Path(predictor.source).parent, FORMATS[fmt])
     path, meta = Path(out), metadata(predictor, fmt)

@@ -22,6 +22,7 @@ import torch
 from PIL import Image, ImageOps
 
 from headstart.backbones import Classifier
+from headstart.distributed import device as pick_device
 from headstart.errors import ConfigError, ImageError
 from headstart.images import IMAGE_EXTENSIONS, MAX_PIXELS, decode_image, files_under, is_image_file, to_rgb
 from headstart.runs import load_model
@@ -148,10 +149,12 @@ def _as_uint8(a: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(a * 255 if a.max() <= 1.0 else a), 0, 255).astype(np.uint8)
 
 
-def load(source: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Predictor:
+def load(source: str | os.PathLike, max_pixels: int = MAX_PIXELS, device: str = "auto") -> Predictor:
     """A predictor from a run folder (its best checkpoint), a ``.ckpt`` checkpoint, or a model
-    written by ``headstart.backbones.save_model`` (``.safetensors`` with class names)."""
+    written by ``headstart.backbones.save_model`` (``.safetensors`` with class names), on
+    ``device`` (``auto``: a GPU where there is one)."""
     model, meta, run_dir = load_model(source)
+    model.to(pick_device(device))
     classes = meta.get("classes") or [str(i) for i in range(model.config["num_classes"])]
     return Predictor(model, classes, str(source), max_pixels, run_dir)
 
