@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import time
+import warnings
 
 import lightning as L
 import numpy as np
@@ -91,6 +93,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="Timed training steps per backbone.")
     parser.add_argument("--dry-run", action="store_true", help="Tiny, on the CPU: checks the script runs.")
     args = parser.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # Lightning's banners, not the figures
+    warnings.filterwarnings("ignore", message=".*(val_dataloader|LeafSpec|does not have many workers).*")
     gpu = torch.cuda.is_available() and not args.dry_run
     accelerator, device = ("gpu", "cuda") if gpu else ("cpu", "cpu")
     size, batch, steps, warmup = (32, 2, 2, 1) if args.dry_run else (224, args.batch_size, args.steps, 5)

@@ -40,10 +40,6 @@ class Ranks:
     def is_zero(self) -> bool:
         return self.rank == 0
 
-    def barrier(self) -> None:
-        if self.fabric is not None:
-            self.fabric.barrier()
-
     def on_zero(self, fn: Callable[[], Any]) -> Any:
         """``fn()`` on rank 0, its result (or its HeadstartError) on every rank: a bad input found by
         rank 0 stops every rank with the same message, instead of leaving them waiting."""
@@ -75,12 +71,6 @@ class Ranks:
             chunk = padded[start:start + GATHER_ROWS].to(self.device)
             out[start:start + GATHER_ROWS] = self.fabric.all_gather(chunk).transpose(0, 1).cpu()
         return out.reshape(per_rank * self.world, *local.shape[1:])[:n]  # row j * world + r came from rank r
-
-    def sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Element-wise sum over the ranks (every rank gets it)."""
-        if self.fabric is None:
-            return values
-        return self.fabric.all_reduce(values.to(self.device), reduce_op="sum").to(values.device)
 
 
 _LAUNCHED: dict[tuple, Ranks] = {}
