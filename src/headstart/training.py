@@ -32,6 +32,7 @@ from headstart.config import TrainConfig, read_yaml, resolve_config
 from headstart.data import Dataset, load_dataset_for
 from headstart.evaluation import compute, write_evaluation
 from headstart.distributed import Ranks, launch, parse_devices
+from headstart.errors import ConfigError
 from headstart.frozen import EpochSampler, RankBatches, memory_layout, seed_of, split_indices, training_inputs
 from headstart.report import write_run_report
 from headstart.runs import BEST, Run
@@ -209,6 +210,9 @@ def _loaders(cfg: TrainConfig, inputs: dict, ranks: Ranks) -> dict[str, DataLoad
     global batch shared among the ranks; validation shared out too; evaluation whole (rank 0's)."""
     kw = dict(num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=cfg.num_workers > 0)
     train, val = inputs["training"], inputs["validation"]
+    if len(val) < ranks.world:  # a rank with no validation batch would skip the epoch's sums and leave the others waiting
+        raise ConfigError(f"The validation split has {len(val)} image(s), fewer than the {ranks.world} processes. "
+                          "Use fewer --devices, or more validation images.")
     batches = RankBatches(EpochSampler(train, cfg.seed), cfg.batch_size, ranks.rank, ranks.world)
     return {"training": DataLoader(train, batch_sampler=batches, **kw),
             "validation": DataLoader(Subset(val, ranks.share(len(val))), batch_size=math.ceil(cfg.batch_size / ranks.world), **kw),
