@@ -205,3 +205,20 @@ def refused(data: Path, *needles: str, **options) -> None:
 @pytest.mark.parametrize("case", LAYOUT_ERRORS, ids=lambda case: case.__name__)
 def test_unusable_layouts_are_refused_with_the_path_and_the_fix(tmp_path: Path, case):
     case(tmp_path, refused)
+
+
+def test_a_foreign_manifest_does_not_decide_the_layout(tmp_path: Path, caplog):
+    import logging
+
+    from conftest import make_food11
+
+    from headstart.data import load_dataset
+
+    root = make_food11(tmp_path / "food")
+    (root / "manifest.csv").write_text("split,file,class_id,class_name,source\ntraining,0_0.jpg,0,Bread,web\n")
+    with caplog.at_level(logging.WARNING, logger="headstart.layouts"):
+        ds = load_dataset(root)
+    assert ds.layout == "food11" and len(ds.split("training")) == 12
+    assert f"{root / 'manifest.csv'} is not a headstart manifest" in caplog.text
+    (root / "manifest.csv").write_text("path,label\ntraining/0_0.jpg,cat\ntraining/1_4.jpg,dog\n")  # one of ours: it decides
+    assert detect_layout(root) == "csv"

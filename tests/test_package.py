@@ -128,3 +128,11 @@ def test_every_user_facing_error_is_a_headstart_error():
             if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
                 raised.add(node.exc.func.id)
     assert not raised & {"ValueError", "RuntimeError", "TypeError", "KeyboardInterrupt"}, raised
+
+
+def test_using_a_model_does_not_import_training():
+    code = ("import sys, headstart.predict, headstart.serve, headstart.exporting; "
+            "print(sorted(m for m in ('lightning', 'torchmetrics', 'matplotlib', 'headstart.training', 'timm') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -138,3 +138,19 @@ def test_ctrl_c_outside_training_exits_130(tiny_run, monkeypatch):
     monkeypatch.setattr(evaluation, "evaluate", interrupted)
     result = CliRunner().invoke(app, ["evaluate", str(tiny_run.dir)])
     assert result.exit_code == 130 and "Interrupted." in result.output
+
+
+def test_run_files_are_as_readable_as_the_umask_allows(tiny, tmp_path: Path):
+    import stat
+
+    from conftest import TINY_OPTIONS
+
+    from headstart.training import fit
+
+    old = os.umask(0o022)
+    try:
+        run = fit(tiny, strategy="features", epochs=1, runs_dir=tmp_path, name="modes", **TINY_OPTIONS)
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(run.dir).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in run.dir.rglob("*") if p.is_file()}
+    assert modes and set(modes.values()) == {0o644}, modes

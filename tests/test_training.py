@@ -193,3 +193,20 @@ def test_compile_trains_the_same_model(tiny, tmp_path: Path):
     for a, b in zip(compiled.history, plain.history):
         assert a["loss"] == pytest.approx(b["loss"], rel=2e-2) and a["val_loss"] == pytest.approx(b["val_loss"], rel=2e-2)
     assert compiled.metrics["total"] == plain.metrics["total"] == TINY_IMAGES - 24 - 9
+
+
+def test_a_runs_config_runs_it_again_and_records_what_ran(tiny_run, tmp_path: Path):
+    import yaml
+
+    saved = yaml.safe_load((tiny_run.dir / "config.yaml").read_text())
+    assert saved["augment"] is False  # features computes the backbone once: nothing was augmented
+    assert saved["name"] is None  # the folder is the run's own; a rerun goes to a new one
+    result = CliRunner().invoke(app, ["train", "--config", str(tiny_run.dir / "config.yaml"), "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (again,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    rerun = yaml.safe_load((again / "config.yaml").read_text())
+    assert {k: v for k, v in rerun.items() if k != "runs_dir"} == {k: v for k, v in saved.items() if k != "runs_dir"}
+    assert json.loads((again / "metrics.json").read_text())["accuracy"] == pytest.approx(tiny_run.metrics["accuracy"], abs=0.12)
+    (tmp_path / "no-data.yaml").write_text("epochs: 2\n")
+    nothing = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "no-data.yaml")])
+    assert nothing.exit_code == 2 and "a --config that says data:" in " ".join(nothing.output.split())

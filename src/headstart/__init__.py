@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 
-from headstart._version import __version__
+from headstart._version import __version__  # noqa: F401  (the package's version, as headstart.__version__)
 
 # Public name -> (module, attribute): the API, loaded lazily (training pulls in Lightning).
 _API = {

@@ -22,6 +22,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a run's files are as readable as any other
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -32,3 +33,9 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
 
 def write_text(path: Path, text: str) -> Path:
     return write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask

@@ -214,10 +214,10 @@ def recommend(size: str, similarity: str, groups: int, frozen: int) -> dict:
 
 def advise(data: str | Dataset, backbone: str = "efficientnet_lite0", weights: str = "default",
            input_size: int | None = None, per_class: int = SAMPLE_PER_CLASS, seed: int = 0,
-           progress: bool = False, decode_all: bool = False) -> Advice:
+           progress: bool = False, decode_all: bool = False, layout: str | None = None) -> Advice:
     """Measure ``data`` and apply the rules: the case, the rule quoted, and a recommendation.
     ``decode_all``: decode the whole dataset into the image cache (when training follows)."""
-    ds = data if isinstance(data, Dataset) else load_dataset(data, seed=seed)
+    ds = data if isinstance(data, Dataset) else load_dataset(data, layout, seed=seed)
     if ds.num_classes < 2:
         raise DataError(f"advise needs at least 2 classes; {ds.root} has {ds.num_classes}.")
     train = ds.counts()["training"]

@@ -27,6 +27,7 @@ from headstart.data import Dataset, check_splits
 from headstart.errors import ImageError
 from headstart.images import MAX_PIXELS, decode_image
 from headstart.layouts import Problem, Sample
+from headstart.progress import track
 from headstart.weights import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,6 @@ def cache_key(samples: list[Sample], pre: Preprocessing) -> str:
 
 
 def _build(samples: list[Sample], pre: Preprocessing, npy: Path, index: Path, progress: bool) -> None:
-    from rich.progress import track
-
     size = pre.input_size
     tmp = npy.with_name(f".{npy.stem}.{os.getpid()}.{os.urandom(4).hex()}.npy")
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(samples), size, size, 3))
@@ -65,8 +64,7 @@ def _build(samples: list[Sample], pre: Preprocessing, npy: Path, index: Path, pr
     try:
         # Pillow releases the GIL while decoding and resizing: threads work in parallel.
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            errors = list(track(pool.map(work, range(len(samples))), total=len(samples),
-                                description="Decoding images (once)", disable=not progress, transient=True))
+            errors = list(track(pool.map(work, range(len(samples))), len(samples), "Decoding images (once)", progress))
         array.flush()
         tmp_index = index.with_name(tmp.stem + ".json")
         tmp_index.write_text(json.dumps({"paths": [str(s.path) for s in samples], "errors": errors}))

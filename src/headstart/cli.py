@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
+from headstart import show
+from headstart._version import __version__
 from headstart.errors import HeadstartError
 from headstart.images import MAX_PIXELS
 from headstart.layouts import LAYOUTS
+from headstart.show import err, out
 
 app = typer.Typer(
     name="headstart",
@@ -28,15 +31,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Piped output (CI logs, files) gets 120 columns rather than rich's 80, so tables are not cut.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 120)
-
 DATA_HELP = "Dataset folder (food11, folders layout), CSV manifest, or the word 'demo'."
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")  # a message's own brackets are not markup
     return typer.Exit(code)
 
 
@@ -56,8 +55,21 @@ def command(fn):
     return app.command()(run)
 
 
+SHOW = {"progress": True}  # off with --quiet
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"headstart {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug messages.")) -> None:
+def _setup(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug messages."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress: neither bars (in a terminal) nor lines (off one)."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
     # Library code logs; the CLI shows warnings (skipped images, ...) through rich on stderr.
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
@@ -65,59 +77,23 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show deb
         handlers=[RichHandler(console=err, show_time=False, show_path=False)],
         force=True,
     )
-
-
-def _print_summary(s) -> None:
-    out.print(f"[bold]{s.root}[/]  layout [cyan]{s.layout}[/], {len(s.classes)} classes")
-    if s.drawn:
-        out.print(f"Drawn from training (stratified, seeded): {', '.join(s.drawn)}")
-    for split, counts in s.counts.items():
-        # The tutorial's own words: "Training data available in 11 classes [994, 429, ...]"
-        out.print(f"{split.capitalize()} data available in {len(counts)} classes")
-        out.print(f"{counts}")
-    table = Table(title="Images per class")
-    table.add_column("id", justify="right")
-    table.add_column("class")
-    for split in s.counts:
-        table.add_column(split, justify="right")
-    table.add_column("total", justify="right")
-    for i, name in enumerate(s.classes):
-        row = [s.counts[split][i] for split in s.counts]
-        table.add_row(str(i), name, *map(str, row), str(sum(row)))
-    totals = [sum(s.counts[split]) for split in s.counts]
-    table.add_row("", "[bold]all[/]", *map(str, totals), str(sum(totals)))
-    out.print(table)
-    train = s.counts["training"]
-    out.print(
-        f"Imbalance (largest / smallest training class): {s.imbalance} "
-        f"({s.classes[train.index(max(train))]} {max(train)} / {s.classes[train.index(min(train))]} {min(train)})",
-    )
-    w, h = s.sizes["width"], s.sizes["height"]
-    out.print(
-        f"Image sizes: width {w['min']}-{w['max']} (median {w['median']}), height {h['min']}-{h['max']} "
-        f"(median {h['median']}); {s.distinct_sizes} distinct sizes",
-    )
-    out.print("Modes: " + ", ".join(f"{k} {v}" for k, v in s.modes.items())
-              + "; formats: " + ", ".join(f"{k} {v}" for k, v in s.formats.items()))
-    if s.problems:
-        out.print(f"[yellow]Skipped {len(s.problems)} unreadable image(s):[/]")
-        for p in s.problems:
-            out.print(f"  {p['path']}: {p['reason']}")
-    else:
-        out.print("No unreadable images.")
-    if s.ignored:
-        shown = ", ".join(Path(p).name for p in s.ignored[:5]) + (", ..." if len(s.ignored) > 5 else "")
-        out.print(f"Ignored {len(s.ignored)} file(s) that are not images: {shown}")
+    # Progress off a terminal (a line an epoch, a line each ~10 % of a long pass), plain, on stderr.
+    lines = logging.StreamHandler(sys.stderr)
+    lines.setFormatter(logging.Formatter("%(message)s"))
+    progress = logging.getLogger("headstart.progress")
+    progress.handlers, progress.propagate = [lines], False
+    progress.setLevel(logging.WARNING if quiet else logging.INFO)
+    SHOW["progress"] = not quiet
 
 
 @command
 def inspect(
     data: str = typer.Argument(..., help=DATA_HELP),
     out_dir: Optional[Path] = typer.Option(
-        None, "--out", help="Where to write the pictures and inspect.json [default: runs/inspect-<name>]."
+        None, "--out", help="Where to write the pictures and inspect.json.", show_default="runs/inspect-<name>"
     ),
     layout: Optional[str] = typer.Option(
-        None, help=f"Force a layout: {', '.join(LAYOUTS)} [default: detected]."
+        None, help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected"
     ),
     val_fraction: float = typer.Option(0.2, help="Share of training drawn for validation when the data has none."),
     eval_fraction: float = typer.Option(0.2, help="Share of training drawn for evaluation when the data has none."),
@@ -131,8 +107,8 @@ def inspect(
         out_dir = Path("runs") / f"inspect-{'demo' if data == 'demo' else Path(data).resolve().name}"
     summary = inspection.inspect_dataset(data, out_dir, layout=layout, val_fraction=val_fraction,
                                          eval_fraction=eval_fraction, seed=seed, max_pixels=max_pixels,
-                                         progress=err.is_terminal)
-    _print_summary(summary)
+                                         progress=SHOW["progress"])
+    show.summary(summary)
     out.print(f"Wrote {out_dir / inspection.DISTRIBUTION_PNG}, {out_dir / inspection.SAMPLES_PNG}, "
               f"{out_dir / inspection.SUMMARY_JSON}")
 
@@ -172,32 +148,34 @@ def backbones(
 @command
 def train(
     ctx: typer.Context,
-    data: Optional[str] = typer.Argument(None, help=DATA_HELP + " Not needed with --resume."),
-    backbone: Optional[str] = typer.Option(None, help="Curated name or any timm model [default: efficientnet_lite0]."),
-    weights: Optional[str] = typer.Option(None, help="default, bundled, hub, none, or a file [default: default]."),
-    strategy: Optional[str] = typer.Option(None, help="features, partial, half, full, gradual, scratch, or auto (headstart advise) [default: features]."),
-    freeze: Optional[str] = typer.Option(None, help="partial: groups frozen: a count, a fraction, a group name or 'half'."),
-    freeze_layers: Optional[int] = typer.Option(None, help="partial, vgg16: Keras layers frozen (the tutorial's half: 10)."),
-    recipe: Optional[str] = typer.Option(None, help="default (AdamW, cosine, augmentation...) or seed (the tutorial's)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="A YAML file of options; flags override it."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs [recipe: 15 default, 10 seed]."),
-    batch_size: Optional[int] = typer.Option(None, help="Global batch size, shared among the devices [32]."),
-    lr: Optional[float] = typer.Option(None, help="Head learning rate [1e-3 default, 1e-5 seed]."),
-    backbone_lr: Optional[float] = typer.Option(None, help="Top backbone group's learning rate [1e-4 default, 1e-5 seed]."),
-    input_size: Optional[int] = typer.Option(None, help="Input size in pixels [the weights': 224]."),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random resized crop + flip [default on, seed off]."),
-    early_stopping: Optional[int] = typer.Option(None, help="Patience in epochs on val_loss; 0 = off [5 default, 0 seed]."),
-    unfreeze_every: Optional[int] = typer.Option(None, help="gradual: epochs between unfreezing groups [2]."),
-    seed: Optional[int] = typer.Option(None, help="Random seed [0]."),
-    deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic algorithms (slower)."),
-    accelerator: Optional[str] = typer.Option(None, help="cpu, gpu or auto (a GPU where there is one) [auto]."),
-    devices: Optional[str] = typer.Option(None, help="Devices per machine, one process each: a count, ids (0,1), or auto [auto: every GPU, or 1 CPU process]."),
-    num_nodes: Optional[int] = typer.Option(None, help="Machines, for torchrun or SLURM [1]."),
-    num_workers: Optional[int] = typer.Option(None, help="DataLoader workers [0: images come from a memory-mapped cache]."),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory order [on]."),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model [off]."),
-    runs_dir: Optional[str] = typer.Option(None, help="Where runs go [runs]."),
-    name: Optional[str] = typer.Option(None, help="Run folder name [backbone-strategy-time]."),
+    data: Optional[str] = typer.Argument(None, help=DATA_HELP + " Not needed with --resume, or a --config that has data:."),
+    backbone: Optional[str] = typer.Option(None, help="Curated name or any timm model.", show_default="efficientnet_lite0"),
+    weights: Optional[str] = typer.Option(None, help="default, bundled, hub, none, or a file.", show_default="default"),
+    strategy: Optional[str] = typer.Option(None, help="features, partial, half, full, gradual, scratch, or auto (headstart advise).", show_default="features"),
+    freeze: Optional[str] = typer.Option(None, help="partial: groups frozen: a count, a fraction, a group name or 'half'.", show_default="half"),
+    freeze_layers: Optional[int] = typer.Option(None, help="partial, vgg16: Keras layers frozen (the tutorial's half: 10).", show_default="by groups"),
+    recipe: Optional[str] = typer.Option(None, help="default (AdamW, cosine, augmentation...) or seed (the tutorial's).", show_default="default"),
+    layout: Optional[str] = typer.Option(None, help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected"),
+    config: Optional[Path] = typer.Option(None, "--config", help="A YAML file of options (a run's config.yaml runs it again); flags override it.", show_default="none"),
+    epochs: Optional[int] = typer.Option(None, help="Epochs.", show_default="recipe: 15 default, 10 seed"),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch size, shared among the devices.", show_default="32"),
+    lr: Optional[float] = typer.Option(None, help="Head learning rate.", show_default="1e-3 default, 1e-5 seed"),
+    backbone_lr: Optional[float] = typer.Option(None, help="Top backbone group's learning rate.", show_default="1e-4 default, 1e-5 seed"),
+    input_size: Optional[int] = typer.Option(None, help="Input size in pixels.", show_default="the weights': 224"),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random resized crop + flip.", show_default="default on, seed off"),
+    early_stopping: Optional[int] = typer.Option(None, help="Patience in epochs on val_loss; 0 = off.", show_default="5 default, 0 seed"),
+    unfreeze_every: Optional[int] = typer.Option(None, help="gradual: epochs between unfreezing groups.", show_default="2"),
+    seed: Optional[int] = typer.Option(None, help="Random seed.", show_default="0"),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic algorithms (slower).", show_default="off"),
+    accelerator: Optional[str] = typer.Option(None, help="cpu, gpu or auto (a GPU where there is one).", show_default="auto"),
+    devices: Optional[str] = typer.Option(None, help="Devices per machine, one process each: a count, ids (0,1), or auto.", show_default="auto: every GPU, or 1 CPU process"),
+    num_nodes: Optional[int] = typer.Option(None, help="Machines, for torchrun or SLURM.", show_default="1"),
+    num_workers: Optional[int] = typer.Option(None, help="DataLoader workers.", show_default="0: images come from a memory-mapped cache"),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory order.", show_default="on"),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model.", show_default="off"),
+    loggers: Optional[list[str]] = typer.Option(None, "--logger", help="csv, tensorboard, mlflow or wandb, in the run folder; repeatable.", show_default="none"),
+    runs_dir: Optional[str] = typer.Option(None, help="Where runs go.", show_default="runs"),
+    name: Optional[str] = typer.Option(None, help="Run folder name.", show_default="backbone-strategy-time"),
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run (runs/NAME) where it stopped."),
 ) -> None:
     """Train a pretrained backbone on DATA; writes runs/<name>/ and prints the evaluation accuracy."""
@@ -206,9 +184,7 @@ def train(
 
     # Every option given on the command line, as TrainConfig fields.
     options = {k: v for k, v in ctx.params.items() if k not in ("data", "config", "resume") and v is not None}
-    if data is None and resume is None:
-        raise _fail("Pass DATA (a dataset folder, a CSV manifest or 'demo'), or --resume RUN.")
-    run = fit(data, config_file=config, resume=resume, progress=err.is_terminal, **options)
+    run = fit(data, config_file=config, resume=resume, progress=SHOW["progress"], **options)
     if not is_main_process():  # the other ranks of a distributed run: rank 0 reports
         return
     if run.interrupted:
@@ -223,32 +199,10 @@ def train(
     out.print(f"Run: {run.dir}")
 
 
-def _print_evaluation(ev) -> None:
-    out.print(f"Accuracy on {ev.split} data: {ev.accuracy:.4f}")
-    out.print(f"Number of correctly identified images: {ev.correct} of {ev.total}")
-    for k, v in ev.top_k.items():
-        out.print(f"Top-{k} accuracy: {v:.4f}")
-    table = Table(title=f"Confusion matrix ({ev.split}): rows true, columns predicted")
-    table.add_column("true \\ predicted")
-    for i in range(len(ev.classes)):
-        table.add_column(str(i), justify="right")
-    for i, (name, row) in enumerate(zip(ev.classes, ev.confusion)):
-        table.add_row(f"{i} {name}", *[f"[bold]{v}[/]" if j == i else str(v) for j, v in enumerate(row.tolist())])
-    out.print(table)
-    per = Table(title="Per class")
-    for col in ("class", "precision", "recall", "F1", "support"):
-        per.add_column(col, justify="left" if col == "class" else "right")
-    for r in ev.per_class:
-        per.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
-    out.print(per)
-    if ev.most_confused:
-        out.print("Most confused: " + "; ".join(f"{c['true']} -> {c['predicted']} ({c['count']})" for c in ev.most_confused))
-
-
 @command
 def evaluate(
     run: Path = typer.Argument(..., help="A run folder (runs/NAME)."),
-    data: Optional[str] = typer.Option(None, help="Evaluate on other data with the same classes [the run's]."),
+    data: Optional[str] = typer.Option(None, help="Evaluate on other data with the same classes.", show_default="the run's"),
     split: str = typer.Option("evaluation", help="training, validation or evaluation."),
     device: str = typer.Option("auto", help="auto (a GPU where there is one), cpu, gpu or cuda:N."),
 ) -> None:
@@ -257,8 +211,8 @@ def evaluate(
     from headstart.runs import Run
 
     folder = Run.load(run)
-    ev = evaluate(folder, data, split, progress=err.is_terminal, device=device)
-    _print_evaluation(ev)
+    ev = evaluate(folder, data, split, progress=SHOW["progress"], device=device)
+    show.evaluation(ev)
     out.print(f"Wrote {folder.metrics_file(split)}, {folder.confusion_file(split)}, {folder.confusion_file(split, 'png')}")
 
 
@@ -266,19 +220,20 @@ def evaluate(
 def compare(
     data: str = typer.Argument(..., help=DATA_HELP),
     strategies: str = typer.Option("features,half,full", help="Comma-separated strategies to compare; 'auto' is the advised one."),
-    backbone: Optional[str] = typer.Option(None, help="Backbone for every strategy [efficientnet_lite0]."),
-    weights: Optional[str] = typer.Option(None, help="default, bundled, hub, none, or a file."),
-    recipe: Optional[str] = typer.Option(None, help="default or seed (the tutorial's)."),
-    freeze_layers: Optional[int] = typer.Option(None, help="vgg16: Keras layers frozen by 'half' (the tutorial: 10)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per strategy [recipe's]."),
-    input_size: Optional[int] = typer.Option(None, help="Input size in pixels [the weights': 224]."),
-    batch_size: Optional[int] = typer.Option(None, help="Global batch size, shared among the devices [32]."),
-    seed: Optional[int] = typer.Option(None, help="Random seed, the same for every strategy [0]."),
-    accelerator: Optional[str] = typer.Option(None, help="cpu, gpu or auto [auto]."),
-    devices: Optional[str] = typer.Option(None, help="Devices per machine, one process each [auto]."),
-    num_nodes: Optional[int] = typer.Option(None, help="Machines, for torchrun or SLURM [1]."),
+    backbone: Optional[str] = typer.Option(None, help="Backbone for every strategy.", show_default="efficientnet_lite0"),
+    weights: Optional[str] = typer.Option(None, help="default, bundled, hub, none, or a file.", show_default="default"),
+    recipe: Optional[str] = typer.Option(None, help="default or seed (the tutorial's).", show_default="default"),
+    freeze_layers: Optional[int] = typer.Option(None, help="vgg16: Keras layers frozen by 'half' (the tutorial: 10).", show_default="by groups"),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per strategy.", show_default="recipe's"),
+    input_size: Optional[int] = typer.Option(None, help="Input size in pixels.", show_default="the weights': 224"),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch size, shared among the devices.", show_default="32"),
+    seed: Optional[int] = typer.Option(None, help="Random seed, the same for every strategy.", show_default="0"),
+    accelerator: Optional[str] = typer.Option(None, help="cpu, gpu or auto.", show_default="auto"),
+    devices: Optional[str] = typer.Option(None, help="Devices per machine, one process each.", show_default="auto"),
+    num_nodes: Optional[int] = typer.Option(None, help="Machines, for torchrun or SLURM.", show_default="1"),
     runs_dir: str = typer.Option("runs", help="Where the comparison folder goes."),
-    name: Optional[str] = typer.Option(None, help="Comparison folder name [compare-<data>-<time>]."),
+    name: Optional[str] = typer.Option(None, help="Comparison folder name.", show_default="compare-<data>-<time>"),
+    layout: Optional[str] = typer.Option(None, help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected"),
     advise: bool = typer.Option(True, "--advise/--no-advise", help="Measure the data first; the report shows the advised strategy."),
 ) -> None:
     """Train several strategies on the same data and seed; one report compares them."""
@@ -287,11 +242,11 @@ def compare(
 
     options = {k: v for k, v in dict(backbone=backbone, weights=weights, recipe=recipe, epochs=epochs,
                                       input_size=input_size, batch_size=batch_size, seed=seed, accelerator=accelerator,
-                                      devices=devices, num_nodes=num_nodes).items() if v is not None}
+                                      devices=devices, num_nodes=num_nodes, layout=layout).items() if v is not None}
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     if freeze_layers is not None:
         options["freeze_layers"] = freeze_layers  # for half and partial only
-    result = run_compare(data, names, runs_dir=runs_dir, name=name, progress=err.is_terminal, advise=advise, **options)
+    result = run_compare(data, names, runs_dir=runs_dir, name=name, progress=SHOW["progress"], advise=advise, **options)
     if result.interrupted:
         last = list(result.runs.values())[-1]
         raise _fail(f"Interrupted. Resume the unfinished run with: headstart train --resume {last.dir}", 130)
@@ -313,11 +268,12 @@ def compare(
 def advise(
     data: str = typer.Argument(..., help=DATA_HELP),
     backbone: str = typer.Option("efficientnet_lite0", help="The backbone to advise for."),
-    weights: str = typer.Option("default", help="default, bundled, hub, none, or a file."),
-    input_size: Optional[int] = typer.Option(None, help="Input size in pixels [the weights']."),
+    weights: str = typer.Option("default", help="default, bundled, hub, none, or a file.", show_default="default"),
+    input_size: Optional[int] = typer.Option(None, help="Input size in pixels.", show_default="the weights'"),
     sample: int = typer.Option(60, min=5, help="Images per class probed (a bounded sample)."),
     seed: int = typer.Option(0, help="Seed of the sample and of drawn splits."),
     as_json: bool = typer.Option(False, "--json", help="Print the advice as JSON."),
+    layout: Optional[str] = typer.Option(None, help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected"),
 ) -> None:
     """Measure DATA (size; similarity to the pretraining data) and recommend a strategy by the rules."""
     import json
@@ -325,7 +281,8 @@ def advise(
     from headstart.advice import SOURCE
     from headstart.advice import advise as run_advise
 
-    a = run_advise(data, backbone, weights, input_size, per_class=sample, seed=seed, progress=err.is_terminal)
+    a = run_advise(data, backbone, weights, input_size, per_class=sample, seed=seed, progress=SHOW["progress"],
+                   layout=layout)
     if as_json:
         out.print_json(json.dumps(a.to_dict()))
         return
@@ -375,8 +332,6 @@ def predict(
             rows = [[r.source, i + 1, c, f"{p:.6f}", ""] for i, (c, p) in enumerate(r.top)] or [[r.source, "", "", "", r.error]]
             writer.writerows(rows)
     else:
-        from rich.markup import escape
-
         table = Table(title=f"Predictions ({len(results) - len(failed)} of {len(results)} images)")
         table.add_column("image", overflow="fold")
         for i in range(top_k):
@@ -396,7 +351,7 @@ def predict(
 def export(
     run: Path = typer.Argument(..., help="A run folder (runs/NAME), a .ckpt checkpoint or a saved .safetensors model."),
     format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
-    out_file: Optional[Path] = typer.Option(None, "--out", help="Output file [RUN/export/model.onnx or model.pt]."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Output file.", show_default="RUN/export/model.onnx or model.pt"),
 ) -> None:
     """Export the model (with its class names and preprocessing) and check it against PyTorch."""
     from headstart.exporting import TOLERANCE

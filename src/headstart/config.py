@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import yaml
 
 from headstart._files import write_text
 from headstart.errors import ConfigError
+from headstart.loggers import check as check_loggers
 from headstart.strategies import STRATEGIES
 
 
@@ -67,6 +68,7 @@ class TrainConfig:
     precision: str = "auto"  # bf16 mixed on a GPU, 32-bit on a CPU
     num_workers: int = 0  # decoded images come from a memory-mapped cache: loading is cheap
     channels_last: bool = True  # NHWC tensors: faster convolutions on CPUs and GPUs (1.35x, lite0 on CPU)
+    loggers: list[str] = field(default_factory=list)  # csv, tensorboard, mlflow, wandb: written in the run folder
     compile: bool = False  # torch.compile the forward pass: pays on long GPU runs, costs minutes up front
     runs_dir: str = "runs"
     name: str | None = None  # default: <backbone>-<strategy>-<time>
@@ -100,6 +102,7 @@ def _check(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"Unknown schedule '{cfg.schedule}'. Choose one of: {', '.join(SCHEDULES)}.")
     if cfg.accelerator not in ACCELERATORS:
         raise ConfigError(f"Unknown accelerator '{cfg.accelerator}'. Choose one of: {', '.join(ACCELERATORS)}.")
+    check_loggers(cfg.loggers)
     for name in ("epochs", "batch_size", "unfreeze_every", "num_nodes"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be at least 1. Received: {name}={getattr(cfg, name)}")
@@ -113,6 +116,8 @@ def coerce(name: str, value: Any) -> Any:
     """YAML and flags give strings or numbers; match the field's type (int for epochs, ...)."""
     if value is None:
         return None
+    if name == "loggers":
+        return [value] if isinstance(value, str) else list(value)
     if isinstance(value, os.PathLike):
         return str(value)
     default = TrainConfig.__dataclass_fields__[name].default
@@ -155,8 +160,13 @@ def resolve_config(recipe: str | None = None, yaml_path: str | Path | None = Non
     return _check(TrainConfig(**{k: coerce(k, v) for k, v in values.items()}))
 
 
-def save_config(cfg: TrainConfig, path: Path) -> None:
-    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def as_trained(cfg: TrainConfig) -> TrainConfig:
+    """The config as the run really trains: ``features`` computes the backbone once, so it never augments."""
+    return dataclasses.replace(cfg, augment=False) if cfg.strategy == "features" and cfg.augment else cfg
+
+
+def save_config(cfg: TrainConfig, path: Path, header: str = "") -> None:
+    write_text(path, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def load_config(path: Path) -> TrainConfig:

@@ -27,6 +27,7 @@ from headstart.config import TrainConfig
 from headstart.data import Dataset
 from headstart.distributed import Ranks
 from headstart.layouts import SPLITS
+from headstart.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,6 @@ def extract_features(model: Classifier, store: ImageStore, indices: list[int], b
                      dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
     """What a frozen part of the model makes of the given images, computed once: the pooled
     features (``model.forward_features``), or the activations of the frozen prefix ``upto``."""
-    from rich.progress import track
-
     device = torch.device(device)
     model.eval().to(device)
     fn = upto if upto is not None else model.forward_features
@@ -130,7 +129,7 @@ def extract_features(model: Classifier, store: ImageStore, indices: list[int], b
     what = "features" if upto is None else "frozen layers"
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):  # GPU: bf16 matmuls
         chunks = [fn(memory_layout(x.to(device), channels_last)).to(dtype).cpu()
-                  for x, _ in track(loader, description=f"Computing {what} (once)", disable=not progress, transient=True)]
+                  for x, _ in track(loader, len(loader), f"Computing {what} (once)", progress)]
     return torch.cat(chunks)[:len(indices)]
 
 
@@ -171,9 +170,7 @@ def training_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: Ima
         model.cpu()
         return out
 
-    if cfg.strategy == "features":
-        if cfg.augment:
-            log.info("features: augmentation is off, the backbone's features are computed once")
+    if cfg.strategy == "features":  # never augmented (config.as_trained): the features are computed once
         return once(), nn.Identity()
     k = leading_frozen(model)
     cut = model.split(k) if cfg.strategy in ("partial", "half") and cfg.cache_frozen and k else None

@@ -24,6 +24,7 @@ from headstart.data import Dataset, check_splits, load_dataset
 from headstart.errors import ImageError
 from headstart.images import MAX_PIXELS, ImageInfo, decode_image, load_image
 from headstart.layouts import Problem, Sample
+from headstart.progress import track
 
 
 def verify_images(
@@ -34,8 +35,6 @@ def verify_images(
     Broken images (corrupt, truncated, empty, over ``max_pixels``) are dropped, added to
     ``problems`` with their reason, and logged as a warning; the splits are checked again.
     """
-    from rich.progress import track
-
     def check(sample: Sample) -> ImageInfo | Problem:
         try:
             return decode_image(sample.path, max_pixels)[1]
@@ -44,8 +43,7 @@ def verify_images(
 
     # Pillow releases the GIL while decoding, so threads decode in parallel.
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        results = list(track(pool.map(check, ds.samples), total=len(ds.samples),
-                             description="Checking images", disable=not progress, transient=True))
+        results = list(track(pool.map(check, ds.samples), len(ds.samples), "Checking images", progress))
     clean = ds.without([r for r in results if isinstance(r, Problem)])
     check_splits(clean)
     return clean, [r for r in results if isinstance(r, ImageInfo)]

@@ -14,12 +14,15 @@ Each reader only lists files (nothing is decoded) and returns a ``Listing``.
 from __future__ import annotations
 
 import csv
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from headstart.errors import DataError
 from headstart.images import IMAGE_EXTENSIONS, files_under, is_image_file, visible
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("training", "validation", "evaluation")
 # Folder (and manifest) names accepted for each split: the tutorial's and the usual short ones.
@@ -100,6 +103,13 @@ def _mixed(folder: Path) -> DataError:
     )
 
 
+def _is_manifest(path: Path) -> bool:
+    """Whether a CSV's first row looks like a headstart manifest's: path,label[,split]."""
+    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+        first = next((r for r in csv.reader(f) if r and any(c.strip() for c in r)), [])
+    return len(first) in (2, 3)
+
+
 def detect_layout(root: Path) -> str:
     """Which layout ``root`` is in: 'food11', 'folders' or 'csv' (see the module docstring)."""
     if root.is_file():
@@ -107,7 +117,10 @@ def detect_layout(root: Path) -> str:
             return "csv"
         raise DataError(f"DATA '{root}' is a file but not a CSV manifest. Pass a folder or a .csv file.")
     if (root / MANIFEST).is_file():
-        return "csv"
+        if _is_manifest(root / MANIFEST):
+            return "csv"
+        log.warning("%s is not a headstart manifest (rows of path,label[,split]): the folders decide the layout. "
+                    "Pass --layout csv to read it anyway.", root / MANIFEST)
     splits = _split_folders(root)
     if not splits:
         kind = _folder_kind(root)

@@ -18,6 +18,7 @@ A run is ``<runs_dir>/<name>/``, a folder a person can browse::
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -124,7 +125,10 @@ class Run:
     def start(self, ds) -> dict:
         """Make the folder; write ``config.yaml`` and ``data.json`` (what was read). Returns the latter."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.config, self.dir / CONFIG)
+        # No name: the folder is this run's; `train --config` on this file runs it again in a new one.
+        self.config = dataclasses.replace(self.config, name=None)
+        save_config(self.config, self.dir / CONFIG,
+                    f"# headstart train --config {self.dir / CONFIG}   runs this again, in a new folder\n")
         info = {
             "root": str(ds.root), "layout": ds.layout, "classes": ds.classes, "counts": ds.counts(),
             "fingerprint": data_fingerprint(ds),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 import numpy as np
 import torch
 from torch import nn
@@ -28,12 +29,15 @@ from headstart import strategies as S
 from headstart.advice import advised_config
 from headstart.backbones import Classifier, count_params, create_model
 from headstart.cache import decoded_images
-from headstart.config import TrainConfig, read_yaml, resolve_config
+from headstart.config import TrainConfig, as_trained, read_yaml, resolve_config
 from headstart.data import Dataset, load_dataset_for
-from headstart.evaluation import compute, write_evaluation
 from headstart.distributed import Ranks, launch, parse_devices
 from headstart.errors import ConfigError
+from headstart.evaluation import compute, write_evaluation
 from headstart.frozen import EpochSampler, RankBatches, memory_layout, seed_of, split_indices, training_inputs
+from headstart.loggers import loggers
+from headstart.progress import in_terminal
+from headstart.progress import log as progress_log
 from headstart.report import write_run_report
 from headstart.runs import BEST, Run
 
@@ -153,8 +157,9 @@ class History(L.Callback):
     """One row an epoch in ``history.csv``, written when the epoch (validation included) ends,
     just before the checkpoints are saved: they hold it, so a resumed run continues it."""
 
-    def __init__(self, run: Run):
-        self.run, self.rows, self._start = run, [], 0.0
+    def __init__(self, run: Run, lines: bool = False):
+        # lines: also one line an epoch on the progress logger (off a terminal, where there is no bar)
+        self.run, self.lines, self.rows, self._start = run, lines, [], 0.0
 
     def on_train_epoch_start(self, trainer, module) -> None:
         self._start = time.perf_counter()
@@ -171,6 +176,10 @@ class History(L.Callback):
         })
         if trainer.is_global_zero:
             self.run.write_history(self.rows)
+            if self.lines:
+                r = self.rows[-1]
+                progress_log.info("epoch %d/%d: loss %.4f, accuracy %.4f, val_loss %.4f, val_accuracy %.4f, %.1f s",
+                                  r["epoch"], trainer.max_epochs, loss, acc, val_loss, val_acc, r["seconds"])
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
@@ -186,7 +195,11 @@ def _config(data, config: TrainConfig | None, config_file, resume, overrides: di
     """The run's config; what was asked for explicitly (None: a whole config was passed in); the run to resume."""
     if data is not None:
         overrides["data"] = str(data)
-    asked = None if config is not None else {**(read_yaml(config_file) if config_file else {}), **overrides}
+    from_file = read_yaml(config_file) if config_file else {}
+    if data is None and resume is None and config is None and "data" not in from_file:
+        raise ConfigError("Pass DATA (a dataset folder, a CSV manifest or 'demo'), --resume RUN, or a --config "
+                          "that says data: (a run's own config.yaml does).")
+    asked = None if config is not None else {**from_file, **overrides}
     if resume is not None:
         run = Run.resume(resume, asked or {})
         return run.config, asked, run
@@ -219,22 +232,31 @@ def _loaders(cfg: TrainConfig, inputs: dict, ranks: Ranks) -> dict[str, DataLoad
             "evaluation": DataLoader(inputs["evaluation"], batch_size=cfg.batch_size, **kw)}
 
 
-def _trainer(cfg: TrainConfig, run: Run, ranks: Ranks, progress: bool, callbacks: list) -> L.Trainer:
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+class _Bar(RichProgressBar):
+    """Lightning's progress bar, with epochs counted from 1 as everywhere else in headstart."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"Epoch {current_epoch + 1}/{self.trainer.max_epochs}"
+
+
+def _trainer(cfg: TrainConfig, run: Run, ranks: Ranks, progress: bool, callbacks: list, logger=None) -> L.Trainer:
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     cbs = [ModelCheckpoint(dirpath=run.checkpoints, filename=BEST, monitor="val_loss", mode="min",
                            save_last=True, enable_version_counter=False, save_on_train_epoch_end=True), *callbacks]
     if cfg.early_stopping:
         cbs.append(EarlyStopping(monitor="val_loss", mode="min", patience=cfg.early_stopping))
-    if progress:
-        cbs.append(RichProgressBar())
+    bar = progress and in_terminal()  # off a terminal, History prints a line an epoch instead
+    if bar:
+        cbs.append(_Bar())
     precision = cfg.precision
     if precision == "auto":  # bf16 mixed precision where it pays: on a GPU
         precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
     return L.Trainer(
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=parse_devices(cfg.devices), num_nodes=cfg.num_nodes,
         strategy="ddp" if ranks.world > 1 else "auto", use_distributed_sampler=False,  # RankBatches shares them out
-        precision=precision, deterministic=cfg.deterministic, callbacks=cbs, logger=False, enable_progress_bar=progress,
+        precision=precision, deterministic=cfg.deterministic, callbacks=cbs, enable_progress_bar=bar,
+        logger=[*loggers(cfg.loggers, run.dir), *(logger if isinstance(logger, (list, tuple)) else [logger] if logger else [])] or False,
         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(run.dir),
     )
 
@@ -250,6 +272,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")  # inside Lightning's Fabric
     # val_loss and val_accuracy are summed over the ranks already; loss and accuracy are the progress bar's.
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # we log once an epoch
 
 
 @torch.inference_mode()
@@ -300,8 +323,10 @@ def _evaluate_best(run: Run, trainer: L.Trainer, module: TransferModule, loader:
 
 
 def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, config_file: str | Path | None = None,
-        resume: str | Path | None = None, progress: bool = False, callbacks: list | None = None, **overrides: Any) -> Run:
-    """Train as ``headstart train`` does and return the run. Options as in ``TrainConfig``.
+        resume: str | Path | None = None, progress: bool = False, callbacks: list | None = None, logger: Any = None,
+        **overrides: Any) -> Run:
+    """Train as ``headstart train`` does and return the run. Options as in ``TrainConfig``;
+    ``logger``: Lightning loggers of your own, beside ``loggers=["tensorboard", ...]``.
 
     ``resume`` continues an interrupted run from its ``last.ckpt``: its config and data must be
     the same (options passed here must agree with the saved config).
@@ -316,6 +341,7 @@ def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, co
     ds = load_dataset_for(cfg)
     if cfg.strategy == "auto":
         cfg = advised_config(cfg, ds, asked, progress)
+    cfg = as_trained(cfg)
     model, plan = build_model(cfg, ds.num_classes)
     ds, store = decoded_images(ds, model.preprocessing, progress=progress and ranks.is_zero)
     run = resumed.check_same_data(ds) if resumed else ranks.on_zero(lambda: Run.create(cfg))
@@ -326,8 +352,8 @@ def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, co
     data_info = ranks.on_zero(lambda: run.start(ds))  # every file of the run is rank 0's
     setup_seconds = time.perf_counter() - started
     # 2. Train, keeping the best epoch by validation loss.
-    history = History(run)
-    trainer = _trainer(cfg, run, ranks, progress, [history, *(callbacks or [])])
+    history = History(run, lines=progress and not in_terminal())
+    trainer = _trainer(cfg, run, ranks, progress, [history, *(callbacks or [])], logger)
     run.interrupted = _train(trainer, module, loaders, run, resumed is not None)
     run.history = history.rows
     if run.interrupted or not ranks.is_zero:

@@ -1,0 +1,80 @@
+"""What the CLI prints: the consoles, and the tables of a dataset summary and of an evaluation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+# Piped output (CI logs, files) gets 120 columns rather than rich's 80, so tables are not cut.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 120)
+
+
+def summary(s) -> None:
+    """``headstart inspect``: counts per split and class, in the tutorial's words, sizes and problems."""
+    out.print(f"[bold]{s.root}[/]  layout [cyan]{s.layout}[/], {len(s.classes)} classes")
+    if s.drawn:
+        out.print(f"Drawn from training (stratified, seeded): {', '.join(s.drawn)}")
+    for split, counts in s.counts.items():
+        # The tutorial's own words: "Training data available in 11 classes [994, 429, ...]"
+        out.print(f"{split.capitalize()} data available in {len(counts)} classes")
+        out.print(f"{counts}")
+    table = Table(title="Images per class")
+    table.add_column("id", justify="right")
+    table.add_column("class")
+    for split in s.counts:
+        table.add_column(split, justify="right")
+    table.add_column("total", justify="right")
+    for i, name in enumerate(s.classes):
+        row = [s.counts[split][i] for split in s.counts]
+        table.add_row(str(i), name, *map(str, row), str(sum(row)))
+    totals = [sum(s.counts[split]) for split in s.counts]
+    table.add_row("", "[bold]all[/]", *map(str, totals), str(sum(totals)))
+    out.print(table)
+    train = s.counts["training"]
+    out.print(
+        f"Imbalance (largest / smallest training class): {s.imbalance} "
+        f"({s.classes[train.index(max(train))]} {max(train)} / {s.classes[train.index(min(train))]} {min(train)})",
+    )
+    w, h = s.sizes["width"], s.sizes["height"]
+    out.print(
+        f"Image sizes: width {w['min']}-{w['max']} (median {w['median']}), height {h['min']}-{h['max']} "
+        f"(median {h['median']}); {s.distinct_sizes} distinct sizes",
+    )
+    out.print("Modes: " + ", ".join(f"{k} {v}" for k, v in s.modes.items())
+              + "; formats: " + ", ".join(f"{k} {v}" for k, v in s.formats.items()))
+    if s.problems:
+        out.print(f"[yellow]Skipped {len(s.problems)} unreadable image(s):[/]")
+        for p in s.problems:
+            out.print(f"  {p['path']}: {p['reason']}")
+    else:
+        out.print("No unreadable images.")
+    if s.ignored:
+        shown = ", ".join(Path(p).name for p in s.ignored[:5]) + (", ..." if len(s.ignored) > 5 else "")
+        out.print(f"Ignored {len(s.ignored)} file(s) that are not images: {shown}")
+
+
+def evaluation(ev) -> None:
+    """``headstart evaluate``: the tutorial's accuracy and number correct, the confusion matrix, per-class scores."""
+    out.print(f"Accuracy on {ev.split} data: {ev.accuracy:.4f}")
+    out.print(f"Number of correctly identified images: {ev.correct} of {ev.total}")
+    for k, v in ev.top_k.items():
+        out.print(f"Top-{k} accuracy: {v:.4f}")
+    table = Table(title=f"Confusion matrix ({ev.split}): rows true, columns predicted")
+    table.add_column("true \\ predicted")
+    for i in range(len(ev.classes)):
+        table.add_column(str(i), justify="right")
+    for i, (name, row) in enumerate(zip(ev.classes, ev.confusion)):
+        table.add_row(f"{i} {name}", *[f"[bold]{v}[/]" if j == i else str(v) for j, v in enumerate(row.tolist())])
+    out.print(table)
+    per = Table(title="Per class")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        per.add_column(col, justify="left" if col == "class" else "right")
+    for r in ev.per_class:
+        per.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+    out.print(per)
+    if ev.most_confused:
+        out.print("Most confused: " + "; ".join(f"{c['true']} -> {c['predicted']} ({c['count']})" for c in ev.most_confused))
