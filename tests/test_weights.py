@@ -173,3 +173,32 @@ def test_center_crop_is_the_centre_square_resized_even_for_extreme_shapes():
     thin = Image.new("RGB", (1, 100_000), (10, 200, 30))
     assert pre.resize_image(thin).size == (32, 32)
     assert np.asarray(pre.resize_image(thin))[16, 16].tolist() == [10, 200, 30]
+
+
+def test_an_unreachable_hub_fails_fast_without_trying_to_download(monkeypatch):
+    import socket
+
+    import timm
+
+    from headstart import weights as hs_weights
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    tried = []
+
+    def unreachable(address, timeout=None):
+        tried.append((address, timeout))
+        raise OSError("Network is unreachable")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError(f"a download was tried: {args} {kwargs}")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(timm, "create_model", no_download)
+    with pytest.raises(WeightsError, match="Could not fetch the pretrained weights of 'resnet50.a1_in1k'.*HF_HUB_OFFLINE=1"):
+        create_model("resnet50", 3, weights="hub")
+    assert tried == [(("huggingface.co", 443), 3.0)]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline on purpose: the hub's cache answers, no check
+    hs_weights.check_hub("resnet50", "huggingface.co")
+    assert len(tried) == 1

@@ -40,7 +40,7 @@ from headstart.backbones import create_model
 from headstart.cache import decoded_images
 from headstart.config import TrainConfig
 from headstart.data import Dataset, load_dataset
-from headstart.errors import DataError
+from headstart.errors import ConfigError, DataError
 from headstart.frozen import extract_features
 from headstart.strategies import resolve_freeze
 
@@ -157,7 +157,7 @@ def measure_similarity(ds: Dataset, backbone: str, weights: str = "default", inp
     """
     try:  # keep the ImageNet classifier when the weights have one: its confidence is a signal
         model = create_model(backbone, 1000, weights=weights, head="pretrained", input_size=input_size)
-    except Exception:
+    except ConfigError:  # none to keep (weights that cannot be had are a WeightsError: said once)
         model = create_model(backbone, ds.num_classes, weights=weights, input_size=input_size)
     model.eval()
     if decode_all:

@@ -127,6 +127,8 @@ def _make_timm(name: str, pretrained: bool, input_size: int | None) -> nn.Module
     import timm
 
     kwargs = {"pretrained": pretrained}
+    if pretrained:
+        W.check_hub(name, "huggingface.co")
     try:
         if input_size:
             try:  # ViTs are built for one input size (timm resamples pretrained position embeddings)

@@ -107,10 +107,13 @@ class VGG16Body(Body):
 
 def _vgg16_hub_state(backbone: str) -> dict:
     """torchvision's ImageNet VGG16 weights (the convolutional part), downloaded when online."""
-    try:
-        from torchvision.models import VGG16_Weights
+    from torchvision.models import VGG16_Weights
 
-        state = VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+    weights = VGG16_Weights.IMAGENET1K_V1
+    if not (Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name).is_file():  # else: downloaded before
+        W.check_hub(backbone, "download.pytorch.org")
+    try:
+        state = weights.get_state_dict(progress=True)
     except Exception as e:  # offline: urllib raises many kinds
         raise W.hub_error(backbone, e) from None
     return {k: v for k, v in state.items() if k.startswith("features.")}

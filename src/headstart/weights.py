@@ -15,6 +15,8 @@ Every source comes with the preprocessing its weights were trained with (see ``P
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,10 +240,25 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     return report
 
 
+def check_hub(name: str, host: str, timeout: float = 3.0) -> None:
+    """Fail within seconds when ``host`` cannot be reached, rather than after a download's ~45 s
+    of retries. Skipped offline on purpose (``HF_HUB_OFFLINE=1``: the hub's own cache answers) and
+    behind a proxy (only the download knows the way)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as e:
+        raise hub_error(name, e) from None
+
+
 def hub_error(name: str, error: Exception) -> WeightsError:
     return WeightsError(
         f"Could not fetch the pretrained weights of '{name}' from the hub ({type(error).__name__}: "
         f"{str(error).splitlines()[0] if str(error) else 'no details'}). Are you offline? Pass a weights "
         "file with --weights FILE (.pth, .safetensors or Keras .h5), use the bundled backbone "
-        "(--backbone efficientnet_lite0), or --weights none to start from random weights."
+        "(--backbone efficientnet_lite0), or --weights none to start from random weights; with weights "
+        "downloaded before, set HF_HUB_OFFLINE=1."
     )
