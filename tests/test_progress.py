@@ -22,7 +22,9 @@ def test_a_line_an_epoch_and_progress_lines_off_a_terminal(tiny, tmp_path: Path,
     decoding = [line for line in lines if line.startswith("Decoding images (once): ")]
     assert decoding[0] == "Decoding images (once): 0/42" and decoding[-1].startswith("Decoding images (once): 42/42 (100 %)")
     assert 3 <= len(decoding) <= 12  # about every 10 %
-    assert any(line.startswith("Computing features (once): ") for line in lines)
+    assert [line.split(":")[0] for line in lines if line.startswith("Computing") and line.endswith(": 0/1")] == [
+        "Computing features (once) for training", "Computing features (once) for validation",
+        "Computing features (once) for evaluation"]  # 24, 9 and 9 images: one batch of 64 each
 
     quiet = CliRunner().invoke(app, ["--quiet", *args, "--name", "quiet"])
     assert quiet.exit_code == 0 and quiet.stderr.strip() == ""

@@ -31,12 +31,12 @@ def track(items: Iterable[T], total: int, description: str, enabled: bool = True
 
         yield from bar(items, total=total, description=description, transient=True)
         return
-    start, step, shown = time.perf_counter(), max(1, total // 10), 0
+    start, tenths, shown = time.perf_counter(), 0, 0
     log.info("%s: 0/%d", description, total)
     for n, item in enumerate(items, start=1):
         yield item
-        if n % step == 0 or n == total:
-            shown = n
+        if 10 * n // total > tenths:  # crossed the next 10 %: at most ten lines
+            tenths, shown = 10 * n // total, n
             log.info("%s: %d/%d (%d %%), %.1f s", description, n, total, 100 * n // total, time.perf_counter() - start)
     if shown != total:  # fewer items than announced
         log.info("%s: done, %.1f s", description, time.perf_counter() - start)
