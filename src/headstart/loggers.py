@@ -36,8 +36,16 @@ def loggers(names: list[str], run_dir: Path) -> list:
     made = {
         "csv": lambda: lg.CSVLogger(save_dir=run_dir, name="logs"),
         "tensorboard": lambda: lg.TensorBoardLogger(save_dir=run_dir, name="logs", default_hp_metric=False),
-        "mlflow": lambda: lg.MLFlowLogger(experiment_name="headstart", run_name=run_dir.name,
-                                          tracking_uri=(run_dir / "mlruns").resolve().as_uri()),
+        "mlflow": lambda: _mlflow(lg, run_dir),
         "wandb": lambda: lg.WandbLogger(name=run_dir.name, save_dir=run_dir, offline=True),
     }
     return [made[name]() for name in dict.fromkeys(names)]
+
+
+def _mlflow(lg, run_dir: Path):
+    import os
+
+    # A local file store needs no server and works offline; MLflow 3 asks for this to allow it.
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return lg.MLFlowLogger(experiment_name="headstart", run_name=run_dir.name,
+                           tracking_uri=(run_dir / "mlruns").resolve().as_uri())
