@@ -38,3 +38,11 @@ def test_version():
 def test_every_command_that_takes_data_takes_a_layout():
     for command in ("inspect", "train", "compare", "advise"):
         assert "--layout" in _help(command), command
+
+
+def test_choices_are_listed_and_checked_before_anything_runs(tmp_path):
+    train = _help("train")
+    assert "<features|partial|half|full|gradual|scratch|auto>" in train and "<food11|folders|csv>" in train
+    result = runner.invoke(app, ["train", "demo", "--strategy", "fulll", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "'fulll' is not one of" in result.output
+    assert not any(tmp_path.iterdir())

@@ -105,4 +105,4 @@ def test_evaluate_cli(demo_run, tmp_path: Path):
     assert (demo_run.dir / "confusion_matrix-validation.png").stat().st_size > 10_000
     assert runner.invoke(app, ["evaluate", str(tmp_path)]).exit_code == 2
     bad = runner.invoke(app, ["evaluate", str(demo_run.dir), "--split", "test"])
-    assert bad.exit_code == 2 and "Unknown split 'test'" in bad.output
+    assert bad.exit_code == 2 and "Invalid value for '--split'" in bad.output and "'test' is not one of" in bad.output

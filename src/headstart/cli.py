@@ -10,7 +10,7 @@ import functools
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 from rich.logging import RichHandler
@@ -19,9 +19,10 @@ from rich.table import Table
 
 from headstart import show
 from headstart._version import __version__
+from headstart.config import ACCELERATORS, RECIPES, STRATEGIES
 from headstart.errors import HeadstartError
 from headstart.images import MAX_PIXELS
-from headstart.layouts import LAYOUTS
+from headstart.layouts import LAYOUTS, SPLITS
 from headstart.show import err, out
 
 app = typer.Typer(
@@ -31,6 +32,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+# Choices: validated, shown in --help and completed, from the lists the library checks against.
+StrategyName = Literal[(*STRATEGIES, "auto")]
+RecipeName = Literal[tuple(RECIPES)]
+LayoutName = Literal[LAYOUTS]
+AcceleratorName = Literal[ACCELERATORS]
+SplitName = Literal[SPLITS]
+PrintFormat = Literal["table", "json", "csv"]
+
 DATA_HELP = "Dataset folder (food11, folders layout), CSV manifest, or the word 'demo'."
 
 
@@ -92,7 +101,7 @@ def inspect(
     out_dir: Optional[Path] = typer.Option(
         None, "--out", help="Where to write the pictures and inspect.json.", show_default="runs/inspect-<name>"
     ),
-    layout: Optional[str] = typer.Option(
+    layout: Optional[LayoutName] = typer.Option(
         None, help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected"
     ),
     val_fraction: float = typer.Option(0.2, help="Share of training drawn for validation when the data has none."),
@@ -151,11 +160,11 @@ def train(
     data: Optional[str] = typer.Argument(None, help=DATA_HELP + " Not needed with --resume, or a --config that has data:."),
     backbone: Optional[str] = typer.Option(None, help="Curated name or any timm model.", show_default="efficientnet_lite0"),
     weights: Optional[str] = typer.Option(None, help="default, bundled, hub, none, or a file.", show_default="default"),
-    strategy: Optional[str] = typer.Option(None, help="features, partial, half, full, gradual, scratch, or auto (headstart advise).", show_default="features"),
+    strategy: Optional[StrategyName] = typer.Option(None, help="features, partial, half, full, gradual, scratch, or auto (headstart advise).", show_default="features"),
     freeze: Optional[str] = typer.Option(None, help="partial: groups frozen: a count, a fraction, a group name or 'half'.", show_default="half"),
     freeze_layers: Optional[int] = typer.Option(None, help="partial, vgg16: Keras layers frozen (the tutorial's half: 10).", show_default="by groups"),
-    recipe: Optional[str] = typer.Option(None, help="default (AdamW, cosine, augmentation...) or seed (the tutorial's).", show_default="default"),
-    layout: Optional[str] = typer.Option(None, help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected"),
+    recipe: Optional[RecipeName] = typer.Option(None, help="default (AdamW, cosine, augmentation...) or seed (the tutorial's).", show_default="default"),
+    layout: Optional[LayoutName] = typer.Option(None, help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected"),
     config: Optional[Path] = typer.Option(None, "--config", help="A YAML file of options (a run's config.yaml runs it again); flags override it.", show_default="none"),
     epochs: Optional[int] = typer.Option(None, help="Epochs.", show_default="recipe: 15 default, 10 seed"),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size, shared among the devices.", show_default="32"),
@@ -167,7 +176,7 @@ def train(
     unfreeze_every: Optional[int] = typer.Option(None, help="gradual: epochs between unfreezing groups.", show_default="2"),
     seed: Optional[int] = typer.Option(None, help="Random seed.", show_default="0"),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic algorithms (slower).", show_default="off"),
-    accelerator: Optional[str] = typer.Option(None, help="cpu, gpu or auto (a GPU where there is one).", show_default="auto"),
+    accelerator: Optional[AcceleratorName] = typer.Option(None, help="cpu, gpu or auto (a GPU where there is one).", show_default="auto"),
     devices: Optional[str] = typer.Option(None, help="Devices per machine, one process each: a count, ids (0,1), or auto.", show_default="auto: every GPU, or 1 CPU process"),
     num_nodes: Optional[int] = typer.Option(None, help="Machines, for torchrun or SLURM.", show_default="1"),
     num_workers: Optional[int] = typer.Option(None, help="DataLoader workers.", show_default="0: images come from a memory-mapped cache"),
@@ -203,7 +212,7 @@ def train(
 def evaluate(
     run: Path = typer.Argument(..., help="A run folder (runs/NAME)."),
     data: Optional[str] = typer.Option(None, help="Evaluate on other data with the same classes.", show_default="the run's"),
-    split: str = typer.Option("evaluation", help="training, validation or evaluation."),
+    split: SplitName = typer.Option("evaluation", help="The split to evaluate."),
     device: str = typer.Option("auto", help="auto (a GPU where there is one), cpu, gpu or cuda:N."),
 ) -> None:
     """Accuracy, number correct, confusion matrix, per-class scores and top-k of a run's best checkpoint."""
@@ -222,18 +231,18 @@ def compare(
     strategies: str = typer.Option("features,half,full", help="Comma-separated strategies to compare; 'auto' is the advised one."),
     backbone: Optional[str] = typer.Option(None, help="Backbone for every strategy.", show_default="efficientnet_lite0"),
     weights: Optional[str] = typer.Option(None, help="default, bundled, hub, none, or a file.", show_default="default"),
-    recipe: Optional[str] = typer.Option(None, help="default or seed (the tutorial's).", show_default="default"),
+    recipe: Optional[RecipeName] = typer.Option(None, help="default or seed (the tutorial's).", show_default="default"),
     freeze_layers: Optional[int] = typer.Option(None, help="vgg16: Keras layers frozen by 'half' (the tutorial: 10).", show_default="by groups"),
     epochs: Optional[int] = typer.Option(None, help="Epochs per strategy.", show_default="recipe's"),
     input_size: Optional[int] = typer.Option(None, help="Input size in pixels.", show_default="the weights': 224"),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size, shared among the devices.", show_default="32"),
     seed: Optional[int] = typer.Option(None, help="Random seed, the same for every strategy.", show_default="0"),
-    accelerator: Optional[str] = typer.Option(None, help="cpu, gpu or auto.", show_default="auto"),
+    accelerator: Optional[AcceleratorName] = typer.Option(None, help="cpu, gpu or auto.", show_default="auto"),
     devices: Optional[str] = typer.Option(None, help="Devices per machine, one process each.", show_default="auto"),
     num_nodes: Optional[int] = typer.Option(None, help="Machines, for torchrun or SLURM.", show_default="1"),
     runs_dir: str = typer.Option("runs", help="Where the comparison folder goes."),
     name: Optional[str] = typer.Option(None, help="Comparison folder name.", show_default="compare-<data>-<time>"),
-    layout: Optional[str] = typer.Option(None, help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected"),
+    layout: Optional[LayoutName] = typer.Option(None, help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected"),
     advise: bool = typer.Option(True, "--advise/--no-advise", help="Measure the data first; the report shows the advised strategy."),
 ) -> None:
     """Train several strategies on the same data and seed; one report compares them."""
@@ -273,7 +282,7 @@ def advise(
     sample: int = typer.Option(60, min=5, help="Images per class probed (a bounded sample)."),
     seed: int = typer.Option(0, help="Seed of the sample and of drawn splits."),
     as_json: bool = typer.Option(False, "--json", help="Print the advice as JSON."),
-    layout: Optional[str] = typer.Option(None, help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected"),
+    layout: Optional[LayoutName] = typer.Option(None, help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected"),
 ) -> None:
     """Measure DATA (size; similarity to the pretraining data) and recommend a strategy by the rules."""
     import json
@@ -309,7 +318,7 @@ def predict(
     run: Path = typer.Argument(..., help="A run folder (runs/NAME), a .ckpt checkpoint or a saved .safetensors model."),
     images: list[Path] = typer.Argument(..., help="Image files and folders (walked recursively)."),
     top_k: int = typer.Option(3, min=1, help="Classes shown per image."),
-    format: str = typer.Option("table", "--format", help="table, json or csv."),
+    format: PrintFormat = typer.Option("table", "--format", help="How to print them."),
     batch_size: int = typer.Option(32, min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto (a GPU where there is one), cpu, gpu or cuda:N."),
 ) -> None:
@@ -319,8 +328,6 @@ def predict(
 
     from headstart.predict import load
 
-    if format not in ("table", "json", "csv"):
-        raise _fail(f"Unknown --format '{format}'. Choose one of: table, json, csv.")
     results = load(run, device=device).predict(images, top_k=top_k, batch_size=batch_size)
     failed = [r for r in results if r.error]
     if format == "json":

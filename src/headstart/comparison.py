@@ -27,7 +27,7 @@ from headstart.distributed import launch, parse_devices
 from headstart.errors import ConfigError, RunError
 from headstart.report import REPORT_HTML, write_compare_report
 from headstart.runs import Run
-from headstart.strategies import STRATEGIES
+from headstart.config import STRATEGIES
 from headstart.training import fit
 
 FREEZE = ("freeze", "freeze_layers")

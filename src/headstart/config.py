@@ -20,7 +20,6 @@ import yaml
 from headstart._files import write_text
 from headstart.errors import ConfigError
 from headstart.loggers import check as check_loggers
-from headstart.strategies import STRATEGIES
 
 
 @dataclass
@@ -88,6 +87,8 @@ SEED = dict(
 RECIPES: dict[str, dict[str, Any]] = {"default": {}, "seed": SEED}
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
+# The strategies headstart.strategies knows (and "auto": the advised one, headstart.advice).
+STRATEGIES = ("features", "partial", "half", "full", "gradual", "scratch")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from headstart.backbones import Classifier, count_params
+from headstart.config import STRATEGIES
 from headstart.errors import ConfigError
 
-STRATEGIES = ("features", "partial", "half", "full", "gradual", "scratch")
 
 
 @dataclass
