@@ -16,11 +16,13 @@ from headstart.errors import ConfigError
 from headstart.training import fit
 
 
-def test_tensorboard_and_csv_get_the_epoch_metrics(tiny, tmp_path: Path):
+def test_tensorboard_csv_and_a_logger_of_ones_own_get_the_epoch_metrics(tiny, tmp_path: Path):
+    from lightning.pytorch.loggers import CSVLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run = fit(tiny, strategy="features", epochs=3, runs_dir=tmp_path, name="tb", loggers=["tensorboard", "csv"],
-              **TINY_OPTIONS)
+    mine = CSVLogger(save_dir=tmp_path / "mine", name="x")  # fit(logger=...): any Lightning logger
+    run = fit(tiny, strategy="features", epochs=3, runs_dir=tmp_path / "runs", name="tb", loggers=["tensorboard", "csv"],
+              logger=mine, **TINY_OPTIONS)
     events = list((run.dir / "logs").rglob("events.out.tfevents.*"))
     assert events, sorted(p.relative_to(run.dir).as_posix() for p in run.dir.rglob("*"))
     board = EventAccumulator(str(events[0].parent))
@@ -31,6 +33,8 @@ def test_tensorboard_and_csv_get_the_epoch_metrics(tiny, tmp_path: Path):
     with next((run.dir / "logs").rglob("metrics.csv")).open() as f:
         rows = [r for r in csv.DictReader(f) if r.get("val_loss")]
     assert [float(r["val_loss"]) for r in rows] == pytest.approx(logged, rel=1e-5)
+    with next((tmp_path / "mine").rglob("metrics.csv")).open() as f:
+        assert [float(r["val_loss"]) for r in csv.DictReader(f) if r.get("val_loss")] == pytest.approx(logged, rel=1e-5)
     assert run.config.loggers == ["tensorboard", "csv"]
 
 
