@@ -19,13 +19,13 @@ import pytest
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="process groups and SIGINT")
 
 
-def _command(tiny: Path, runs: Path, name: str, devices: int, *extra: str) -> list[str]:
+def _command(tiny: Path, runs: Path, name: str, devices: int, *extra: str, batch: int = 8) -> list[str]:
     # No dropout: then two ranks compute what one process computes, up to the order of float sums.
     config = runs / "nodropout.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text("head_dropout: 0.0\n")
     return [sys.executable, "-m", "headstart", "--verbose", "train", str(tiny), "--config", str(config),
-            "--accelerator", "cpu", "--devices", str(devices), "--input-size", "32", "--batch-size", "8",
+            "--accelerator", "cpu", "--devices", str(devices), "--input-size", "32", "--batch-size", str(batch),
             "--runs-dir", str(runs), "--name", name, *extra]
 
 
@@ -40,11 +40,12 @@ def _history(run: Path) -> list[dict]:
         return [{k: float(v) if v else None for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("strategy", ["features", "half"])
-def test_two_ranks_train_as_one_process_does(tiny, tmp_path: Path, strategy: str):
+# features with batches of 7 (24 images: 7, 7, 7, 3): shares of 4 and 3, 2 and 1, weighed by their size.
+@pytest.mark.parametrize("strategy, batch", [("features", 7), ("half", 8)])
+def test_two_ranks_train_as_one_process_does(tiny, tmp_path: Path, strategy: str, batch: int):
     extra = ["--strategy", strategy, "--epochs", "3", "--no-augment"]
-    two = _run(_command(tiny, tmp_path / "runs", "two", 2, *extra))
-    _run(_command(tiny, tmp_path / "single", "one", 1, *extra))
+    two = _run(_command(tiny, tmp_path / "runs", "two", 2, *extra, batch=batch))
+    _run(_command(tiny, tmp_path / "single", "one", 1, *extra, batch=batch))
     # One run folder; every file written by one rank, once (history.csv: once an epoch).
     assert sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()) == ["two"]
     written = Counter(Path(p).name for p in re.findall(r"wrote (\S+)", two.stderr))

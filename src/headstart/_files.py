@@ -36,6 +36,12 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it
-    os.umask(mask)
-    return mask
+    """The process's umask, read without changing it where Linux says it (no window in which
+    another thread would create files with none)."""
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0)  # elsewhere the only way to read it is to set it
+        os.umask(mask)
+        return mask

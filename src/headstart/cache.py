@@ -100,11 +100,11 @@ def decoded_images(
     root.mkdir(parents=True, exist_ok=True)
     key = cache_key(ds.samples, pre)
     npy, index = root / f"{key}.npy", root / f"{key}.json"
-    if not index.exists():
+    if not (index.exists() and npy.exists()):
         # One process per machine builds (several ranks of a distributed run, two runs at once);
         # the others wait for the lock, then find the whole cache (the index is written last).
         with FileLock(root / f"{key}.lock"):
-            if not index.exists():
+            if not (index.exists() and npy.exists()):
                 _build(ds.samples, pre, npy, index, progress)
     log.info("decoded images from the cache %s", npy)
     errors = json.loads(index.read_text())["errors"]

@@ -44,7 +44,10 @@ DATA_HELP = "Dataset folder (food11, folders layout), CSV manifest, or the word 
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}")  # a message's own brackets are not markup
+    from headstart.distributed import is_main_process
+
+    if is_main_process():  # with several ranks, they all stop; rank 0 says why
+        err.print(f"[bold red]error:[/] {escape(message)}")  # a message's own brackets are not markup
     return typer.Exit(code)
 
 
@@ -197,7 +200,8 @@ def train(
     if not is_main_process():  # the other ranks of a distributed run: rank 0 reports
         return
     if run.interrupted:
-        err.print(f"[yellow]Interrupted.[/] Resume with: headstart train --resume {run.dir}")
+        if run.last_checkpoint.exists():
+            err.print(f"[yellow]Interrupted.[/] Resume with: headstart train --resume {run.dir}")
         raise typer.Exit(130)
     m = run.metrics
     out.print(f"Accuracy on evaluation data: {m['accuracy']:.4f}")

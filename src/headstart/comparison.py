@@ -133,8 +133,8 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
     out = ranks.on_zero(lambda: _new_folder(Path(runs_dir) / (name or f"compare-{label}-{datetime.now():%Y%m%d-%H%M%S}")))
     advice = None
     if advise or "auto" in strategies:
-        advice = measure(load_dataset_for(cfg), cfg.backbone, cfg.weights, cfg.input_size, seed=cfg.seed, progress=progress,
-                         decode_all=True)  # every run reads the same cache next
+        advice = ranks.on_zero(lambda: measure(load_dataset_for(cfg), cfg.backbone, cfg.weights, cfg.input_size, seed=cfg.seed, progress=progress,
+                         decode_all=True))  # every run reads the same cache next; measured once, on rank 0
         strategies = list(dict.fromkeys(advice.strategy if s == "auto" else s for s in strategies))
     runs = {}
     for strategy in strategies:

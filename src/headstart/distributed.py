@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from headstart.errors import ConfigError, HeadstartError
+from headstart.errors import ConfigError, HeadstartError, RunError
 
 # Rows moved per collective call when gathering: bounds the memory a gather needs on a GPU.
 GATHER_ROWS = 4096
@@ -49,6 +49,10 @@ class Ranks:
                 result = fn()
             except HeadstartError as e:
                 error = e
+            except Exception as e:  # e.g. an unwritable runs folder: the other ranks must not wait for ever
+                if self.fabric is None:
+                    raise
+                error = RunError(f"Rank 0 failed: {type(e).__name__}: {e}")
         if self.fabric is not None:
             result, error = self.fabric.broadcast((result, error), src=0)
         if error is not None:

@@ -118,7 +118,8 @@ def split_indices(ds: Dataset) -> dict[str, tuple[list[int], list[int]]]:
 @torch.inference_mode()
 def extract_features(model: Classifier, store: ImageStore, indices: list[int], batch_size: int = 64,
                      device: str | torch.device = "cpu", progress: bool = False, upto: nn.Module | None = None,
-                     dtype: torch.dtype = torch.float32, channels_last: bool = False, split: str = "") -> torch.Tensor:
+                     dtype: torch.dtype = torch.float32, channels_last: bool = False, split: str = "",
+                     bf16: bool = False) -> torch.Tensor:
     """What a frozen part of the model makes of the given images, computed once: the pooled
     features (``model.forward_features``), or the activations of the frozen prefix ``upto``."""
     device = torch.device(device)
@@ -127,7 +128,7 @@ def extract_features(model: Classifier, store: ImageStore, indices: list[int], b
     # No images (a rank's share of a tiny split): one is run all the same, for the output's shape.
     loader = DataLoader(ImageSet(store, indices or [0], [0] * max(len(indices), 1), augment=False), batch_size=batch_size)
     what = "features" if upto is None else "frozen layers"
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):  # GPU: bf16 matmuls
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):  # as training
         chunks = [fn(memory_layout(x.to(device), channels_last)).to(dtype).cpu()
                   for x, _ in track(loader, len(loader), f"Computing {what} (once)" + (f" for {split}" if split else ""),
                                     progress)]
@@ -165,7 +166,8 @@ def training_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: Ima
         for s, (idx, y) in splits.items():
             mine = [idx[i] for i in ranks.share(len(idx))]
             rows = extract_features(model, store, mine, device=ranks.device, progress=progress and ranks.is_zero,
-                                    channels_last=cfg.channels_last, split=s, **kw)
+                                    channels_last=cfg.channels_last, split=s, bf16=cfg.precision in ("auto", "bf16-mixed"),
+                                    **kw)
             log.info("frozen pass, %s: rank %d of %d computed %d of %d images", s, ranks.rank, ranks.world, len(mine), len(idx))
             out[s] = TensorDataset(ranks.gather_rows(rows, len(idx)), torch.tensor(y))
         model.cpu()

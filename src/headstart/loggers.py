@@ -1,6 +1,6 @@
 """Experiment trackers through Lightning's loggers, writing inside the run folder.
 
-``--logger csv`` (``logs/version_0/metrics.csv``), ``--logger tensorboard`` (``logs/``: open it with
+``--logger csv`` (``logs/csv/metrics.csv``), ``--logger tensorboard`` (``logs/tensorboard/``: open it with
 ``tensorboard --logdir runs/``), ``--logger mlflow`` (a local file store, ``mlruns/``; ``pip install
 'headstart[mlflow]'``) and ``--logger wandb`` (offline, ``wandb/``; ``pip install 'headstart[wandb]'``;
 ``wandb sync`` uploads it later). Each gets the epoch's loss, accuracy, val_loss and val_accuracy.
@@ -34,8 +34,10 @@ def loggers(names: list[str], run_dir: Path) -> list:
     from lightning.pytorch import loggers as lg
 
     made = {
-        "csv": lambda: lg.CSVLogger(save_dir=run_dir, name="logs"),
-        "tensorboard": lambda: lg.TensorBoardLogger(save_dir=run_dir, name="logs", default_hp_metric=False),
+        # logs/csv/metrics.csv, logs/tensorboard/events.*: one folder each, the same on resume
+        "csv": lambda: lg.CSVLogger(save_dir=run_dir / "logs", name="csv", version=""),
+        "tensorboard": lambda: lg.TensorBoardLogger(save_dir=run_dir / "logs", name="tensorboard", version="",
+                                                    default_hp_metric=False),
         "mlflow": lambda: _mlflow(lg, run_dir),
         "wandb": lambda: lg.WandbLogger(name=run_dir.name, save_dir=run_dir, offline=True),
     }

@@ -127,8 +127,12 @@ def _make_timm(name: str, pretrained: bool, input_size: int | None) -> nn.Module
     import timm
 
     kwargs = {"pretrained": pretrained}
-    if pretrained:
-        W.check_hub(name, "huggingface.co")
+    if pretrained and not _hub_cached(name):
+        from urllib.parse import urlparse
+
+        from huggingface_hub import constants
+
+        W.check_hub(name, urlparse(constants.ENDPOINT).hostname or "huggingface.co")  # HF_ENDPOINT: a mirror
     try:
         if input_size:
             try:  # ViTs are built for one input size (timm resamples pretrained position embeddings)
@@ -140,6 +144,17 @@ def _make_timm(name: str, pretrained: bool, input_size: int | None) -> nn.Module
         if not pretrained:
             raise ConfigError(f"timm cannot build '{name}': {e}") from None
         raise W.hub_error(name, e) from None
+
+
+def _hub_cached(name: str) -> bool:
+    """Whether timm's weights for ``name`` were downloaded before (the hub's cache can answer offline)."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None)
+    return bool(repo) and any(isinstance(try_to_load_from_cache(repo, f), str)
+                              for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
 
 
 def _timm_preprocessing(net: nn.Module) -> Preprocessing:

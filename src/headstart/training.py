@@ -66,9 +66,10 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
 class TransferModule(L.LightningModule):
     """The model, its loss, optimizer and schedule, on images or on what frozen layers made of them."""
 
-    def __init__(self, model: Classifier, cfg: TrainConfig, steps_per_epoch: int, extra: dict, trunk=None):
+    def __init__(self, model: Classifier, cfg: TrainConfig, steps_per_epoch: int, extra: dict, trunk=None,
+                 train_size: int = 0):
         super().__init__()
-        self.model, self.cfg = model, cfg
+        self.model, self.cfg, self.train_size = model, cfg, train_size
         # What turns a batch into pooled features: the whole body on images; nothing on cached
         # features; the layers after the frozen prefix on its cached activations.
         self.trunk = trunk or model.forward_features
@@ -90,21 +91,34 @@ class TransferModule(L.LightningModule):
         loss = (self.train_loss_fn if stage == "train" else self.eval_loss_fn)(logits, y)
         correct = (logits.argmax(1) == y).sum()
         if stage == "train":  # this rank's, for the progress bar; the epoch's figures are summed over the ranks
-            self.log("loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-            self.log("accuracy", correct / len(y), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+            self.log("batch_loss", loss, prog_bar=True, logger=False)
         # Epoch sums of our own (loss, correct, count), added up over the ranks at the epoch's end.
         stats = self.epoch_stats[stage]
         stats += torch.stack([loss.detach().float() * len(y), correct.float(), torch.tensor(float(len(y)), device=y.device)])
         return loss
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        world = self.trainer.world_size
+        if world > 1 and self.train_size:
+            # DDP averages the ranks' gradients, each rank's loss a mean over its share: weigh each
+            # share by its size, so the step is the whole global batch's mean even when it does
+            # not split evenly (a batch of 7 on 2 ranks; the last, smaller batch of an epoch).
+            whole = max(min(self.cfg.batch_size, self.train_size - batch_idx * self.cfg.batch_size), world)
+            loss = loss * (len(batch[1]) * world / whole)
+        return loss
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
 
     def on_validation_epoch_start(self) -> None:
         self.epoch_stats["val"] = torch.zeros(3, device=self.device)
+
+    def on_train_epoch_end(self) -> None:
+        # For the loggers: the epoch's figures over every rank's samples (history.csv has the same).
+        loss, accuracy = self.epoch_means("train")
+        self.log("loss", loss)
+        self.log("accuracy", accuracy)
 
     def on_validation_epoch_end(self) -> None:
         # What early stopping and the best checkpoint go by: the same figure on every rank.
@@ -298,7 +312,9 @@ def _train(trainer: L.Trainer, module: TransferModule, loaders: dict, run: Run, 
             raise
         if not run.last_checkpoint.exists() and trainer.world_size == 1:  # with ranks, some may be gone already
             trainer.save_checkpoint(run.last_checkpoint)
-        log.warning("Interrupted. Resume with: headstart train --resume %s", run.dir)
+        if trainer.is_global_zero:
+            log.warning("Interrupted. %s", f"Resume with: headstart train --resume {run.dir}" if run.last_checkpoint.exists()
+                        else "No epoch had finished: nothing to resume.")
         return True
     return False
 
@@ -339,8 +355,8 @@ def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, co
     ranks = launch(cfg.accelerator, parse_devices(cfg.devices), cfg.num_nodes)  # one process per device
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ds = load_dataset_for(cfg)
-    if cfg.strategy == "auto":
-        cfg = advised_config(cfg, ds, asked, progress)
+    if cfg.strategy == "auto":  # measured once, on rank 0
+        cfg = ranks.on_zero(lambda: advised_config(cfg, ds, asked, progress))
     cfg = as_trained(cfg)
     model, plan = build_model(cfg, ds.num_classes)
     ds, store = decoded_images(ds, model.preprocessing, progress=progress and ranks.is_zero)
@@ -348,7 +364,7 @@ def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, co
     inputs, trunk = training_inputs(cfg, model, ds, store, progress, ranks)
     loaders = _loaders(cfg, inputs, ranks)
     module = TransferModule(model, cfg, len(loaders["training"]), {"classes": ds.classes, "strategy_plan": plan.__dict__},
-                            trunk)
+                            trunk, len(inputs["training"]))
     data_info = ranks.on_zero(lambda: run.start(ds))  # every file of the run is rank 0's
     setup_seconds = time.perf_counter() - started
     # 2. Train, keeping the best epoch by validation loss.
