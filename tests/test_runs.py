@@ -5,12 +5,16 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from typer.testing import CliRunner
+
+from headstart.cli import app
 from headstart.errors import RunError
 from headstart.predict import load
 from headstart.runs import HISTORY_COLUMNS, Run, data_fingerprint, load_checkpoint, load_model
@@ -19,7 +23,8 @@ from headstart.runs import HISTORY_COLUMNS, Run, data_fingerprint, load_checkpoi
 def test_a_finished_run_holds_what_the_readme_says(tiny_run):
     files = {p.relative_to(tiny_run.dir).as_posix() for p in tiny_run.dir.rglob("*") if p.is_file()}
     expected = {"config.yaml", "data.json", "history.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
-                "metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "curves.png", "report.html"}
+                "metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "curves.png", "report.html",
+                ".lock"}  # held while a process trains it
     if tiny_run.metrics["correct"] < tiny_run.metrics["total"]:
         expected.add("misclassified.png")  # the gallery of wrong predictions, when there are any
     assert files == expected
@@ -56,15 +61,54 @@ class _Exploit:
         return (os.system, (f"touch {Path(os.environ['EXPLOIT_TARGET'])}",))
 
 
+def _poisoned_copy(run_dir: Path, dst: Path) -> Path:
+    """A copy of a run whose checkpoints, once unpickled, would run ``touch $EXPLOIT_TARGET``."""
+    copy = shutil.copytree(run_dir, dst)
+    for ckpt_file in (copy / "checkpoints").glob("*.ckpt"):
+        ckpt = torch.load(ckpt_file, weights_only=True)
+        ckpt["headstart"]["payload"] = _Exploit()
+        torch.save(ckpt, ckpt_file)
+    return copy
+
+
 def test_a_checkpoint_that_would_run_code_is_refused(tiny_run, tmp_path: Path, monkeypatch):
     target = tmp_path / "pwned"
     monkeypatch.setenv("EXPLOIT_TARGET", str(target))
-    ckpt = torch.load(tiny_run.best_checkpoint, weights_only=True)
-    ckpt["headstart"]["payload"] = _Exploit()
-    torch.save(ckpt, tmp_path / "evil.ckpt")
-    with pytest.raises(RunError, match="is not a readable headstart checkpoint"):
-        load(tmp_path / "evil.ckpt")
+    evil = _poisoned_copy(tiny_run.dir, tmp_path / "evil")
+    with pytest.raises(RunError, match="Refused to load .*best.ckpt: it holds Python objects besides tensors"):
+        load(evil / "checkpoints" / "best.ckpt")
     assert not target.exists()
+
+
+@pytest.mark.parametrize("command", [["predict", "{run}", "{image}"], ["evaluate", "{run}"], ["export", "{run}"],
+                                     ["serve", "{run}"], ["train", "--resume", "{run}"]])
+def test_no_command_runs_the_code_in_a_checkpoint(tiny_run, tiny, tmp_path: Path, monkeypatch, command):
+    target = tmp_path / "pwned"
+    monkeypatch.setenv("EXPLOIT_TARGET", str(target))
+    evil = _poisoned_copy(tiny_run.dir, tmp_path / "evil")
+    before = sorted(p.relative_to(evil) for p in evil.rglob("*"))
+    image = next((tiny / "evaluation").iterdir())
+    result = CliRunner().invoke(app, [a.format(run=evil, image=image) for a in command])
+    assert result.exit_code == 2, result.output
+    assert "could run code" in result.output and "Traceback" not in result.output
+    assert not target.exists()
+    assert sorted(p.relative_to(evil) for p in evil.rglob("*")) == before  # nothing written either
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_damaged_checkpoint_is_exit_2_naming_the_file(tiny_run, tmp_path: Path, damage: str):
+    run = shutil.copytree(tiny_run.dir, tmp_path / "run")
+    for name in ("best", "last"):
+        f = run / "checkpoints" / f"{name}.ckpt"
+        data = f.read_bytes()
+        f.write_bytes({"truncated": data[:len(data) // 2], "garbage": os.urandom(4096), "empty": b""}[damage])
+    for command, named in ((["evaluate", str(run)], "best.ckpt"), (["train", "--resume", str(run)], "last.ckpt"),
+                           (["predict", str(run), str(run / "curves.png")], "best.ckpt")):
+        result = CliRunner().invoke(app, command)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2, (command, result.output)
+        assert "is damaged or not a checkpoint" in said and "Traceback" not in said
+        assert f"checkpoints/{named}isdamaged" in "".join(said.split())  # the file named, however the lines wrap
 
 
 def test_not_a_run_and_an_unfinished_run_are_run_errors(tiny_run, tmp_path: Path):

@@ -6,7 +6,9 @@ Mechanics run on the tiny fixture; the one accuracy claim is on the demo data (`
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -18,7 +20,9 @@ from typer.testing import CliRunner
 
 from headstart.backbones import create_model
 from headstart.cli import app
+from headstart.config import resolve_config
 from headstart.errors import ConfigError, RunError
+from headstart.runs import Run, load_model
 from headstart.training import fit
 
 
@@ -77,7 +81,10 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny, tmp_path: Path, stra
     stopped = fit(tiny, name="stopped", callbacks=[_StopAfter(2)], **opts)
     assert stopped.interrupted and stopped.last_checkpoint.exists() and not stopped.metrics
     assert [r["epoch"] for r in stopped.history] == [1, 2]
-    resumed = fit(resume=stopped.dir)
+    # Moved elsewhere first: the checkpoint's own paths (Lightning keeps absolute ones) must not matter.
+    moved = shutil.move(stopped.dir, tmp_path / "elsewhere" / "stopped")
+    resumed = fit(resume=moved)
+    assert not stopped.dir.exists() and resumed.dir == Path(moved)
 
     def strip(rows):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
@@ -87,7 +94,42 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny, tmp_path: Path, stra
     assert {k: v for k, v in resumed.metrics.items() if k not in timing} == {
         k: v for k, v in whole.metrics.items() if k not in timing}
     with pytest.raises(RunError, match="its config differs \\(epochs: the run has 4, asked 6\\)"):
-        fit(resume=stopped.dir, epochs=6)
+        fit(resume=moved, epochs=6)
+
+
+def test_a_run_killed_in_its_first_epoch_starts_over_in_place(tiny, tmp_path: Path):
+    opts = dict(strategy="features", epochs=2, deterministic=True, runs_dir=tmp_path, **TINY_OPTIONS)
+    whole = fit(tiny, name="whole", **opts)
+    killed = fit(tiny, name="killed", callbacks=[_StopAfter(1)], **opts)
+    for f in (killed.best_checkpoint, killed.last_checkpoint, killed.history_file):  # what kill -9 in epoch 1 leaves
+        f.unlink()
+    with pytest.raises(RunError, match="did not finish. Resume it with headstart train --resume"):
+        load_model(killed.dir)
+    again = fit(resume=killed.dir)
+    assert again.dir == killed.dir and [r["epoch"] for r in again.history] == [1, 2]
+    assert again.metrics["correct"] == whole.metrics["correct"]
+    assert [r["val_loss"] for r in again.history] == pytest.approx([r["val_loss"] for r in whole.history], abs=1e-6)
+
+
+def test_one_run_per_folder(tiny, tmp_path: Path):
+    from headstart.data import load_dataset
+
+    ds = load_dataset(tiny)
+    cfg = resolve_config(None, None, {"data": str(tiny), "runs_dir": str(tmp_path), "name": "same"})
+    first, second = Run.create(cfg), Run.create(cfg)  # two runs started at once, both before the folder exists
+    first.start(ds)
+    with pytest.raises(RunError, match="already exists \\(another run took it since this one started\\)"):
+        second.start(ds)
+    # While the first trains, resuming it elsewhere is refused; once it is done, it is free.
+    with pytest.raises(RunError, match="is being trained by another process right now"):
+        Run(first.dir, first.config).start(ds, resumed=True)
+    first.release()
+    assert Run(first.dir, first.config).start(ds, resumed=True)["classes"] == ds.classes
+    unnamed = dataclasses.replace(cfg, name=None)
+    a, b = Run.create(unnamed), Run.create(unnamed)
+    a.start(ds)
+    b.start(ds)
+    assert a.dir != b.dir and b.dir.name.startswith(a.dir.name) and b.dir.is_dir()
 
 
 def test_resume_refuses_changed_data(tmp_path: Path):
@@ -212,3 +254,37 @@ def test_a_runs_config_runs_it_again_and_records_what_ran(tiny_run, tmp_path: Pa
     (tmp_path / "no-data.yaml").write_text("epochs: 2\n")
     nothing = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "no-data.yaml")])
     assert nothing.exit_code == 2 and "a --config that says data:" in " ".join(nothing.output.split())
+
+
+def test_kill_9_mid_training_then_resume_ends_as_an_uninterrupted_run(tiny, tmp_path: Path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    opts = dict(strategy="half", epochs=3, deterministic=True, early_stopping=0, **TINY_OPTIONS)
+    whole = fit(tiny, runs_dir=tmp_path, name="whole", **opts)
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "headstart", "--quiet", "train", str(tiny), "--runs-dir", str(tmp_path),
+               "--name", "killed", "--deterministic", "--early-stopping", "0", "--strategy", "half", "--epochs", "3",
+               "--input-size", "32", "--batch-size", "8"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            if (killed / "history.csv").is_file() and len((killed / "history.csv").read_text().splitlines()) >= 2:
+                break  # one epoch done: the second is under way
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL and not (killed / "metrics.json").exists()
+    resumed = fit(resume=killed)
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert strip(resumed.history) == strip(whole.history)
+    assert (killed / "confusion_matrix.csv").read_text() == (whole.dir / "confusion_matrix.csv").read_text()
+    assert resumed.metrics["correct"] == whole.metrics["correct"]

@@ -45,3 +45,24 @@ def _umask() -> int:
         mask = os.umask(0)  # elsewhere the only way to read it is to set it
         os.umask(mask)
         return mask
+
+
+def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a folder this process can write in (it may not exist yet: then the nearest
+    existing folder above it is checked). A ConfigError naming ``what`` (e.g. "--runs-dir") when it
+    is a file, a dangling link, read-only or not ours. Nothing is created."""
+    from headstart.errors import ConfigError
+
+    path = Path(path)
+    existing = path
+    while not existing.exists():
+        if existing.is_symlink():
+            raise ConfigError(f"{what} {path}: {existing} is a link to something that does not exist. "
+                              "Fix or remove the link, or pass another folder.")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {path}: {existing} is a file, not a folder. Pass a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: cannot write in {existing} (read-only, or permission denied). "
+                          "Pass a folder you can write to.")
+    return path

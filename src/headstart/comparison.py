@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from headstart._files import write_text
+from headstart._files import check_writable_dir, write_text
 from headstart.advice import advise as measure
 from headstart.config import resolve_config
 from headstart.data import load_dataset_for
@@ -128,6 +128,7 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
     if frozen and not {"partial", "half", "auto"} & set(strategies):
         raise ConfigError(f"--{frozen[0].replace('_', '-')} sets the freeze point of half or partial; compare "
                          f"trains {', '.join(strategies)}. Add half, or leave the option out.")
+    check_writable_dir(runs_dir, "--runs-dir")
     label = "demo" if str(data) == "demo" else Path(data).resolve().name
     ranks = launch(cfg.accelerator, parse_devices(cfg.devices), cfg.num_nodes)  # before any work: it is shared out
     out = ranks.on_zero(lambda: _new_folder(Path(runs_dir) / (name or f"compare-{label}-{datetime.now():%Y%m%d-%H%M%S}")))

@@ -16,6 +16,7 @@ in total, each rank its share of the images (``gather_rows`` puts them together)
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -99,15 +100,29 @@ def is_main_process() -> bool:
 def _launch(accelerator: str, devices: str | int, num_nodes: int) -> Ranks:
     import lightning as L
 
+    _check_cpu_processes(accelerator, devices, num_nodes)
     try:
         fabric = L.Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy="auto")
     except Exception as e:  # Lightning's MisconfigurationException, ValueError, RuntimeError...
         raise ConfigError(f"Cannot use --accelerator {accelerator} --devices {devices} --num-nodes {num_nodes}: "
-                          f"{e}. Ask for the devices this machine has (e.g. --accelerator cpu --devices 1).") from None
+                          f"{str(e).rstrip('.')}. Ask for the devices this machine has (e.g. --accelerator cpu --devices 1).") from None
     if fabric.world_size == 1:
         return Ranks(device=fabric.device)
     fabric.launch()
     return Ranks(fabric.global_rank, fabric.world_size, fabric.device, fabric)
+
+
+def _check_cpu_processes(accelerator: str, devices: str | int | list[int], num_nodes: int) -> None:
+    """On CPUs, ``--devices N`` starts N processes here: no more than this machine has cores for.
+    (GPU counts are checked by Lightning; processes started by torchrun or SLURM are theirs.)"""
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    started_outside = any(k in os.environ for k in ("LOCAL_RANK", "WORLD_SIZE", "SLURM_NTASKS"))
+    if on_cpu and isinstance(devices, int) and not started_outside:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if devices > cores:
+            where = "this machine has no GPU that PyTorch can use, so" if accelerator == "auto" else "with --accelerator cpu"
+            raise ConfigError(f"--devices {devices}: {where} each device is a CPU process, and this machine has "
+                              f"{cores} CPU core(s). Use --devices {cores} or fewer (or run where the GPUs are).")
 
 
 def device(name: str = "auto") -> torch.device:

@@ -23,7 +23,7 @@ from torchmetrics.functional.classification import (
     multiclass_accuracy, multiclass_confusion_matrix, multiclass_f1_score, multiclass_precision, multiclass_recall,
 )
 
-from headstart._files import write_text
+from headstart._files import check_writable_dir, write_text
 from headstart.cache import decoded_images
 from headstart.data import load_dataset_for
 from headstart.distributed import device as pick_device
@@ -119,6 +119,7 @@ def evaluate(run: str | Path | Run, data: str | Path | None = None, split: str =
     run = run if isinstance(run, Run) else Run.load(run)
     if split not in SPLITS:
         raise ConfigError(f"Unknown split '{split}'. Choose one of: {', '.join(SPLITS)}.")
+    check_writable_dir(run.dir, "The run folder")  # the results are written there, after minutes of work
     model, meta = load_checkpoint(run.finished_checkpoint())
     model.to(pick_device(device))
     ds = load_dataset_for(run.config, data)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from headstart._files import check_writable_dir
 from headstart.data import load_dataset_for
 from headstart.errors import ConfigError, ExportError, HeadstartError
 from headstart.predict import Predictor, load
@@ -176,6 +177,7 @@ def export(source: str | os.PathLike | Predictor, fmt: str = "onnx", out: str | 
     path, meta = Path(out), metadata(predictor, fmt)
     if path.is_dir() or path.suffix != FORMATS[fmt]:
         raise ConfigError(f"The output (--out) must be a {FORMATS[fmt]} file for {fmt}. Received: {path}")
+    check_writable_dir(path.parent, "--out")
     sidecar = path.with_name(path.name + ".json")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{FORMATS[fmt]}")
     tmp_sidecar = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")

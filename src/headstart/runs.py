@@ -9,6 +9,7 @@ A run is ``<runs_dir>/<name>/``, a folder a person can browse::
     metrics.json              the evaluation split at the best checkpoint (metrics-<split>.json for others)
     confusion_matrix.csv/.png
     curves.png, misclassified.png, report.html
+    .lock                     held by the process that trains the run (one at a time)
 
 >>> run = Run.load("runs/efficientnet_lite0-features-...")                 # doctest: +SKIP
 >>> run.metrics["accuracy"], run.best_checkpoint                          # doctest: +SKIP
@@ -22,6 +23,8 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
+import pickle
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +37,8 @@ from headstart.backbones import Classifier, load_saved_model, rebuild_model
 from headstart.config import TrainConfig, coerce, load_config, save_config
 from headstart.errors import RunError
 
+log = logging.getLogger(__name__)
+
 CONFIG = "config.yaml"
 DATA = "data.json"
 HISTORY = "history.csv"
@@ -42,6 +47,7 @@ BEST = "best"  # checkpoints/best.ckpt
 LAST = "last"
 REPORT = "report.html"
 EXPORT = "export"
+LOCK = ".lock"  # held while a process trains the run
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "backbone_lr", "trainable", "seconds"]
 
 
@@ -115,16 +121,24 @@ class Run:
             if path.exists():
                 raise RunError(f"Run folder {path} already exists. Pick another --name, or --resume {path}.")
             return cls(path, cfg)
-        base = f"{cfg.backbone}-{cfg.strategy}-{datetime.now():%Y%m%d-%H%M%S}"
-        path, n = root / base, 1
-        while path.exists():
-            n += 1
-            path = root / f"{base}-{n}"
-        return cls(path, cfg)
+        path = root / f"{cfg.backbone}-{cfg.strategy}-{datetime.now():%Y%m%d-%H%M%S}"
+        return cls(_next_free(path) if path.exists() else path, cfg)
 
-    def start(self, ds) -> dict:
-        """Make the folder; write ``config.yaml`` and ``data.json`` (what was read). Returns the latter."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def start(self, ds, resumed: bool = False) -> dict:
+        """Claim the folder (made now: a new run's must not exist yet); write ``config.yaml`` and
+        ``data.json`` (what was read). Returns the latter."""
+        if not resumed:
+            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            while True:  # made exclusively: of two runs given one --name at once, the second stops here
+                try:
+                    self.dir.mkdir()
+                    break
+                except FileExistsError:
+                    if self.config.name:
+                        raise RunError(f"Run folder {self.dir} already exists (another run took it since this "
+                                       f"one started). Pick another --name, or --resume {self.dir}.") from None
+                    self.dir = _next_free(self.dir)
+        self.claim()
         # No name: the folder is this run's; `train --config` on this file runs it again in a new one.
         self.config = dataclasses.replace(self.config, name=None)
         save_config(self.config, self.dir / CONFIG,
@@ -167,9 +181,32 @@ class Run:
             shown = ", ".join(f"{k}: the run has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
             raise RunError(f"Cannot resume {run.dir}: its config differs ({shown}). Resume without "
                            "those options, or start a new run.")
-        if not run.last_checkpoint.is_file():
-            raise RunError(f"Cannot resume {run.dir}: it has no {CHECKPOINTS}/{LAST}.ckpt (it never finished an epoch).")
+        if run.last_checkpoint.is_file():
+            read_checkpoint(run.last_checkpoint)  # damaged or unsafe: said now, not after the decoding
+        else:
+            log.warning("%s never finished an epoch (no %s/%s.ckpt): training starts over, in the same folder.",
+                        run.dir, CHECKPOINTS, LAST)
         return cls(run.dir, cfg)
+
+    def claim(self) -> "Run":
+        """Hold this run's folder for this process until ``release``: a second process training the same
+        run (``--resume`` twice, or the same ``--name`` at once) gets a RunError instead of mixing files."""
+        from filelock import FileLock, Timeout
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.dir / LOCK)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise RunError(f"{self.dir} is being trained by another process right now. Wait for it to end, "
+                           "or pick another --name.") from None
+        self._lock = lock
+        return self
+
+    def release(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+            self._lock = None
 
     def check_same_data(self, ds) -> "Run":
         """This run, if ``ds`` is the data it started with; else a RunError."""
@@ -177,6 +214,14 @@ class Run:
             raise RunError(f"Cannot resume {self.dir}: the data changed since it started (files added, removed "
                            "or modified). Start a new run.")
         return self
+
+
+def _next_free(path: Path) -> Path:
+    """``path`` with the first free ``-N`` suffix (N >= 2)."""
+    n = 2
+    while (path.parent / f"{path.name}-{n}").exists():
+        n += 1
+    return path.parent / f"{path.name}-{n}"
 
 
 def _unfinished(path: Path) -> RunError:
@@ -222,10 +267,36 @@ def data_fingerprint(ds) -> str:
 # --- models -------------------------------------------------------------------------------
 
 
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's contents, tensors and plain data only (``weights_only=True``: nothing in the
+    file can run code), memory-mapped; a RunError naming the file when it is damaged or unsafe."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" in str(e).lower():
+            raise RunError(f"Refused to load {path}: it holds Python objects besides tensors and plain data, and "
+                           "loading those could run code. headstart only loads checkpoints it wrote; train the run "
+                           "again, or get the file from someone you trust and re-save it with weights only.") from None
+        raise _damaged(path, e) from None
+    except Exception as e:  # truncated, garbage, not a zip, unreadable
+        raise _damaged(path, e) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise RunError(f"{path} is not a headstart checkpoint (no state_dict). Pass a run folder or a .ckpt it wrote.")
+    return ckpt
+
+
+def _damaged(path: str | Path, e: Exception) -> RunError:
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return RunError(f"{path} is damaged or not a checkpoint ({reason}). Delete it and train again (a damaged "
+                    f"{LAST}.ckpt: delete it and resume, which goes back to the start), or restore it from a copy.")
+
+
 def load_checkpoint(path: str | Path) -> tuple[Classifier, dict]:
     """The model of a training checkpoint, with its preprocessing, and the checkpoint's metadata
     (class names, config). Only tensors and plain data are loaded (``weights_only=True``)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path)
+    if "headstart" not in ckpt:
+        raise RunError(f"{path} is not a headstart checkpoint (no class names or preprocessing in it).")
     meta = ckpt["headstart"]
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     return rebuild_model(meta["model"], state, meta["preprocessing"]).eval(), meta
@@ -247,6 +318,8 @@ def load_model(source: str | Path) -> tuple[Classifier, dict, Path | None]:
     what = "model written by save_model" if path.suffix == ".safetensors" else "checkpoint"
     try:
         model, meta = load_saved_model(path) if path.suffix == ".safetensors" else load_checkpoint(path)
+    except RunError:
+        raise
     except Exception as e:  # not one of ours, or damaged
         raise RunError(f"{path} is not a readable headstart {what} ({type(e).__name__}: {e}).") from None
     # A checkpoint lives in <run>/checkpoints/: that run's folder holds its config and data.

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 import numpy as np
 import torch
 from torch import nn
@@ -32,6 +32,7 @@ from headstart.cache import decoded_images
 from headstart.config import TrainConfig, as_trained, read_yaml, resolve_config
 from headstart.data import Dataset, load_dataset_for
 from headstart.distributed import Ranks, launch, parse_devices
+from headstart._files import check_writable_dir
 from headstart.errors import ConfigError
 from headstart.evaluation import compute, write_evaluation
 from headstart.frozen import EpochSampler, RankBatches, memory_layout, seed_of, split_indices, training_inputs
@@ -39,7 +40,7 @@ from headstart.loggers import loggers
 from headstart.progress import in_terminal
 from headstart.progress import log as progress_log
 from headstart.report import write_run_report
-from headstart.runs import BEST, Run
+from headstart.runs import BEST, Run, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +247,23 @@ def _loaders(cfg: TrainConfig, inputs: dict, ranks: Ranks) -> dict[str, DataLoad
             "evaluation": DataLoader(inputs["evaluation"], batch_size=cfg.batch_size, **kw)}
 
 
+class _Checkpoint(ModelCheckpoint):
+    """Lightning's, with the paths it keeps in a checkpoint re-based on resume: a run folder moved
+    or copied elsewhere resumes from, and keeps choosing among, its own checkpoints."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        old, new = state.get("dirpath"), self.dirpath
+
+        def rebase(path):
+            return str(Path(new) / Path(path).relative_to(old)) if path and Path(path).is_relative_to(old) else path
+
+        if old and old != new:
+            state = {**state, "dirpath": new, **{k: rebase(state.get(k)) for k in
+                                                 ("best_model_path", "kth_best_model_path", "last_model_path")},
+                     "best_k_models": {rebase(k): v for k, v in state.get("best_k_models", {}).items()}}
+        super().load_state_dict(state)
+
+
 class _Bar(RichProgressBar):
     """Lightning's progress bar, with epochs counted from 1 as everywhere else in headstart."""
 
@@ -254,9 +272,9 @@ class _Bar(RichProgressBar):
 
 
 def _trainer(cfg: TrainConfig, run: Run, ranks: Ranks, progress: bool, callbacks: list, logger=None) -> L.Trainer:
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping
 
-    cbs = [ModelCheckpoint(dirpath=run.checkpoints, filename=BEST, monitor="val_loss", mode="min",
+    cbs = [_Checkpoint(dirpath=run.checkpoints, filename=BEST, monitor="val_loss", mode="min",
                            save_last=True, enable_version_counter=False, save_on_train_epoch_end=True), *callbacks]
     if cfg.early_stopping:
         cbs.append(EarlyStopping(monitor="val_loss", mode="min", patience=cfg.early_stopping))
@@ -305,7 +323,8 @@ def _train(trainer: L.Trainer, module: TransferModule, loaders: dict, run: Run, 
     """Train (from the run's ``last.ckpt`` when resuming); True when interrupted (Ctrl-C), with a
     ``last.ckpt`` to resume from."""
     try:
-        trainer.fit(module, loaders["training"], loaders["validation"], ckpt_path=run.last_checkpoint if resume else None)
+        trainer.fit(module, loaders["training"], loaders["validation"], weights_only=True,
+                    ckpt_path=run.last_checkpoint if resume and run.last_checkpoint.exists() else None)
     except SystemExit:
         # On Ctrl-C Lightning stops gracefully, then calls sys.exit(1): a library returns instead.
         if not trainer.interrupted:
@@ -323,8 +342,7 @@ def _evaluate_best(run: Run, trainer: L.Trainer, module: TransferModule, loader:
                    setup_seconds: float):
     """The best checkpoint on the evaluation split, read as training read it (features, activations
     or images): the tutorial's accuracy, number correct and confusion matrix, and more."""
-    state = torch.load(trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=True)
-    module.load_state_dict(state["state_dict"])
+    module.load_state_dict(read_checkpoint(run.best_checkpoint)["state_dict"])
     probs, targets = _predict(module, loader)
     paths = [str(s.path) for s in ds.split("evaluation")]
     ev = compute(targets, probs, ds.classes, "evaluation", paths)
@@ -352,6 +370,7 @@ def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, co
     # 1. Prepare the data and the model. Everything that can fail on bad input happens before
     #    the run folder is made; images are decoded once, the frozen pass is computed once.
     cfg, asked, resumed = _config(data, config, config_file, resume, overrides)
+    check_writable_dir(resumed.dir if resumed else cfg.runs_dir, "The run folder" if resumed else "--runs-dir")
     ranks = launch(cfg.accelerator, parse_devices(cfg.devices), cfg.num_nodes)  # one process per device
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ds = load_dataset_for(cfg)
@@ -365,15 +384,23 @@ def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, co
     loaders = _loaders(cfg, inputs, ranks)
     module = TransferModule(model, cfg, len(loaders["training"]), {"classes": ds.classes, "strategy_plan": plan.__dict__},
                             trunk, len(inputs["training"]))
-    data_info = ranks.on_zero(lambda: run.start(ds))  # every file of the run is rank 0's
-    setup_seconds = time.perf_counter() - started
-    # 2. Train, keeping the best epoch by validation loss.
-    history = History(run, lines=progress and not in_terminal())
-    trainer = _trainer(cfg, run, ranks, progress, [history, *(callbacks or [])], logger)
-    run.interrupted = _train(trainer, module, loaders, run, resumed is not None)
-    run.history = history.rows
-    if run.interrupted or not ranks.is_zero:
+    # Rank 0 makes and claims the folder (its name may change if another run took it meanwhile).
+    data_info, run.dir = ranks.on_zero(lambda: (run.start(ds, resumed is not None), run.dir))
+    try:
+        setup_seconds = time.perf_counter() - started
+        # 2. Train, keeping the best epoch by validation loss.
+        history = History(run, lines=progress and not in_terminal())
+        trainer = _trainer(cfg, run, ranks, progress, [history, *(callbacks or [])], logger)
+        run.interrupted = _train(trainer, module, loaders, run, resumed is not None)
+        run.history = history.rows
+        if run.interrupted or not ranks.is_zero:
+            return run
+        # 3. Evaluate the best checkpoint (once, on rank 0); 4. write the report.
+        ev = _evaluate_best(run, trainer, module, loaders["evaluation"], ds, setup_seconds)
+        write_run_report(run, ev, [store[i] for i in split_indices(ds)["evaluation"][0]], data_info)
         return run
+    finally:
+        run.release()  # the folder is free for a --resume
     # 3. Evaluate the best checkpoint (once, on rank 0); 4. write the report.
     ev = _evaluate_best(run, trainer, module, loaders["evaluation"], ds, setup_seconds)
     write_run_report(run, ev, [store[i] for i in split_indices(ds)["evaluation"][0]], data_info)
