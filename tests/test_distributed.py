@@ -128,3 +128,18 @@ def test_global_batches_are_shared_among_ranks():
         assert sorted(a + b) == sorted(whole) and not set(a) & set(b)  # each step: the same samples, shared
     three = [list(RankBatches(EpochSampler(data, seed=0), 4, r, 3)) for r in range(3)]
     assert all(len(batches[-1]) >= 1 for batches in three)  # a last batch of 2 still gives every rank a sample
+
+
+def test_more_cpu_processes_than_cores_is_refused_before_anything_is_written(tiny, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    cores = len(os.sched_getaffinity(0))
+    result = CliRunner().invoke(app, ["train", str(tiny), "--accelerator", "cpu", "--devices", str(cores + 1),
+                                      "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and f"this machine has {cores} CPU core(s)" in " ".join(result.output.split())
+    assert not (tmp_path / "runs").exists()
+    for devices in ("0,1", "-2"):
+        result = CliRunner().invoke(app, ["train", str(tiny), "--devices", devices, "--runs-dir", str(tmp_path / "runs")])
+        assert result.exit_code == 2 and "Traceback" not in result.output and not (tmp_path / "runs").exists()

@@ -288,3 +288,20 @@ def test_kill_9_mid_training_then_resume_ends_as_an_uninterrupted_run(tiny, tmp_
     assert strip(resumed.history) == strip(whole.history)
     assert (killed / "confusion_matrix.csv").read_text() == (whole.dir / "confusion_matrix.csv").read_text()
     assert resumed.metrics["correct"] == whole.metrics["correct"]
+
+
+def test_an_unusable_output_folder_is_exit_2_before_any_work(tiny, tiny_run, tmp_path: Path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone")
+    for command in (["train", str(tiny), "--runs-dir", str(a_file)],
+                    ["train", str(tiny), "--runs-dir", str(a_file / "runs")],
+                    ["train", str(tiny), "--runs-dir", str(dangling)],
+                    ["compare", str(tiny), "--strategies", "features", "--runs-dir", str(a_file)],
+                    ["export", str(tiny_run.dir), "--out", str(a_file / "model.onnx")]):
+        result = CliRunner().invoke(app, command)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and "Traceback" not in said, (command, result.output)
+        assert ("is a file, not a folder" in said or "is a link to something that does not exist" in said), said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "dangling"]
