@@ -112,3 +112,34 @@ def test_two_processes_at_once_one_builds_the_other_waits(tmp_path: Path):
     leftovers = [p.name for p in (tmp_path / "c" / "images").iterdir() if p.name.startswith(".")]
     assert leftovers == []
     assert len(list((tmp_path / "c" / "images").glob("*.npy"))) == 1
+
+
+def test_a_killed_builds_leftovers_are_cleaned_by_the_next_build(tmp_path: Path):
+    root = make_food11(tmp_path / "d")
+    ds = load_dataset(root)
+    images = tmp_path / "c" / "images"
+    images.mkdir(parents=True)
+    key = hs_cache.cache_key(ds.samples, PRE)
+    stale = [images / f".{key}.4242.deadbeef.npy", images / f".{key}.4242.deadbeef.json"]
+    for f in stale:
+        f.write_bytes(b"half written")
+    decoded_images(ds, PRE, progress=False, directory=tmp_path / "c")
+    assert not any(f.exists() for f in stale)
+    assert sorted(p.suffix for p in images.iterdir() if p.stem == key) == [".json", ".lock", ".npy"]
+
+
+def test_an_unusable_cache_folder_or_a_full_disk_is_a_clear_error_before_decoding(tmp_path: Path, monkeypatch):
+    import pytest
+
+    from headstart.errors import HeadstartError
+
+    root = make_food11(tmp_path / "d")
+    calls = _counting(monkeypatch)
+    a_file = tmp_path / "cache-file"
+    a_file.write_text("")
+    with pytest.raises(HeadstartError, match="decoded-image cache \\(HEADSTART_CACHE\\) .* is a file, not a folder"):
+        decoded_images(load_dataset(root), PRE, progress=False, directory=a_file)
+    monkeypatch.setattr(hs_cache.shutil, "disk_usage", lambda p: type("Usage", (), {"free": 10_000})())
+    with pytest.raises(HeadstartError, match="needs 0.0 GB in .* which has 0.0 GB free.*smaller --input-size"):
+        decoded_images(load_dataset(root), PRE, progress=False, directory=tmp_path / "c")
+    assert calls == [] and [p.name for p in (tmp_path / "c" / "images").iterdir() if p.suffix != ".lock"] == []

@@ -17,14 +17,16 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from filelock import FileLock
 
+from headstart._files import check_writable_dir
 from headstart.data import Dataset, check_splits
-from headstart.errors import ImageError
+from headstart.errors import DataError, ImageError
 from headstart.images import MAX_PIXELS, decode_image
 from headstart.layouts import Problem, Sample
 from headstart.progress import track
@@ -50,6 +52,13 @@ def cache_key(samples: list[Sample], pre: Preprocessing) -> str:
 
 def _build(samples: list[Sample], pre: Preprocessing, npy: Path, index: Path, progress: bool) -> None:
     size = pre.input_size
+    need, free = len(samples) * size * size * 3, shutil.disk_usage(npy.parent).free
+    if need > free:
+        raise DataError(f"Decoding {len(samples)} images at {size} px needs {need / 1e9:.1f} GB in {npy.parent}, which "
+                        f"has {free / 1e9:.1f} GB free. Free some space, point HEADSTART_CACHE at a bigger disk, or "
+                        "use a smaller --input-size.")
+    for stale in npy.parent.glob(f".{npy.stem}.*"):  # left by a build that was killed (we hold the lock)
+        stale.unlink(missing_ok=True)
     tmp = npy.with_name(f".{npy.stem}.{os.getpid()}.{os.urandom(4).hex()}.npy")
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(samples), size, size, 3))
 
@@ -96,7 +105,7 @@ def decoded_images(
     ``verify_images`` does; the cache remembers them, so they are not decoded again either. Then
     the splits are checked again (``check``; a sample of some splits only is not checked).
     """
-    root = (directory or cache_dir()) / "images"
+    root = check_writable_dir(directory or cache_dir(), "The decoded-image cache (HEADSTART_CACHE)") / "images"
     root.mkdir(parents=True, exist_ok=True)
     key = cache_key(ds.samples, pre)
     npy, index = root / f"{key}.npy", root / f"{key}.json"
