@@ -378,24 +378,45 @@ def export(
 def serve(
     run: Path = typer.Argument(..., help="A run folder (runs/NAME), a .ckpt checkpoint or a saved .safetensors model."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the server to the network."),
-    port: int = typer.Option(8000, help="Port."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port."),
     top_k: int = typer.Option(3, min=1, help="Classes returned per image unless a request asks (?top_k=)."),
-    max_upload_mb: float = typer.Option(10.0, help="Largest upload per file, in MB."),
-    max_pixels: int = typer.Option(MAX_PIXELS, help="Refuse images with more pixels."),
+    max_upload_mb: float = typer.Option(10.0, min=0.01, max=1024, help="Largest upload per file, in MB (413 beyond)."),
+    max_files: int = typer.Option(16, min=1, max=1000, help="Most images per request (413 beyond)."),
+    max_pixels: int = typer.Option(MAX_PIXELS, min=1, help=(
+        "Most pixels (width x height) per image, read from its header before decoding (413 beyond).")),
+    max_request_pixels: int = typer.Option(200_000_000, min=1, help=(
+        "Most pixels per request, all its images together, read from their headers before any is "
+        "decoded (413 beyond); at least --max-pixels.")),
+    max_decodes: Optional[int] = typer.Option(None, min=1, show_default="the number of CPUs", help=(
+        "Full-size images decoded at once, across all requests (each holds ~3 bytes a pixel until "
+        "shrunk); the others wait.")),
+    body_timeout: float = typer.Option(30.0, min=0.1, max=3600, help=(
+        "Seconds a client has to send a request's whole body; a slower upload gets 408 and its "
+        "connection is closed.")),
+    keep_alive_timeout: int = typer.Option(5, min=1, max=3600, help="Seconds an idle connection is kept open."),
+    limit_concurrency: int = typer.Option(512, min=1, help="Most connections and requests at once (503 beyond)."),
     device: str = typer.Option("auto", help="auto (a GPU where there is one), cpu, gpu or cuda:N."),
 ) -> None:
-    """Serve the model over HTTP: POST /predict, GET /healthz, and a page at / to try photos."""
-    from headstart.predict import load
-    from headstart.serve import Limits, create_app
+    """Serve the model over HTTP: POST /predict, GET /healthz, and a page at / to try photos.
 
+    Every request is bounded by the limits below; an error is JSON {"error": ...} (uvicorn's own 503
+    beyond --limit-concurrency is plain text).
+    """
+    from headstart.predict import load
+    from headstart.serve import Limits, create_app, uvicorn_options
+
+    limits = Limits(max_upload_mb=max_upload_mb, max_files=max_files, max_pixels=max_pixels,
+                    max_request_pixels=max_request_pixels, body_timeout=body_timeout,
+                    keep_alive_timeout=keep_alive_timeout, limit_concurrency=limit_concurrency, top_k=top_k,
+                    **({"max_decodes": max_decodes} if max_decodes else {}))  # checked before the model loads
     predictor = load(run, max_pixels=max_pixels, device=device)
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]Binding to {host}: anyone who can reach this machine can use the model.[/]")
     import uvicorn
 
-    app_ = create_app(predictor, Limits(max_upload_mb=max_upload_mb, max_pixels=max_pixels, top_k=top_k))
+    app_ = create_app(predictor, limits)
     out.print(f"Serving {run} on http://{host}:{port}/  (Ctrl-C to stop)")
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    uvicorn.run(app_, host=host, port=port, **uvicorn_options(limits))
 
 
 def main() -> None:
