@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from conftest import photo
-from headstart.errors import ImageError
-from headstart.images import decode_bytes, load_image
+from headstart import images
+from headstart.errors import ConfigError, ImageError
+from headstart.images import MAX_PIXELS, decode_bytes, load_image
 
 LOSSLESS = ["png", "bmp", "tiff", "webp_lossless", "gif"]
 
@@ -124,6 +125,42 @@ def test_pixel_limit_is_settable(tmp_path: Path):
     assert load_image(tmp_path / "a.png", max_pixels=64 * 48).size == (64, 48)
     with pytest.raises(ImageError, match="64x48 = 3,072 pixels is over the limit of 3,000"):
         load_image(tmp_path / "a.png", max_pixels=3000)
+
+
+def test_max_pixels_above_pillows_own_limit_lets_the_image_decode(tmp_path: Path, monkeypatch):
+    """Pillow refuses over twice its MAX_IMAGE_PIXELS (178,956,970) whatever max_pixels said; now
+    max_pixels decides. 14,000 x 14,000 = 196 M pixels: 24 kB on disk, 196 MB opened (a byte a pixel)."""
+    side = 14_000
+    Image.new("1", (side, side)).save(tmp_path / "big.png")
+    own = Image.MAX_IMAGE_PIXELS
+    assert side * side > 2 * own
+    with pytest.raises(ImageError, match=f"over the limit of {MAX_PIXELS:,}") as raised:
+        load_image(tmp_path / "big.png")  # the default limit still refuses it, in headstart's words
+    assert raised.value.kind == "too_large"
+    # Opened and read in full (where Pillow's limit applies), but not turned (a copy) nor made RGB (0.6 GB).
+    monkeypatch.setattr(images.ImageOps, "exif_transpose", lambda im: im)
+    monkeypatch.setattr(images, "to_rgb", lambda im: im)
+    im, info = images.decode_image(tmp_path / "big.png", max_pixels=side * side)
+    assert im.size == (side, side) and info.mode == "1" and im.getpixel((side - 1, side - 1)) == 0
+    assert Image.MAX_IMAGE_PIXELS == own  # Pillow's limit is its own again
+
+
+def test_max_pixels_governs_every_step_of_a_decode(tmp_path: Path, monkeypatch):
+    """The same with Pillow's limit made small: the whole decode (orientation, RGB) follows max_pixels."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    photo(0, (64, 48)).save(tmp_path / "a.png")  # 3,072 pixels: over twice Pillow's limit
+    assert load_image(tmp_path / "a.png", max_pixels=64 * 48).size == (64, 48)
+    assert decode_bytes((tmp_path / "a.png").read_bytes(), max_pixels=10_000).size == (64, 48)
+    with pytest.raises(ImageError, match="64x48 = 3,072 pixels is over the limit of 3,000"):
+        load_image(tmp_path / "a.png", max_pixels=3000)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
+def test_max_pixels_must_be_a_positive_whole_number(tmp_path: Path):
+    photo(0, (8, 8)).save(tmp_path / "a.png")
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ConfigError, match=f"max_pixels must be .* at least 1. Received: max_pixels={bad}"):
+            load_image(tmp_path / "a.png", max_pixels=bad)
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from headstart import show
 from headstart._version import __version__
-from headstart.config import ACCELERATORS, RECIPES, STRATEGIES
+from headstart.config import ACCELERATORS, INPUT_SIZES, RECIPES, STRATEGIES, check_input_size
 from headstart.errors import HeadstartError
 from headstart.images import MAX_PIXELS
 from headstart.layouts import LAYOUTS, SPLITS
@@ -41,6 +41,8 @@ SplitName = Literal[SPLITS]
 PrintFormat = Literal["table", "json", "csv"]
 
 DATA_HELP = "Dataset folder (food11, folders layout), CSV manifest, or the word 'demo'."
+INPUT_SIZE_HELP = f"Input size in pixels, {INPUT_SIZES.low:g}-{INPUT_SIZES.high:g}."
+FORCE_HELP = "Allow an --input-size outside that range."
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -173,7 +175,8 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="Global batch size, shared among the devices.", show_default="32"),
     lr: Optional[float] = typer.Option(None, help="Head learning rate.", show_default="1e-3 default, 1e-5 seed"),
     backbone_lr: Optional[float] = typer.Option(None, help="Top backbone group's learning rate.", show_default="1e-4 default, 1e-5 seed"),
-    input_size: Optional[int] = typer.Option(None, help="Input size in pixels.", show_default="the weights': 224"),
+    input_size: Optional[int] = typer.Option(None, help=INPUT_SIZE_HELP, show_default="the weights': 224"),
+    force_input_size: Optional[bool] = typer.Option(None, "--force-input-size", help=FORCE_HELP, show_default="off"),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random resized crop + flip.", show_default="default on, seed off"),
     early_stopping: Optional[int] = typer.Option(None, help="Patience in epochs on val_loss; 0 = off.", show_default="5 default, 0 seed"),
     unfreeze_every: Optional[int] = typer.Option(None, help="gradual: epochs between unfreezing groups.", show_default="2"),
@@ -238,7 +241,8 @@ def compare(
     recipe: Optional[RecipeName] = typer.Option(None, help="default or seed (the tutorial's).", show_default="default"),
     freeze_layers: Optional[int] = typer.Option(None, help="vgg16: Keras layers frozen by 'half' (the tutorial: 10).", show_default="by groups"),
     epochs: Optional[int] = typer.Option(None, help="Epochs per strategy.", show_default="recipe's"),
-    input_size: Optional[int] = typer.Option(None, help="Input size in pixels.", show_default="the weights': 224"),
+    input_size: Optional[int] = typer.Option(None, help=INPUT_SIZE_HELP, show_default="the weights': 224"),
+    force_input_size: Optional[bool] = typer.Option(None, "--force-input-size", help=FORCE_HELP, show_default="off"),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size, shared among the devices.", show_default="32"),
     seed: Optional[int] = typer.Option(None, help="Random seed, the same for every strategy.", show_default="0"),
     accelerator: Optional[AcceleratorName] = typer.Option(None, help="cpu, gpu or auto.", show_default="auto"),
@@ -254,7 +258,8 @@ def compare(
     from headstart.distributed import is_main_process
 
     options = {k: v for k, v in dict(backbone=backbone, weights=weights, recipe=recipe, epochs=epochs,
-                                      input_size=input_size, batch_size=batch_size, seed=seed, accelerator=accelerator,
+                                      input_size=input_size, force_input_size=force_input_size, batch_size=batch_size,
+                                      seed=seed, accelerator=accelerator,
                                       devices=devices, num_nodes=num_nodes, layout=layout).items() if v is not None}
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     if freeze_layers is not None:
@@ -282,7 +287,8 @@ def advise(
     data: str = typer.Argument(..., help=DATA_HELP),
     backbone: str = typer.Option("efficientnet_lite0", help="The backbone to advise for."),
     weights: str = typer.Option("default", help="default, bundled, hub, none, or a file.", show_default="default"),
-    input_size: Optional[int] = typer.Option(None, help="Input size in pixels.", show_default="the weights'"),
+    input_size: Optional[int] = typer.Option(None, help=INPUT_SIZE_HELP, show_default="the weights'"),
+    force_input_size: bool = typer.Option(False, "--force-input-size", help=FORCE_HELP, show_default="off"),
     sample: int = typer.Option(60, min=5, help="Images per class probed (a bounded sample)."),
     seed: int = typer.Option(0, help="Seed of the sample and of drawn splits."),
     as_json: bool = typer.Option(False, "--json", help="Print the advice as JSON."),
@@ -294,6 +300,7 @@ def advise(
     from headstart.advice import SOURCE
     from headstart.advice import advise as run_advise
 
+    check_input_size(input_size, force_input_size)  # as train checks it
     a = run_advise(data, backbone, weights, input_size, per_class=sample, seed=seed, progress=SHOW["progress"],
                    layout=layout)
     if as_json:

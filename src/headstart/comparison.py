@@ -139,8 +139,10 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
         strategies = list(dict.fromkeys(advice.strategy if s == "auto" else s for s in strategies))
     runs = {}
     for strategy in strategies:
-        # A freeze point (--freeze, --freeze-layers) is for the strategies that have one.
-        own = options if strategy in ("partial", "half") else {k: v for k, v in options.items() if k not in FREEZE}
+        # A freeze point (--freeze, --freeze-layers) is for the strategies that have one; weights are
+        # for those that start from them (scratch: random).
+        own = {k: v for k, v in options.items() if not (k in FREEZE and strategy not in ("partial", "half")
+                                                        or k == "weights" and strategy == "scratch")}
         runs[strategy] = fit(data, strategy=strategy, runs_dir=str(out), name=strategy, progress=progress, **own)
         if runs[strategy].interrupted:
             return Comparison(out, [], runs, "", advice, interrupted=True)

@@ -4,13 +4,18 @@
 >>> cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs, cfg.augment
 ('adam', 1e-05, 32, 10, False)
 
-A run's ``config.yaml`` is this object written out, and is enough to run it again.
+A run's ``config.yaml`` is this object written out, and is enough to run it again. Every option is
+checked where a ``TrainConfig`` is made, however it is made (flags, YAML, a Python call): a name
+among the known ones, a number in its range (``RANGES``), nothing the strategy would ignore.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
+from collections.abc import Container
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,7 +37,8 @@ class TrainConfig:
     # --- model
     backbone: str = "efficientnet_lite0"  # bundled weights: works offline
     weights: str = "default"
-    input_size: int | None = None  # None: the size the weights were trained at
+    input_size: int | None = None  # None: the size the weights were trained at; else 16-1024 (INPUT_SIZES)
+    force_input_size: bool = False  # an input_size outside 16-1024, on purpose
     head_dropout: float = 0.2  # the tutorial's head
     head_hidden: int = 100
     # --- strategy
@@ -73,6 +79,11 @@ class TrainConfig:
     name: str | None = None  # default: <backbone>-<strategy>-<time>
     advice: dict | None = None  # with --strategy auto: what headstart.advice measured and recommended
 
+    def __post_init__(self) -> None:
+        # However it is made (flags, YAML, a Python call, dataclasses.replace), a config is usable:
+        # a bad value fails here, before any image is decoded or any file written.
+        check(self)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -92,7 +103,86 @@ STRATEGIES = ("features", "partial", "half", "full", "gradual", "scratch")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
-def _check(cfg: TrainConfig) -> TrainConfig:
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric option takes: ``low`` to ``high``, each end included unless it is open."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    whole: bool = True  # an int
+    note: str = ""  # what the ends mean
+
+    def __contains__(self, x: float) -> bool:
+        above = x > self.low if self.low_open else x >= self.low
+        below = x < self.high if self.high_open else x <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        low, high = (str(int(x)) if float(x).is_integer() else f"{x:g}" for x in (self.low, self.high))
+        above = f"{'greater than' if self.low_open else 'at least'} {low}"
+        below = f"{'below' if self.high_open else 'at most'} {high}"
+        if math.isinf(self.high):
+            text = above
+        elif self.low_open or self.high_open:
+            text = f"{above} and {below}"
+        else:
+            text = f"between {low} and {high}"
+        return f"{text} ({self.note})" if self.note else text
+
+
+# Every numeric option of TrainConfig but input_size (check_input_size), with its range.
+RANGES: dict[str, Range] = {
+    "val_fraction": Range(0, 1, high_open=True, whole=False, note="a share of training"),
+    "eval_fraction": Range(0, 1, high_open=True, whole=False, note="a share of training"),
+    "head_dropout": Range(0, 1, high_open=True, whole=False, note="1 would drop every feature"),
+    "head_hidden": Range(0, note="0: a single linear layer"),
+    "freeze_layers": Range(0),
+    "unfreeze_every": Range(1),
+    "epochs": Range(1),
+    "batch_size": Range(1),
+    "lr": Range(0, low_open=True, whole=False),
+    "backbone_lr": Range(0, low_open=True, whole=False),
+    "lr_decay": Range(0, 1, low_open=True, whole=False, note="each lower group's rate is the one above times this"),
+    "weight_decay": Range(0, whole=False),
+    "warmup_epochs": Range(0, whole=False),
+    "label_smoothing": Range(0, 1, high_open=True, whole=False),
+    "early_stopping": Range(0, note="0 = off"),
+    "seed": Range(0, 2**32 - 1, note="the seeds numpy takes"),
+    "num_nodes": Range(1),
+    "num_workers": Range(0, note="0: load in the training process"),
+}
+# Below 16 pixels a backbone sees next to nothing; above 1024 every decoded image takes over 3 MB
+# of cache and memory (100,000 once asked for a 360 GB cache file). force_input_size lifts both.
+INPUT_SIZES = Range(16, 1024, note="pixels")
+UNFREEZES = ("gradual",)  # the strategies that open groups as they go (auto never advises one)
+
+
+def check_number(name: str, value: Any, allowed: Range) -> None:
+    """A ConfigError naming ``name``, the value received and the allowed range, unless ``value`` is in it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if allowed.whole else numbers.Real):
+        kind = "a whole number" if allowed.whole else "a number"
+        raise ConfigError(f"{name} must be {kind}, {allowed}. Received: {name}={value!r}")
+    if not (math.isfinite(value) and value in allowed):
+        raise ConfigError(f"{name} must be {allowed}. Received: {name}={value!r}")
+
+
+def check_input_size(size: int | None, force: bool = False) -> None:
+    """None (the weights' own size), or a size in pixels: 16-1024 unless ``force``, never below 1."""
+    if size is None:
+        return
+    allowed = Range(1, note="pixels") if force else INPUT_SIZES
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool) and size not in allowed:
+        fix = ("Leave it out for the size the weights were trained at" if size < 1
+               else "To use it anyway, pass --force-input-size (force_input_size=True)")
+        raise ConfigError(f"input_size must be {allowed}. Received: input_size={size}. {fix}.")
+    check_number("input_size", size, allowed)  # a whole number
+
+
+def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
+    """Every option of ``cfg`` known and in range, and none that its strategy would ignore. ``given``:
+    the options asked for explicitly (flags, a Python call): those are checked even at their defaults."""
     if cfg.recipe not in RECIPES:
         raise ConfigError(f"Unknown recipe '{cfg.recipe}'. Choose one of: {', '.join(RECIPES)}.")
     if cfg.strategy not in STRATEGIES and cfg.strategy != "auto":
@@ -104,12 +194,26 @@ def _check(cfg: TrainConfig) -> TrainConfig:
     if cfg.accelerator not in ACCELERATORS:
         raise ConfigError(f"Unknown accelerator '{cfg.accelerator}'. Choose one of: {', '.join(ACCELERATORS)}.")
     check_loggers(cfg.loggers)
-    for name in ("epochs", "batch_size", "unfreeze_every", "num_nodes"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name} must be at least 1. Received: {name}={getattr(cfg, name)}")
-    for name in ("lr", "backbone_lr"):
-        if not getattr(cfg, name) > 0:
-            raise ConfigError(f"{name} must be positive. Received: {name}={getattr(cfg, name)}")
+    for name, allowed in RANGES.items():
+        value = getattr(cfg, name)
+        if not (name == "freeze_layers" and value is None):  # None: freeze by groups
+            check_number(name, value, allowed)
+    if cfg.val_fraction + cfg.eval_fraction >= 1:
+        raise ConfigError(f"val_fraction + eval_fraction must leave images for training (below 1). "
+                          f"Received: {cfg.val_fraction} + {cfg.eval_fraction}")
+    check_input_size(cfg.input_size, cfg.force_input_size)
+    # A default is no request; a run's own config.yaml holds every default (weights: default,
+    # unfreeze_every: 2), so only a value asked for or changed says someone expected an effect.
+    default = {f.name: f.default for f in fields(TrainConfig)}
+    if cfg.strategy not in UNFREEZES and ("unfreeze_every" in given or cfg.unfreeze_every != default["unfreeze_every"]):
+        raise ConfigError(f"unfreeze_every only applies to the gradual strategy (one more group trained every N "
+                          f"epochs), not to {cfg.strategy}. Received: unfreeze_every={cfg.unfreeze_every} with "
+                          f"strategy={cfg.strategy!r}. "
+                          "Pass --strategy gradual, or leave --unfreeze-every out.")
+    if cfg.strategy == "scratch" and cfg.weights != "none" and ("weights" in given or cfg.weights != default["weights"]):
+        raise ConfigError(f"The scratch strategy starts from random weights; it cannot load any. Received: "
+                          f"weights={cfg.weights!r} with strategy='scratch'. Leave --weights out, or pick a strategy "
+                          "that starts from them (full, for every layer trained).")
     return cfg
 
 
@@ -158,12 +262,13 @@ def resolve_config(recipe: str | None = None, yaml_path: str | Path | None = Non
     if name not in RECIPES:
         raise ConfigError(f"Unknown recipe '{name}'. Choose one of: {', '.join(RECIPES)}.")
     values: dict[str, Any] = {**RECIPES[name], **from_yaml, **overrides, "recipe": name}
-    return _check(TrainConfig(**{k: coerce(k, v) for k, v in values.items()}))
+    return check(TrainConfig(**{k: coerce(k, v) for k, v in values.items()}), given=overrides)
 
 
 def as_trained(cfg: TrainConfig) -> TrainConfig:
-    """The config as the run really trains: ``features`` computes the backbone once, so it never augments."""
-    return dataclasses.replace(cfg, augment=False) if cfg.strategy == "features" and cfg.augment else cfg
+    """The config as the run really trains: ``features`` computes the backbone once, so it never augments.
+    Checked once more: a config changed after it was made (``cfg.epochs = 0``) fails here, before the run."""
+    return check(dataclasses.replace(cfg, augment=False) if cfg.strategy == "features" and cfg.augment else cfg)
 
 
 def save_config(cfg: TrainConfig, path: Path, header: str = "") -> None:
@@ -176,4 +281,27 @@ def load_config(path: Path) -> TrainConfig:
     if unknown:
         raise ConfigError(f"{path} has unknown option(s): {', '.join(unknown)}. Was it written by another version? "
                           "Remove them.")
-    return _check(TrainConfig(**values))
+    if "force_input_size" not in values:
+        values = _as_it_trained(values)
+    try:
+        return TrainConfig(**values)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _as_it_trained(values: dict[str, Any]) -> dict[str, Any]:
+    """A config.yaml written before options were checked (it has no force_input_size), read as its run
+    trained: input_size 0 meant the weights' size, one outside 16-1024 was used as given, and
+    unfreeze_every (but with gradual) or weights (with scratch) had no effect. A finished run stays usable."""
+    values, default = dict(values), TrainConfig.__dataclass_fields__
+    size = values.get("input_size")
+    if size == 0:
+        values["input_size"] = None
+    elif isinstance(size, int) and size not in INPUT_SIZES:
+        values["force_input_size"] = True
+    strategy = values.get("strategy", default["strategy"].default)
+    if strategy not in UNFREEZES:
+        values.pop("unfreeze_every", None)
+    if strategy == "scratch":
+        values.pop("weights", None)
+    return values

@@ -7,15 +7,18 @@ Training, evaluation, prediction and serving all decode through ``decode_image``
 from __future__ import annotations
 
 import io
+import numbers
 import os
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from headstart.errors import ImageError
+from headstart.errors import ConfigError, ImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Pillow's own decompression-bomb threshold (1024 * 1024 * 1024 // 4 // 3 pixels, ~0.25 GB of
@@ -88,10 +91,35 @@ def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS, name: str = "upload"
     return _decode(io.BytesIO(data), Path(name), max_pixels)[0]
 
 
-def _decode(source, path: Path, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
+# Pillow refuses images over twice its own limit (Image.MAX_IMAGE_PIXELS, a module global) whatever
+# max_pixels says. While headstart decodes, that limit is the largest max_pixels of the decodes under
+# way (one per thread), so max_pixels decides; each decode still checks its own max_pixels below.
+_LIMITS_LOCK = threading.Lock()
+_LIMITS: list[int] = []  # the max_pixels of the decodes under way
+_PILLOWS_OWN: list[int | None] = []  # Pillow's limit before them
+
+
+@contextmanager
+def _pillow_limit(max_pixels: int):
+    with _LIMITS_LOCK:
+        if not _LIMITS:
+            _PILLOWS_OWN[:] = [Image.MAX_IMAGE_PIXELS]
+        _LIMITS.append(max_pixels)
+        Image.MAX_IMAGE_PIXELS = max(_LIMITS)
     try:
-        with warnings.catch_warnings():
-            # Our own limit below decides; Pillow still raises for more than twice its own.
+        yield
+    finally:
+        with _LIMITS_LOCK:
+            _LIMITS.remove(max_pixels)
+            Image.MAX_IMAGE_PIXELS = max(_LIMITS) if _LIMITS else _PILLOWS_OWN[0]
+
+
+def _decode(source, path: Path, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
+        raise ConfigError(f"max_pixels must be a whole number of pixels, at least 1. Received: max_pixels={max_pixels!r}")
+    try:
+        with warnings.catch_warnings(), _pillow_limit(max_pixels):
+            # Our own limit below decides: Pillow's warning is for images between its limit and twice it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source) as im:
                 w, h = im.size
@@ -105,8 +133,9 @@ def _decode(source, path: Path, max_pixels: int) -> tuple[Image.Image, ImageInfo
                 rgb = to_rgb(ImageOps.exif_transpose(im))
     except ImageError:
         raise
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"refused as a decompression bomb: {e}", "too_large") from None
+    except Image.DecompressionBombError as e:  # a frame or tile over max_pixels (twice it, as Pillow counts)
+        raise ImageError(f"refused as a decompression bomb (over the limit of {max_pixels:,} pixels): {e}",
+                         "too_large") from None
     except UnidentifiedImageError:
         raise ImageError("cannot decode: not an image Pillow recognises (bad or missing header)", "not_image") from None
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error...
