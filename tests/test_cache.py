@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import queue
@@ -56,6 +57,33 @@ def test_second_use_decodes_nothing_and_a_changed_file_rebuilds(tmp_path: Path, 
     # Another input size is another cache.
     decoded_images(load_dataset(root), Preprocessing(input_size=24), progress=False, directory=tmp_path / "c")
     assert len(calls) == 72
+
+
+def test_links_that_lead_nowhere_never_reach_the_cache(tmp_path: Path):
+    """A self-referencing or dangling link (any layout) is a problem of the listing, and the cache
+    key of a file gone since (a link broken after listing) is made all the same: train never
+    stops on a traceback; the image is skipped with its reason, as inspect says."""
+    from conftest import food11_to_folders
+
+    from headstart.layouts import Sample
+    from test_layouts import add_broken_links
+
+    root = make_food11(tmp_path / "d")
+    (root / "classes.txt").write_text("cat\ncoffee\nastronaut\n")
+    root = food11_to_folders(root, tmp_path / "folders")
+    reasons = add_broken_links(root / "training" / "cat")
+    ds, store = decoded_images(load_dataset(root), PRE, progress=False, directory=tmp_path / "c")
+    assert {p.path.name: p.reason for p in ds.problems} == reasons
+    assert len(store) == len(ds.samples) == 24
+
+    full = load_dataset(root)
+    gone = [Sample(root / "training" / "cat" / name, 0, "training") for name in reasons]  # listed, then broken
+    key = hs_cache.cache_key(full.samples + gone, PRE)
+    assert key != hs_cache.cache_key(full.samples, PRE)
+    ds, store = decoded_images(dataclasses.replace(full, samples=full.samples + gone), PRE, progress=False,
+                               directory=tmp_path / "c")
+    assert {p.path.name: p.reason for p in ds.problems} == reasons
+    assert len(store) == len(ds.samples) == 24
 
 
 def _build(root: str, directory: str) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -156,7 +157,19 @@ def missing_data_and_bad_fractions(tmp_path: Path, check) -> None:
     check(root, "received 0.6 + 0.5", val_fraction=0.6, eval_fraction=0.5)
 
 
-DATA_ERRORS = [empty_split, class_without_training_images, missing_data_and_bad_fractions]
+def link_to_another_image(tmp_path: Path, check) -> None:
+    """A link to another image of the dataset is one file twice: in another split, a leak."""
+    root = make_food11(tmp_path / "d")
+    link = root / "evaluation" / "0_99.jpg"
+    os.symlink(root / "training" / "0_0.jpg", link)
+    check(root, f"{root / 'training' / '0_0.jpg'} and {link} are the same file",
+          "in the training and the evaluation split, a leak", "delete the other (a link)")
+    link.unlink()
+    os.symlink("0_1.jpg", root / "training" / "0_99.jpg")
+    check(root, "are the same file", "in the training split twice")
+
+
+DATA_ERRORS = [empty_split, class_without_training_images, missing_data_and_bad_fractions, link_to_another_image]
 
 
 @pytest.mark.parametrize("case", DATA_ERRORS, ids=lambda case: case.__name__)
@@ -164,3 +177,67 @@ def test_unusable_data_is_refused_with_the_path_and_the_fix(tmp_path: Path, case
     from test_layouts import refused
 
     case(tmp_path, refused)
+
+
+# --- reading a manifest's images outside its folder: one option, every command ----------------
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A manifest in a sub-folder listing the dataset's images as ``../training/0_0.jpg``: refused
+    unless allowed."""
+    from test_layouts import manifest_rows, write_manifest
+
+    root = make_food11(tmp_path / "d")
+    (root / "lists").mkdir()
+    return write_manifest(root / "lists" / "manifest.csv", [f"../{r}" for r in manifest_rows(root, header=False)])
+
+
+def test_allow_outside_root_is_an_option_of_the_config(outside: Path):
+    from headstart.config import TrainConfig, resolve_config
+
+    with pytest.raises(DataError, match="outside the dataset's folder"):
+        load_dataset_for(TrainConfig(data=str(outside)))
+    cfg = resolve_config(overrides={"data": str(outside), "allow_outside_root": "true"})  # as YAML or a flag gives it
+    assert cfg.allow_outside_root is True and TrainConfig().allow_outside_root is False
+    assert len(load_dataset_for(cfg).samples) == 24
+
+
+@pytest.mark.parametrize("command", ["inspect", "train", "compare", "advise"])
+def test_every_command_taking_data_refuses_outside_paths_unless_allowed(outside: Path, tmp_path: Path, command: str):
+    """Without the flag: exit 2, naming the line and the flag. With it the data is read, and the
+    command goes on to the next thing it checks: here an unknown backbone (inspect: it succeeds)."""
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    runner = CliRunner()
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+    args = {"inspect": ["--out", str(tmp_path / "out")], "advise": ["--backbone", "vgg61"],
+            "train": ["--backbone", "vgg61", *runs],
+            "compare": ["--backbone", "vgg61", "--strategies", "features", *runs]}[command]
+    refused = runner.invoke(app, [command, str(outside), *args])
+    assert refused.exit_code == 2, refused.output
+    message = " ".join(refused.output.split())
+    assert f"{outside}, line 1: '../training/0_0.jpg' is outside" in message and "--allow-outside-root" in message
+    allowed = runner.invoke(app, [command, str(outside), *args, "--allow-outside-root"])
+    message = " ".join(allowed.output.split())
+    if command == "inspect":
+        assert allowed.exit_code == 0, message
+        assert "Training data available in 3 classes" in message
+    else:
+        assert allowed.exit_code == 2 and "Unknown backbone 'vgg61'" in message, message
+
+
+def test_evaluate_on_other_data_outside_its_folder(tiny_run, outside: Path):
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    runner = CliRunner()
+    args = ["evaluate", str(tiny_run.dir), "--data", str(outside), "--split", "validation"]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and "--allow-outside-root" in " ".join(refused.output.split()), refused.output
+    # Read with the flag: then its classes (cat, coffee, astronaut) are not the run's, the next check.
+    allowed = runner.invoke(app, [*args, "--allow-outside-root"])
+    assert allowed.exit_code == 2 and "are not the run's" in " ".join(allowed.output.split()), allowed.output

@@ -131,6 +131,20 @@ def test_unusable_data_exits_2_with_the_message_and_writes_nothing(tmp_path: Pat
     case(tmp_path, check)
 
 
+def test_inspect_lists_broken_links_as_problems(tmp_path: Path):
+    """Self-referencing and dangling links: listed with their reason, not a traceback."""
+    from test_layouts import add_broken_links
+
+    root = make_food11(tmp_path / "d")
+    reasons = add_broken_links(root / "training", prefix="0_")
+    out = tmp_path / "out"
+    result = inspect_cli(root, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "Skipped 2 unreadable image(s)" in result.output
+    problems = json.loads((out / "inspect.json").read_text())["problems"]
+    assert {Path(p["path"]).name: p["reason"] for p in problems} == reasons
+
+
 def test_console_script_runs_and_exits_2_on_bad_data(tmp_path: Path):
     import subprocess
     import sys

@@ -8,6 +8,7 @@ cases through ``headstart inspect`` (exit code 2, the same message, nothing writ
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import pytest
 from conftest import food11_to_csv, food11_to_folders, make_food11, photo
 from headstart import layouts
 from headstart.data import load_dataset
-from headstart.errors import DataError
+from headstart.errors import DataError, ImageError
+from headstart.images import decode_image
 from headstart.inspection import verify_images
 from headstart.layouts import FOOD11_CLASSES, detect_layout, read_classes_file, read_layout
 
@@ -119,6 +121,48 @@ def test_csv_with_ids_classes_txt_no_split_and_no_header(tmp_path: Path):
     assert [p.name for p in ds.ignored] == ["readme.txt"]
 
 
+NAMES = ("cat", "coffee", "astronaut")  # the classes of make_food11's photos, by label
+
+
+def manifest_rows(root: Path, header: bool = True) -> list[str]:
+    """A manifest's lines listing every image of a make_food11 dataset: path,label name,split."""
+    rows = ["path,label,split"] if header else []
+    for split in ("training", "validation", "evaluation"):
+        for p in sorted((root / split).iterdir()):
+            rows.append(f"{split}/{p.name},{NAMES[int(p.name[0])]},{split}")
+    return rows
+
+
+def write_manifest(path: Path, rows: list[str], encoding: str = "utf-8") -> Path:
+    path.write_bytes(("\r\n".join(rows) + "\r\n").encode(encoding))
+    return path
+
+
+@pytest.mark.parametrize("columns", [2, 3])
+def test_csv_with_a_byte_order_mark_reads_its_header_as_a_header(tmp_path: Path, columns: int):
+    """Excel's "CSV UTF-8" starts with a byte-order mark: the header stays a header, not a row
+    whose label 'label' would be a class of its own."""
+    root = make_food11(tmp_path / "d")
+    rows = [",".join(r.split(",")[:columns]) for r in manifest_rows(root)]
+    write_manifest(root / "manifest.csv", rows, "utf-8-sig")
+    assert detect_layout(root) == "csv"
+    ds = load_dataset(root)
+    assert ds.classes == sorted(NAMES) and ds.ignored == [] and ds.problems == []
+    assert len(ds.samples) == 24
+    (root / "classes.txt").write_bytes("cat\ncoffee\nastronaut\n".encode("utf-8-sig"))  # Notepad's BOM
+    assert load_dataset(root).classes == list(NAMES)
+
+
+def test_csv_line_numbers_are_the_files_lines(tmp_path: Path):
+    """Errors name the line of the file, counting the header and blank lines."""
+    root = make_food11(tmp_path / "d")
+    rows = manifest_rows(root)
+    rows[3:3] = ["", "training/0_1.jpg,cat,holdout"]
+    manifest = write_manifest(root / "manifest.csv", rows)
+    with pytest.raises(DataError, match=f"{manifest}, line 5: unknown split 'holdout'"):
+        load_dataset(root)
+
+
 # --- forcing a layout -----------------------------------------------------------------------
 
 
@@ -184,14 +228,69 @@ def csv_rows(tmp_path: Path, check) -> None:
     manifest.write_text("training/0_0.jpg,0,training\ntraining/1_4.jpg,1\n")
     check(root, str(manifest), "a split for some rows and not for others")
     manifest.write_text("training/0_0.jpg,0,holdout\n")
-    check(root, f"{manifest}, row 1: unknown split 'holdout'")
+    check(root, f"{manifest}, line 1: unknown split 'holdout'")
     manifest.write_text("training/0_0.jpg,0\ntraining/1_4.jpg,1\n")
-    check(root, "Label id 0", f"{manifest}, row 1", "there is no")
+    check(root, "Label id 0", f"{manifest}, line 1", "there is no")
+
+
+def csv_file_listed_twice(tmp_path: Path, check) -> None:
+    """One file on two lines is refused, whatever the lines say: in two splits it is a leak (trained
+    on and evaluated), with two labels one is wrong, and twice the same is counted twice (or,
+    splits drawn, drawn into two splits)."""
+    root = make_food11(tmp_path / "d")
+    rows = manifest_rows(root)  # line 2: training/0_0.jpg,cat,training
+    manifest = root / "manifest.csv"
+    end = len(rows) + 1  # the line number of a row added at the end
+    write_manifest(manifest, rows + ["./training/0_0.jpg,cat,evaluation"])
+    check(root, f"{manifest} lists a file more than once", f"lines 2 and {end}", str(root / "training" / "0_0.jpg"),
+          "in the training and the evaluation split (a leak", "delete the other lines")
+    write_manifest(manifest, rows + ["training/0_0.jpg,coffee,training"])
+    check(root, f"lines 2 and {end} give", "different labels ('cat', 'coffee')")
+    write_manifest(manifest, rows + [rows[1]])
+    check(root, f"lines 2 and {end} list", "more than once")
+    write_manifest(manifest, [",".join(r.split(",")[:2]) for r in rows + [rows[1], rows[1]]])
+    check(root, f"lines 2, {end} and {end + 1} list", "more than once")
+
+
+def csv_path_outside_its_folder(tmp_path: Path, check) -> None:
+    """A manifest reads images inside its own folder: ``../`` or an absolute path elsewhere is refused,
+    naming the line and the option that allows it."""
+    root = make_food11(tmp_path / "d")
+    (root / "lists").mkdir()
+    manifest = root / "lists" / "manifest.csv"
+    write_manifest(manifest, [f"../{r}" for r in manifest_rows(root, header=False)])
+    check(manifest, f"{manifest}, line 1: '../training/0_0.jpg' is outside the dataset's folder {root / 'lists'}",
+          "and 23 more lines", "--allow-outside-root")
+    rows = manifest_rows(root)
+    rows[5] = f"{root / 'training' / '1_4.jpg'},coffee,training"  # absolute, elsewhere
+    write_manifest(root / "lists" / "manifest.csv", [r for r in rows if not r.startswith("training/1_4.jpg")])
+    check(manifest, f"{manifest}, line 6: '{root / 'training' / '1_4.jpg'}' is outside", "--allow-outside-root")
+
+
+def csv_not_utf8_or_not_csv(tmp_path: Path, check) -> None:
+    root = make_food11(tmp_path / "d")
+    manifest = root / "manifest.csv"
+    rows = manifest_rows(root)
+    rows[3] = rows[3].replace("0_", "caf\u00e9_0_")
+    write_manifest(manifest, rows, "latin-1")
+    check(root, f"{manifest}, line 4: not UTF-8 text", "Save the file as UTF-8")
+    manifest.write_text("path,label\n" + f"training/{'x' * 200_000}.jpg,cat\n")
+    check(root, f"{manifest}, line 2: not a CSV row (field larger than field limit")
+    manifest.write_text("path,label\ntraining/0_0.jpg," + "1" * 5000 + "\n")
+    check(root, f"{manifest}, line 2: label id 111111111111111111111111... has no class name")
+
+
+def food11_label_of_other_digits(tmp_path: Path, check) -> None:
+    """``²`` is a digit to ``str.isdigit`` but not to ``int``: not a class id."""
+    root = make_food11(tmp_path / "d")
+    photo(0).save(root / "training" / "\u00b2_1.jpg")
+    check(root, "no class id in their name", "\u00b2_1.jpg")
 
 
 LAYOUT_ERRORS = [label_id_without_class_name, file_name_without_label, mixed_layouts_inside_a_split,
                  mixed_layouts_across_splits, split_folders_beside_class_folders, two_folders_for_one_split,
-                 csv_rows]
+                 csv_rows, csv_file_listed_twice, csv_path_outside_its_folder, csv_not_utf8_or_not_csv,
+                 food11_label_of_other_digits]
 
 
 def refused(data: Path, *needles: str, **options) -> None:
@@ -222,3 +321,68 @@ def test_a_foreign_manifest_does_not_decide_the_layout(tmp_path: Path, caplog):
     assert f"{root / 'manifest.csv'} is not a headstart manifest" in caplog.text
     (root / "manifest.csv").write_text("path,label\ntraining/0_0.jpg,cat\ntraining/1_4.jpg,dog\n")  # one of ours: it decides
     assert detect_layout(root) == "csv"
+
+
+# --- what may be read: outside the manifest's folder, links ---------------------------------
+
+
+def test_allow_outside_root_reads_a_manifest_listing_images_elsewhere(tmp_path: Path):
+    root = make_food11(tmp_path / "d")
+    (root / "lists").mkdir()
+    manifest = write_manifest(root / "lists" / "train.csv", [f"../{r}" for r in manifest_rows(root, header=False)])
+    with pytest.raises(DataError, match="--allow-outside-root"):
+        load_dataset(manifest)
+    ds = load_dataset(manifest, allow_outside_root=True)
+    assert len(ds.samples) == 24 and ds.root == root / "lists"
+    assert {s.path.resolve() for s in ds.samples} == {p for p in root.rglob("*.jpg")}
+
+
+def test_a_linked_folder_inside_the_manifests_folder_may_be_read(tmp_path: Path):
+    """Links put in the dataset's folder are its owner's choice (as in the other layouts): a path
+    inside the folder as written is read, even where the link leads elsewhere."""
+    images = make_food11(tmp_path / "images")
+    root = tmp_path / "d"
+    root.mkdir()
+    os.symlink(images, root / "images", target_is_directory=True)
+    write_manifest(root / "manifest.csv", [f"images/{r}" for r in manifest_rows(images, header=False)])
+    assert len(load_dataset(root).samples) == 24
+
+
+def add_broken_links(folder: Path, prefix: str = "") -> dict[str, str]:
+    """A self-referencing link and a dangling one in ``folder``; the reason decode_image gives for each."""
+    loop, dangling = folder / f"{prefix}loop.jpg", folder / f"{prefix}dangling.jpg"
+    os.symlink(loop.name, loop)
+    os.symlink("nowhere.jpg", dangling)
+    reasons = {}
+    for link in (loop, dangling):
+        with pytest.raises(ImageError) as raised:
+            decode_image(link, 1000)
+        reasons[link.name] = str(raised.value)
+    return reasons
+
+
+@pytest.mark.parametrize("layout", ["food11", "folders", "csv"])
+def test_dangling_and_looping_links_are_problems_not_samples(tmp_path: Path, layout: str):
+    """Listing skips them with the reason inspect gives, so nothing after it (the cache key, the
+    decoder) meets a file it cannot read."""
+    root = make_food11(tmp_path / "d")
+    (root / "classes.txt").write_text("\n".join(NAMES) + "\n")
+    rows = manifest_rows(root)
+    if layout == "folders":
+        root = food11_to_folders(root, tmp_path / "folders")
+        reasons = add_broken_links(root / "training" / "cat")
+    else:
+        reasons = add_broken_links(root / "training", prefix="0_")
+    if layout == "csv":
+        rows += [f"training/{name},cat,training" for name in reasons]
+        write_manifest(root / "manifest.csv", rows)
+        reasons = {name: f"listed in manifest.csv, line {len(rows) - 1 + i}, but {reason}"
+                   for i, (name, reason) in enumerate(reasons.items())}
+    ds = load_dataset(root)
+    assert ds.layout == layout
+    assert {p.path.name: p.reason for p in ds.problems} == reasons
+    assert reasons["0_loop.jpg" if layout != "folders" else "loop.jpg"].endswith(
+        "cannot read: Too many levels of symbolic links")
+    assert ds.counts() == {"training": [4, 4, 4], "validation": [2, 2, 2], "evaluation": [2, 2, 2]}
+    checked, _ = verify_images(ds, progress=False)
+    assert checked.problems == ds.problems  # nothing left for inspect to find

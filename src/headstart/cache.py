@@ -45,8 +45,12 @@ def cache_key(samples: list[Sample], pre: Preprocessing) -> str:
     version = "v2|" if pre.resize == "center_crop" else ""  # v2: center_crop crops the source first
     h.update(f"{version}{pre.input_size}|{pre.resize}|{pre.interpolation}".encode())
     for s in samples:
-        st = s.path.stat()
-        h.update(f"\n{s.path}|{st.st_size}|{st.st_mtime_ns}".encode())
+        try:
+            st = s.path.stat()
+            identity = f"{st.st_size}|{st.st_mtime_ns}"
+        except (OSError, ValueError):  # gone since it was listed: the build finds why, and skips it
+            identity = "unreadable"
+        h.update(f"\n{s.path}|{identity}".encode("utf-8", "surrogateescape"))  # any name the system allows
     return h.hexdigest()[:24]
 
 

@@ -43,6 +43,7 @@ PrintFormat = Literal["table", "json", "csv"]
 DATA_HELP = "Dataset folder (food11, folders layout), CSV manifest, or the word 'demo'."
 INPUT_SIZE_HELP = f"Input size in pixels, {INPUT_SIZES.low:g}-{INPUT_SIZES.high:g}."
 FORCE_HELP = "Allow an --input-size outside that range."
+OUTSIDE_HELP = "Let a CSV manifest list images outside its own folder."
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -113,6 +114,7 @@ def inspect(
     eval_fraction: float = typer.Option(0.2, help="Share of training drawn for evaluation when the data has none."),
     seed: int = typer.Option(0, help="Seed for drawn splits and the sample grid."),
     max_pixels: int = typer.Option(MAX_PIXELS, help="Refuse images with more pixels (decompression bombs)."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help=OUTSIDE_HELP),
 ) -> None:
     """Counts per split and class, imbalance, image sizes, problems; class_distribution.png and samples.png."""
     from headstart import inspection
@@ -121,7 +123,7 @@ def inspect(
         out_dir = Path("runs") / f"inspect-{'demo' if data == 'demo' else Path(data).resolve().name}"
     summary = inspection.inspect_dataset(data, out_dir, layout=layout, val_fraction=val_fraction,
                                          eval_fraction=eval_fraction, seed=seed, max_pixels=max_pixels,
-                                         progress=SHOW["progress"])
+                                         progress=SHOW["progress"], allow_outside_root=allow_outside_root)
     show.summary(summary)
     out.print(f"Wrote {out_dir / inspection.DISTRIBUTION_PNG}, {out_dir / inspection.SAMPLES_PNG}, "
               f"{out_dir / inspection.SUMMARY_JSON}")
@@ -170,6 +172,7 @@ def train(
     freeze_layers: Optional[int] = typer.Option(None, help="partial, vgg16: Keras layers frozen (the tutorial's half: 10).", show_default="by groups"),
     recipe: Optional[RecipeName] = typer.Option(None, help="default (AdamW, cosine, augmentation...) or seed (the tutorial's).", show_default="default"),
     layout: Optional[LayoutName] = typer.Option(None, help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected"),
+    allow_outside_root: Optional[bool] = typer.Option(None, "--allow-outside-root", help=OUTSIDE_HELP, show_default="off"),
     config: Optional[Path] = typer.Option(None, "--config", help="A YAML file of options (a run's config.yaml runs it again); flags override it.", show_default="none"),
     epochs: Optional[int] = typer.Option(None, help="Epochs.", show_default="recipe: 15 default, 10 seed"),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size, shared among the devices.", show_default="32"),
@@ -221,12 +224,15 @@ def evaluate(
     data: Optional[str] = typer.Option(None, help="Evaluate on other data with the same classes.", show_default="the run's"),
     split: SplitName = typer.Option("evaluation", help="The split to evaluate."),
     device: str = typer.Option("auto", help="auto (a GPU where there is one), cpu, gpu or cuda:N."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help=OUTSIDE_HELP, show_default="the run's"),
 ) -> None:
     """Accuracy, number correct, confusion matrix, per-class scores and top-k of a run's best checkpoint."""
     from headstart.evaluation import evaluate
     from headstart.runs import Run
 
     folder = Run.load(run)
+    if allow_outside_root:
+        folder.config.allow_outside_root = True
     ev = evaluate(folder, data, split, progress=SHOW["progress"], device=device)
     show.evaluation(ev)
     out.print(f"Wrote {folder.metrics_file(split)}, {folder.confusion_file(split)}, {folder.confusion_file(split, 'png')}")
@@ -251,6 +257,7 @@ def compare(
     runs_dir: str = typer.Option("runs", help="Where the comparison folder goes."),
     name: Optional[str] = typer.Option(None, help="Comparison folder name.", show_default="compare-<data>-<time>"),
     layout: Optional[LayoutName] = typer.Option(None, help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected"),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help=OUTSIDE_HELP),
     advise: bool = typer.Option(True, "--advise/--no-advise", help="Measure the data first; the report shows the advised strategy."),
 ) -> None:
     """Train several strategies on the same data and seed; one report compares them."""
@@ -259,8 +266,8 @@ def compare(
 
     options = {k: v for k, v in dict(backbone=backbone, weights=weights, recipe=recipe, epochs=epochs,
                                       input_size=input_size, force_input_size=force_input_size, batch_size=batch_size,
-                                      seed=seed, accelerator=accelerator,
-                                      devices=devices, num_nodes=num_nodes, layout=layout).items() if v is not None}
+                                      seed=seed, accelerator=accelerator, devices=devices, num_nodes=num_nodes, layout=layout,
+                                      allow_outside_root=allow_outside_root or None).items() if v is not None}
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     if freeze_layers is not None:
         options["freeze_layers"] = freeze_layers  # for half and partial only
@@ -293,15 +300,18 @@ def advise(
     seed: int = typer.Option(0, help="Seed of the sample and of drawn splits."),
     as_json: bool = typer.Option(False, "--json", help="Print the advice as JSON."),
     layout: Optional[LayoutName] = typer.Option(None, help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected"),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help=OUTSIDE_HELP),
 ) -> None:
     """Measure DATA (size; similarity to the pretraining data) and recommend a strategy by the rules."""
     import json
 
     from headstart.advice import SOURCE
     from headstart.advice import advise as run_advise
+    from headstart.data import load_dataset
 
     check_input_size(input_size, force_input_size)  # as train checks it
-    a = run_advise(data, backbone, weights, input_size, per_class=sample, seed=seed, progress=SHOW["progress"],
+    source = load_dataset(data, layout, seed=seed, allow_outside_root=True) if allow_outside_root else data
+    a = run_advise(source, backbone, weights, input_size, per_class=sample, seed=seed, progress=SHOW["progress"],
                    layout=layout)
     if as_json:
         out.print_json(json.dumps(a.to_dict()))

@@ -34,6 +34,7 @@ class TrainConfig:
     layout: str | None = None  # detected when None
     val_fraction: float = 0.2  # only for splits the data does not have
     eval_fraction: float = 0.2
+    allow_outside_root: bool = False  # a CSV manifest may list images outside its folder
     # --- model
     backbone: str = "efficientnet_lite0"  # bundled weights: works offline
     weights: str = "default"

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.errors import DataError
+from headstart.images import real_paths
 from headstart.layouts import CLASSES_FILE, SPLITS, Problem, Sample, read_layout
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,23 @@ def _draw_splits(samples: list[Sample], fractions: dict[str, float], seed: int) 
     return sorted(out, key=lambda s: (SPLITS.index(s.split), str(s.path)))
 
 
+def check_distinct(samples: list[Sample]) -> None:
+    """Every sample is a different file, or a DataError: two names of one file (a link to another
+    image of the dataset) would count it twice, or put it in training and in evaluation."""
+    seen: dict[str, Sample] = {}
+    for s, real in zip(samples, real_paths([s.path for s in samples])):
+        first = seen.setdefault(real, s)
+        if first is not s:
+            a, b = sorted((first, s), key=lambda x: (x.path.is_symlink(), SPLITS.index(x.split)))  # the link last
+            leak = ", a leak" if "training" in (a.split, b.split) else ""
+            where = (f"in the {a.split} split twice" if a.split == b.split
+                     else f"in the {a.split} and the {b.split} split{leak}")
+            raise DataError(
+                f"{a.path} and {b.path} are the same file ({real}): one image would be {where}. Keep one "
+                "of them: delete the other (a link), or replace it with a copy of a different image."
+            )
+
+
 def check_splits(ds: Dataset) -> None:
     """Every split has images and every class has training images, or a DataError."""
     counts = ds.counts()
@@ -136,11 +154,13 @@ def load_dataset(
     val_fraction: float = 0.2,
     eval_fraction: float = 0.2,
     seed: int = 0,
+    allow_outside_root: bool = False,
 ) -> Dataset:
     """Scan a dataset (no image is decoded): its layout, classes, splits and ignored files.
 
     ``val_fraction``/``eval_fraction`` (default 0.2 each, close to the tutorial's Food-11
-    split of 59/21/20 %) are used only for splits the data does not have.
+    split of 59/21/20 %) are used only for splits the data does not have. A CSV manifest's paths
+    must stay inside its folder unless ``allow_outside_root``.
 
     >>> ds = load_dataset("demo")
     >>> ds.layout, ds.num_classes, len(ds.split("evaluation"))
@@ -155,9 +175,10 @@ def load_dataset(
             f"{val_fraction} + {eval_fraction}."
         )
     root = resolve_data(data)
-    found = read_layout(root, layout)
+    found = read_layout(root, layout, allow_outside_root=allow_outside_root)
     root = root.parent if root.is_file() else root  # a manifest's folder
     samples, sources = found.samples, found.sources
+    check_distinct(samples)  # before splits are drawn: one file twice could be drawn into two
     if not any(s.split == "training" for s in samples) and not found.problems:
         raise DataError(
             f"No training images found in {sources.get('training', root)} (layout {found.layout}). "
@@ -178,4 +199,5 @@ def load_dataset_for(cfg, data: str | os.PathLike | None = None) -> Dataset:
     """The dataset of a run's config (a ``TrainConfig``), split as it was: its data, or ``data``
     (other data with the same classes; its layout is then detected)."""
     return load_dataset(data or cfg.data, cfg.layout if data is None else None, val_fraction=cfg.val_fraction,
-                        eval_fraction=cfg.eval_fraction, seed=cfg.seed)
+                        eval_fraction=cfg.eval_fraction, seed=cfg.seed,
+                        allow_outside_root=getattr(cfg, "allow_outside_root", False))

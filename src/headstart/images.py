@@ -1,5 +1,8 @@
 """Image decoding: any file Pillow reads becomes 8-bit RGB, upright, or an ImageError with the reason.
 
+Also the files of a dataset: which are images, which cannot be read (a dangling link), where a
+path really leads, and text files (a manifest, classes.txt) read as UTF-8.
+
 Training, evaluation, prediction and serving all decode through ``decode_image`` /
 ``decode_bytes``, so a photo gets the same pixels everywhere.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 import io
 import numbers
 import os
+import stat
 import threading
 import warnings
 from contextlib import contextmanager
@@ -18,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from headstart.errors import ConfigError, ImageError
+from headstart.errors import ConfigError, DataError, ImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Pillow's own decompression-bomb threshold (1024 * 1024 * 1024 // 4 // 3 pixels, ~0.25 GB of
@@ -55,6 +59,54 @@ def files_under(folder: Path) -> list[Path]:
     return sorted(out)
 
 
+def read_text(path: Path) -> str:
+    """A text file's content, UTF-8 with or without a byte-order mark, or a DataError naming the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        line = next((n for n, text in enumerate(data.splitlines(), start=1) if not _decodes(text)), 1)
+        raise DataError(f"{path}, line {line}: not UTF-8 text. Save the file as UTF-8 (in Excel: "
+                        "CSV UTF-8).") from None
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def real_path(path: Path) -> str:
+    """The path with every link followed and every ``..`` resolved (the file it names)."""
+    try:
+        return os.path.realpath(path)
+    except ValueError:  # a NUL in the name: no file has it
+        return os.path.normpath(os.path.abspath(path))
+
+
+def real_paths(paths: list[Path]) -> list[str]:
+    """``real_path`` of each path, with each folder resolved once: one ``lstat`` a file."""
+    folders: dict[str, str] = {}
+    out = []
+    for path in paths:
+        folder, name = os.path.split(os.fspath(path))
+        try:
+            direct = name not in ("", ".", "..") and not stat.S_ISLNK(os.lstat(path).st_mode)
+        except (OSError, ValueError):  # missing, or a name the system refuses: realpath says what it can
+            direct = False
+        if direct and folder not in folders:
+            folders[folder] = real_path(Path(folder or "."))
+        out.append(os.path.join(folders[folder], name) if direct else real_path(path))
+    return out
+
+
+def is_inside(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or below it (both absolute and normalised)."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB: alpha composited on white, 16-bit scaled, CMYK converted."""
     if im.mode == "RGB":
@@ -74,12 +126,31 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode_image(path: Path, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
+def file_size(path: Path) -> int:
+    """The size of the file at ``path``, or an ImageError saying why it cannot be read: missing,
+    a dangling or self-referencing link, a name the system refuses, or not a file (a folder, a pipe)."""
     try:
-        empty = path.stat().st_size == 0
+        st = path.stat()
     except OSError as e:
         raise ImageError(f"cannot read: {e.strerror or e}") from None
-    if empty:
+    except ValueError as e:  # a NUL in the name
+        raise ImageError(f"cannot read: {e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError("cannot read: not a file")
+    return st.st_size
+
+
+def unreadable(path: Path) -> str | None:
+    """Why the file at ``path`` cannot be read (the reason ``decode_image`` would give), or None."""
+    try:
+        file_size(path)
+    except ImageError as e:
+        return str(e)
+    return None
+
+
+def decode_image(path: Path, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
+    if file_size(path) == 0:
         raise ImageError("empty file (0 bytes)")
     return _decode(path, path, max_pixels)
 

@@ -116,6 +116,7 @@ def inspect_dataset(
     seed: int = 0,
     max_pixels: int = MAX_PIXELS,
     progress: bool = True,
+    allow_outside_root: bool = False,
 ) -> Summary:
     """Scan and check a dataset; with ``out``, write the class distribution, samples and JSON.
 
@@ -127,7 +128,8 @@ def inspect_dataset(
     """
     from headstart import plots  # matplotlib loads only when pictures are drawn
 
-    ds = load_dataset(data, layout, val_fraction=val_fraction, eval_fraction=eval_fraction, seed=seed)
+    ds = load_dataset(data, layout, val_fraction=val_fraction, eval_fraction=eval_fraction, seed=seed,
+                      allow_outside_root=allow_outside_root)
     ds, images = verify_images(ds, max_pixels=max_pixels, progress=progress)
     summary = summarize(ds, images)
     if out is not None:

@@ -6,21 +6,26 @@ from the file name (``9_1339.jpg`` is class 9). headstart reads that layout and 
 - ``food11``: split folders ``training/ validation/ evaluation/`` (or ``train/ val|valid/ test/``),
   the label is the integer before the first ``_`` of each file name;
 - ``folders``: one sub-folder per class, inside split folders or directly in the root;
-- ``csv``: a manifest ``path,label[,split]`` (``manifest.csv`` in the root, or the CSV file itself).
+- ``csv``: a manifest ``path,label[,split]`` (``manifest.csv`` in the root, or the CSV file itself),
+  in UTF-8; each file on one line, inside the manifest's folder unless ``allow_outside_root``.
 
-Each reader only lists files (nothing is decoded) and returns a ``Listing``.
+Each reader only lists files (nothing is decoded) and returns a ``Listing``. A listed image that
+is not a readable file (a dangling or self-referencing link) is a ``Problem``, not a sample.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from headstart.errors import DataError
-from headstart.images import IMAGE_EXTENSIONS, files_under, is_image_file, visible
+from headstart.images import (IMAGE_EXTENSIONS, files_under, is_image_file, is_inside, read_text, real_path,
+                               real_paths, unreadable, visible)
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +110,7 @@ def _mixed(folder: Path) -> DataError:
 
 def _is_manifest(path: Path) -> bool:
     """Whether a CSV's first row looks like a headstart manifest's: path,label[,split]."""
-    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
         first = next((r for r in csv.reader(f) if r and any(c.strip() for c in r)), [])
     return len(first) in (2, 3)
 
@@ -172,7 +177,7 @@ def read_classes_file(path: Path) -> list[str] | None:
     """Class names from ``classes.txt`` (line i is the name of class id i), if the file exists."""
     if not path.is_file():
         return None
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [line.strip() for line in read_text(path).splitlines()]
     names = [n for n in names if n]
     if len(set(names)) != len(names):
         dupes = sorted(n for n, c in Counter(names).items() if c > 1)
@@ -219,21 +224,30 @@ def _names_for_labels(labels: set[str], classes_file: Path, what: str) -> list[s
 # --- the three layouts --------------------------------------------------------------------
 
 
+def _is_id(text: str) -> bool:
+    """Whether ``text`` is a class id: ASCII digits (``int`` refuses some other digits, like ``²``)."""
+    return text.isascii() and text.isdigit()
+
+
 def _food11_label(path: Path) -> int | None:
     head = path.name.split("_", 1)[0]
-    return int(head) if head.isdigit() and "_" in path.name else None
+    return int(head) if _is_id(head) and "_" in path.name else None
 
 
 def _read_food11(root: Path) -> Listing:
     splits = _split_folders(root)
-    samples, ignored, unlabelled = [], [], []
+    samples, ignored, unlabelled, problems = [], [], [], []
     where: dict[int, Path] = {}
     for split, folder in splits.items():
         for path in visible(folder.iterdir()):
-            if not path.is_file():
+            if path.is_dir():
                 continue
             if not is_image_file(path):
                 ignored.append(path)
+                continue
+            reason = unreadable(path)  # a dangling or self-referencing link
+            if reason:
+                problems.append(Problem(path, reason))
                 continue
             label = _food11_label(path)
             if label is None:
@@ -249,13 +263,13 @@ def _read_food11(root: Path) -> Listing:
             "them, or use --layout folders / csv."
         )
     classes = _names_for_ids({s.label for s in samples}, root / CLASSES_FILE, FOOD11_CLASSES, where)
-    return Listing(samples, ignored, classes, splits)
+    return Listing(samples, ignored, classes, splits, problems)
 
 
 def _read_folders(root: Path) -> Listing:
     splits = _split_folders(root) or {"training": root}
     found: list[tuple[Path, str, str]] = []  # (path, class folder, split)
-    ignored = []
+    ignored, problems = [], []
     for split, folder in splits.items():
         for class_dir in visible(folder.iterdir()):
             if not class_dir.is_dir():
@@ -265,33 +279,96 @@ def _read_folders(root: Path) -> Listing:
                     ignored.append(class_dir)
                 continue
             for path in files_under(class_dir):
-                if is_image_file(path):
-                    found.append((path, class_dir.name, split))
-                else:
+                if not is_image_file(path):
                     ignored.append(path)
+                elif reason := unreadable(path):  # a dangling or self-referencing link
+                    problems.append(Problem(path, reason))
+                else:
+                    found.append((path, class_dir.name, split))
     classes = _names_for_labels({name for _, name, _ in found}, root / CLASSES_FILE, "Class folder")
     index = {name: i for i, name in enumerate(classes)}
-    return Listing([Sample(p, index[name], split) for p, name, split in found], ignored, classes, splits)
+    return Listing([Sample(p, index[name], split) for p, name, split in found], ignored, classes, splits, problems)
 
 
-def _read_csv(manifest: Path) -> Listing:
-    base = manifest.parent
-    with manifest.open(newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+def _manifest_rows(manifest: Path) -> list[tuple[int, list[str]]]:
+    """The manifest's rows that are not blank, each with the number of the line it starts on; the
+    header (``path,label[,split]``) left out."""
+    reader = csv.reader(io.StringIO(read_text(manifest), newline=""))
+    rows, end = [], 0  # end: the last line of the row before
+    try:
+        for row in reader:
+            if any(c.strip() for c in row):
+                rows.append((end + 1, row))
+            end = reader.line_num
+    except csv.Error as e:
+        raise DataError(f"{manifest}, line {reader.line_num}: not a CSV row ({e}). Write one row a line: "
+                        "path,label[,split].") from None
+    if rows and [c.strip().lower() for c in rows[0][1][:2]] == ["path", "label"]:
         rows = rows[1:]
+    return rows
+
+
+def _check_inside(manifest: Path, entries: list, paths: list[Path], reals: list[str]) -> None:
+    """Every path of the manifest is inside its folder, as written or with links followed."""
+    base = manifest.parent
+    lexical_base, real_base = os.path.abspath(base), real_path(base)
+    outside = [(n, rel) for (n, rel, _, _), path, real in zip(entries, paths, reals)
+               if not is_inside(os.path.normpath(os.path.abspath(path)), lexical_base)
+               and not is_inside(real, real_base)]
+    if outside:
+        (n, rel), more = outside[0], len(outside) - 1
+        others = f" (and {more} more line{'s' if more > 1 else ''}, e.g. line {outside[1][0]})" if more else ""
+        raise DataError(
+            f"{manifest}, line {n}: '{rel}' is outside the dataset's folder {base}{others}. A manifest lists "
+            "images inside its own folder: move it to a folder that holds every image (paths relative to it), "
+            "or pass --allow-outside-root (allow_outside_root=True) to read images from elsewhere."
+        )
+
+
+def _check_listed_once(manifest: Path, entries: list, reals: list[str]) -> None:
+    """Every file is on one line of the manifest: a file listed twice is counted twice, and with
+    two splits (or drawn splits) it is in training and in evaluation, a leak."""
+    by_file: dict[str, list[int]] = {}
+    for i, real in enumerate(reals):
+        by_file.setdefault(real, []).append(i)
+    repeated = [(real, idx) for real, idx in by_file.items() if len(idx) > 1]
+    if not repeated:
+        return
+    details = []
+    for real, idx in repeated[:3]:
+        numbers = [str(entries[i][0]) for i in idx]
+        lines = f"lines {', '.join(numbers[:-1])} and {numbers[-1]}"
+        labels = list(dict.fromkeys(entries[i][2] for i in idx))
+        splits = list(dict.fromkeys(entries[i][3] or "training" for i in idx))
+        if len(labels) > 1:
+            details.append(f"{lines} give {real} different labels ({', '.join(repr(x) for x in labels)})")
+        elif len(splits) > 1:
+            details.append(f"{lines} put {real} in the {' and the '.join(splits)} split"
+                           + (" (a leak: it would be trained on and evaluated)" if "training" in splits else ""))
+        else:
+            details.append(f"{lines} list {real} more than once")
+    more = f"; and {len(repeated) - 3} more file(s)" if len(repeated) > 3 else ""
+    raise DataError(
+        f"{manifest} lists a file more than once: {'; '.join(details)}{more}. Each image goes on one line, "
+        "with one label and one split: delete the other lines."
+    )
+
+
+def _read_csv(manifest: Path, allow_outside_root: bool = False) -> Listing:
+    base = manifest.parent
+    rows = _manifest_rows(manifest)
     if not rows:
         raise DataError(f"{manifest} lists no images. Write one row a line: path,label[,split].")
     entries = []  # (line number, path, label text, split or None)
-    for n, row in enumerate(rows, start=1):
+    for n, row in rows:
         if len(row) not in (2, 3) or not row[0].strip() or not row[1].strip():
-            raise DataError(f"{manifest}, row {n}: expected path,label[,split], got {','.join(row)!r}.")
+            raise DataError(f"{manifest}, line {n}: expected path,label[,split], got {','.join(row)!r}.")
         split = None
         if len(row) == 3 and row[2].strip():
             split = SPLIT_ALIASES.get(row[2].strip().lower())
             if split is None:
                 raise DataError(
-                    f"{manifest}, row {n}: unknown split '{row[2].strip()}'. Use one of "
+                    f"{manifest}, line {n}: unknown split '{row[2].strip()}'. Use one of "
                     f"{', '.join(sorted(SPLIT_ALIASES))}, or leave it empty to draw splits."
                 )
         entries.append((n, Path(row[0].strip()), row[1].strip(), split))
@@ -301,11 +378,19 @@ def _read_csv(manifest: Path) -> Listing:
             f"{manifest} gives a split for some rows and not for others. Give every row a split, "
             "or none (then validation and evaluation are drawn from the rows)."
         )
+    paths = [rel if rel.is_absolute() else base / rel for _, rel, _, _ in entries]
+    reals = real_paths(paths)
+    if not allow_outside_root:
+        _check_inside(manifest, entries, paths, reals)
+    _check_listed_once(manifest, entries, reals)
     labels = [e[2] for e in entries]
-    if all(label.isdigit() for label in labels):
+    if all(_is_id(label) for label in labels):
         where = {}
         for n, _, label, _ in entries:
-            where.setdefault(int(label), Path(f"{manifest}, row {n}"))
+            if len(label) > 18:  # int() of thousands of digits is refused; no classes.txt is that long
+                raise DataError(f"{manifest}, line {n}: label id {label[:24]}... has no class name. Number "
+                                f"the classes 0, 1, 2... and name them in {base / CLASSES_FILE}.")
+            where.setdefault(int(label), Path(f"{manifest}, line {n}"))
         classes = _names_for_ids({int(x) for x in labels}, base / CLASSES_FILE, None, where)
         ids = [int(x) for x in labels]
     else:
@@ -313,32 +398,37 @@ def _read_csv(manifest: Path) -> Listing:
         index = {name: i for i, name in enumerate(classes)}
         ids = [index[x] for x in labels]
     samples, ignored, problems = [], [], []
-    for (n, rel, _, split), label in zip(entries, ids):
-        path = rel if rel.is_absolute() else base / rel
+    for (n, _, _, split), path, label in zip(entries, paths, ids):
         if not is_image_file(path):
             ignored.append(path)
-        elif not path.is_file():
-            problems.append(Problem(path, f"listed in {manifest.name}, row {n}, but not found"))
+        elif not os.path.lexists(path):
+            problems.append(Problem(path, f"listed in {manifest.name}, line {n}, but not found"))
+        elif reason := unreadable(path):  # a dangling or self-referencing link, a folder
+            problems.append(Problem(path, f"listed in {manifest.name}, line {n}, but {reason}"))
         else:
             samples.append(Sample(path, label, split or "training"))
     return Listing(samples, ignored, classes, {"training": manifest}, problems)
 
 
-def read_layout(root: Path, layout: str | None = None) -> Listing:
+def read_layout(root: Path, layout: str | None = None, *, allow_outside_root: bool = False) -> Listing:
     """List the dataset at ``root`` in ``layout`` (detected when None). ``root`` of a csv
-    listing is the folder holding the manifest."""
-    if layout is None:
-        layout = detect_layout(root)
-    elif layout not in LAYOUTS:
-        raise DataError(f"Unknown layout '{layout}'. Choose one of: {', '.join(LAYOUTS)}.")
-    if layout == "csv":
-        manifest = root if root.is_file() else root / MANIFEST
-        if not manifest.is_file():
-            raise DataError(f"--layout csv needs a manifest: {manifest} does not exist.")
-        listing = _read_csv(manifest)
-    elif root.is_file():
-        raise DataError(f"--layout {layout} needs a folder; received the file {root}.")
-    else:
-        listing = _read_food11(root) if layout == "food11" else _read_folders(root)
+    listing is the folder holding the manifest; its paths stay inside it unless ``allow_outside_root``."""
+    try:
+        if layout is None:
+            layout = detect_layout(root)
+        elif layout not in LAYOUTS:
+            raise DataError(f"Unknown layout '{layout}'. Choose one of: {', '.join(LAYOUTS)}.")
+        if layout == "csv":
+            manifest = root if root.is_file() else root / MANIFEST
+            if not manifest.is_file():
+                raise DataError(f"--layout csv needs a manifest: {manifest} does not exist.")
+            listing = _read_csv(manifest, allow_outside_root)
+        elif root.is_file():
+            raise DataError(f"--layout {layout} needs a folder; received the file {root}.")
+        else:
+            listing = _read_food11(root) if layout == "food11" else _read_folders(root)
+    except OSError as e:  # a folder that cannot be listed, a name the system refuses
+        raise DataError(f"Cannot read {e.filename or root}: {e.strerror or e}. Check that it exists and that "
+                        "you may read it.") from None
     listing.layout = layout
     return listing
