@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -72,7 +73,7 @@ class VGG16Body(Body):
         if path.suffix.lower() in (".h5", ".hdf5"):
             if not path.is_file():
                 raise WeightsError(f"Weights file '{path}' does not exist.")
-            W.load_into(self, self.keras_state_dict(W.read_keras_h5(path)), str(path))
+            W.load_into(self, self.keras_state_dict(W.read_keras_h5(path), str(path)), str(path))
             self.preprocessing = W.CAFFE  # Keras' VGG16 weights are Caffe's: BGR, mean subtracted, 0-255
         else:
             W.load_into(self, W.read_state_dict(path), str(path))
@@ -90,16 +91,55 @@ class VGG16Body(Body):
             groups.append(Group(f"block{b}", [p for m in convs for p in m.parameters()], convs))
         return groups
 
-    def keras_state_dict(self, keras: dict) -> dict[str, torch.Tensor]:
-        """Keras kernels (height, width, in, out) as PyTorch's (out, in, height, width)."""
+    def keras_state_dict(self, keras: dict, source: str = "the Keras file") -> dict[str, torch.Tensor]:
+        """``read_keras_h5``'s arrays as this model's state dict, every shape checked: Keras kernels
+        (height, width, in, out) become PyTorch's (out, in, height, width).
+
+        The convolutions are found by Keras' layer names (``block1_conv1`` ...); a file without any
+        of them (a VGG16 built layer by layer, ``conv2d_1`` ...) gives its 13 convolutions in the
+        file's layer order, when it has exactly 13 and every shape fits.
+        """
+        convs = [(name, m) for name, m in self.keras_layers if isinstance(m, nn.Conv2d)]
+        layers = list(dict.fromkeys(k.rsplit("/", 1)[0] for k in keras))  # the file's layer order
+        named = [(name, m, name) for name, m in convs if name in layers]
+        if named:
+            pairs = named
+        else:
+            kernels = [layer for layer in layers if getattr(keras.get(f"{layer}/kernel"), "ndim", 0) == 4]
+            if len(kernels) != len(convs):
+                raise WeightsError(
+                    f"{source}: none of VGG16's convolution layers ({convs[0][0]} ... {convs[-1][0]}) are in it, "
+                    f"and it holds {len(kernels)} convolution kernels, not {len(convs)}. Its layers with weights: "
+                    f"{', '.join(layers[:8]) or 'none'}{' ...' if len(layers) > 8 else ''}. These weights are not "
+                    "Keras' VGG16 (pick the matching --backbone), or the file is not a Keras weights file."
+                )
+            pairs = [(name, m, layer) for (name, m), layer in zip(convs, kernels)]
+            log.warning("%s: no Keras VGG16 layer names; its convolutions %s ... %s taken in order as "
+                        "block1_conv1 ... block5_conv3.", source, kernels[0], kernels[-1])
         out = {}
         index = {m: i for i, m in enumerate(self.features)}
-        for name, module in self.keras_layers:
-            if isinstance(module, nn.Conv2d) and f"{name}/kernel" in keras:
-                i = index[module]
-                out[f"features.{i}.weight"] = torch.from_numpy(keras[f"{name}/kernel"].transpose(3, 2, 0, 1).copy())
-                out[f"features.{i}.bias"] = torch.from_numpy(keras[f"{name}/bias"].copy())
-        unknown = sorted({k.split("/")[0] for k in keras} - set(VGG16_KERAS_LAYERS))
+        for name, module, layer in pairs:
+            kernel, bias = keras.get(f"{layer}/kernel"), keras.get(f"{layer}/bias")
+            if kernel is None or bias is None:
+                have = sorted(k.rsplit("/", 1)[1] for k in keras if k.rsplit("/", 1)[0] == layer)
+                raise WeightsError(f"{source}: layer '{layer}' needs a kernel and a bias; it has {', '.join(have) or 'no weights'}.")
+            want = tuple(module.weight.shape[d] for d in (2, 3, 1, 0))  # (height, width, in, out)
+            if tuple(kernel.shape) != want or tuple(bias.shape) != (module.out_channels,):
+                hint = ""
+                if tuple(kernel.shape) == tuple(module.weight.shape):
+                    hint = (" The kernel is in Theano's order (out, in, height, width): use the "
+                            "'tf_dim_ordering_tf_kernels' file.")
+                raise WeightsError(
+                    f"{source}: layer '{layer}' has a kernel of shape {tuple(kernel.shape)} and a bias of shape "
+                    f"{tuple(bias.shape)}, but VGG16's {name} needs {want} (height, width, in, out) and "
+                    f"({module.out_channels},).{hint} These weights are for another architecture; pick the "
+                    "matching --backbone."
+                )
+            i = index[module]
+            out[f"features.{i}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
+            out[f"features.{i}.bias"] = torch.from_numpy(np.ascontiguousarray(bias))
+        used = {layer for _, _, layer in pairs}
+        unknown = [layer for layer in layers if layer not in used and layer not in VGG16_KERAS_LAYERS]
         if unknown:
             log.warning("Keras layers not in VGG16's convolutional part, ignored: %s", ", ".join(unknown))
         return out
