@@ -299,7 +299,8 @@ def test_an_unusable_output_folder_is_exit_2_before_any_work(tiny, tiny_run, tmp
                     ["train", str(tiny), "--runs-dir", str(a_file / "runs")],
                     ["train", str(tiny), "--runs-dir", str(dangling)],
                     ["compare", str(tiny), "--strategies", "features", "--runs-dir", str(a_file)],
-                    ["export", str(tiny_run.dir), "--out", str(a_file / "model.onnx")]):
+                    ["export", str(tiny_run.dir), "--out", str(a_file / "model.onnx")],
+                    ["inspect", str(tiny), "--out", str(a_file)]):
         result = CliRunner().invoke(app, command)
         said = " ".join(result.output.split())
         assert result.exit_code == 2 and "Traceback" not in said, (command, result.output)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headstart._files import write_text
+from headstart._files import check_writable_dir, write_text
 from headstart.data import Dataset, check_splits, load_dataset
 from headstart.errors import ImageError
 from headstart.images import MAX_PIXELS, ImageInfo, decode_image, load_image
@@ -130,6 +130,8 @@ def inspect_dataset(
 
     ds = load_dataset(data, layout, val_fraction=val_fraction, eval_fraction=eval_fraction, seed=seed,
                       allow_outside_root=allow_outside_root)
+    if out is not None:
+        check_writable_dir(out, "--out")  # before the minutes of checking, not after
     ds, images = verify_images(ds, max_pixels=max_pixels, progress=progress)
     summary = summarize(ds, images)
     if out is not None:
