@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,20 @@ def test_an_interrupted_comparison_stops_and_says_what_to_resume(tiny, tmp_path:
     assert trained == ["features", "half"]  # full never started
     assert f"headstart train --resume {tmp_path / 'cmp' / 'half'}" in " ".join(result.output.split())
     assert not (tmp_path / "cmp" / "report.html").exists()
+
+
+def test_one_comparison_shows_a_lever_side_by_side(tiny, tmp_path: Path):
+    result = CliRunner().invoke(app, ["compare", str(tiny), "--strategies", "features,features+input_size=48+head_dropout=0",
+                                      "--epochs", "1", "--input-size", "32", "--runs-dir", str(tmp_path), "--name", "cmp",
+                                      "--no-advise"])
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "cmp" / "comparison.csv").open() as f:
+        assert [r["strategy"] for r in csv.DictReader(f)] == ["features", "features+input_size=48+head_dropout=0"]
+    plain, varied = Run.load(tmp_path / "cmp" / "features"), Run.load(tmp_path / "cmp" / "features+input_size=48+head_dropout=0")
+    assert (plain.config.input_size, plain.config.head_dropout) == (32, 0.2)
+    assert (varied.config.input_size, varied.config.head_dropout, varied.config.strategy) == (48, 0.0, "features")
+    for bad, said in (("features+colour=blue", "'colour=blue' in 'features+colour=blue' is not a training option"),
+                      ("features+epochs=0", "epochs"), ("most+tta", "Unknown strategy 'most' in 'most+tta'")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            compare(tiny, ["features", bad], runs_dir=str(tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()

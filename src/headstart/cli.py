@@ -241,7 +241,8 @@ def evaluate(
 @command
 def compare(
     data: str = typer.Argument(..., help=DATA_HELP),
-    strategies: str = typer.Option("features,half,full", help="Comma-separated strategies to compare; 'auto' is the advised one."),
+    strategies: str = typer.Option("features,half,full", help=("Comma-separated strategies to compare; 'auto' is the advised one. Add +option[=value] to "
+                                          "vary one run: features,features+tta,features+input_size=224.")),
     backbone: Optional[str] = typer.Option(None, help="Backbone for every strategy.", show_default="efficientnet_lite0"),
     weights: Optional[str] = typer.Option(None, help="default, bundled, hub, none, or a file.", show_default="default"),
     recipe: Optional[RecipeName] = typer.Option(None, help="default or seed (the tutorial's).", show_default="default"),

@@ -19,9 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from headstart._files import check_writable_dir, write_text
 from headstart.advice import advise as measure
-from headstart.config import resolve_config
+from headstart.config import TrainConfig, coerce, resolve_config
 from headstart.data import load_dataset_for
 from headstart.distributed import launch, parse_devices
 from headstart.errors import ConfigError, RunError
@@ -106,6 +108,24 @@ def advice_outcome(advice, rows: list[dict]) -> str:
     return text + f"; {best['strategy']} won, {gap:.1f} points ahead of it ({by[predicted]['accuracy']:.1%})."
 
 
+def variant(label: str) -> tuple[str, dict[str, Any]]:
+    """``"features+tta+aug_views=4"`` → ``("features", {"tta": True, "aug_views": 4})``: a strategy
+    and the options of this run alone, so one comparison shows what a lever does side by side."""
+    strategy, *levers = label.strip().split("+")
+    if strategy not in STRATEGIES and strategy != "auto":
+        raise ConfigError(f"Unknown strategy '{strategy}' in '{label}'. Choose from: {', '.join(STRATEGIES)}, auto "
+                          "(each optionally with +option or +option=value, e.g. features+tta).")
+    own = {}
+    for lever in levers:
+        key, _, value = lever.partition("=")
+        key = key.strip().replace("-", "_")
+        if key not in TrainConfig.__dataclass_fields__ or key in ("data", "strategy", "name", "runs_dir"):
+            raise ConfigError(f"'{lever}' in '{label}' is not a training option. Use +option or +option=value "
+                              "with the names of `headstart train --help` (e.g. +tta, +input_size=128).")
+        own[key] = coerce(key, yaml.safe_load(value) if value else True)  # as a YAML config would read it
+    return strategy, own
+
+
 def _new_folder(path: Path) -> Path:
     if path.exists():
         raise RunError(f"{path} already exists. Pick another --name.")
@@ -119,13 +139,15 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
     With ``advise`` (the default) ``headstart.advice`` measures the data first and the report says
     which strategy the rules predicted; ``"auto"`` among the strategies trains that one.
     """
-    unknown = [s for s in strategies if s not in STRATEGIES and s != "auto"]
-    if unknown or not strategies:
-        raise ConfigError(f"Unknown strategy '{unknown[0] if unknown else ''}'. Choose from: "
-                         f"{', '.join(STRATEGIES)}, auto.")
+    plans = {label: variant(label) for label in strategies}
+    if not plans:
+        raise ConfigError(f"No strategy to compare. Choose from: {', '.join(STRATEGIES)}, auto.")
     cfg = resolve_config(options.get("recipe"), None, {**options, "data": str(data)})  # bad options fail first
+    for strategy, own in plans.values():
+        if strategy != "auto":
+            resolve_config(options.get("recipe"), None, {**options, **own, "data": str(data), "strategy": strategy})
     frozen = [k for k in FREEZE if options.get(k) is not None]
-    if frozen and not {"partial", "half", "auto"} & set(strategies):
+    if frozen and not {"partial", "half", "auto"} & {s for s, _ in plans.values()}:
         raise ConfigError(f"--{frozen[0].replace('_', '-')} sets the freeze point of half or partial; compare "
                          f"trains {', '.join(strategies)}. Add half, or leave the option out.")
     check_writable_dir(runs_dir, "--runs-dir")
@@ -133,18 +155,19 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
     ranks = launch(cfg.accelerator, parse_devices(cfg.devices), cfg.num_nodes)  # before any work: it is shared out
     out = ranks.on_zero(lambda: _new_folder(Path(runs_dir) / (name or f"compare-{label}-{datetime.now():%Y%m%d-%H%M%S}")))
     advice = None
-    if advise or "auto" in strategies:
+    if advise or any(s == "auto" for s, _ in plans.values()):
         advice = ranks.on_zero(lambda: measure(load_dataset_for(cfg), cfg.backbone, cfg.weights, cfg.input_size, seed=cfg.seed, progress=progress,
                          decode_all=True))  # every run reads the same cache next; measured once, on rank 0
-        strategies = list(dict.fromkeys(advice.strategy if s == "auto" else s for s in strategies))
+        plans = {(advice.strategy if label == "auto" else label): (advice.strategy if s == "auto" else s, own)
+                 for label, (s, own) in plans.items()}
     runs = {}
-    for strategy in strategies:
+    for label, (strategy, extra) in plans.items():
         # A freeze point (--freeze, --freeze-layers) is for the strategies that have one; weights are
         # for those that start from them (scratch: random).
         own = {k: v for k, v in options.items() if not (k in FREEZE and strategy not in ("partial", "half")
                                                         or k == "weights" and strategy == "scratch")}
-        runs[strategy] = fit(data, strategy=strategy, runs_dir=str(out), name=strategy, progress=progress, **own)
-        if runs[strategy].interrupted:
+        runs[label] = fit(data, strategy=strategy, runs_dir=str(out), name=label, progress=progress, **{**own, **extra})
+        if runs[label].interrupted:
             return Comparison(out, [], runs, "", advice, interrupted=True)
     if not ranks.is_zero:  # rank 0 writes the comparison
         return Comparison(out, [], runs, "", advice)
@@ -164,7 +187,7 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
     write_compare_report(
         out, rows, {s: r.history for s, r in runs.items()},
         {s: r.metrics["confusion_matrix"] for s, r in runs.items()}, data_info["classes"], data_info, text,
-        title=f"{first.config.backbone} on {label}: {', '.join(strategies)}",
+        title=f"{first.config.backbone} on {label}: {', '.join(plans)}",
         advice=advice.to_dict() if advice else None,
     )
     return Comparison(out, rows, runs, text, advice)
