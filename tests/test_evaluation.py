@@ -18,6 +18,7 @@ from headstart.cli import app
 from headstart.data import load_dataset
 from headstart.evaluation import compute, evaluate
 from headstart.images import load_image
+from headstart.predict import load
 from headstart.runs import load_checkpoint
 
 
@@ -106,3 +107,30 @@ def test_evaluate_cli(demo_run, tmp_path: Path):
     assert runner.invoke(app, ["evaluate", str(tmp_path)]).exit_code == 2
     bad = runner.invoke(app, ["evaluate", str(demo_run.dir), "--split", "test"])
     assert bad.exit_code == 2 and "Invalid value for '--split'" in bad.output and "'test' is not one of" in bad.output
+
+
+def test_evaluate_with_tta_records_both_figures(tiny_run, tmp_path: Path):
+    run_dir = shutil.copytree(tiny_run.dir, tmp_path / "run")  # the shared run stays as training left it
+    assert "tta_accuracy" not in tiny_run.metrics  # off unless asked for
+    ev = evaluate(run_dir, tta=True)
+    # Independently: each evaluation image, and its mirror image, predicted on its own.
+    predictor = load(run_dir)
+    images = [predictor.prepare(load_image(p)) for p in ev.paths]
+    plain = predictor.probabilities(images)
+    mirrored = predictor.probabilities([a[:, ::-1] for a in images])
+    assert np.abs(ev.probs - plain).max() < 1e-5  # the plain figures stay those of one view
+    assert np.abs(ev.tta_probs - (plain + mirrored) / 2).max() < 1e-5
+    assert ev.tta_correct == int((ev.tta_probs.argmax(1) == ev.targets).sum()) and ev.tta_accuracy == ev.tta_correct / 9
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert (saved["accuracy"], saved["correct"]) == (ev.accuracy, ev.correct)
+    assert (saved["tta_accuracy"], saved["tta_correct"]) == (ev.tta_accuracy, ev.tta_correct)
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", str(run_dir), "--split", "training", "--tta"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run_dir / "metrics-training.json").read_text())
+    assert f"With test-time augmentation (mirror image averaged in): {saved['tta_accuracy']:.4f} " \
+           f"({saved['tta_correct']} of 24)" in result.output
+    # Without --tta, no figure is left from an earlier evaluation with it.
+    assert runner.invoke(app, ["evaluate", str(run_dir)]).exit_code == 0
+    assert "tta_accuracy" not in json.loads((run_dir / "metrics.json").read_text())

@@ -103,3 +103,43 @@ def test_predict_cli_formats_and_exit_codes(demo_run, tmp_path: Path):
                           ([str(demo_run.dir), str(images[0]), "--format", "xml"], "'xml' is not one of")):
         res = runner.invoke(app, ["predict", *args])
         assert res.exit_code == 2 and message in res.output
+
+
+def _views(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A photo at the model's input size, and one that is its own mirror image (left half + its mirror)."""
+    a = np.asarray(photo(1, (size, size)))
+    half = a[:, : size // 2]
+    symmetric = np.concatenate([half, half[:, ::-1]], 1)
+    assert np.array_equal(symmetric, symmetric[:, ::-1])
+    return a, symmetric
+
+
+def test_tta_is_exact_on_a_mirror_image_and_the_mean_of_both_views_otherwise(tiny_run):
+    predictor = load(tiny_run.dir)
+    a, symmetric = _views(predictor.preprocessing.input_size)
+    plain = predictor.probabilities([symmetric, a])
+    tta = predictor.probabilities([symmetric, a], tta=True)
+    assert np.abs(tta[0] - plain[0]).max() < 1e-6  # its mirror image is itself: nothing changes
+    mirrored = predictor.probabilities([a[:, ::-1]])[0]  # the flipped photo, predicted directly
+    assert np.abs(tta[1] - (plain[1] + mirrored) / 2).max() < 1e-6
+    assert np.abs(tta[1] - plain[1]).max() > 1e-4  # the two views do differ
+    # The public API: predict(..., tta=True), from an array or a PIL image, gives the same.
+    image = photo(1, (a.shape[1], a.shape[0]))
+    for item in (a, image):
+        [p] = predictor.predict(item, top_k=3, tta=True)
+        assert np.abs(np.array([dict(p.top)[c] for c in predictor.classes]) - tta[1]).max() < 1e-6
+    [p] = predictor.predict(a, top_k=3)
+    assert np.abs(np.array([dict(p.top)[c] for c in predictor.classes]) - plain[1]).max() < 1e-6
+
+
+def test_predict_cli_tta(tiny_run, tmp_path: Path):
+    images = sorted((Path(tiny_run.config.data) / "evaluation").iterdir())[:3]
+    predictor = load(tiny_run.dir)
+    expected = {"--tta": predictor.predict(images, tta=True), "": predictor.predict(images)}
+    for flag, want in expected.items():
+        res = CliRunner().invoke(app, ["predict", str(tiny_run.dir), *map(str, images), "--format", "json",
+                                       *([flag] if flag else [])])
+        assert res.exit_code == 0, res.output
+        got = [p["top"] for p in json.loads(res.stdout)["predictions"]]
+        assert got == [[{"class": c, "probability": pytest.approx(q, abs=1e-6)} for c, q in r.top] for r in want]
+    assert expected["--tta"][0].top != expected[""][0].top

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anyio
+import numpy as np
 import pytest
 from conftest import chromium_browser, photo
 from fastapi.testclient import TestClient
@@ -287,3 +288,35 @@ def test_the_page_classifies_a_photo_in_a_browser(predictor, tmp_path: Path):
             browser.save_screenshot(str(tmp_path / "serve.png"))
         finally:
             browser.quit()
+
+
+def _probs(prediction: dict, classes: list[str]) -> list[float]:
+    return [{t["class"]: t["probability"] for t in prediction["top"]}[c] for c in classes]
+
+
+def test_tta_per_request_and_as_the_servers_default(client, predictor, tiny_run, monkeypatch):
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    images = _demo_images(2)
+    files = [("file", (f.name, f.read_bytes(), "image/png")) for f in images]
+    k = len(predictor.classes)
+    expected = {tta: [[dict(r.top)[c] for c in predictor.classes] for r in predictor.predict(images, top_k=k, tta=tta)]
+                for tta in (False, True)}
+    assert expected[True] != expected[False]
+    with_tta = TestClient(create_app(predictor, tta=True))
+    for app_, query, tta in ((client, "", False), (client, "&tta=true", True), (with_tta, "", True),
+                             (with_tta, "&tta=false", False)):
+        res = app_.post(f"/predict?top_k={k}{query}", files=files)
+        assert res.status_code == 200 and res.json()["tta"] is tta, res.text
+        got = [_probs(p, predictor.classes) for p in res.json()["predictions"]]
+        assert np.abs(np.array(got) - np.array(expected[tta])).max() < 1e-5  # batches of 2 either way
+    assert with_tta.get("/healthz").json()["tta"] is True and client.get("/healthz").json()["tta"] is False
+    # headstart serve --tta: the served app's default (uvicorn itself is not started here).
+    served = {}
+    monkeypatch.setattr("uvicorn.run", lambda app_, **kw: served.setdefault("app", app_))
+    for flag, tta in (([], False), (["--tta"], True)):
+        served.clear()
+        assert CliRunner().invoke(app, ["serve", str(tiny_run.dir), *flag]).exit_code == 0
+        assert TestClient(served["app"]).get("/healthz").json()["tta"] is tta

@@ -306,3 +306,53 @@ def test_an_unusable_output_folder_is_exit_2_before_any_work(tiny, tiny_run, tmp
         assert result.exit_code == 2 and "Traceback" not in said, (command, result.output)
         assert ("is a file, not a folder" in said or "is a link to something that does not exist" in said), said
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "dangling"]
+
+
+@pytest.mark.parametrize("strategy, options, mirrored_passes", [
+    ("features", {}, 1),  # cached features: those of the mirror images computed once, at the evaluation
+    ("half", {"augment": False}, 1),  # cached frozen-prefix activations (fp16): the same
+    ("full", {}, 0),  # images: mirrored as they are read
+])
+def test_train_with_tta_records_both_figures_as_evaluate_finds_them(tiny, tmp_path: Path, monkeypatch, strategy,
+                                                                    options, mirrored_passes):
+    import numpy as np
+
+    from headstart import training
+    from headstart.evaluation import evaluate
+
+    seen, passes, compute, extract = {}, [], training.compute, training.extract_features
+    monkeypatch.setattr(training, "compute", lambda *a, **kw: seen.setdefault("ev", compute(*a, **kw)))
+    monkeypatch.setattr(training, "extract_features", lambda *a, **kw: passes.append(kw) or extract(*a, **kw))
+    run = fit(tiny, strategy=strategy, epochs=2, tta=True, runs_dir=tmp_path, name="run", **options, **TINY_OPTIONS)
+    assert [kw["flip"] for kw in passes] == [True] * mirrored_passes  # once, not once an epoch
+    saved = json.loads((run.dir / "metrics.json").read_text())
+    assert saved["tta_accuracy"] == saved["tta_correct"] / 9 and saved["accuracy"] == saved["correct"] / 9
+    assert "tta: true" in (run.dir / "config.yaml").read_text()
+    assert "with test-time augmentation" in run.report.read_text()
+    # What training computed from its cached inputs is what evaluate computes from the images.
+    trained, ev = seen["ev"], evaluate(shutil.copytree(run.dir, tmp_path / "copy"), tta=True)
+    tolerance = 2e-3 if strategy == "half" else 1e-5  # the prefix's activations are stored in fp16
+    assert np.abs(trained.probs - ev.probs).max() < tolerance
+    assert np.abs(trained.tta_probs - ev.tta_probs).max() < tolerance
+    assert np.abs(trained.tta_probs - trained.probs).max() > 1e-4
+
+
+def test_train_and_compare_cli_tta(tiny, tmp_path: Path):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["train", str(tiny), "--epochs", "1", "--input-size", "32", "--batch-size", "8",
+                             "--runs-dir", str(tmp_path), "--name", "cli", "--tta"])
+    assert ok.exit_code == 0, ok.output
+    m = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert f"Number of correctly identified images: {m['correct']} of 9" in ok.output
+    assert f"With test-time augmentation (mirror image averaged in): {m['tta_accuracy']:.4f} ({m['tta_correct']} of 9)" \
+        in ok.output
+    res = runner.invoke(app, ["compare", str(tiny), "--strategies", "features", "--epochs", "1", "--input-size", "32",
+                              "--batch-size", "8", "--runs-dir", str(tmp_path), "--name", "cmp", "--no-advise", "--tta"],
+                        env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "TTA acc" in res.output
+    with (tmp_path / "cmp" / "comparison.csv").open() as f:
+        [row] = list(csv.DictReader(f))
+    tta = json.loads((tmp_path / "cmp" / "features" / "metrics.json").read_text())["tta_accuracy"]
+    assert float(row["tta_accuracy"]) == tta
+    assert "with test-time augmentation" in (tmp_path / "cmp" / "report.html").read_text()

@@ -44,6 +44,7 @@ DATA_HELP = "Dataset folder (food11, folders layout), CSV manifest, or the word 
 INPUT_SIZE_HELP = f"Input size in pixels, {INPUT_SIZES.low:g}-{INPUT_SIZES.high:g}."
 FORCE_HELP = "Allow an --input-size outside that range."
 OUTSIDE_HELP = "Let a CSV manifest list images outside its own folder."
+TTA_HELP = "Test-time augmentation: also average each image's probabilities with its mirror image's."
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -195,6 +196,7 @@ def train(
     runs_dir: Optional[str] = typer.Option(None, help="Where runs go.", show_default="runs"),
     name: Optional[str] = typer.Option(None, help="Run folder name.", show_default="backbone-strategy-time"),
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run (runs/NAME) where it stopped."),
+    tta: Optional[bool] = typer.Option(None, "--tta", help=TTA_HELP + " Both accuracies are recorded.", show_default="off"),
 ) -> None:
     """Train a pretrained backbone on DATA; writes runs/<name>/ and prints the evaluation accuracy."""
     from headstart.distributed import is_main_process
@@ -209,13 +211,7 @@ def train(
         if run.last_checkpoint.exists():
             err.print(f"[yellow]Interrupted.[/] Resume with: headstart train --resume {run.dir}")
         raise typer.Exit(130)
-    m = run.metrics
-    out.print(f"Accuracy on evaluation data: {m['accuracy']:.4f}")
-    out.print(f"Number of correctly identified images: {m['correct']} of {m['total']}")
-    out.print(f"Best epoch {m['best_epoch']} of {m['epochs']}; {m['trainable_params']:,} trainable parameters")
-    if m.get("skipped_images"):
-        out.print(f"[yellow]{m['skipped_images']} unreadable image(s) skipped[/] (listed in {run.data_file})")
-    out.print(f"Run: {run.dir}")
+    show.training(run)
 
 
 @command
@@ -225,6 +221,7 @@ def evaluate(
     split: SplitName = typer.Option("evaluation", help="The split to evaluate."),
     device: str = typer.Option("auto", help="auto (a GPU where there is one), cpu, gpu or cuda:N."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help=OUTSIDE_HELP, show_default="the run's"),
+    tta: bool = typer.Option(False, "--tta", help=TTA_HELP + " Both accuracies are shown and recorded."),
 ) -> None:
     """Accuracy, number correct, confusion matrix, per-class scores and top-k of a run's best checkpoint."""
     from headstart.evaluation import evaluate
@@ -233,7 +230,7 @@ def evaluate(
     folder = Run.load(run)
     if allow_outside_root:
         folder.config.allow_outside_root = True
-    ev = evaluate(folder, data, split, progress=SHOW["progress"], device=device)
+    ev = evaluate(folder, data, split, progress=SHOW["progress"], device=device, tta=tta)
     show.evaluation(ev)
     out.print(f"Wrote {folder.metrics_file(split)}, {folder.confusion_file(split)}, {folder.confusion_file(split, 'png')}")
 
@@ -260,6 +257,7 @@ def compare(
     layout: Optional[LayoutName] = typer.Option(None, help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected"),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help=OUTSIDE_HELP),
     advise: bool = typer.Option(True, "--advise/--no-advise", help="Measure the data first; the report shows the advised strategy."),
+    tta: bool = typer.Option(False, "--tta", help=TTA_HELP + " Both accuracies are shown."),
 ) -> None:
     """Train several strategies on the same data and seed; one report compares them."""
     from headstart.comparison import compare as run_compare
@@ -268,7 +266,7 @@ def compare(
     options = {k: v for k, v in dict(backbone=backbone, weights=weights, recipe=recipe, epochs=epochs,
                                       input_size=input_size, force_input_size=force_input_size, batch_size=batch_size,
                                       seed=seed, accelerator=accelerator, devices=devices, num_nodes=num_nodes, layout=layout,
-                                      allow_outside_root=allow_outside_root or None).items() if v is not None}
+                                      allow_outside_root=allow_outside_root or None, tta=tta or None).items() if v is not None}
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     if freeze_layers is not None:
         options["freeze_layers"] = freeze_layers  # for half and partial only
@@ -279,12 +277,13 @@ def compare(
     if not is_main_process():
         return
     table = Table(title="Comparison")
-    for col in ("strategy", "trainable", "best epoch", "val acc", "eval acc", "correct", "s/epoch", "total s"):
+    for col in ("strategy", "trainable", "best epoch", "val acc", "eval acc", *(["TTA acc"] if tta else []), "correct",
+                "s/epoch", "total s"):
         table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
     for r in result.rows:
         table.add_row(r["strategy"], f"{r['trainable']:,}", str(r["best_epoch"]), f"{r['val_accuracy']:.3f}",
-                      f"{r['accuracy']:.3f}", f"{r['correct']}/{r['total']}", f"{r['seconds_per_epoch']:.2f}",
-                      f"{r['total_seconds']:.0f}")
+                      f"{r['accuracy']:.3f}", *([f"{r['tta_accuracy']:.3f}"] if tta else []), f"{r['correct']}/{r['total']}",
+                      f"{r['seconds_per_epoch']:.2f}", f"{r['total_seconds']:.0f}")
     out.print(table)
     out.print(result.reading)
     out.print(f"Report: {result.report}")
@@ -343,6 +342,7 @@ def predict(
     format: PrintFormat = typer.Option("table", "--format", help="How to print them."),
     batch_size: int = typer.Option(32, min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto (a GPU where there is one), cpu, gpu or cuda:N."),
+    tta: bool = typer.Option(False, "--tta", help=TTA_HELP + " Twice the compute."),
 ) -> None:
     """Classify images with a trained model. Exit 0 if every image was read, 1 if some were not."""
     import csv
@@ -350,7 +350,7 @@ def predict(
 
     from headstart.predict import load
 
-    results = load(run, device=device).predict(images, top_k=top_k, batch_size=batch_size)
+    results = load(run, device=device).predict(images, top_k=top_k, batch_size=batch_size, tta=tta)
     failed = [r for r in results if r.error]
     if format == "json":
         out.print_json(json.dumps({"predictions": [r.to_dict() for r in results]}))
@@ -414,6 +414,7 @@ def serve(
     keep_alive_timeout: int = typer.Option(5, min=1, max=3600, help="Seconds an idle connection is kept open."),
     limit_concurrency: int = typer.Option(512, min=1, help="Most connections and requests at once (503 beyond)."),
     device: str = typer.Option("auto", help="auto (a GPU where there is one), cpu, gpu or cuda:N."),
+    tta: bool = typer.Option(False, "--tta", help=TTA_HELP + " Unless a request asks (?tta=false); twice the compute."),
 ) -> None:
     """Serve the model over HTTP: POST /predict, GET /healthz, and a page at / to try photos.
 
@@ -432,7 +433,7 @@ def serve(
         err.print(f"[yellow]Binding to {host}: anyone who can reach this machine can use the model.[/]")
     import uvicorn
 
-    app_ = create_app(predictor, limits)
+    app_ = create_app(predictor, limits, tta=tta)
     out.print(f"Serving {run} on http://{host}:{port}/  (Ctrl-C to stop)")
     uvicorn.run(app_, host=host, port=port, **uvicorn_options(limits))
 

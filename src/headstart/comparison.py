@@ -59,6 +59,7 @@ def _row(strategy: str, run: Run) -> dict:
         "val_accuracy": best.get("val_accuracy", 0.0), "accuracy": m["accuracy"], "correct": m["correct"],
         "total": m["total"], "seconds_per_epoch": m["train_seconds"] / max(m["epochs"], 1),
         "total_seconds": m["setup_seconds"] + m["train_seconds"], "report": f"{strategy}/{REPORT_HTML}",
+        **({"tta_accuracy": m["tta_accuracy"]} if "tta_accuracy" in m else {}),
     }
 
 
@@ -176,7 +177,8 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
     if advice:
         text += " " + advice_outcome(advice, rows)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, COLUMNS, extrasaction="ignore")
+    tta = ["tta_accuracy"] if "tta_accuracy" in rows[0] else []  # with --tta: the accuracy with test-time augmentation
+    w = csv.DictWriter(buf, COLUMNS + tta, extrasaction="ignore")
     w.writeheader()
     w.writerows([{**r, "advised": advice is not None and r["strategy"] == advice.strategy} for r in rows])
     write_text(out / "comparison.csv", buf.getvalue())

@@ -79,6 +79,11 @@ class TrainConfig:
     runs_dir: str = "runs"
     name: str | None = None  # default: <backbone>-<strategy>-<time>
     advice: dict | None = None  # with --strategy auto: what headstart.advice measured and recommended
+    # --- test-time augmentation
+    # The evaluation at the end of training also averages each image with its mirror image; the
+    # plain figure stays in "accuracy", this one goes beside it ("tta_accuracy"). Off: it doubles
+    # the evaluation's cost, and a model served without it would not match the recorded figure.
+    tta: bool = False
 
     def __post_init__(self) -> None:
         # However it is made (flags, YAML, a Python call, dataclasses.replace), a config is usable:

@@ -7,6 +7,10 @@ come from torchmetrics.
 >>> ev = evaluate("runs/efficientnet_lite0-features-...")              # doctest: +SKIP
 >>> ev.accuracy, ev.correct, ev.total                                  # doctest: +SKIP
 (0.8167, 245, 300)
+
+With ``tta=True`` the probabilities are also averaged with each image's mirror image
+(``headstart.predict.tta_views``): ``ev.tta_accuracy``, ``ev.tta_correct`` beside the plain numbers,
+which stay those of one view (every other metric is of the plain view).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from headstart.distributed import device as pick_device
 from headstart.errors import ConfigError, DataError
 from headstart.layouts import SPLITS
 from headstart.plots import plot_confusion
-from headstart.predict import predict_probs
+from headstart.predict import predict_views
 from headstart.runs import Run, load_checkpoint
 
 
@@ -51,6 +55,9 @@ class Evaluation:
     per_class: list[dict] = field(default_factory=list)
     top_k: dict[int, float] = field(default_factory=dict)
     most_confused: list[dict] = field(default_factory=list)
+    tta_probs: np.ndarray | None = None  # (N, C) averaged over the test-time views; None: no TTA
+    tta_correct: int | None = None
+    tta_accuracy: float | None = None
 
     @property
     def predictions(self) -> np.ndarray:
@@ -62,6 +69,7 @@ class Evaluation:
             "loss": self.loss, "top_k": {f"top{k}": v for k, v in self.top_k.items()},
             "per_class": self.per_class, "most_confused": self.most_confused,
             "confusion_matrix": self.confusion.tolist() if self.confusion is not None else None,
+            **({"tta_accuracy": self.tta_accuracy, "tta_correct": self.tta_correct} if self.tta_probs is not None else {}),
         }
 
     def confusion_csv(self) -> str:
@@ -79,8 +87,9 @@ class Evaluation:
 
 
 def compute(targets: np.ndarray, probs: np.ndarray, classes: list[str], split: str = "evaluation",
-            paths: list[str] | None = None) -> Evaluation:
-    """All the metrics of one split from its targets and predicted probabilities."""
+            paths: list[str] | None = None, tta_probs: np.ndarray | None = None) -> Evaluation:
+    """All the metrics of one split from its targets and predicted probabilities (``tta_probs``:
+    those averaged over the test-time views, for the TTA accuracy)."""
     c = len(classes)
     t, p = torch.as_tensor(targets, dtype=torch.long), torch.as_tensor(probs, dtype=torch.float32)
     ev = Evaluation(split, list(classes), np.asarray(targets), np.asarray(probs), list(paths or []))
@@ -100,6 +109,10 @@ def compute(targets: np.ndarray, probs: np.ndarray, classes: list[str], split: s
     off = [(int(ev.confusion[i, j]), i, j) for i in range(c) for j in range(c) if i != j and ev.confusion[i, j]]
     ev.most_confused = [{"true": classes[i], "predicted": classes[j], "count": n}
                         for n, i, j in sorted(off, key=lambda x: (-x[0], x[1], x[2]))[:5]]
+    if tta_probs is not None:
+        ev.tta_probs = np.asarray(tta_probs)
+        ev.tta_correct = int((ev.tta_probs.argmax(1) == ev.targets).sum())
+        ev.tta_accuracy = ev.tta_correct / ev.total if ev.total else 0.0
     return ev
 
 
@@ -112,10 +125,10 @@ def write_evaluation(run: Run, ev: Evaluation, extra: dict | None = None) -> Non
 
 
 def evaluate(run: str | Path | Run, data: str | Path | None = None, split: str = "evaluation",
-             progress: bool = False, device: str = "auto") -> Evaluation:
+             progress: bool = False, device: str = "auto", tta: bool = False) -> Evaluation:
     """Evaluate a run's best checkpoint on a split of its data (or of ``data``, with the same
     classes), as ``headstart evaluate`` does, on ``device`` (``auto``: a GPU where there is one);
-    write the results into the run folder."""
+    write the results into the run folder. ``tta``: also with test-time augmentation (flip)."""
     run = run if isinstance(run, Run) else Run.load(run)
     if split not in SPLITS:
         raise ConfigError(f"Unknown split '{split}'. Choose one of: {', '.join(SPLITS)}.")
@@ -128,9 +141,11 @@ def evaluate(run: str | Path | Run, data: str | Path | None = None, split: str =
                         f"({', '.join(meta['classes'])}). Evaluate on data with the same classes.")
     ds, store = decoded_images(ds, model.preprocessing, progress=progress)
     idx = [i for i, s in enumerate(ds.samples) if s.split == split]
-    probs = predict_probs(model, [store[i] for i in idx])
-    ev = compute(np.array([ds.samples[i].label for i in idx]), probs, ds.classes, split,
-                 [str(ds.samples[i].path) for i in idx])
+    views = predict_views(model, [store[i] for i in idx], tta=tta)  # the plain view first
+    ev = compute(np.array([ds.samples[i].label for i in idx]), views[0], ds.classes, split,
+                 [str(ds.samples[i].path) for i in idx], views.mean(0) if tta else None)
     old = run.metrics if split == "evaluation" else {}  # what training recorded beside the metrics
-    write_evaluation(run, ev, {k: v for k, v in old.items() if k not in ev.to_dict()})
+    # An earlier TTA figure would sit beside numbers it was not measured with: only this evaluation's.
+    stale = {*ev.to_dict(), "tta_accuracy", "tta_correct"}
+    write_evaluation(run, ev, {k: v for k, v in old.items() if k not in stale})
     return ev

@@ -40,10 +40,13 @@ class ImageSet(torch.utils.data.Dataset):
 
     The augmentation of image i in epoch e draws from its own seed (seed, e, i), so a resumed
     run augments exactly as an uninterrupted one, whatever else used the random generator.
+    ``flip``: every image mirrored (test-time augmentation's second view).
     """
 
-    def __init__(self, store: ImageStore, indices: list[int], labels: list[int], augment: bool, seed: int = 0):
+    def __init__(self, store: ImageStore, indices: list[int], labels: list[int], augment: bool, seed: int = 0,
+                 flip: bool = False):
         self.store, self.indices, self.labels, self.seed, self.epoch = store, indices, labels, seed, 0
+        self.flip = flip
         self.transform = None
         if augment:
             from torchvision.transforms import v2
@@ -58,6 +61,8 @@ class ImageSet(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         x = torch.from_numpy(np.array(self.store[self.indices[i]])).permute(2, 0, 1)  # uint8 CHW
+        if self.flip:
+            x = x.flip(-1)
         if self.transform is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed_of(self.seed, self.epoch, i))
@@ -119,14 +124,16 @@ def split_indices(ds: Dataset) -> dict[str, tuple[list[int], list[int]]]:
 def extract_features(model: Classifier, store: ImageStore, indices: list[int], batch_size: int = 64,
                      device: str | torch.device = "cpu", progress: bool = False, upto: nn.Module | None = None,
                      dtype: torch.dtype = torch.float32, channels_last: bool = False, split: str = "",
-                     bf16: bool = False) -> torch.Tensor:
+                     bf16: bool = False, flip: bool = False) -> torch.Tensor:
     """What a frozen part of the model makes of the given images, computed once: the pooled
-    features (``model.forward_features``), or the activations of the frozen prefix ``upto``."""
+    features (``model.forward_features``), or the activations of the frozen prefix ``upto``.
+    ``flip``: of the images' mirror images (test-time augmentation)."""
     device = torch.device(device)
     model.eval().to(device)
     fn = upto if upto is not None else model.forward_features
     # No images (a rank's share of a tiny split): one is run all the same, for the output's shape.
-    loader = DataLoader(ImageSet(store, indices or [0], [0] * max(len(indices), 1), augment=False), batch_size=batch_size)
+    loader = DataLoader(ImageSet(store, indices or [0], [0] * max(len(indices), 1), augment=False, flip=flip),
+                        batch_size=batch_size)
     what = "features" if upto is None else "frozen layers"
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):  # as training
         chunks = [fn(memory_layout(x.to(device), channels_last)).to(dtype).cpu()

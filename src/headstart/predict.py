@@ -8,6 +8,9 @@ Images are prepared exactly as in training and evaluation (``headstart.images.de
 EXIF orientation, any mode to 8-bit RGB; then the preprocessing saved with the model), so a
 photo gets the same probabilities here as in ``headstart evaluate``. A file that cannot be read
 gives a ``Prediction`` with its ``error``; the others are still predicted.
+
+``tta=True`` (test-time augmentation) averages the softmax of each image and of its mirror image
+(``predict_probs``): twice the compute, usually a little more accurate.
 """
 
 from __future__ import annotations
@@ -77,20 +80,22 @@ class Predictor:
         """A decoded RGB image as the model's (size, size, 3) uint8 input."""
         return np.asarray(self.preprocessing.resize_image(image), dtype=np.uint8)
 
-    def probabilities(self, images: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
-        """(N, classes) softmax probabilities of prepared images."""
-        return predict_probs(self.model, images, batch_size)
+    def probabilities(self, images: list[np.ndarray], batch_size: int = 32, tta: bool = False) -> np.ndarray:
+        """(N, classes) softmax probabilities of prepared images (``tta``: averaged with their mirror images)."""
+        return predict_probs(self.model, images, batch_size, tta)
 
     def top(self, probs: np.ndarray, k: int) -> list[tuple[str, float]]:
         """The k most probable classes of one probability vector, most probable first."""
         best = np.argsort(-probs, kind="stable")[: min(k, len(self.classes))]
         return [(self.classes[j], float(probs[j])) for j in best]
 
-    def predict(self, inputs: ImageInput | Iterable[ImageInput], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
+    def predict(self, inputs: ImageInput | Iterable[ImageInput], top_k: int = 3, batch_size: int = 32,
+                tta: bool = False) -> list[Prediction]:
         """Predictions for image files, folders (walked recursively), PIL images or RGB arrays, in order.
 
         Always a list, one entry per image (a folder gives one per image in it). Images are decoded,
         prepared and predicted ``batch_size`` at a time: memory does not grow with the input.
+        ``tta``: each image's probabilities averaged with its mirror image's (``predict_probs``).
         """
         if top_k < 1:
             raise ConfigError(f"top_k must be at least 1. Received: {top_k}")
@@ -99,7 +104,7 @@ class Predictor:
         pending: list[tuple[Prediction, np.ndarray]] = []
 
         def flush() -> None:
-            for (pred, _), p in zip(pending, self.probabilities([a for _, a in pending], batch_size)):
+            for (pred, _), p in zip(pending, self.probabilities([a for _, a in pending], batch_size, tta)):
                 pred.top = self.top(p, top_k)
             pending.clear()
 
@@ -159,13 +164,32 @@ def load(source: str | os.PathLike, max_pixels: int = MAX_PIXELS, device: str = 
     return Predictor(model, classes, str(source), max_pixels, run_dir)
 
 
+def tta_views(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The views test-time augmentation averages over: an (N, C, H, W) batch and its mirror image.
+
+    Only the horizontal flip: a mirrored photo is as natural as the photo (training's augmentation
+    flips too), and it costs one pass more. It gave +0.6 to +1.4 points on food photos (issue 16's
+    measurement, features at 224 and 128 px). Crops are not used: each costs one more pass and cuts
+    off part of a photo that is usually framed on its subject.
+    """
+    return x, x.flip(-1)
+
+
 @torch.inference_mode()
-def predict_probs(model: Classifier, images, batch_size: int = 64) -> np.ndarray:
-    """Softmax probabilities for a sequence of (H, W, 3) uint8 arrays at the model's input size."""
+def predict_views(model: Classifier, images, batch_size: int = 64, tta: bool = False) -> np.ndarray:
+    """(views, N, classes) softmax probabilities for a sequence of (H, W, 3) uint8 arrays at the
+    model's input size: one view, the images; with ``tta``, each of ``tta_views``."""
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(images), batch_size):
         batch = np.stack([np.asarray(images[i]) for i in range(start, min(start + batch_size, len(images)))])
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255).to(device)
-        out.append(model(x).float().softmax(1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config["num_classes"]), dtype=np.float32)
+        out.append(np.stack([model(v).float().softmax(1).cpu().numpy() for v in (tta_views(x) if tta else (x,))]))
+    views = 2 if tta else 1
+    return np.concatenate(out, 1) if out else np.zeros((views, 0, model.config["num_classes"]), dtype=np.float32)
+
+
+def predict_probs(model: Classifier, images, batch_size: int = 64, tta: bool = False) -> np.ndarray:
+    """(N, classes) softmax probabilities of (H, W, 3) uint8 arrays at the model's input size;
+    ``tta``: the mean over the test-time views (``tta_views``)."""
+    return predict_views(model, images, batch_size, tta).mean(0)

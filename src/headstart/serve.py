@@ -1,7 +1,8 @@
 """A trained model behind HTTP (FastAPI): ``headstart serve RUN`` then open http://127.0.0.1:8000/.
 
-- ``POST /predict`` — multipart field ``file`` (one or several images; ``?top_k=N``) →
-  ``{"predictions": [{"filename", "label", "probability", "top": [{"class", "probability"}]}]}``.
+- ``POST /predict`` — multipart field ``file`` (one or several images; ``?top_k=N``; ``?tta=true``:
+  test-time augmentation, each image averaged with its mirror image, the server's ``--tta`` otherwise) →
+  ``{"predictions": [{"filename", "label", "probability", "top": [{"class", "probability"}]}], "tta": bool}``.
 - ``GET /healthz`` — ``{"status": "ok", ...}`` with the model's classes and input size.
 - ``GET /`` — a page where a person drops or picks a photo and sees it with its top-k bars.
 
@@ -152,8 +153,8 @@ def _json(status: int, message: str, headers: dict | None = None) -> JSONRespons
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
-    """The FastAPI application serving ``predictor``."""
+def create_app(predictor: Predictor, limits: Limits | None = None, tta: bool = False) -> FastAPI:
+    """The FastAPI application serving ``predictor``; ``tta``: test-time augmentation unless a request says."""
     from headstart.report import render
 
     limits = limits or Limits()
@@ -163,7 +164,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
         f"{limits.max_upload_mb:g} MB, the server's --max-upload-mb)."))
     decoding = threading.BoundedSemaphore(limits.max_decodes)
     info = {"classes": predictor.classes, "input_size": predictor.preprocessing.input_size,
-            "backbone": predictor.model.config.get("backbone")}
+            "backbone": predictor.model.config.get("backbone"), "tta": tta}
     page = render("serve.html.j2", title="headstart", limits=limits, info=info,
                   subtitle=f"{len(predictor.classes)} classes: " + ", ".join(predictor.classes))
 
@@ -192,7 +193,8 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
 
     @app.post("/predict")
     def predict(file: list[UploadFile] = File(..., description="One or several images."),
-                top_k: int = Query(None, ge=1, description="How many classes per image [server's default].")) -> dict:
+                top_k: int = Query(None, ge=1, description="How many classes per image [server's default]."),
+                tta: bool = Query(None, description="Average each image with its mirror image [server's default].")) -> dict:
         if len(file) > limits.max_files:
             raise UploadError(413, f"{len(file)} files in one request; at most {limits.max_files}.")
         pixels = sum(_declared_pixels(f.file) for f in file)
@@ -206,13 +208,14 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
         for f in file:
             with decoding:
                 images.append(predictor.prepare(_read(f, limits)))
-        probs = predictor.probabilities(images)
+        used = info["tta"] if tta is None else tta
+        probs = predictor.probabilities(images, tta=used)
         out = []
         for f, p in zip(file, probs):
             top = predictor.top(p, top_k or limits.top_k)
             out.append({"filename": f.filename, "label": top[0][0], "probability": top[0][1],
                         "top": [{"class": c, "probability": q} for c, q in top]})
-        return {"predictions": out}
+        return {"predictions": out, "tta": used}
 
     return app
 

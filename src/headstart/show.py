@@ -57,10 +57,29 @@ def summary(s) -> None:
         out.print(f"Ignored {len(s.ignored)} file(s) that are not images: {shown}")
 
 
+def training(run) -> None:
+    """``headstart train``: the tutorial's accuracy and number correct (and with TTA), best epoch, the run folder."""
+    m = run.metrics
+    out.print(f"Accuracy on evaluation data: {m['accuracy']:.4f}")
+    out.print(f"Number of correctly identified images: {m['correct']} of {m['total']}")
+    tta(m.get("tta_accuracy"), m.get("tta_correct"), m["total"])
+    out.print(f"Best epoch {m['best_epoch']} of {m['epochs']}; {m['trainable_params']:,} trainable parameters")
+    if m.get("skipped_images"):
+        out.print(f"[yellow]{m['skipped_images']} unreadable image(s) skipped[/] (listed in {run.data_file})")
+    out.print(f"Run: {run.dir}")
+
+
+def tta(accuracy: float | None, correct: int | None, total: int) -> None:
+    """The figure with test-time augmentation, when there is one."""
+    if accuracy is not None:
+        out.print(f"With test-time augmentation (mirror image averaged in): {accuracy:.4f} ({correct} of {total})")
+
+
 def evaluation(ev) -> None:
     """``headstart evaluate``: the tutorial's accuracy and number correct, the confusion matrix, per-class scores."""
     out.print(f"Accuracy on {ev.split} data: {ev.accuracy:.4f}")
     out.print(f"Number of correctly identified images: {ev.correct} of {ev.total}")
+    tta(ev.tta_accuracy, ev.tta_correct, ev.total)
     for k, v in ev.top_k.items():
         out.print(f"Top-{k} accuracy: {v:.4f}")
     table = Table(title=f"Confusion matrix ({ev.split}): rows true, columns predicted")
