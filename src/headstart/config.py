@@ -64,7 +64,7 @@ class TrainConfig:
     schedule: str = "cosine"
     label_smoothing: float = 0.1
     augment: bool = True  # random resized crop + horizontal flip
-    early_stopping: int = 5  # epochs without a better val_loss before stopping; 0 = off
+    early_stopping: int = 5  # epochs without a better `monitor` before stopping; 0 = off
     # --- engine
     seed: int = 0
     deterministic: bool = False
@@ -79,6 +79,10 @@ class TrainConfig:
     runs_dir: str = "runs"
     name: str | None = None  # default: <backbone>-<strategy>-<time>
     advice: dict | None = None  # with --strategy auto: what headstart.advice measured and recommended
+    # --- imbalance (headstart.imbalance)
+    class_weights: str = "none"  # auto: each class's loss weighted N / (C * n_c), mean 1 over the training images
+    sampler: str = "random"  # balanced: each epoch draws every class equally often, with replacement
+    monitor: str = "val_loss"  # what the best checkpoint and early stopping go by (the tutorial: val_loss)
 
     def __post_init__(self) -> None:
         # However it is made (flags, YAML, a Python call, dataclasses.replace), a config is usable:
@@ -102,6 +106,9 @@ SCHEDULES = ("constant", "cosine")
 # The strategies headstart.strategies knows (and "auto": the advised one, headstart.advice).
 STRATEGIES = ("features", "partial", "half", "full", "gradual", "scratch")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+CLASS_WEIGHTS = ("none", "auto")
+SAMPLERS = ("random", "balanced")
+MONITORS = ("val_loss", "val_accuracy", "val_macro_f1")  # val_loss is lowest best, the others highest
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,9 @@ def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
     if cfg.accelerator not in ACCELERATORS:
         raise ConfigError(f"Unknown accelerator '{cfg.accelerator}'. Choose one of: {', '.join(ACCELERATORS)}.")
     check_loggers(cfg.loggers)
+    for name, choices in (("class_weights", CLASS_WEIGHTS), ("sampler", SAMPLERS), ("monitor", MONITORS)):
+        if getattr(cfg, name) not in choices:
+            raise ConfigError(f"{name} must be one of: {', '.join(choices)}. Received: {name}={getattr(cfg, name)!r}")
     for name, allowed in RANGES.items():
         value = getattr(cfg, name)
         if not (name == "freeze_layers" and value is None):  # None: freeze by groups
