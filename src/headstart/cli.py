@@ -19,7 +19,7 @@ from rich.table import Table
 
 from headstart import show
 from headstart._version import __version__
-from headstart.config import ACCELERATORS, INPUT_SIZES, RECIPES, STRATEGIES, check_input_size
+from headstart.config import ACCELERATORS, CLASS_WEIGHTS, INPUT_SIZES, MONITORS, RECIPES, SAMPLERS, STRATEGIES, check_input_size
 from headstart.errors import HeadstartError
 from headstart.images import MAX_PIXELS
 from headstart.layouts import LAYOUTS, SPLITS
@@ -39,12 +39,16 @@ LayoutName = Literal[LAYOUTS]
 AcceleratorName = Literal[ACCELERATORS]
 SplitName = Literal[SPLITS]
 PrintFormat = Literal["table", "json", "csv"]
+ClassWeights, Sampler, Monitor = Literal[CLASS_WEIGHTS], Literal[SAMPLERS], Literal[MONITORS]
 
 DATA_HELP = "Dataset folder (food11, folders layout), CSV manifest, or the word 'demo'."
 INPUT_SIZE_HELP = f"Input size in pixels, {INPUT_SIZES.low:g}-{INPUT_SIZES.high:g}."
 FORCE_HELP = "Allow an --input-size outside that range."
 OUTSIDE_HELP = "Let a CSV manifest list images outside its own folder."
 TTA_HELP = "Test-time augmentation: also average each image's probabilities with its mirror image's."
+WEIGHTS_HELP = "auto: weigh each class's loss by its inverse frequency, N / (C * n_c) (imbalanced data)."
+SAMPLER_HELP = "balanced: each epoch draws every class equally often (with replacement)."
+MONITOR_HELP = "What the best checkpoint and early stopping go by (val_loss lowest, the others highest)."
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -182,7 +186,10 @@ def train(
     input_size: Optional[int] = typer.Option(None, help=INPUT_SIZE_HELP, show_default="the weights': 224"),
     force_input_size: Optional[bool] = typer.Option(None, "--force-input-size", help=FORCE_HELP, show_default="off"),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random resized crop + flip.", show_default="default on, seed off"),
-    early_stopping: Optional[int] = typer.Option(None, help="Patience in epochs on val_loss; 0 = off.", show_default="5 default, 0 seed"),
+    early_stopping: Optional[int] = typer.Option(None, help="Patience in epochs on --monitor; 0 = off.", show_default="5 default, 0 seed"),
+    class_weights: Optional[ClassWeights] = typer.Option(None, help=WEIGHTS_HELP, show_default="none"),
+    sampler: Optional[Sampler] = typer.Option(None, help=SAMPLER_HELP, show_default="random"),
+    monitor: Optional[Monitor] = typer.Option(None, help=MONITOR_HELP, show_default="val_loss"),
     unfreeze_every: Optional[int] = typer.Option(None, help="gradual: epochs between unfreezing groups.", show_default="2"),
     seed: Optional[int] = typer.Option(None, help="Random seed.", show_default="0"),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic algorithms (slower).", show_default="off"),
@@ -249,6 +256,9 @@ def compare(
     force_input_size: Optional[bool] = typer.Option(None, "--force-input-size", help=FORCE_HELP, show_default="off"),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size, shared among the devices.", show_default="32"),
     seed: Optional[int] = typer.Option(None, help="Random seed, the same for every strategy.", show_default="0"),
+    class_weights: Optional[ClassWeights] = typer.Option(None, help=WEIGHTS_HELP, show_default="none"),
+    sampler: Optional[Sampler] = typer.Option(None, help=SAMPLER_HELP, show_default="random"),
+    monitor: Optional[Monitor] = typer.Option(None, help=MONITOR_HELP, show_default="val_loss"),
     accelerator: Optional[AcceleratorName] = typer.Option(None, help="cpu, gpu or auto.", show_default="auto"),
     devices: Optional[str] = typer.Option(None, help="Devices per machine, one process each.", show_default="auto"),
     num_nodes: Optional[int] = typer.Option(None, help="Machines, for torchrun or SLURM.", show_default="1"),
@@ -266,6 +276,7 @@ def compare(
     options = {k: v for k, v in dict(backbone=backbone, weights=weights, recipe=recipe, epochs=epochs,
                                       input_size=input_size, force_input_size=force_input_size, batch_size=batch_size,
                                       seed=seed, accelerator=accelerator, devices=devices, num_nodes=num_nodes, layout=layout,
+                                      class_weights=class_weights, sampler=sampler, monitor=monitor,
                                       allow_outside_root=allow_outside_root or None, tta=tta or None).items() if v is not None}
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     if freeze_layers is not None:
@@ -276,16 +287,7 @@ def compare(
         raise _fail(f"Interrupted. Resume the unfinished run with: headstart train --resume {last.dir}", 130)
     if not is_main_process():
         return
-    table = Table(title="Comparison")
-    for col in ("strategy", "trainable", "best epoch", "val acc", "eval acc", *(["TTA acc"] if tta else []), "correct",
-                "s/epoch", "total s"):
-        table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
-    for r in result.rows:
-        table.add_row(r["strategy"], f"{r['trainable']:,}", str(r["best_epoch"]), f"{r['val_accuracy']:.3f}",
-                      f"{r['accuracy']:.3f}", *([f"{r['tta_accuracy']:.3f}"] if tta else []), f"{r['correct']}/{r['total']}",
-                      f"{r['seconds_per_epoch']:.2f}", f"{r['total_seconds']:.0f}")
-    out.print(table)
-    out.print(result.reading)
+    show.comparison(result, tta)
     out.print(f"Report: {result.report}")
 
 

@@ -64,7 +64,7 @@ class TrainConfig:
     schedule: str = "cosine"
     label_smoothing: float = 0.1
     augment: bool = True  # random resized crop + horizontal flip
-    early_stopping: int = 5  # epochs without a better val_loss before stopping; 0 = off
+    early_stopping: int = 5  # epochs without a better `monitor` before stopping; 0 = off
     # --- engine
     seed: int = 0
     deterministic: bool = False
@@ -84,6 +84,10 @@ class TrainConfig:
     # plain figure stays in "accuracy", this one goes beside it ("tta_accuracy"). Off: it doubles
     # the evaluation's cost, and a model served without it would not match the recorded figure.
     tta: bool = False
+    # --- imbalance (headstart.imbalance)
+    class_weights: str = "none"  # auto: each class's loss weighted N / (C * n_c), mean 1 over the training images
+    sampler: str = "random"  # balanced: each epoch draws every class equally often, with replacement
+    monitor: str = "val_loss"  # what the best checkpoint and early stopping go by (the tutorial: val_loss)
 
     def __post_init__(self) -> None:
         # However it is made (flags, YAML, a Python call, dataclasses.replace), a config is usable:
@@ -107,6 +111,9 @@ SCHEDULES = ("constant", "cosine")
 # The strategies headstart.strategies knows (and "auto": the advised one, headstart.advice).
 STRATEGIES = ("features", "partial", "half", "full", "gradual", "scratch")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+CLASS_WEIGHTS = ("none", "auto")
+SAMPLERS = ("random", "balanced")
+MONITORS = ("val_loss", "val_accuracy", "val_macro_f1")  # val_loss is lowest best, the others highest
 
 
 @dataclass(frozen=True)
@@ -200,6 +207,9 @@ def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
     if cfg.accelerator not in ACCELERATORS:
         raise ConfigError(f"Unknown accelerator '{cfg.accelerator}'. Choose one of: {', '.join(ACCELERATORS)}.")
     check_loggers(cfg.loggers)
+    for name, choices in (("class_weights", CLASS_WEIGHTS), ("sampler", SAMPLERS), ("monitor", MONITORS)):
+        if getattr(cfg, name) not in choices:
+            raise ConfigError(f"{name} must be one of: {', '.join(choices)}. Received: {name}={getattr(cfg, name)!r}")
     for name, allowed in RANGES.items():
         value = getattr(cfg, name)
         if not (name == "freeze_layers" and value is None):  # None: freeze by groups

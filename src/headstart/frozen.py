@@ -15,6 +15,7 @@ torch.Size([1280])
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from headstart.cache import ImageStore
 from headstart.config import TrainConfig
 from headstart.data import Dataset
 from headstart.distributed import Ranks
+from headstart.imbalance import balanced_draw_weights
 from headstart.layouts import SPLITS
 from headstart.progress import track
 
@@ -75,11 +77,17 @@ def seed_of(*parts: int) -> int:
 
 
 class EpochSampler(Sampler[int]):
-    """A shuffle that depends only on (seed, epoch): a resumed run sees the same order. It also
-    tells the dataset the epoch (Lightning calls ``set_epoch`` before the epoch's first batch)."""
+    """A shuffle that depends only on (seed, epoch): a resumed run sees the same order, and every
+    rank the same one. It also tells the dataset the epoch (Lightning calls ``set_epoch`` before
+    the epoch's first batch).
 
-    def __init__(self, dataset, seed: int):
+    With ``labels`` (one a sample) it is balanced instead: each epoch draws ``len(dataset)``
+    samples with replacement, every class equally likely (``sampler="balanced"``)."""
+
+    def __init__(self, dataset, seed: int, labels: Sequence[int] | None = None):
         self.dataset, self.n, self.seed, self.epoch = dataset, len(dataset), seed, 0
+        assert labels is None or len(labels) == self.n, "one label a sample"
+        self.weights = balanced_draw_weights(labels) if labels is not None else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -91,6 +99,8 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(seed_of(self.seed, self.epoch))
+        if self.weights is not None:
+            return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 

@@ -3,7 +3,7 @@
 ``--logger csv`` (``logs/csv/metrics.csv``), ``--logger tensorboard`` (``logs/tensorboard/``: open it with
 ``tensorboard --logdir runs/``), ``--logger mlflow`` (a local file store, ``mlruns/``; ``pip install
 'headstart[mlflow]'``) and ``--logger wandb`` (offline, ``wandb/``; ``pip install 'headstart[wandb]'``;
-``wandb sync`` uploads it later). Each gets the epoch's loss, accuracy, val_loss and val_accuracy.
+``wandb sync`` uploads it later). Each gets the epoch's loss, accuracy, val_loss, val_accuracy and val_macro_f1.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ A run is ``<runs_dir>/<name>/``, a folder a person can browse::
     config.yaml               the resolved TrainConfig: enough to run it again
     data.json                 what was read: root, layout, classes, counts, fingerprint, problems
     history.csv               one row an epoch
-    checkpoints/best.ckpt     the best epoch by validation loss (and last.ckpt, to resume)
+    checkpoints/best.ckpt     the best epoch by validation loss, or by ``monitor`` (and last.ckpt, to resume)
     metrics.json              the evaluation split at the best checkpoint (metrics-<split>.json for others)
     confusion_matrix.csv/.png
     curves.png, misclassified.png, report.html
@@ -48,7 +48,9 @@ LAST = "last"
 REPORT = "report.html"
 EXPORT = "export"
 LOCK = ".lock"  # held while a process trains the run
-HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "backbone_lr", "trainable", "seconds"]
+# A history.csv written before val_macro_f1 was recorded reads the same, without it.
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr", "backbone_lr",
+                   "trainable", "seconds"]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""What the CLI prints: the consoles, and the tables of a dataset summary and of an evaluation."""
+"""What the CLI prints: the consoles, and the tables of a dataset summary, an evaluation and a comparison."""
 
 from __future__ import annotations
 
@@ -97,3 +97,17 @@ def evaluation(ev) -> None:
     out.print(per)
     if ev.most_confused:
         out.print("Most confused: " + "; ".join(f"{c['true']} -> {c['predicted']} ({c['count']})" for c in ev.most_confused))
+
+
+def comparison(result, tta: bool = False) -> None:
+    """``headstart compare``: one row a strategy (with ``tta``, its TTA accuracy too), then the reading."""
+    table = Table(title="Comparison")
+    for col in ("strategy", "trainable", "best epoch", "val acc", "eval acc", *(["TTA acc"] if tta else []), "correct",
+                "s/epoch", "total s"):
+        table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
+    for r in result.rows:
+        table.add_row(r["strategy"], f"{r['trainable']:,}", str(r["best_epoch"]), f"{r['val_accuracy']:.3f}",
+                      f"{r['accuracy']:.3f}", *([f"{r['tta_accuracy']:.3f}"] if tta else []), f"{r['correct']}/{r['total']}",
+                      f"{r['seconds_per_epoch']:.2f}", f"{r['total_seconds']:.0f}")
+    out.print(table)
+    out.print(result.reading)

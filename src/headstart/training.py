@@ -1,4 +1,4 @@
-"""Training on Lightning: the tutorial's loop (fit, keep the best by validation loss, evaluate),
+"""Training on Lightning: the tutorial's loop (fit, keep the best by validation loss or ``monitor``, evaluate),
 for every strategy, with a run folder a person can browse (``headstart.runs``).
 
 >>> run = fit("demo", strategy="features", input_size=96, epochs=5)
@@ -39,6 +39,7 @@ from headstart.frozen import (
     CACHE_DTYPE, EpochSampler, ImageSet, RankBatches, extract_features, leading_frozen, memory_layout, seed_of,
     split_indices, training_inputs,
 )
+from headstart.imbalance import MODE, best_epoch, confusion, loss_weights, macro_f1
 from headstart.loggers import loggers
 from headstart.progress import in_terminal
 from headstart.progress import log as progress_log
@@ -71,16 +72,21 @@ class TransferModule(L.LightningModule):
     """The model, its loss, optimizer and schedule, on images or on what frozen layers made of them."""
 
     def __init__(self, model: Classifier, cfg: TrainConfig, steps_per_epoch: int, extra: dict, trunk=None,
-                 train_size: int = 0):
+                 train_size: int = 0, class_weights: torch.Tensor | None = None):
         super().__init__()
         self.model, self.cfg, self.train_size = model, cfg, train_size
         # What turns a batch into pooled features: the whole body on images; nothing on cached
         # features; the layers after the frozen prefix on its cached activations.
         self.trunk = trunk or model.forward_features
         self.steps_per_epoch, self.extra = steps_per_epoch, extra
-        self.train_loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        # Class weights (imbalance.class_weights) scale each image's loss; the batch's loss is the mean
+        # over its images, as Keras' class_weight does (not over their weights, as PyTorch's "mean"):
+        # each rank's share is then a plain mean, and training_step's weighing by share size holds.
+        self.train_loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing,
+                                                 reduction="none")
         self.eval_loss_fn = nn.CrossEntropyLoss()  # plain, so val_loss compares across recipes
         self.epoch_stats = {"train": torch.zeros(3), "val": torch.zeros(3)}  # loss sum, correct, count
+        self.val_confusion, self.val_macro_f1 = None, 0.0  # over every rank's validation images
         self._forward = torch.compile(self._plain_forward) if cfg.compile else self._plain_forward
 
     def _plain_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,11 +95,17 @@ class TransferModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(x)
 
+    def train_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.train_loss_fn(logits, y).mean()
+
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        loss = (self.train_loss_fn if stage == "train" else self.eval_loss_fn)(logits, y)
+        loss = self.train_loss(logits, y) if stage == "train" else self.eval_loss_fn(logits, y)
         correct = (logits.argmax(1) == y).sum()
+        if stage == "val":
+            seen = confusion(y, logits.argmax(1), logits.shape[1])
+            self.val_confusion = seen if self.val_confusion is None else self.val_confusion + seen
         if stage == "train":  # this rank's, for the progress bar; the epoch's figures are summed over the ranks
             self.log("batch_loss", loss, prog_bar=True, logger=False)
         # Epoch sums of our own (loss, correct, count), added up over the ranks at the epoch's end.
@@ -117,6 +129,7 @@ class TransferModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.epoch_stats["val"] = torch.zeros(3, device=self.device)
+        self.val_confusion = None
 
     def on_train_epoch_end(self) -> None:
         # For the loggers: the epoch's figures over every rank's samples (history.csv has the same).
@@ -127,8 +140,11 @@ class TransferModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         # What early stopping and the best checkpoint go by: the same figure on every rank.
         loss, accuracy = self.epoch_means("val")
+        # Macro F1 over the whole validation split: the ranks' confusion matrices summed first.
+        self.val_macro_f1 = macro_f1(self.trainer.strategy.reduce(self.val_confusion.clone(), reduce_op="sum"))
         self.log("val_loss", loss, prog_bar=True)
         self.log("val_accuracy", accuracy, prog_bar=True)
+        self.log("val_macro_f1", self.val_macro_f1)
 
     def epoch_means(self, stage: str) -> tuple[float, float]:
         """Mean loss and accuracy of the current epoch so far, over every rank's samples (every
@@ -188,7 +204,8 @@ class History(L.Callback):
         body = [g for g in groups if g.get("name") != "head" and any(p.requires_grad for p in g["params"])]
         self.rows.append({
             "epoch": trainer.current_epoch + 1, "loss": loss, "accuracy": acc, "val_loss": val_loss,
-            "val_accuracy": val_acc, "lr": groups[0]["lr"], "backbone_lr": body[-1]["lr"] if body else "",
+            "val_accuracy": val_acc, "val_macro_f1": module.val_macro_f1, "lr": groups[0]["lr"],
+            "backbone_lr": body[-1]["lr"] if body else "",
             "trainable": count_params(module.model, trainable_only=True),
             "seconds": round(time.perf_counter() - self._start, 3),
         })
@@ -236,15 +253,17 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[Classifier, S.Strat
     return model, plan
 
 
-def _loaders(cfg: TrainConfig, inputs: dict, ranks: Ranks) -> dict[str, DataLoader]:
-    """Batches of each split for this rank: training in the seeded order of ``EpochSampler``, each
-    global batch shared among the ranks; validation shared out too; evaluation whole (rank 0's)."""
+def _loaders(cfg: TrainConfig, inputs: dict, ranks: Ranks, labels: list[int]) -> dict[str, DataLoader]:
+    """Batches of each split for this rank: training in the seeded order of ``EpochSampler`` (balanced
+    by the training ``labels`` if asked), each global batch shared among the ranks; validation shared
+    out too; evaluation whole (rank 0's)."""
     kw = dict(num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=cfg.num_workers > 0)
     train, val = inputs["training"], inputs["validation"]
     if len(val) < ranks.world:  # a rank with no validation batch would skip the epoch's sums and leave the others waiting
         raise ConfigError(f"The validation split has {len(val)} image(s), fewer than the {ranks.world} processes. "
                           "Use fewer --devices, or more validation images.")
-    batches = RankBatches(EpochSampler(train, cfg.seed), cfg.batch_size, ranks.rank, ranks.world)
+    order = EpochSampler(train, cfg.seed, labels if cfg.sampler == "balanced" else None)
+    batches = RankBatches(order, cfg.batch_size, ranks.rank, ranks.world)
     return {"training": DataLoader(train, batch_sampler=batches, **kw),
             "validation": DataLoader(Subset(val, ranks.share(len(val))), batch_size=math.ceil(cfg.batch_size / ranks.world), **kw),
             "evaluation": DataLoader(inputs["evaluation"], batch_size=cfg.batch_size, **kw)}
@@ -277,10 +296,11 @@ class _Bar(RichProgressBar):
 def _trainer(cfg: TrainConfig, run: Run, ranks: Ranks, progress: bool, callbacks: list, logger=None) -> L.Trainer:
     from lightning.pytorch.callbacks import EarlyStopping
 
-    cbs = [_Checkpoint(dirpath=run.checkpoints, filename=BEST, monitor="val_loss", mode="min",
-                           save_last=True, enable_version_counter=False, save_on_train_epoch_end=True), *callbacks]
+    best = dict(monitor=cfg.monitor, mode=MODE[cfg.monitor])  # val_loss lowest; val_accuracy, val_macro_f1 highest
+    cbs = [_Checkpoint(dirpath=run.checkpoints, filename=BEST, save_last=True, enable_version_counter=False,
+                       save_on_train_epoch_end=True, **best), *callbacks]
     if cfg.early_stopping:
-        cbs.append(EarlyStopping(monitor="val_loss", mode="min", patience=cfg.early_stopping))
+        cbs.append(EarlyStopping(patience=cfg.early_stopping, **best))
     bar = progress and in_terminal()  # off a terminal, History prints a line an epoch instead
     if bar:
         cbs.append(_Bar())
@@ -371,11 +391,13 @@ def _evaluate_best(run: Run, trainer: L.Trainer, module: TransferModule, loader:
         tta = np.stack([probs, _predict(module, mirrored)[0]]).mean(0)  # as headstart.predict.predict_probs
     paths = [str(s.path) for s in ds.split("evaluation")]
     ev = compute(targets, probs, ds.classes, "evaluation", paths, tta)
-    rows = run.history
-    run.metrics = {"best_epoch": min(rows, key=lambda r: r["val_loss"])["epoch"] if rows else 0, "epochs": len(rows),
+    rows, weights = run.history, module.train_loss_fn.weight
+    run.metrics = {"best_epoch": best_epoch(rows, run.config.monitor), "epochs": len(rows),
                    "trainable_params": count_params(module.model, trainable_only=True), "strategy": run.config.strategy,
                    "backbone": run.config.backbone, "recipe": run.config.recipe, "skipped_images": len(ds.problems),
                    "setup_seconds": round(setup_seconds, 2), "train_seconds": round(sum(r["seconds"] for r in rows), 2)}
+    if weights is not None:  # class_weights=auto: what each class's loss was weighted by
+        run.metrics["class_weights"] = {c: round(float(w), 4) for c, w in zip(ds.classes, weights.tolist())}
     write_evaluation(run, ev, run.metrics)
     run.metrics = {**run.metrics, **ev.to_dict()}
     return ev
@@ -406,14 +428,15 @@ def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, co
     ds, store = decoded_images(ds, model.preprocessing, progress=progress and ranks.is_zero)
     run = resumed.check_same_data(ds) if resumed else ranks.on_zero(lambda: Run.create(cfg))
     inputs, trunk = training_inputs(cfg, model, ds, store, progress, ranks)
-    loaders = _loaders(cfg, inputs, ranks)
+    labels = split_indices(ds)["training"][1]
+    loaders = _loaders(cfg, inputs, ranks, labels)
     module = TransferModule(model, cfg, len(loaders["training"]), {"classes": ds.classes, "strategy_plan": plan.__dict__},
-                            trunk, len(inputs["training"]))
+                            trunk, len(inputs["training"]), loss_weights(cfg, labels, ds.num_classes))
     # Rank 0 makes and claims the folder (its name may change if another run took it meanwhile).
     data_info, run.dir = ranks.on_zero(lambda: (run.start(ds, resumed is not None), run.dir))
     try:
         setup_seconds = time.perf_counter() - started
-        # 2. Train, keeping the best epoch by validation loss.
+        # 2. Train, keeping the best epoch by the monitored validation figure (val_loss by default).
         history = History(run, lines=progress and not in_terminal())
         trainer = _trainer(cfg, run, ranks, progress, [history, *(callbacks or [])], logger)
         run.interrupted = _train(trainer, module, loaders, run, resumed is not None)
