@@ -1,10 +1,14 @@
-"""The benchmarks run: bench/gpu.py in its dry run (tiny, on the CPU)."""
+"""The benchmarks run: bench/gpu.py in its dry run and bench/accuracy.py in its quick mode (tiny, on the CPU)."""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import json
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 BENCH = Path(__file__).parent.parent / "bench"
@@ -17,3 +21,63 @@ def test_gpu_bench_dry_run_measures_both_backbones():
     rows = re.findall(r"^\| (vgg16|efficientnet_lite0) \| ([\d,.]+) \| ([\d,.]+) \| ([\d,.]+) \|$", done.stdout, re.M)
     assert [r[0] for r in rows] == ["vgg16", "efficientnet_lite0"]
     assert all(float(v.replace(",", "")) > 0 for r in rows for v in r[1:])
+
+
+def _accuracy_bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH / "accuracy.py"), *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_accuracy_bench_quick_runs_the_levers_here_and_skips_the_others(tiny, tmp_path):
+    from headstart.config import TrainConfig
+
+    done = _accuracy_bench("run", "--quick", "--data", str(tiny), "--rows", "baseline,size-128,tta,aug-views-4,all",
+                           "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = {r["row"]: r for r in json.loads((tmp_path / "results.json").read_text())}
+    assert list(results) == ["baseline", "size-128", "tta", "aug-views-4", "all"]
+    assert (results["baseline"]["input_size"], results["size-128"]["input_size"]) == (48, 32)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name, lever in (("tta", "tta"), ("aug-views-4", "aug_views")):
+        r = results[name]
+        # A lever this checkout has is measured; one it lacks yet is skipped, saying which.
+        assert r["skipped"] == (lever not in fields), r
+        assert r["skipped"] or r["options"][lever]
+        assert not r["skipped"] or lever in r["note"]
+    for r in results.values():
+        assert r["skipped"] or (0 <= r["accuracy"] <= 1 and r["total"] == 9 and r["seconds"] > 0 and r["epochs"] == 1)
+    # The table: one line per row; the size row compared with the baseline.
+    line = re.search(r"^\| \S+ \| size-128 \| features \| 32 \| ([\d.]+)% \|.*\| ([+-][\d.]+) \| \d+ \| ([\d.]+)× \|",
+                     done.stdout, re.M)
+    assert line, done.stdout
+    assert (tmp_path / "results.csv").read_text().count("\n") == 1 + len(results)
+
+
+def test_accuracy_bench_prepare_copies_the_listed_photos_with_their_licence(tmp_path):
+    src = tmp_path / "flower_photos"
+    for path in ("daisy/a.jpg", "daisy/b.jpg", "roses/c.jpg"):
+        (src / path).parent.mkdir(parents=True, exist_ok=True)
+        (src / path).write_bytes(path.encode())
+    (src / "LICENSE.txt").write_text("daisy/a.jpg CC-BY by someone\n")
+    split = tmp_path / "split.csv"
+    split.write_text("path,split\ndaisy/a.jpg,training\nroses/c.jpg,evaluation\n")
+    done = _accuracy_bench("prepare", str(src), str(tmp_path / "out"), "--split", str(split))
+    assert done.returncode == 0, done.stderr
+    copied = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert copied == ["LICENSE.txt", "evaluation/roses/c.jpg", "training/daisy/a.jpg"]
+    assert (tmp_path / "out/evaluation/roses/c.jpg").read_bytes() == b"roses/c.jpg"
+    # A photo missing from the source: nothing is written, and the message says what to pass.
+    split.write_text("path,split\ndaisy/a.jpg,training\ntulips/z.jpg,evaluation\n")
+    done = _accuracy_bench("prepare", str(src), str(tmp_path / "again"), "--split", str(split))
+    assert done.returncode != 0 and "tulips/z.jpg" in done.stderr and "flower_photos.tgz" in done.stderr
+    assert not (tmp_path / "again").exists() and not (tmp_path / "again.partial").exists()
+
+
+def test_accuracy_bench_split_file_is_balanced_and_disjoint():
+    with open(BENCH / "flowers_split.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len({r["path"] for r in rows}) == len(rows) == 1750
+    counts = Counter((r["path"].split("/")[0], r["split"]) for r in rows)
+    assert {c for c, _ in counts} == {"daisy", "dandelion", "roses", "sunflowers", "tulips"}
+    assert all(counts[(c, s)] == n for c in {c for c, _ in counts}
+               for s, n in (("training", 100), ("validation", 50), ("evaluation", 200)))
