@@ -204,3 +204,20 @@ def training_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: Ima
     images = {s: ImageSet(store, idx, y, augment=cfg.augment and s == "training", seed=cfg.seed)
               for s, (idx, y) in splits.items()}
     return images, None
+
+
+def mirrored_inputs(cfg: TrainConfig, model: Classifier, loader: DataLoader, ds: Dataset, store, device) -> DataLoader:
+    """The evaluation split's mirror images as training reads them, for test-time augmentation:
+    images mirrored as they are read; where training reads what frozen layers made of the images
+    (features, frozen-prefix activations), those layers' output on the mirror images, computed
+    once, here: the frozen layers are the same as in the frozen pass, never recomputed per epoch."""
+    idx, y = split_indices(ds)["evaluation"]
+    if isinstance(loader.dataset, ImageSet):
+        return DataLoader(ImageSet(store, idx, y, augment=False, flip=True), batch_size=loader.batch_size)
+    before = next(model.parameters()).device
+    prefix = None if cfg.strategy == "features" else model.split(leading_frozen(model))[0]
+    rows = extract_features(model, store, idx, device=device, upto=prefix, flip=True,
+                            dtype=torch.float32 if prefix is None else CACHE_DTYPE,  # as the frozen pass stored them
+                            channels_last=cfg.channels_last, bf16=cfg.precision in ("auto", "bf16-mixed"))
+    model.to(before)
+    return DataLoader(TensorDataset(rows, torch.tensor(y)), batch_size=loader.batch_size)

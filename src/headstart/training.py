@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader, Subset
 
 from headstart import strategies as S
 from headstart.advice import advised_config
@@ -36,8 +36,7 @@ from headstart._files import check_writable_dir
 from headstart.errors import ConfigError
 from headstart.evaluation import compute, write_evaluation
 from headstart.frozen import (
-    CACHE_DTYPE, EpochSampler, ImageSet, RankBatches, extract_features, leading_frozen, memory_layout, seed_of,
-    split_indices, training_inputs,
+    EpochSampler, RankBatches, memory_layout, mirrored_inputs, seed_of, split_indices, training_inputs,
 )
 from headstart.imbalance import MODE, best_epoch, confusion, loss_weights, macro_f1
 from headstart.loggers import loggers
@@ -361,23 +360,6 @@ def _train(trainer: L.Trainer, module: TransferModule, loaders: dict, run: Run, 
     return False
 
 
-def _mirrored(cfg: TrainConfig, module: TransferModule, loader: DataLoader, ds: Dataset, store, device) -> DataLoader:
-    """The evaluation split's mirror images as training reads them, for test-time augmentation:
-    images mirrored as they are read; where training reads what frozen layers made of the images
-    (features, frozen-prefix activations), those layers' output on the mirror images, computed
-    once, here: the frozen layers are the same as in the frozen pass, never recomputed per epoch."""
-    idx, y = split_indices(ds)["evaluation"]
-    if isinstance(loader.dataset, ImageSet):
-        return DataLoader(ImageSet(store, idx, y, augment=False, flip=True), batch_size=loader.batch_size)
-    model, before = module.model, next(module.parameters()).device
-    prefix = None if cfg.strategy == "features" else model.split(leading_frozen(model))[0]
-    rows = extract_features(model, store, idx, device=device, upto=prefix, flip=True,
-                            dtype=torch.float32 if prefix is None else CACHE_DTYPE,  # as the frozen pass stored them
-                            channels_last=cfg.channels_last, bf16=cfg.precision in ("auto", "bf16-mixed"))
-    module.to(before)
-    return DataLoader(TensorDataset(rows, torch.tensor(y)), batch_size=loader.batch_size)
-
-
 def _evaluate_best(run: Run, trainer: L.Trainer, module: TransferModule, loader: DataLoader, ds: Dataset,
                    setup_seconds: float, store=None):
     """The best checkpoint on the evaluation split, read as training read it (features, activations
@@ -387,7 +369,7 @@ def _evaluate_best(run: Run, trainer: L.Trainer, module: TransferModule, loader:
     probs, targets = _predict(module, loader)
     tta = None
     if run.config.tta:
-        mirrored = _mirrored(run.config, module, loader, ds, store, trainer.strategy.root_device)
+        mirrored = mirrored_inputs(run.config, module.model, loader, ds, store, trainer.strategy.root_device)
         tta = np.stack([probs, _predict(module, mirrored)[0]]).mean(0)  # as headstart.predict.predict_probs
     paths = [str(s.path) for s in ds.split("evaluation")]
     ev = compute(targets, probs, ds.classes, "evaluation", paths, tta)
