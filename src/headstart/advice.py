@@ -22,23 +22,33 @@ Two inputs decide the case, both measured on the user's data:
   layers are the specific ones). Where the backbone has its ImageNet classifier, how confident it
   is on these images is shown as a third signal; it does not decide.
 
+The input size is measured too: the same probe at two or three sizes around the photos' own and the
+weights' native one; the smallest size within a point of the best is recommended (``--input-size auto``).
+
 >>> advice = advise("demo")                                  # doctest: +SKIP
 >>> advice.case, advice.recommendation["strategy"]          # doctest: +SKIP
 ('small data, similar to the pretraining data', 'features')
+>>> advice.resolution["why"]                                 # doctest: +SKIP
+'224 px: probe 76 % vs 67 % at 128 px, 3.1x the time'
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+import functools
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 
 from headstart.backbones import create_model
 from headstart.cache import decoded_images
-from headstart.config import TrainConfig
+from headstart.config import INPUT_SIZES, TrainConfig
 from headstart.data import Dataset, load_dataset
 from headstart.errors import ConfigError, DataError
 from headstart.frozen import extract_features
@@ -65,6 +75,13 @@ EARLIER_MARGIN = 0.05
 K_NEIGHBOURS = 5
 SAMPLE_PER_CLASS = 60
 SAMPLE_TOTAL = 3000
+# Input sizes: the smallest size whose k-NN accuracy is within this much of the best size's is
+# recommended (a point: about the probe's own noise on a few hundred images; a larger size costs
+# time at every epoch and every prediction).
+SIZE_MARGIN = 0.01
+# A size below this share of the weights' native one is "well below": train and compare say what it
+# costs (issue 16: 128 px instead of 224 cost EfficientNet-Lite0 ten points on 160 px food photos).
+SMALL_SIZE_SHARE = 0.75
 
 RULES = {
     ("small", "similar"): ("features", "If the new data-set is very small, it's better to train only the final "
@@ -91,6 +108,7 @@ class Advice:
     rule: str
     recommendation: dict = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
+    resolution: dict | None = None  # the probe at each input size (choose_size), when measured
 
     @property
     def case(self) -> str:
@@ -171,7 +189,10 @@ def measure_similarity(ds: Dataset, backbone: str, weights: str = "default", inp
     labels = torch.tensor([ds.samples[i].label for i in indices])
     mid = resolve_freeze(model, "half")  # the end of what `half` freezes: the earlier layer probed
     out = {"sample": len(indices), "groups": len(model.groups), "half_freezes": mid, "earlier_layer": None, "earlier_knn": None,
-           "earlier_separability": None, "imagenet_confidence": None}
+           "earlier_separability": None, "imagenet_confidence": None, "input_size": model.preprocessing.input_size,
+           "native_size": model.body.preprocessing.input_size}
+    model.forward_features(torch.zeros(1, 3, model.preprocessing.input_size, model.preprocessing.input_size))  # warm-up
+    started = time.perf_counter()  # the forward pass: what a size costs at every epoch and prediction
     cut = model.split(mid)
     if cut is not None:  # one pass: the earlier activations, then the rest of the body on them
         prefix, rest = cut
@@ -183,6 +204,7 @@ def measure_similarity(ds: Dataset, backbone: str, weights: str = "default", inp
         out["earlier_separability"] = separability(out["earlier_knn"], ds.num_classes)
     else:
         final = extract_features(model, store, indices, progress=progress)
+    out["probe_seconds"] = round(time.perf_counter() - started, 3)
     out["final_knn"] = knn_accuracy(final, labels)
     out["final_separability"] = separability(out["final_knn"], ds.num_classes)
     if model.config.get("head") == "pretrained":
@@ -212,18 +234,134 @@ def recommend(size: str, similarity: str, groups: int, frozen: int) -> dict:
     return rec
 
 
+# --- the input size ---------------------------------------------------------------------------------
+
+
+def photo_size(ds: Dataset, indices: list[int]) -> int:
+    """The median shorter side of the images at ``indices``, in pixels, read from their headers only."""
+    sides = []
+    for i in indices:
+        try:
+            with Image.open(ds.samples[i].path) as im:
+                sides.append(min(im.size))
+        except (OSError, ValueError, Image.DecompressionBombError):  # unreadable: the decoding says why
+            continue
+    return int(np.median(sides)) if sides else 0
+
+
+def native_size(backbone: str, weights: str = "default") -> int:
+    """The input size the weights were trained at (the model's without ``input_size``)."""
+    return create_model(backbone, 2, weights=weights).body.preprocessing.input_size
+
+
+def _round16(x: float) -> int:
+    """A multiple of 16 (what the strided layers divide evenly), in the allowed range."""
+    return int(min(INPUT_SIZES.high, max(INPUT_SIZES.low, 16 * round(x / 16))))
+
+
+def candidate_sizes(photo: int, native: int, asked: int | None = None) -> list[int]:
+    """The two or three input sizes probed: the photos' own (at most the native size), the weights'
+    native one, and one between them (photos much smaller), or above it (photos much larger); the size
+    asked for instead of that third one; and a cheaper one when the photos are the native size.
+
+    >>> candidate_sizes(160, 224), candidate_sizes(100, 224), candidate_sizes(512, 224), candidate_sizes(224, 224)
+    ([160, 224], [96, 144, 224], [224, 336], [128, 224])
+    """
+    low = _round16(min(photo, native)) if photo else native
+    sizes = {low, native}
+    if asked:
+        sizes.add(asked)
+    elif native >= 1.5 * low:
+        sizes.add(_round16((low * native) ** 0.5))  # halfway, on a log scale
+    elif photo >= 1.3 * native:
+        sizes.add(_round16(min(photo, 1.5 * native)))  # detail the native size would throw away
+    if len(sizes) == 1:
+        sizes.add(_round16(0.6 * native))  # is the native size worth its cost?
+    return sorted(sizes)
+
+
+def choose_size(probes: dict[int, dict], margin: float = SIZE_MARGIN) -> dict:
+    """The smallest probed size whose k-NN accuracy is within ``margin`` of the best; its gain in
+    points and its cost in time against a reference (the smallest size; when it is the smallest
+    itself, the best of the others), and both in words."""
+    rows = [{"input_size": size, "knn": p["final_knn"], "seconds": p["probe_seconds"]} for size, p in sorted(probes.items())]
+    best = max(r["knn"] for r in rows)
+    pick = next(r for r in rows if r["knn"] >= best - margin)
+    out = {"sizes": rows, "input_size": pick["input_size"], "margin": margin}
+    others = [r for r in rows if r is not pick]
+    if not others:
+        return {**out, "why": f"{pick['input_size']} px: the only size probed"}
+    ref = others[0] if others[0]["input_size"] < pick["input_size"] else max(others, key=lambda r: (r["knn"], r["input_size"]))
+    gain, cost = 100 * (pick["knn"] - ref["knn"]), pick["seconds"] / max(ref["seconds"], 1e-9)
+    why = f"{pick['input_size']} px: probe {pick['knn']:.0%} vs {ref['knn']:.0%} at {ref['input_size']} px, {cost:.1f}x the time"
+    return {**out, "reference": ref["input_size"], "gain": round(gain, 1), "time_ratio": round(cost, 2), "why": why}
+
+
+def input_size_warning(size: int | None, native: int, advice: dict | None = None) -> str | None:
+    """One line when ``size`` is well below the weights' ``native`` size (SMALL_SIZE_SHARE): the points
+    it scored under the native size on the probe where ``advice`` measured both, else a plain warning."""
+    if size is None or size >= SMALL_SIZE_SHARE * native:
+        return None
+    knn = {r["input_size"]: r["knn"] for r in ((advice or {}).get("resolution") or {}).get("sizes", [])}
+    if size in knn and native in knn:
+        loss = 100 * (knn[native] - knn[size])
+        if loss < 100 * SIZE_MARGIN:  # measured, and as good: nothing to warn about
+            return None
+        return f"features at {size} px scored {loss:.0f} points under {native} px on the probe; --input-size auto picks the size"
+    return (f"--input-size {size} is well below the {native} px the weights were trained at, which usually costs "
+            f"accuracy; measure it with `headstart advise DATA` or pass --input-size auto")
+
+
+_SAID: contextvars.ContextVar[set | None] = contextvars.ContextVar("said", default=None)
+
+
+@contextlib.contextmanager
+def said_once():
+    """Within it, ``warn_input_size`` says each warning once (compare: once for all its runs)."""
+    token = _SAID.set(set())
+    try:
+        yield
+    finally:
+        _SAID.reset(token)
+
+
+def warn_input_size(cfg: TrainConfig, native: int) -> None:
+    """Log ``input_size_warning`` for a run's config (not without pretrained weights: scratch, weights none)."""
+    pretrained = cfg.strategy != "scratch" and cfg.weights != "none"
+    text = input_size_warning(cfg.input_size, native, cfg.advice) if pretrained else None
+    said = _SAID.get()
+    if text and not (said is not None and text in said):
+        log.warning(text)
+        if said is not None:
+            said.add(text)
+
+
 def advise(data: str | Dataset, backbone: str = "efficientnet_lite0", weights: str = "default",
            input_size: int | None = None, per_class: int = SAMPLE_PER_CLASS, seed: int = 0,
-           progress: bool = False, decode_all: bool = False, layout: str | None = None) -> Advice:
+           progress: bool = False, decode_all: bool = False, layout: str | None = None,
+           resolution: bool | None = None, sizes: list[int] | None = None) -> Advice:
     """Measure ``data`` and apply the rules: the case, the rule quoted, and a recommendation.
-    ``decode_all``: decode the whole dataset into the image cache (when training follows)."""
+
+    ``resolution`` (None: when no ``input_size`` is given): probe two or three input sizes too
+    (``candidate_sizes``, or these ``sizes`` and ``input_size``) and recommend one (``choose_size``);
+    the case is measured at ``input_size`` if given, else at the recommended size. ``decode_all``: decode the whole dataset into the image cache at
+    ``input_size`` (when training follows at it)."""
     ds = data if isinstance(data, Dataset) else load_dataset(data, layout, seed=seed)
     if ds.num_classes < 2:
         raise DataError(f"advise needs at least 2 classes; {ds.root} has {ds.num_classes}.")
     train = ds.counts()["training"]
     m = {"classes": ds.num_classes, "training_images": sum(train), "smallest_class": min(train),
          "largest_class": max(train), "imbalance": round(max(train) / max(min(train), 1), 2)}
-    m.update(measure_similarity(ds, backbone, weights, input_size, per_class, seed, progress, decode_all))
+    probe = functools.partial(measure_similarity, ds, backbone, weights, per_class=per_class, seed=seed, progress=progress)
+    res = None
+    if resolution or resolution is None and not input_size:
+        photo, native = photo_size(ds, _sample(ds, per_class, seed)), native_size(backbone, weights)
+        sizes = sorted({*sizes, *([input_size] if input_size else [])}) if sizes else candidate_sizes(photo, native, input_size)
+        probes = {s: probe(s, decode_all=decode_all and s == input_size) for s in sizes}
+        res = {"photo_size": photo, "native_size": native, **choose_size(probes)}
+        m.update(probes[input_size or res["input_size"]])
+    else:
+        m.update(probe(input_size, decode_all=decode_all))
 
     size = "small" if m["smallest_class"] < SMALL_PER_CLASS else "large"
     reasons = [f"{size}: the smallest class has {m['smallest_class']:,} training images "
@@ -238,19 +376,27 @@ def advise(data: str | Dataset, backbone: str = "efficientnet_lite0", weights: s
         reasons.append(f"earlier layer ({m['earlier_layer']}) k-NN {m['earlier_knn']:.1%}: "
                        + ("better than the final layer, a sign of a different domain" if earlier_wins
                           else "not better than the final layer"))
+    rec = recommend(size, similarity, m["groups"], m["half_freezes"])
+    if res:
+        rec["input_size"] = res["input_size"]
     return Advice(str(data if not isinstance(data, Dataset) else ds.root), backbone, m, size, similarity,
-                  RULES[(size, similarity)][1], recommend(size, similarity, m["groups"], m["half_freezes"]), reasons)
+                  RULES[(size, similarity)][1], rec, reasons, res)
 
 
 def advised_config(cfg: TrainConfig, ds: Dataset, asked: dict | None, progress: bool) -> TrainConfig:
     """``--strategy auto``: the advice's strategy and settings, except those asked for explicitly
     (``asked``; None: everything was, e.g. a whole config passed in, so only the strategy is taken;
-    so too with the seed recipe: the rest of it is the tutorial's)."""
+    so too with the seed recipe: the rest of it is the tutorial's). ``--input-size auto``: the
+    recommended input size (a number: a saved config never says auto)."""
+    auto_size = cfg.input_size == "auto"
     # Its own random state: an advised run trains exactly as one with the same strategy named.
     with torch.random.fork_rng(devices=[]):
-        advice = advise(ds, cfg.backbone, cfg.weights, cfg.input_size, seed=cfg.seed, progress=progress,
-                        decode_all=True)  # training reads the same cache next
-    take_all = asked is not None and cfg.recipe != "seed"
-    chosen = {k: v for k, v in advice.overrides().items() if k == "strategy" or (take_all and k not in asked)}
-    log.info("auto: %s -> %s", advice.case, advice.strategy)
-    return dataclasses.replace(cfg, **chosen, advice=advice.to_dict())
+        advice = advise(ds, cfg.backbone, cfg.weights, None if auto_size else cfg.input_size, seed=cfg.seed,
+                        progress=progress, resolution=auto_size,
+                        decode_all=not auto_size)  # training reads the same cache next (the size known)
+    wanted = {"strategy"} if cfg.strategy == "auto" else set()
+    wanted |= {"input_size"} if auto_size else set()
+    take_all = cfg.strategy == "auto" and asked is not None and cfg.recipe != "seed"
+    chosen = {k: v for k, v in advice.overrides().items() if k in wanted or (take_all and k not in asked)}
+    log.info("auto: %s", ", ".join(f"{k} {v}" for k, v in chosen.items()))
+    return dataclasses.replace(cfg, **chosen, advice={**advice.to_dict(), "taken": sorted(chosen)})

@@ -43,6 +43,7 @@ ClassWeights, Sampler, Monitor = Literal[CLASS_WEIGHTS], Literal[SAMPLERS], Lite
 
 DATA_HELP = "Dataset folder (food11, folders layout), CSV manifest, or the word 'demo'."
 INPUT_SIZE_HELP = f"Input size in pixels, {INPUT_SIZES.low:g}-{INPUT_SIZES.high:g}."
+AUTO_SIZE_HELP = INPUT_SIZE_HELP[:-1] + ", or auto: the size headstart advise measures best (2-3 sizes probed first)."
 FORCE_HELP = "Allow an --input-size outside that range."
 OUTSIDE_HELP = "Let a CSV manifest list images outside its own folder."
 TTA_HELP = "Test-time augmentation: also average each image's probabilities with its mirror image's."
@@ -183,7 +184,7 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="Global batch size, shared among the devices.", show_default="32"),
     lr: Optional[float] = typer.Option(None, help="Head learning rate.", show_default="1e-3 default, 1e-5 seed"),
     backbone_lr: Optional[float] = typer.Option(None, help="Top backbone group's learning rate.", show_default="1e-4 default, 1e-5 seed"),
-    input_size: Optional[int] = typer.Option(None, help=INPUT_SIZE_HELP, show_default="the weights': 224"),
+    input_size: Optional[str] = typer.Option(None, help=AUTO_SIZE_HELP, show_default="the weights': 224"),
     force_input_size: Optional[bool] = typer.Option(None, "--force-input-size", help=FORCE_HELP, show_default="off"),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random resized crop + flip.", show_default="default on, seed off"),
     early_stopping: Optional[int] = typer.Option(None, help="Patience in epochs on --monitor; 0 = off.", show_default="5 default, 0 seed"),
@@ -252,7 +253,7 @@ def compare(
     recipe: Optional[RecipeName] = typer.Option(None, help="default or seed (the tutorial's).", show_default="default"),
     freeze_layers: Optional[int] = typer.Option(None, help="vgg16: Keras layers frozen by 'half' (the tutorial: 10).", show_default="by groups"),
     epochs: Optional[int] = typer.Option(None, help="Epochs per strategy.", show_default="recipe's"),
-    input_size: Optional[int] = typer.Option(None, help=INPUT_SIZE_HELP, show_default="the weights': 224"),
+    input_size: Optional[str] = typer.Option(None, help=AUTO_SIZE_HELP, show_default="the weights': 224"),
     force_input_size: Optional[bool] = typer.Option(None, "--force-input-size", help=FORCE_HELP, show_default="off"),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size, shared among the devices.", show_default="32"),
     seed: Optional[int] = typer.Option(None, help="Random seed, the same for every strategy.", show_default="0"),
@@ -304,36 +305,20 @@ def advise(
     layout: Optional[LayoutName] = typer.Option(None, help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected"),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help=OUTSIDE_HELP),
 ) -> None:
-    """Measure DATA (size; similarity to the pretraining data) and recommend a strategy by the rules."""
+    """Measure DATA (size; similarity to the pretraining data): a strategy by the rules, and an input size (2-3 probed)."""
     import json
 
-    from headstart.advice import SOURCE
     from headstart.advice import advise as run_advise
     from headstart.data import load_dataset
 
     check_input_size(input_size, force_input_size)  # as train checks it
     source = load_dataset(data, layout, seed=seed, allow_outside_root=True) if allow_outside_root else data
     a = run_advise(source, backbone, weights, input_size, per_class=sample, seed=seed, progress=SHOW["progress"],
-                   layout=layout)
+                   layout=layout, resolution=True)
     if as_json:
         out.print_json(json.dumps(a.to_dict()))
         return
-    table = Table(title=f"Measured on {a.measurements['sample']} images ({backbone}, frozen)")
-    table.add_column("measurement")
-    table.add_column("value", justify="right")
-    for k, v in a.measurements.items():
-        if v is not None:
-            table.add_row(k.replace("_", " "), f"{v:.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
-    out.print(table)
-    out.print(f"[bold]Case:[/] {a.case}")
-    for r in a.reasons:
-        out.print(f"  - {r}")
-    out.print(f"[bold]Rule[/], {SOURCE}:\n  \u201c{a.rule}\u201d")
-    rec = a.recommendation
-    out.print(f"[bold]Recommendation:[/] {rec['strategy']} — {rec['why']}.")
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{'' if v else 'no-'}{k}"
-                     for k, v in a.overrides().items())
-    out.print(f"  headstart train {data} --backbone {backbone} {flags}   (or: --strategy auto)")
+    show.advice(a, data)
 
 
 @command

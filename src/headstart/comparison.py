@@ -23,6 +23,7 @@ import yaml
 
 from headstart._files import check_writable_dir, write_text
 from headstart.advice import advise as measure
+from headstart.advice import said_once
 from headstart.config import TrainConfig, coerce, resolve_config
 from headstart.data import load_dataset_for
 from headstart.distributed import launch, parse_devices
@@ -133,6 +134,7 @@ def _new_folder(path: Path) -> Path:
     return path
 
 
+@said_once()  # a warning about the input size: once, not once a run
 def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", name: str | None = None,
             progress: bool = False, advise: bool = True, **options: Any) -> Comparison:
     """Train each strategy on the same data, backbone and seed; write the comparison report.
@@ -155,12 +157,15 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
     label = "demo" if str(data) == "demo" else Path(data).resolve().name
     ranks = launch(cfg.accelerator, parse_devices(cfg.devices), cfg.num_nodes)  # before any work: it is shared out
     out = ranks.on_zero(lambda: _new_folder(Path(runs_dir) / (name or f"compare-{label}-{datetime.now():%Y%m%d-%H%M%S}")))
-    advice = None
-    if advise or any(s == "auto" for s, _ in plans.values()):
-        advice = ranks.on_zero(lambda: measure(load_dataset_for(cfg), cfg.backbone, cfg.weights, cfg.input_size, seed=cfg.seed, progress=progress,
-                         decode_all=True))  # every run reads the same cache next; measured once, on rank 0
+    advice, auto_size = None, cfg.input_size == "auto"
+    if advise or any(s == "auto" for s, _ in plans.values()) or auto_size:
+        # Measured once, on rank 0; every run reads the same cache next (with auto: the size chosen).
+        advice = ranks.on_zero(lambda: measure(load_dataset_for(cfg), cfg.backbone, cfg.weights, None if auto_size else cfg.input_size,
+                                               seed=cfg.seed, progress=progress, decode_all=not auto_size, resolution=auto_size))
         plans = {(advice.strategy if label == "auto" else label): (advice.strategy if s == "auto" else s, own)
                  for label, (s, own) in plans.items()}
+        if auto_size:  # each run records the advice that chose its size
+            options.update(input_size=advice.recommendation["input_size"], advice={**advice.to_dict(), "taken": ["input_size"]})
     runs = {}
     for label, (strategy, extra) in plans.items():
         # A freeze point (--freeze, --freeze-layers) is for the strategies that have one; weights are

@@ -38,7 +38,8 @@ class TrainConfig:
     # --- model
     backbone: str = "efficientnet_lite0"  # bundled weights: works offline
     weights: str = "default"
-    input_size: int | None = None  # None: the size the weights were trained at; else 16-1024 (INPUT_SIZES)
+    input_size: int | str | None = None  # None: the size the weights were trained at; else 16-1024 (INPUT_SIZES);
+    # "auto": the size headstart.advice recommends, measured before the run (its config.yaml has the number)
     force_input_size: bool = False  # an input_size outside 16-1024, on purpose
     head_dropout: float = 0.2  # the tutorial's head
     head_hidden: int = 100
@@ -181,10 +182,13 @@ def check_number(name: str, value: Any, allowed: Range) -> None:
         raise ConfigError(f"{name} must be {allowed}. Received: {name}={value!r}")
 
 
-def check_input_size(size: int | None, force: bool = False) -> None:
-    """None (the weights' own size), or a size in pixels: 16-1024 unless ``force``, never below 1."""
-    if size is None:
+def check_input_size(size: int | str | None, force: bool = False) -> None:
+    """None (the weights' own size), "auto" (measured), or a size in pixels: 16-1024 unless ``force``, never below 1."""
+    if size is None or size == "auto":
         return
+    if isinstance(size, str):
+        raise ConfigError(f"input_size must be a whole number {INPUT_SIZES}, or auto (measured by headstart "
+                          f"advise). Received: input_size={size!r}")
     allowed = Range(1, note="pixels") if force else INPUT_SIZES
     if isinstance(size, numbers.Integral) and not isinstance(size, bool) and size not in allowed:
         fix = ("Leave it out for the size the weights were trained at" if size < 1
@@ -241,6 +245,11 @@ def coerce(name: str, value: Any) -> Any:
         return [value] if isinstance(value, str) else list(value)
     if isinstance(value, os.PathLike):
         return str(value)
+    if name == "input_size" and isinstance(value, str) and value != "auto":  # a flag: "224", or "auto"
+        try:
+            return int(value)
+        except ValueError:
+            return value  # check_input_size says what it takes
     default = TrainConfig.__dataclass_fields__[name].default
     if isinstance(default, bool) and isinstance(value, str):
         return value.lower() in ("1", "true", "yes", "on")

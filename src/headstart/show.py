@@ -111,3 +111,39 @@ def comparison(result, tta: bool = False) -> None:
                       f"{r['seconds_per_epoch']:.2f}", f"{r['total_seconds']:.0f}")
     out.print(table)
     out.print(result.reading)
+
+
+def advice(a, data: str) -> None:
+    """``headstart advise``: the measurements, the probe at each input size, the case, the rule, what to run."""
+    from headstart.advice import SOURCE
+
+    table = Table(title=f"Measured on {a.measurements['sample']} images ({a.backbone}, frozen)")
+    table.add_column("measurement")
+    table.add_column("value", justify="right")
+    for k, v in a.measurements.items():
+        if v is not None:
+            table.add_row(k.replace("_", " "), f"{v:.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
+    out.print(table)
+    if a.resolution:
+        res = a.resolution
+        sizes = Table(title=f"Input size (photos: {res['photo_size']} px on their shorter side; the weights': "
+                            f"{res['native_size']} px)")
+        for col in ("input size", "k-NN probe", "time", ""):
+            sizes.add_column(col, justify="left" if not col else "right")
+        slowest = max(r["seconds"] for r in res["sizes"])
+        for r in res["sizes"]:
+            mark = "[bold]recommended[/]" if r["input_size"] == res["input_size"] else ""
+            sizes.add_row(f"{r['input_size']} px", f"{r['knn']:.1%}", f"{r['seconds']:.2f} s ({r['seconds'] / slowest:.0%})", mark)
+        out.print(sizes)
+    out.print(f"[bold]Case:[/] {a.case}")
+    for r in a.reasons:
+        out.print(f"  - {r}")
+    out.print(f"[bold]Rule[/], {SOURCE}:\n  \u201c{a.rule}\u201d")
+    rec = a.recommendation
+    out.print(f"[bold]Recommendation:[/] {rec['strategy']} — {rec['why']}.")
+    if a.resolution:
+        out.print(f"[bold]Input size:[/] {a.resolution['why']} (the smallest within a point of the best).")
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{'' if v else 'no-'}{k}"
+                     for k, v in a.overrides().items())
+    auto = " --input-size auto" if a.resolution else ""
+    out.print(f"  headstart train {data} --backbone {a.backbone} {flags}   (or: --strategy auto{auto})")

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from headstart import strategies as S
-from headstart.advice import advised_config
+from headstart.advice import advised_config, warn_input_size
 from headstart.backbones import Classifier, count_params, create_model
 from headstart.cache import decoded_images
 from headstart.config import TrainConfig, as_trained, read_yaml, resolve_config
@@ -403,10 +403,12 @@ def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, co
     ranks = launch(cfg.accelerator, parse_devices(cfg.devices), cfg.num_nodes)  # one process per device
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ds = load_dataset_for(cfg)
-    if cfg.strategy == "auto":  # measured once, on rank 0
+    if "auto" in (cfg.strategy, cfg.input_size):  # measured once, on rank 0
         cfg = ranks.on_zero(lambda: advised_config(cfg, ds, asked, progress))
     cfg = as_trained(cfg)
     model, plan = build_model(cfg, ds.num_classes)
+    if ranks.is_zero:
+        warn_input_size(cfg, model.body.preprocessing.input_size)  # well below the weights' own size?
     ds, store = decoded_images(ds, model.preprocessing, progress=progress and ranks.is_zero)
     run = resumed.check_same_data(ds) if resumed else ranks.on_zero(lambda: Run.create(cfg))
     inputs, trunk = training_inputs(cfg, model, ds, store, progress, ranks)
