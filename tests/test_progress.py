@@ -27,5 +27,6 @@ def test_a_line_an_epoch_and_progress_lines_off_a_terminal(tiny, tmp_path: Path,
         "Computing features (once) for evaluation"]  # 24, 9 and 9 images: one batch of 64 each
 
     quiet = CliRunner().invoke(app, ["--quiet", *args, "--name", "quiet"])
-    assert quiet.exit_code == 0 and quiet.stderr.strip() == ""
+    assert quiet.exit_code == 0  # warnings still show (here: 32 px is well below the weights' 224); progress does not
+    assert not [line for line in quiet.stderr.splitlines() if line.startswith(("epoch ", "Decoding", "Computing"))]
     assert "Number of correctly identified images" in quiet.stdout

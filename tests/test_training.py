@@ -317,14 +317,14 @@ def test_train_with_tta_records_both_figures_as_evaluate_finds_them(tiny, tmp_pa
                                                                     options, mirrored_passes):
     import numpy as np
 
-    from headstart import training
+    from headstart import frozen, training
     from headstart.evaluation import evaluate
 
-    seen, passes, compute, extract = {}, [], training.compute, training.extract_features
+    seen, passes, compute, extract = {}, [], training.compute, frozen.extract_features
     monkeypatch.setattr(training, "compute", lambda *a, **kw: seen.setdefault("ev", compute(*a, **kw)))
-    monkeypatch.setattr(training, "extract_features", lambda *a, **kw: passes.append(kw) or extract(*a, **kw))
+    monkeypatch.setattr(frozen, "extract_features", lambda *a, **kw: passes.append(kw) or extract(*a, **kw))
     run = fit(tiny, strategy=strategy, epochs=2, tta=True, runs_dir=tmp_path, name="run", **options, **TINY_OPTIONS)
-    assert [kw["flip"] for kw in passes] == [True] * mirrored_passes  # once, not once an epoch
+    assert len([kw for kw in passes if kw.get("flip")]) == mirrored_passes  # once, not once an epoch
     saved = json.loads((run.dir / "metrics.json").read_text())
     assert saved["tta_accuracy"] == saved["tta_correct"] / 9 and saved["accuracy"] == saved["correct"] / 9
     assert "tta: true" in (run.dir / "config.yaml").read_text()
