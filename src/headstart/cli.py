@@ -332,32 +332,11 @@ def predict(
     tta: bool = typer.Option(False, "--tta", help=TTA_HELP + " Twice the compute."),
 ) -> None:
     """Classify images with a trained model. Exit 0 if every image was read, 1 if some were not."""
-    import csv
-    import json
-
     from headstart.predict import load
 
     results = load(run, device=device).predict(images, top_k=top_k, batch_size=batch_size, tta=tta)
+    show.predictions(results, top_k, format)
     failed = [r for r in results if r.error]
-    if format == "json":
-        out.print_json(json.dumps({"predictions": [r.to_dict() for r in results]}))
-    elif format == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["source", "rank", "class", "probability", "error"])
-        for r in results:
-            rows = [[r.source, i + 1, c, f"{p:.6f}", ""] for i, (c, p) in enumerate(r.top)] or [[r.source, "", "", "", r.error]]
-            writer.writerows(rows)
-    else:
-        table = Table(title=f"Predictions ({len(results) - len(failed)} of {len(results)} images)")
-        table.add_column("image", overflow="fold")
-        for i in range(top_k):
-            table.add_column(f"#{i + 1}" if i else "prediction", no_wrap=True)
-        for r in results:
-            cells = [f"{escape(c)} ({p:.1%})" for c, p in r.top] if not r.error else ["[red]not read (below)[/]"]
-            table.add_row(escape(r.source), *cells)
-        out.print(table)
-        for r in failed:  # each on its own line, in full
-            out.print(f"[red]error:[/] {escape(r.source)}: {escape(r.error)}")
     if failed:
         err.print(f"[yellow]{len(failed)} of {len(results)} image(s) could not be read.[/]")
         raise typer.Exit(1)

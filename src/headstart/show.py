@@ -147,3 +147,33 @@ def advice(a, data: str) -> None:
                      for k, v in a.overrides().items())
     auto = " --input-size auto" if a.resolution else ""
     out.print(f"  headstart train {data} --backbone {a.backbone} {flags}   (or: --strategy auto{auto})")
+
+
+def predictions(results, top_k: int, format: str) -> None:
+    """``headstart predict``: the top classes of each image, as a table, JSON or CSV; unread images in full."""
+    import csv
+    import json
+
+    from rich.markup import escape
+
+    if format == "json":
+        out.print_json(json.dumps({"predictions": [r.to_dict() for r in results]}))
+        return
+    if format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["source", "rank", "class", "probability", "error"])
+        for r in results:
+            rows = [[r.source, i + 1, c, f"{p:.6f}", ""] for i, (c, p) in enumerate(r.top)] or [[r.source, "", "", "", r.error]]
+            writer.writerows(rows)
+        return
+    failed = [r for r in results if r.error]
+    table = Table(title=f"Predictions ({len(results) - len(failed)} of {len(results)} images)")
+    table.add_column("image", overflow="fold")
+    for i in range(top_k):
+        table.add_column(f"#{i + 1}" if i else "prediction", no_wrap=True)
+    for r in results:
+        cells = [f"{escape(c)} ({p:.1%})" for c, p in r.top] if not r.error else ["[red]not read (below)[/]"]
+        table.add_row(escape(r.source), *cells)
+    out.print(table)
+    for r in failed:  # each on its own line, in full
+        out.print(f"[red]error:[/] {escape(r.source)}: {escape(r.error)}")
