@@ -284,6 +284,15 @@ class _Checkpoint(ModelCheckpoint):
                      "best_k_models": {rebase(k): v for k, v in state.get("best_k_models", {}).items()}}
         super().load_state_dict(state)
 
+    def on_train_epoch_end(self, trainer, module) -> None:
+        # Lightning 2.6 writes last.ckpt only on the epochs that write best.ckpt: after a worse epoch
+        # (or one that early stopping ends) a resume would go back to the best one and train again.
+        # Asked before the parent saves: once it has, the step counts as saved.
+        due = not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer)
+        super().on_train_epoch_end(trainer, module)
+        if due and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
 
 class _Bar(RichProgressBar):
     """Lightning's progress bar, with epochs counted from 1 as everywhere else in headstart."""
