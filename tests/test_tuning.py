@@ -172,3 +172,23 @@ def test_average_is_checked_and_on_the_cli_and_in_compare(tiny, tmp_path: Path):
     assert torch.load(tmp_path / "cli" / "checkpoints" / "best.ckpt", weights_only=True)["callbacks"]["Averaging"]["updates"] == 1
     bad = CliRunner().invoke(app, ["train", str(tiny), "--average", "mean", "--runs-dir", str(tmp_path)])
     assert bad.exit_code == 2 and "'mean' is not one of" in bad.output
+
+
+def test_half_averages_the_open_groups_and_their_batchnorm_statistics_only(tiny, tmp_path: Path):
+    run = fit(tiny, strategy="half", epochs=1, average="ema", augment=False, runs_dir=tmp_path, name="half", **TINY_OPTIONS)
+    saved = torch.load(run.best_checkpoint, weights_only=True)
+    averaged = set(saved["callbacks"]["Averaging"]["averaged"])
+    trained = {f"model.{n}" for n, p in load_model_params(run) if p.requires_grad}
+    assert {n for n in averaged if not n.endswith(("running_mean", "running_var"))} == trained
+    stats = {n.rsplit(".", 1)[0] for n in averaged if n.endswith("running_mean")}
+    assert stats and all(f"{s}.weight" in trained for s in stats)  # only the BatchNorm layers that train
+    assert any(n.endswith("running_mean") and n.rsplit(".", 1)[0] + ".weight" not in trained
+               for n in saved["state_dict"])  # the frozen ones exist, and were left out
+
+
+def load_model_params(run):
+    """The run's model, frozen as its strategy says, as (name, parameter)."""
+    from headstart.training import build_model
+
+    model, _ = build_model(run.config, 3)
+    return list(model.named_parameters())
