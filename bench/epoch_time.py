@@ -43,7 +43,8 @@ from headstart.backbones import create_model
 from headstart.config import resolve_config
 from headstart.data import load_dataset
 from headstart.frozen import split_indices
-from headstart.training import fit, lr_lambda
+from headstart.training import fit
+from headstart.tuning import lr_lambda
 
 
 class PeakMemory:

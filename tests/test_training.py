@@ -97,6 +97,14 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny, tmp_path: Path, stra
         fit(resume=moved, epochs=6)
 
 
+def test_last_ckpt_is_the_last_epoch_even_when_it_was_not_the_best(tiny, tmp_path: Path):
+    # A huge learning rate: the validation loss gets worse after the first epoch, so best.ckpt stays behind.
+    run = fit(tiny, strategy="features", epochs=3, lr=1000.0, warmup_epochs=0, schedule="constant", early_stopping=0,
+              runs_dir=tmp_path, name="worse", **TINY_OPTIONS)
+    best, last = (torch.load(p, weights_only=True)["epoch"] for p in (run.best_checkpoint, run.last_checkpoint))
+    assert best < 2 and last == 2  # 0-based: the third epoch
+
+
 def test_a_run_killed_in_its_first_epoch_starts_over_in_place(tiny, tmp_path: Path):
     opts = dict(strategy="features", epochs=2, deterministic=True, runs_dir=tmp_path, **TINY_OPTIONS)
     whole = fit(tiny, name="whole", **opts)

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from headstart import show
 from headstart._version import __version__
-from headstart.config import ACCELERATORS, CLASS_WEIGHTS, INPUT_SIZES, MONITORS, RECIPES, SAMPLERS, STRATEGIES, check_input_size
+from headstart.config import ACCELERATORS, AVERAGES, CLASS_WEIGHTS, INPUT_SIZES, MONITORS, RECIPES, SAMPLERS, STRATEGIES, check_input_size
 from headstart.errors import HeadstartError
 from headstart.images import MAX_PIXELS
 from headstart.layouts import LAYOUTS, SPLITS
@@ -39,7 +39,7 @@ LayoutName = Literal[LAYOUTS]
 AcceleratorName = Literal[ACCELERATORS]
 SplitName = Literal[SPLITS]
 PrintFormat = Literal["table", "json", "csv"]
-ClassWeights, Sampler, Monitor = Literal[CLASS_WEIGHTS], Literal[SAMPLERS], Literal[MONITORS]
+ClassWeights, Sampler, Monitor, Average = Literal[CLASS_WEIGHTS], Literal[SAMPLERS], Literal[MONITORS], Literal[AVERAGES]
 
 DATA_HELP = "Dataset folder (food11, folders layout), CSV manifest, or the word 'demo'."
 INPUT_SIZE_HELP = f"Input size in pixels, {INPUT_SIZES.low:g}-{INPUT_SIZES.high:g}."
@@ -191,6 +191,7 @@ def train(
     class_weights: Optional[ClassWeights] = typer.Option(None, help=WEIGHTS_HELP, show_default="none"),
     sampler: Optional[Sampler] = typer.Option(None, help=SAMPLER_HELP, show_default="random"),
     monitor: Optional[Monitor] = typer.Option(None, help=MONITOR_HELP, show_default="val_loss"),
+    average: Optional[Average] = typer.Option(None, help="Weight averaging of what trains: ema (every step) or swa (last quarter's epochs); validated and saved averaged.", show_default="none"),
     unfreeze_every: Optional[int] = typer.Option(None, help="gradual: epochs between unfreezing groups.", show_default="2"),
     seed: Optional[int] = typer.Option(None, help="Random seed.", show_default="0"),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic algorithms (slower).", show_default="off"),

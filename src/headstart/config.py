@@ -66,6 +66,10 @@ class TrainConfig:
     label_smoothing: float = 0.1
     augment: bool = True  # random resized crop + horizontal flip
     early_stopping: int = 5  # epochs without a better `monitor` before stopping; 0 = off
+    # Weight averaging of what trains (headstart.tuning): ema (every step) or swa (the last quarter's
+    # epochs); validation, the checkpoints and so evaluation use the average. Off: on the demo it
+    # was within noise of none (docs/benchmarks.md).
+    average: str = "none"
     # --- engine
     seed: int = 0
     deterministic: bool = False
@@ -115,6 +119,7 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 CLASS_WEIGHTS = ("none", "auto")
 SAMPLERS = ("random", "balanced")
 MONITORS = ("val_loss", "val_accuracy", "val_macro_f1")  # val_loss is lowest best, the others highest
+AVERAGES = ("none", "ema", "swa")  # weight averaging: none, exponential moving average, stochastic weight averaging
 
 
 @dataclass(frozen=True)
@@ -211,7 +216,8 @@ def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
     if cfg.accelerator not in ACCELERATORS:
         raise ConfigError(f"Unknown accelerator '{cfg.accelerator}'. Choose one of: {', '.join(ACCELERATORS)}.")
     check_loggers(cfg.loggers)
-    for name, choices in (("class_weights", CLASS_WEIGHTS), ("sampler", SAMPLERS), ("monitor", MONITORS)):
+    for name, choices in (("class_weights", CLASS_WEIGHTS), ("sampler", SAMPLERS), ("monitor", MONITORS),
+                          ("average", AVERAGES)):
         if getattr(cfg, name) not in choices:
             raise ConfigError(f"{name} must be one of: {', '.join(choices)}. Received: {name}={getattr(cfg, name)!r}")
     for name, allowed in RANGES.items():

@@ -58,7 +58,9 @@ def write_run_report(run, ev, images, data: dict) -> Path:
     html = render(
         "run.html.j2",
         title=f"{run.dir.name}",
-        subtitle=f"{run.config.backbone} · {run.config.strategy} · recipe {run.config.recipe} · {len(ev.classes)} classes",
+        subtitle=f"{run.config.backbone} · {run.config.strategy} · recipe {run.config.recipe}"
+                 + (f" · weights averaged ({run.config.average})" if run.config.average != "none" else "")
+                 + f" · {len(ev.classes)} classes",
         m=run.metrics,
         images={k: _inline(v) for k, v in pictures.items()},
         data=data, config=run.config.to_dict(),

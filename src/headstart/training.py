@@ -43,28 +43,13 @@ from headstart.loggers import loggers
 from headstart.progress import in_terminal
 from headstart.progress import log as progress_log
 from headstart.report import write_run_report
+from headstart.tuning import Averaging, lr_lambda
 from headstart.runs import BEST, Run, read_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 # --- the Lightning module -----------------------------------------------------------------
-
-
-def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
-    """Linear warm-up, then constant or cosine decay to zero, by optimizer step."""
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    total = max(1, cfg.epochs * steps_per_epoch)
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
 
 
 class TransferModule(L.LightningModule):
@@ -284,6 +269,15 @@ class _Checkpoint(ModelCheckpoint):
                      "best_k_models": {rebase(k): v for k, v in state.get("best_k_models", {}).items()}}
         super().load_state_dict(state)
 
+    def on_train_epoch_end(self, trainer, module) -> None:
+        # Lightning 2.6 writes last.ckpt only on the epochs that write best.ckpt: after a worse epoch
+        # (or one that early stopping ends) a resume would go back to the best one and train again.
+        # Asked before the parent saves: once it has, the step counts as saved.
+        due = not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer)
+        super().on_train_epoch_end(trainer, module)
+        if due and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
 
 class _Bar(RichProgressBar):
     """Lightning's progress bar, with epochs counted from 1 as everywhere else in headstart."""
@@ -298,6 +292,8 @@ def _trainer(cfg: TrainConfig, run: Run, ranks: Ranks, progress: bool, callbacks
     best = dict(monitor=cfg.monitor, mode=MODE[cfg.monitor])  # val_loss lowest; val_accuracy, val_macro_f1 highest
     cbs = [_Checkpoint(dirpath=run.checkpoints, filename=BEST, save_last=True, enable_version_counter=False,
                        save_on_train_epoch_end=True, **best), *callbacks]
+    if cfg.average != "none":  # validation and the checkpoints see the averaged weights
+        cbs.insert(0, Averaging(cfg.average))
     if cfg.early_stopping:
         cbs.append(EarlyStopping(patience=cfg.early_stopping, **best))
     bar = progress and in_terminal()  # off a terminal, History prints a line an epoch instead
@@ -376,7 +372,7 @@ def _evaluate_best(run: Run, trainer: L.Trainer, module: TransferModule, loader:
     rows, weights = run.history, module.train_loss_fn.weight
     run.metrics = {"best_epoch": best_epoch(rows, run.config.monitor), "epochs": len(rows),
                    "trainable_params": count_params(module.model, trainable_only=True), "strategy": run.config.strategy,
-                   "backbone": run.config.backbone, "recipe": run.config.recipe, "skipped_images": len(ds.problems),
+                   "backbone": run.config.backbone, "recipe": run.config.recipe, "average": run.config.average, "skipped_images": len(ds.problems),
                    "setup_seconds": round(setup_seconds, 2), "train_seconds": round(sum(r["seconds"] for r in rows), 2)}
     if weights is not None:  # class_weights=auto: what each class's loss was weighted by
         run.metrics["class_weights"] = {c: round(float(w), 4) for c, w in zip(ds.classes, weights.tolist())}
