@@ -161,3 +161,11 @@ def test_keras_cross_entropy_is_pytorchs_but_where_keras_clips():
     assert float(smoothed[0]) == pytest.approx(float(expected[0]), rel=1e-5)  # Keras' smoothing is PyTorch's
     weighted = KerasCrossEntropy(weight=torch.tensor([1.0, 2.0, 3.0]))(logits, y)  # class_weight: the image's loss x its weight
     torch.testing.assert_close(weighted, ours * torch.tensor([1.0, 3.0]))
+
+
+@pytest.mark.parametrize("option", [{"loss": "tensorflow"}, {"head_init": "he"}, {"optimizer": "keras"}])
+def test_keras_numerics_options_are_checked(option):
+    from headstart.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=next(iter(option))):
+        resolve_config(overrides=option)
