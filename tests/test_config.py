@@ -12,17 +12,19 @@ from headstart.backbones import create_model
 from headstart.config import TrainConfig, as_trained, check_input_size, load_config, resolve_config, save_config
 from headstart.errors import ConfigError
 from headstart.strategies import apply_strategy
+from headstart.keras_numerics import KerasAdam
 from headstart.training import TransferModule, fit
 
 
 def test_seed_recipe_builds_the_tutorials_vgg16_and_optimizer():
     cfg = resolve_config(recipe="seed", overrides={"backbone": "vgg16", "strategy": "partial", "freeze_layers": 10})
-    assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs, cfg.augment, cfg.input_size) == ("adam", 1e-5, 32, 10, False, 224)
+    assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs, cfg.augment, cfg.input_size) == ("keras_adam", 1e-5, 32, 10, False, 224)
     assert cfg.early_stopping == 0 and cfg.label_smoothing == 0 and cfg.schedule == "constant"
+    assert (cfg.head_init, cfg.loss, cfg.weight_decay) == ("keras", "keras", 0)  # Keras' numerics (test_keras_parity)
     model = create_model("vgg16", 11, weights="none")
     apply_strategy(model, cfg.strategy, freeze_layers=cfg.freeze_layers)
     opt = TransferModule(model, cfg, 10, {}).configure_optimizers()["optimizer"]
-    assert type(opt) is torch.optim.Adam
+    assert type(opt) is KerasAdam and {g["eps"] for g in opt.param_groups} == {1e-7}
     assert {g["lr"] for g in opt.param_groups} == {1e-5}
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == 13_031_611
 

@@ -27,6 +27,7 @@ from torch import nn
 from headstart import weights as W
 from headstart.body import BackboneInfo, Body, Group
 from headstart.errors import ConfigError, WeightsError
+from headstart.keras_numerics import init_head
 from headstart.timm_body import TimmBody
 from headstart.vgg16 import VGG16Body
 from headstart._files import write_atomically
@@ -57,6 +58,7 @@ class HeadConfig:
 
     dropout: float = 0.2  # the tutorial's Dropout(0.2)
     hidden: int = 100  # its Dense(100, relu); 0 means a single linear layer
+    init: str = "torch"  # "keras": Glorot-uniform kernels and zero biases, as its Dense layers start
 
     def build(self, in_features: int, num_classes: int) -> nn.Sequential:
         layers: list[nn.Module] = [nn.Dropout(self.dropout)] if self.dropout > 0 else []
@@ -64,7 +66,7 @@ class HeadConfig:
             layers += [nn.Linear(in_features, self.hidden), nn.ReLU(inplace=True), nn.Linear(self.hidden, num_classes)]
         else:
             layers.append(nn.Linear(in_features, num_classes))
-        return nn.Sequential(*layers)
+        return init_head(nn.Sequential(*layers), self.init)
 
 
 class Classifier(nn.Module):
@@ -215,7 +217,7 @@ def create_model(
     - ``backbone``: a curated name (``headstart backbones`` lists them) or any timm model name.
     - ``weights``: ``"default"`` (bundled for efficientnet_lite0, else hub), ``"bundled"``,
       ``"hub"``, ``"none"`` (random), or a file: ``.pth``/``.pt``/``.safetensors``/Keras ``.h5``.
-    - ``head``: ``HeadConfig(dropout, hidden)`` or its dict (default: the tutorial's head), or
+    - ``head``: ``HeadConfig(dropout, hidden, init)`` or its dict (default: the tutorial's head), or
       ``"pretrained"`` to keep the pretrained ImageNet classifier (``num_classes`` must match).
     - ``input_size``: override the input size the weights were trained at (e.g. 128 on a CPU).
 

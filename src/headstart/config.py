@@ -1,8 +1,8 @@
 """One resolved configuration per run: defaults < recipe < YAML file < flags.
 
 >>> cfg = resolve_config(recipe="seed", overrides={"backbone": "vgg16", "freeze_layers": 10})
->>> cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs, cfg.augment
-('adam', 1e-05, 32, 10, False)
+>>> cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs, cfg.augment, cfg.head_init, cfg.loss
+('keras_adam', 1e-05, 32, 10, False, 'keras', 'keras')
 
 A run's ``config.yaml`` is this object written out, and is enough to run it again. Every option is
 checked where a ``TrainConfig`` is made, however it is made (flags, YAML, a Python call): a name
@@ -43,6 +43,7 @@ class TrainConfig:
     force_input_size: bool = False  # an input_size outside 16-1024, on purpose
     head_dropout: float = 0.2  # the tutorial's head
     head_hidden: int = 100
+    head_init: str = "torch"  # keras: Glorot-uniform kernels, zero biases, as Keras' Dense (headstart.keras_numerics)
     # --- strategy
     strategy: str = "features"  # on small data the frozen features are hard to beat, and fast; "auto": advised
     freeze: str | None = None  # partial: group count, fraction, group name or "half"
@@ -56,7 +57,7 @@ class TrainConfig:
     recipe: str = "default"
     epochs: int = 15
     batch_size: int = 32  # the global batch, shared among the devices: a recipe means the same on 1 or 8
-    optimizer: str = "adamw"
+    optimizer: str = "adamw"  # adam, adamw, sgd: PyTorch's; keras_adam: Keras' Adam (epsilon 1e-7, where Keras adds it)
     lr: float = 1e-3  # the head's learning rate
     backbone_lr: float = 1e-4  # the top backbone group's; a pretrained body needs gentler steps
     lr_decay: float = 0.5  # each lower group learns this much slower (discriminative rates)
@@ -64,6 +65,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     schedule: str = "cosine"
     label_smoothing: float = 0.1
+    loss: str = "torch"  # torch: cross-entropy on logits; keras: Keras' on clipped softmax probabilities
     augment: bool = True  # random resized crop + horizontal flip
     early_stopping: int = 5  # epochs without a better `monitor` before stopping; 0 = off
     # Weight averaging of what trains (headstart.tuning): ema (every step) or swa (the last quarter's
@@ -103,15 +105,18 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# The tutorial's recipe, exactly: Adam, lr 1e-5 for everything, batch 32, 10 epochs, no
-# augmentation, the best weights by validation loss kept, no early stopping.
+# The tutorial's recipe, in Keras' numerics: Keras' Adam (epsilon 1e-7), lr 1e-5 for everything,
+# batch 32, 10 epochs, no augmentation, a head initialised as Keras' Dense layers, Keras'
+# categorical cross-entropy, the best weights by validation loss kept, no early stopping.
+# tests/test_keras_parity.py checks it step for step against Keras; the data order differs.
 SEED = dict(
-    recipe="seed", epochs=10, batch_size=32, optimizer="adam", lr=1e-5, backbone_lr=1e-5, lr_decay=1.0,
+    recipe="seed", epochs=10, batch_size=32, optimizer="keras_adam", lr=1e-5, backbone_lr=1e-5, lr_decay=1.0,
     weight_decay=0.0, warmup_epochs=0.0, schedule="constant", label_smoothing=0.0, augment=False,
-    early_stopping=0, input_size=224, pretrained_bn_stats=False,
+    early_stopping=0, input_size=224, pretrained_bn_stats=False, head_init="keras", loss="keras",
 )
 RECIPES: dict[str, dict[str, Any]] = {"default": {}, "seed": SEED}
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "keras_adam")
+NUMERICS = ("torch", "keras")  # head_init and loss: PyTorch's or Keras' (headstart.keras_numerics)
 SCHEDULES = ("constant", "cosine")
 # The strategies headstart.strategies knows (and "auto": the advised one, headstart.advice).
 STRATEGIES = ("features", "partial", "half", "full", "gradual", "scratch")
@@ -217,7 +222,7 @@ def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
         raise ConfigError(f"Unknown accelerator '{cfg.accelerator}'. Choose one of: {', '.join(ACCELERATORS)}.")
     check_loggers(cfg.loggers)
     for name, choices in (("class_weights", CLASS_WEIGHTS), ("sampler", SAMPLERS), ("monitor", MONITORS),
-                          ("average", AVERAGES)):
+                          ("average", AVERAGES), ("head_init", NUMERICS), ("loss", NUMERICS)):
         if getattr(cfg, name) not in choices:
             raise ConfigError(f"{name} must be one of: {', '.join(choices)}. Received: {name}={getattr(cfg, name)!r}")
     for name, allowed in RANGES.items():

@@ -39,6 +39,7 @@ from headstart.frozen import (
     EpochSampler, RankBatches, memory_layout, mirrored_inputs, seed_of, split_indices, training_inputs,
 )
 from headstart.imbalance import MODE, best_epoch, confusion, loss_weights, macro_f1
+from headstart.keras_numerics import KerasAdam, train_loss
 from headstart.loggers import loggers
 from headstart.progress import in_terminal
 from headstart.progress import log as progress_log
@@ -66,8 +67,7 @@ class TransferModule(L.LightningModule):
         # Class weights (imbalance.class_weights) scale each image's loss; the batch's loss is the mean
         # over its images, as Keras' class_weight does (not over their weights, as PyTorch's "mean"):
         # each rank's share is then a plain mean, and training_step's weighing by share size holds.
-        self.train_loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing,
-                                                 reduction="none")
+        self.train_loss_fn = train_loss(cfg.loss, class_weights, cfg.label_smoothing)  # torch's, or Keras' (seed)
         self.eval_loss_fn = nn.CrossEntropyLoss()  # plain, so val_loss compares across recipes
         self.epoch_stats = {"train": torch.zeros(3), "val": torch.zeros(3)}  # loss sum, correct, count
         self.val_confusion, self.val_macro_f1 = None, 0.0  # over every rank's validation images
@@ -156,7 +156,8 @@ class TransferModule(L.LightningModule):
         # gradual: every group is in the optimizer from the start; a frozen one has no gradient,
         # so it gets no optimizer state (and no weight decay) until it is opened.
         groups = S.param_groups(self.model, cfg.lr, cfg.backbone_lr, cfg.lr_decay, include_frozen=cfg.strategy == "gradual")
-        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.optimizer]
+        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+                "keras_adam": KerasAdam}[cfg.optimizer]
         kwargs = {"momentum": 0.9} if cfg.optimizer == "sgd" else {}
         opt = kind(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, self.steps_per_epoch))
@@ -228,8 +229,9 @@ def _config(data, config: TrainConfig | None, config_file, resume, overrides: di
 def build_model(cfg: TrainConfig, num_classes: int) -> tuple[Classifier, S.StrategyPlan]:
     """The backbone with its head, frozen as the strategy says (``scratch``: random weights, all trained)."""
     scratch = cfg.strategy == "scratch"
-    model = create_model(cfg.backbone, num_classes, weights="none" if scratch else cfg.weights,
-                         head={"dropout": cfg.head_dropout, "hidden": cfg.head_hidden}, input_size=cfg.input_size)
+    head = {"dropout": cfg.head_dropout, "hidden": cfg.head_hidden, "init": cfg.head_init}
+    model = create_model(cfg.backbone, num_classes, weights="none" if scratch else cfg.weights, head=head,
+                         input_size=cfg.input_size)
     plan = S.apply_strategy(model, "full" if scratch else cfg.strategy, freeze=cfg.freeze, freeze_layers=cfg.freeze_layers)
     model.pretrained_bn_stats = cfg.pretrained_bn_stats and not scratch
     if cfg.channels_last:  # the weights in NHWC order too, for the frozen pass and for training
