@@ -44,6 +44,7 @@ from headstart.progress import in_terminal
 from headstart.progress import log as progress_log
 from headstart.report import write_run_report
 from headstart.runs import BEST, Run, read_checkpoint
+from headstart.views import view_metrics
 
 log = logging.getLogger(__name__)
 
@@ -361,10 +362,11 @@ def _train(trainer: L.Trainer, module: TransferModule, loaders: dict, run: Run, 
 
 
 def _evaluate_best(run: Run, trainer: L.Trainer, module: TransferModule, loader: DataLoader, ds: Dataset,
-                   setup_seconds: float, store=None):
+                   setup_seconds: float, store=None, recorded: dict | None = None):
     """The best checkpoint on the evaluation split, read as training read it (features, activations
     or images): the tutorial's accuracy, number correct and confusion matrix, and more; with
-    ``tta``, also averaged with the mirror images (the plain figures stay the headline)."""
+    ``tta``, also averaged with the mirror images (the plain figures stay the headline). ``recorded``:
+    more figures of the run for its metrics (augmented views: ``headstart.views.view_metrics``)."""
     module.load_state_dict(read_checkpoint(run.best_checkpoint)["state_dict"])
     probs, targets = _predict(module, loader)
     tta = None
@@ -377,7 +379,8 @@ def _evaluate_best(run: Run, trainer: L.Trainer, module: TransferModule, loader:
     run.metrics = {"best_epoch": best_epoch(rows, run.config.monitor), "epochs": len(rows),
                    "trainable_params": count_params(module.model, trainable_only=True), "strategy": run.config.strategy,
                    "backbone": run.config.backbone, "recipe": run.config.recipe, "skipped_images": len(ds.problems),
-                   "setup_seconds": round(setup_seconds, 2), "train_seconds": round(sum(r["seconds"] for r in rows), 2)}
+                   "setup_seconds": round(setup_seconds, 2), "train_seconds": round(sum(r["seconds"] for r in rows), 2),
+                   **(recorded or {})}
     if weights is not None:  # class_weights=auto: what each class's loss was weighted by
         run.metrics["class_weights"] = {c: round(float(w), 4) for c, w in zip(ds.classes, weights.tolist())}
     write_evaluation(run, ev, run.metrics)
@@ -428,7 +431,8 @@ def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, co
         if run.interrupted or not ranks.is_zero:
             return run
         # 3. Evaluate the best checkpoint (once, on rank 0); 4. write the report.
-        ev = _evaluate_best(run, trainer, module, loaders["evaluation"], ds, setup_seconds, store)
+        ev = _evaluate_best(run, trainer, module, loaders["evaluation"], ds, setup_seconds, store,
+                            view_metrics(cfg, inputs["training"]))
         write_run_report(run, ev, [store[i] for i in split_indices(ds)["evaluation"][0]], data_info)
         return run
     finally:
