@@ -90,7 +90,9 @@ def view_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageSt
                         "no views", cfg.strategy)
             return None
         prefix, trunk = cut
-    kw = {"upto": prefix, "dtype": CACHE_DTYPE}
+    # Validation and evaluation as without views (features fp32, prefix activations fp16: what TTA's
+    # mirrored pass stores too); the views in fp16 always.
+    kw = {} if prefix is None else {"upto": prefix, "dtype": CACHE_DTYPE}
     splits = split_indices(ds)
     out = {s: TensorDataset(frozen_rows(cfg, model, store, idx, ranks, progress, s, **kw), torch.tensor(y))
            for s, (idx, y) in splits.items() if s != "training"}
@@ -102,7 +104,7 @@ def view_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageSt
         return None
     for v in range(len(views)):
         views[v] = frozen_rows(cfg, model, store, idx, ranks, progress, f"training, view {v + 1} of {len(views)}",
-                               view=v, **kw).numpy()
+                               view=v, upto=prefix, dtype=CACHE_DTYPE).numpy()
     model.cpu()
     log.info("aug_views: %d views of %d training images, %.1f MB, %s", len(views), len(idx), views.nbytes / 2**20,
              "memory-mapped" if isinstance(views, np.memmap) else "in memory")
