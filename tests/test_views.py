@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY, TINY_OPTIONS
+from conftest import TINY, TINY_OPTIONS, count_stem_images
 from typer.testing import CliRunner
 
-from headstart import backbones, views
+from headstart import views
 from headstart.cache import decoded_images
 from headstart.config import TrainConfig, as_trained
 from headstart.data import load_dataset
@@ -86,16 +86,7 @@ def test_each_epoch_reads_one_view_per_image_a_different_one_than_the_epoch_befo
 def test_half_with_augmentation_runs_from_the_views_computed_once(tiny, tmp_path: Path, monkeypatch, caplog):
     """The frozen stem runs once per view and image, whatever the epochs; no 'every epoch' warning;
     the views memory-mapped when over the RAM limit; K and their size recorded."""
-    stem_images = []
-    split = backbones.Classifier.split
-
-    def counting_split(self, k):
-        cut = split(self, k)
-        if cut is not None:
-            self.body.net.conv_stem.register_forward_hook(lambda mod, inp, out: stem_images.append(len(out)))
-        return cut
-
-    monkeypatch.setattr(backbones.Classifier, "split", counting_split)
+    stem_images = count_stem_images(monkeypatch)
     monkeypatch.setattr(views, "RAM_LIMIT", 0)  # memory-mapped, as a large dataset's views would be
     with caplog.at_level(logging.INFO):
         run = fit(tiny, strategy="half", epochs=3, aug_views=2, runs_dir=tmp_path, name="v", **TINY_OPTIONS)
