@@ -19,7 +19,8 @@ from headstart.cache import decoded_images
 from headstart.config import TrainConfig, as_trained
 from headstart.data import load_dataset
 from headstart.errors import ConfigError
-from headstart.frozen import EpochSampler, ImageSet, leading_frozen, split_indices, training_inputs
+from headstart.distributed import Ranks
+from headstart.frozen import EpochSampler, ImageSet, leading_frozen, split_indices
 from headstart.training import build_model, fit
 
 TRAIN = sum(TINY["training"])
@@ -31,7 +32,7 @@ def _inputs(tiny, **options):
     ds = load_dataset(tiny)
     model, _ = build_model(cfg, ds.num_classes)
     ds, store = decoded_images(ds, model.preprocessing, progress=False)
-    inputs, trunk = training_inputs(cfg, model, ds, store, progress=False)
+    inputs, trunk = views.view_inputs(cfg, model, ds, store, progress=False, ranks=Ranks())
     return cfg, model, ds, store, inputs
 
 
@@ -96,6 +97,7 @@ def test_half_with_augmentation_runs_from_the_views_computed_once(tiny, tmp_path
     metrics = json.loads((run.dir / "metrics.json").read_text())
     assert metrics["aug_views"] == 2 and metrics["aug_views_bytes"] > 0
     assert yaml.safe_load((run.dir / "config.yaml").read_text())["aug_views"] == 2
+    assert "Augmented views: 2 views of each training image" in (run.dir / "report.html").read_text()
 
 
 def test_the_budget_lowers_k_with_a_warning_naming_both(caplog):

@@ -199,7 +199,8 @@ def training_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: Ima
     - ``features``: pooled features computed once; the trunk is nothing;
     - ``partial`` without augmentation: the frozen prefix's activations computed once (fp16);
       the trunk is the layers after it;
-    - ``aug_views``: either of those, on augmented views of the training images (``headstart.views``);
+    - (with ``aug_views``, ``headstart.views.view_inputs`` comes first: either of those, on
+      augmented views of the training images)
     - otherwise: the images; the trunk is the whole body.
 
     Once in total: with several ranks, each computes its share of the images (``frozen_rows``).
@@ -212,12 +213,6 @@ def training_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: Ima
         model.cpu()
         return out
 
-    if cfg.aug_views:
-        from headstart.views import view_inputs  # it builds on this module
-
-        found = view_inputs(cfg, model, ds, store, progress, ranks)
-        if found is not None:  # None: views cannot be used here (it warned why); as without them
-            return found
     if cfg.strategy == "features":  # never augmented (config.as_trained): the features are computed once
         return once(), nn.Identity()
     k = leading_frozen(model)

@@ -44,7 +44,7 @@ from headstart.progress import in_terminal
 from headstart.progress import log as progress_log
 from headstart.report import write_run_report
 from headstart.runs import BEST, Run, read_checkpoint
-from headstart.views import view_metrics
+from headstart.views import view_inputs, view_metrics
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +414,7 @@ def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, co
         warn_input_size(cfg, model.body.preprocessing.input_size)  # well below the weights' own size?
     ds, store = decoded_images(ds, model.preprocessing, progress=progress and ranks.is_zero)
     run = resumed.check_same_data(ds) if resumed else ranks.on_zero(lambda: Run.create(cfg))
-    inputs, trunk = training_inputs(cfg, model, ds, store, progress, ranks)
+    inputs, trunk = view_inputs(cfg, model, ds, store, progress, ranks) or training_inputs(cfg, model, ds, store, progress, ranks)
     labels = split_indices(ds)["training"][1]
     loaders = _loaders(cfg, inputs, ranks, labels)
     module = TransferModule(model, cfg, len(loaders["training"]), {"classes": ds.classes, "strategy_plan": plan.__dict__},

@@ -78,8 +78,10 @@ class ViewSet(torch.utils.data.Dataset):
 
 def view_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStore, progress: bool, ranks: Ranks):
     """``frozen.training_inputs`` with augmented views: validation and evaluation computed once as
-    without augmentation, training as ``ViewSet``; and the trunk. None where views cannot be used
-    (no frozen prefix, or not one view within the budget): then the caller goes on as without them."""
+    without augmentation, training as ``ViewSet``; and the trunk. None where views are off or cannot
+    be used (no frozen prefix, or not one view within the budget): then ``training_inputs`` instead."""
+    if not cfg.aug_views:
+        return None
     if cfg.strategy == "features":
         prefix, trunk = None, nn.Identity()
     else:
