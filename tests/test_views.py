@@ -159,3 +159,20 @@ def test_the_cli_flags_reach_the_config(monkeypatch):
     cfg = resolve_config(overrides=asked)
     assert (cfg.aug_views, cfg.aug_views_budget_gb) == (4, 0.5)
     assert yaml.safe_load(yaml.safe_dump(cfg.to_dict()))["aug_views"] == 4  # config.yaml is this dict
+
+
+@pytest.mark.parametrize("advised, views_left", [({"strategy": "half", "augment": False}, 3), ({"strategy": "full"}, 0)])
+def test_strategy_auto_keeps_the_views_where_the_advised_strategy_can_use_them(advised, views_left, monkeypatch, caplog):
+    from headstart import advice
+
+    class Advice:
+        def overrides(self):
+            return advised
+
+        def to_dict(self):
+            return {}
+
+    monkeypatch.setattr(advice, "advise", lambda *a, **k: Advice())
+    cfg = advice.advised_config(TrainConfig(strategy="auto", aug_views=3), None, {"aug_views": 3}, progress=False)
+    assert (cfg.strategy, cfg.aug_views, cfg.augment) == (advised["strategy"], views_left, True)
+    assert ("no frozen layers" in caplog.text) == (views_left == 0)
