@@ -2,6 +2,7 @@
 seed, backbone and recipe: time per epoch, first-epoch overhead, peak memory and accuracy.
 
     python bench/epoch_time.py [--data demo] [--input-size 160] [--epochs 3] [--strategies features,half,full]
+    python bench/epoch_time.py --aug-views 4 [--strategies half] [--input-size 64] [--epochs 5]
 
 The naive loop is what the tutorial does, in plain PyTorch: it decodes and resizes every image
 again in every epoch, and pushes every batch through the whole network, frozen layers included.
@@ -15,6 +16,11 @@ Epoch times include validation. "first" is the first epoch, and for headstart ev
 it too (reading, decoding, features: each strategy starts with a cold image cache). Peak memory
 is the process's largest resident set while that side ran (sampled every 20 ms), and how much
 it grew during that side's run.
+
+With ``--aug-views K`` it measures augmentation instead (issue 16), headstart against itself:
+each strategy (``half`` by default) with augmentation on, its frozen layers run every epoch,
+against K augmented views computed once through them (``aug_views=K``). "first" includes
+computing the views; the memory is the views' size (recorded in metrics.json) and the peak RSS.
 
 Timings are noisy on a shared machine: read the ratios, which come from one run.
 """
@@ -157,11 +163,14 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=160)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--strategies", default="features,half,full")
+    parser.add_argument("--strategies", default=None, help="[features,half,full; with --aug-views: half]")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--aug-views", type=int, default=0,
+                        help="Measure augmentation: frozen layers every epoch against K views computed once.")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is reported apart from the others.")
+    args.strategies = args.strategies or ("half" if args.aug_views else "features,half,full")
 
     here = Path(__file__).parent
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
@@ -172,7 +181,9 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}; "
           f"commit {commit or '?'}", flush=True)
     print(f"data {args.data}, backbone {args.backbone}, {args.input_size} px, {args.epochs} epochs, "
-          f"batch {args.batch_size}, seed {args.seed}, augmentation off", flush=True)
+          f"batch {args.batch_size}, seed {args.seed}, augmentation {'on' if args.aug_views else 'off'}", flush=True)
+    if args.aug_views:
+        return views(args)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ds = load_dataset(args.data, seed=args.seed)
@@ -201,6 +212,37 @@ def main() -> None:
         print(f"| {strategy} | {later_a:.2f} | {later_b:.2f} | {later_a / later_b:.1f}× | "
               f"{a['seconds'][0]:.1f} / {b['seconds'][0]:.1f} | {a['accuracy']:.4f} / {b['accuracy']:.4f} | "
               f"{ma.peak:,.0f} (+{ma.growth:,.0f}) / {mb.peak:,.0f} (+{mb.growth:,.0f}) |")
+
+
+def views(args) -> None:
+    """Each strategy with augmentation: without views (frozen layers every epoch), then with K views."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for strategy in args.strategies.split(","):
+            side = {}
+            for k in (0, args.aug_views):
+                os.environ["HEADSTART_CACHE"] = str(Path(tmp) / f"cache-{strategy}-{k}")  # cold, as above
+                cfg = resolve_config(overrides=dict(
+                    data=args.data, backbone=args.backbone, input_size=args.input_size, epochs=args.epochs,
+                    batch_size=args.batch_size, seed=args.seed, strategy=strategy, augment=True, aug_views=k,
+                    early_stopping=0, runs_dir=str(Path(tmp) / "runs")))
+                with PeakMemory() as mem:
+                    run = fit(config=cfg, progress=False)
+                seconds = [r["seconds"] for r in run.history]
+                seconds[0] += run.metrics["setup_seconds"]
+                side[k] = (seconds, run.metrics, mem)
+                print(f"{strategy:9s} aug_views={run.metrics.get('aug_views', 0)}: epochs {_fmt(seconds)}  "
+                      f"accuracy {run.metrics['accuracy']:.4f}  views {run.metrics.get('aug_views_bytes', 0) / 2**20:.1f} MB  "
+                      f"peak {mem.peak:.0f} MB (+{mem.growth:.0f})", flush=True)
+            rows.append((strategy, side[0], side[args.aug_views]))
+    print(f"\n| strategy | every epoch s/epoch (later) | {args.aug_views} views s/epoch (later) | speed-up "
+          "| first epoch every / views (s) | accuracy every / views | views MB | peak RSS MB every / views (growth) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for strategy, (a, ma, pa), (b, mb, pb) in rows:
+        later_a, later_b = np.mean(a[1:]), np.mean(b[1:])
+        print(f"| {strategy} | {later_a:.2f} | {later_b:.2f} | {later_a / later_b:.1f}× | {a[0]:.1f} / {b[0]:.1f} | "
+              f"{ma['accuracy']:.4f} / {mb['accuracy']:.4f} | {mb.get('aug_views_bytes', 0) / 2**20:.1f} | "
+              f"{pa.peak:,.0f} (+{pa.growth:,.0f}) / {pb.peak:,.0f} (+{pb.growth:,.0f}) |")
 
 
 def _fmt(seconds: list[float]) -> str:

@@ -89,6 +89,24 @@ def food11_to_csv(src: Path, manifest: Path) -> Path:
     return manifest
 
 
+def count_stem_images(monkeypatch) -> list[int]:
+    """A list that grows by the batch size each time a frozen prefix's stem runs (efficientnet_lite0):
+    how many images went through the frozen layers."""
+    from headstart import backbones
+
+    seen: list[int] = []
+    split = backbones.Classifier.split
+
+    def counting_split(self, k):
+        cut = split(self, k)
+        if cut is not None:
+            self.body.net.conv_stem.register_forward_hook(lambda mod, inp, out: seen.append(len(out)))
+        return cut
+
+    monkeypatch.setattr(backbones.Classifier, "split", counting_split)
+    return seen
+
+
 @pytest.fixture
 def messy(tmp_path: Path) -> Path:
     return make_messy_food11(tmp_path / "messy")

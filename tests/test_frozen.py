@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_IMAGES, TINY_OPTIONS
+from conftest import TINY_IMAGES, TINY_OPTIONS, count_stem_images
 
-from headstart import backbones
 from headstart.cache import decoded_images
 from headstart.data import load_dataset
 from headstart.frozen import EpochSampler, ImageSet, split_indices
@@ -26,16 +25,7 @@ def test_features_run_the_backbone_once_per_image(tiny, tmp_path: Path, monkeypa
 
 
 def test_frozen_prefix_is_computed_once_and_matches_the_uncached_path(tiny, tmp_path: Path, monkeypatch):
-    stem_images = []
-    model_split = backbones.Classifier.split
-
-    def counting_split(self, k):
-        cut = model_split(self, k)
-        if cut is not None:
-            self.body.net.conv_stem.register_forward_hook(lambda mod, inp, out: stem_images.append(len(out)))
-        return cut
-
-    monkeypatch.setattr(backbones.Classifier, "split", counting_split)
+    stem_images = count_stem_images(monkeypatch)
     opts = dict(strategy="half", epochs=3, augment=False, deterministic=True, runs_dir=tmp_path, **TINY_OPTIONS)
     cached = fit(tiny, name="cached", **opts)
     assert sum(stem_images) == TINY_IMAGES  # the frozen stem ran once per image, for 3 epochs

@@ -48,7 +48,7 @@ from PIL import Image
 
 from headstart.backbones import create_model
 from headstart.cache import decoded_images
-from headstart.config import INPUT_SIZES, TrainConfig
+from headstart.config import INPUT_SIZES, VIEW_STRATEGIES, TrainConfig
 from headstart.data import Dataset, load_dataset
 from headstart.errors import ConfigError, DataError
 from headstart.frozen import extract_features
@@ -398,5 +398,11 @@ def advised_config(cfg: TrainConfig, ds: Dataset, asked: dict | None, progress: 
     wanted |= {"input_size"} if auto_size else set()
     take_all = cfg.strategy == "auto" and asked is not None and cfg.recipe != "seed"
     chosen = {k: v for k, v in advice.overrides().items() if k in wanted or (take_all and k not in asked)}
+    if cfg.aug_views:  # views asked for: they need augmentation, and frozen layers to go through
+        chosen.pop("augment", None)
+        if chosen.get("strategy", cfg.strategy) not in VIEW_STRATEGIES:
+            log.warning("aug_views: the advised strategy, %s, has no frozen layers to compute views through; "
+                        "it trains without them", chosen["strategy"])
+            chosen["aug_views"] = 0
     log.info("auto: %s", ", ".join(f"{k} {v}" for k, v in chosen.items()))
     return dataclasses.replace(cfg, **chosen, advice={**advice.to_dict(), "taken": sorted(chosen)})

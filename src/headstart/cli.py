@@ -206,6 +206,8 @@ def train(
     name: Optional[str] = typer.Option(None, help="Run folder name.", show_default="backbone-strategy-time"),
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run (runs/NAME) where it stopped."),
     tta: Optional[bool] = typer.Option(None, "--tta", help=TTA_HELP + " Both accuracies are recorded.", show_default="off"),
+    aug_views: Optional[int] = typer.Option(None, help="features, partial, half: K augmented views of each training image through the frozen layers once (fp16); each epoch reads one.", show_default="0: off"),
+    aug_views_budget_gb: Optional[float] = typer.Option(None, help="The most --aug-views may take, memory or disk; K is lowered to fit.", show_default="4.0"),
 ) -> None:
     """Train a pretrained backbone on DATA; writes runs/<name>/ and prints the evaluation accuracy."""
     from headstart.distributed import is_main_process

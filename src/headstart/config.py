@@ -95,6 +95,12 @@ class TrainConfig:
     class_weights: str = "none"  # auto: each class's loss weighted N / (C * n_c), mean 1 over the training images
     sampler: str = "random"  # balanced: each epoch draws every class equally often, with replacement
     monitor: str = "val_loss"  # what the best checkpoint and early stopping go by (the tutorial: val_loss)
+    # --- augmented views (headstart.views)
+    # features, partial, half: K augmented views of every training image go through the frozen layers
+    # once, before training (fp16; in memory up to 512 MB, else memory-mapped under the cache folder);
+    # each epoch reads one view per image. 0 = off: augmentation reruns the frozen layers every epoch.
+    aug_views: int = 0
+    aug_views_budget_gb: float = 4.0  # the most the views may take (memory or disk); K is lowered to fit
 
     def __post_init__(self) -> None:
         # However it is made (flags, YAML, a Python call, dataclasses.replace), a config is usable:
@@ -176,6 +182,8 @@ RANGES: dict[str, Range] = {
     "seed": Range(0, 2**32 - 1, note="the seeds numpy takes"),
     "num_nodes": Range(1),
     "num_workers": Range(0, note="0: load in the training process"),
+    "aug_views": Range(0, note="augmented views per training image; 0 = off"),
+    "aug_views_budget_gb": Range(0, low_open=True, whole=False, note="GB the views may take"),
 }
 # Below 16 pixels a backbone sees next to nothing; above 1024 every decoded image takes over 3 MB
 # of cache and memory (100,000 once asked for a 360 GB cache file). force_input_size lifts both.
@@ -245,7 +253,29 @@ def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
         raise ConfigError(f"The scratch strategy starts from random weights; it cannot load any. Received: "
                           f"weights={cfg.weights!r} with strategy='scratch'. Leave --weights out, or pick a strategy "
                           "that starts from them (full, for every layer trained).")
+    check_views(cfg)
     return cfg
+
+
+# The strategies whose frozen layers views go through: the whole body (features), the frozen prefix (partial, half).
+VIEW_STRATEGIES = ("features", "partial", "half")
+
+
+def check_views(cfg: TrainConfig) -> None:
+    """Augmented views need frozen layers to compute once and augmentation to draw them with."""
+    if not cfg.aug_views:
+        return
+    received = f"Received: aug_views={cfg.aug_views}"
+    if cfg.strategy not in (*VIEW_STRATEGIES, "auto"):
+        raise ConfigError(f"aug_views computes the frozen layers on augmented views once; {cfg.strategy} trains every "
+                          f"layer, so nothing is frozen. {received} with strategy={cfg.strategy!r}. Use "
+                          f"{', '.join(VIEW_STRATEGIES)}, or leave --aug-views out.")
+    if not cfg.augment:
+        raise ConfigError(f"aug_views stores augmented views, but augmentation is off (the seed recipe turns it off). "
+                          f"{received} with augment=False. Pass --augment, or leave --aug-views out.")
+    if not cfg.cache_frozen:
+        raise ConfigError(f"aug_views computes the frozen layers once, but cache_frozen=False asks to run them every "
+                          f"epoch. {received} with cache_frozen=False. Drop one of the two.")
 
 
 def coerce(name: str, value: Any) -> Any:
@@ -302,9 +332,11 @@ def resolve_config(recipe: str | None = None, yaml_path: str | Path | None = Non
 
 
 def as_trained(cfg: TrainConfig) -> TrainConfig:
-    """The config as the run really trains: ``features`` computes the backbone once, so it never augments.
-    Checked once more: a config changed after it was made (``cfg.epochs = 0``) fails here, before the run."""
-    return check(dataclasses.replace(cfg, augment=False) if cfg.strategy == "features" and cfg.augment else cfg)
+    """The config as the run really trains: ``features`` computes the backbone once, so it never augments
+    (but on augmented views computed once, ``aug_views``). Checked once more: a config changed after it
+    was made (``cfg.epochs = 0``) fails here, before the run."""
+    plain = cfg.strategy == "features" and cfg.augment and not cfg.aug_views
+    return check(dataclasses.replace(cfg, augment=False) if plain else cfg)
 
 
 def save_config(cfg: TrainConfig, path: Path, header: str = "") -> None:

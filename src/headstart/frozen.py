@@ -5,6 +5,8 @@ Frozen layers give the same output every epoch, so it is computed once, before t
 - ``features``: the pooled features of the whole frozen backbone; epochs train only the head;
 - ``partial``/``half`` without augmentation: the activations of the frozen prefix (in fp16);
   epochs run only the layers after it;
+- ``features``, ``partial``/``half`` with ``aug_views``: the same, on K augmented views of each
+  training image (``headstart.views``); epochs read one view per image;
 - otherwise (augmentation, or everything trains): the decoded images themselves (``ImageSet``).
 
 >>> inputs, trunk = training_inputs(cfg, model, ds, store)        # doctest: +SKIP
@@ -42,13 +44,15 @@ class ImageSet(torch.utils.data.Dataset):
 
     The augmentation of image i in epoch e draws from its own seed (seed, e, i), so a resumed
     run augments exactly as an uninterrupted one, whatever else used the random generator.
-    ``flip``: every image mirrored (test-time augmentation's second view).
+    ``flip``: every image mirrored (test-time augmentation's second view). ``keys``: the number each
+    image's augmentation is seeded by, when not its place in ``indices`` (a rank's share of a split
+    augments as the whole split would: ``headstart.views``).
     """
 
     def __init__(self, store: ImageStore, indices: list[int], labels: list[int], augment: bool, seed: int = 0,
-                 flip: bool = False):
+                 flip: bool = False, keys: Sequence[int] | None = None):
         self.store, self.indices, self.labels, self.seed, self.epoch = store, indices, labels, seed, 0
-        self.flip = flip
+        self.flip, self.keys = flip, keys
         self.transform = None
         if augment:
             from torchvision.transforms import v2
@@ -67,7 +71,7 @@ class ImageSet(torch.utils.data.Dataset):
             x = x.flip(-1)
         if self.transform is not None:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed_of(self.seed, self.epoch, i))
+                torch.manual_seed(seed_of(self.seed, self.epoch, i if self.keys is None else self.keys[i]))
                 x = self.transform(x)
         return x.float().div_(255), self.labels[i]
 
@@ -79,7 +83,8 @@ def seed_of(*parts: int) -> int:
 class EpochSampler(Sampler[int]):
     """A shuffle that depends only on (seed, epoch): a resumed run sees the same order, and every
     rank the same one. It also tells the dataset the epoch (Lightning calls ``set_epoch`` before
-    the epoch's first batch).
+    the epoch's first batch). A dataset with a ``pick`` method (``headstart.views.ViewSet``) turns
+    the order into the samples to read this epoch, here, in the main process: every rank agrees.
 
     With ``labels`` (one a sample) it is balanced instead: each epoch draws ``len(dataset)``
     samples with replacement, every class equally likely (``sampler="balanced"``)."""
@@ -100,8 +105,11 @@ class EpochSampler(Sampler[int]):
     def __iter__(self):
         g = torch.Generator().manual_seed(seed_of(self.seed, self.epoch))
         if self.weights is not None:
-            return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())
-        return iter(torch.randperm(self.n, generator=g).tolist())
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        else:
+            order = torch.randperm(self.n, generator=g).tolist()
+        pick = getattr(self.dataset, "pick", None)
+        return iter(pick(order, self.epoch) if pick else order)
 
 
 class RankBatches(BatchSampler):
@@ -134,16 +142,17 @@ def split_indices(ds: Dataset) -> dict[str, tuple[list[int], list[int]]]:
 def extract_features(model: Classifier, store: ImageStore, indices: list[int], batch_size: int = 64,
                      device: str | torch.device = "cpu", progress: bool = False, upto: nn.Module | None = None,
                      dtype: torch.dtype = torch.float32, channels_last: bool = False, split: str = "",
-                     bf16: bool = False, flip: bool = False) -> torch.Tensor:
+                     bf16: bool = False, flip: bool = False, images: ImageSet | None = None) -> torch.Tensor:
     """What a frozen part of the model makes of the given images, computed once: the pooled
     features (``model.forward_features``), or the activations of the frozen prefix ``upto``.
-    ``flip``: of the images' mirror images (test-time augmentation)."""
+    ``flip``: of the images' mirror images (test-time augmentation). ``images``: these images of
+    ``indices`` instead of the plain ones (augmented views)."""
     device = torch.device(device)
     model.eval().to(device)
     fn = upto if upto is not None else model.forward_features
     # No images (a rank's share of a tiny split): one is run all the same, for the output's shape.
-    loader = DataLoader(ImageSet(store, indices or [0], [0] * max(len(indices), 1), augment=False, flip=flip),
-                        batch_size=batch_size)
+    images = images or ImageSet(store, indices or [0], [0] * max(len(indices), 1), augment=False, flip=flip)
+    loader = DataLoader(images, batch_size=batch_size)
     what = "features" if upto is None else "frozen layers"
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):  # as training
         chunks = [fn(memory_layout(x.to(device), channels_last)).to(dtype).cpu()
@@ -164,6 +173,25 @@ def leading_frozen(model: Classifier) -> int:
     return k
 
 
+def frozen_rows(cfg: TrainConfig, model: Classifier, store: ImageStore, idx: list[int], ranks: Ranks, progress: bool,
+                split: str, view: int | None = None, **kw) -> torch.Tensor:
+    """What frozen layers make of the images ``idx`` of one split (``extract_features``' options in
+    ``kw``), once in total: each rank computes its share of the images on its own device, and every
+    rank gets all of them. ``view``: of the images augmented as training augments them in epoch
+    ``view`` (an augmented view, ``headstart.views``), whichever rank computes them."""
+    mine = ranks.share(len(idx))
+    images = None
+    if view is not None:
+        keys = list(mine) or [0]  # each image's place in the split seeds its augmentation
+        images = ImageSet(store, [idx[i] for i in keys], [0] * len(keys), augment=True, seed=cfg.seed, keys=keys)
+        images.epoch = view
+    rows = extract_features(model, store, [idx[i] for i in mine], device=ranks.device, progress=progress and ranks.is_zero,
+                            channels_last=cfg.channels_last, split=split, bf16=cfg.precision in ("auto", "bf16-mixed"),
+                            images=images, **kw)
+    log.info("frozen pass, %s: rank %d of %d computed %d of %d images", split, ranks.rank, ranks.world, len(mine), len(idx))
+    return ranks.gather_rows(rows, len(idx))
+
+
 def training_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStore, progress: bool,
                     ranks: Ranks | None = None):
     """Per split, what the trainer reads, and the trunk that turns it into pooled features:
@@ -171,22 +199,17 @@ def training_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: Ima
     - ``features``: pooled features computed once; the trunk is nothing;
     - ``partial`` without augmentation: the frozen prefix's activations computed once (fp16);
       the trunk is the layers after it;
+    - (with ``aug_views``, ``headstart.views.view_inputs`` comes first: either of those, on
+      augmented views of the training images)
     - otherwise: the images; the trunk is the whole body.
 
-    Once in total: with several ranks, each computes its share of the images on its own device,
-    and every rank gets all of them.
+    Once in total: with several ranks, each computes its share of the images (``frozen_rows``).
     """
     splits, ranks = split_indices(ds), ranks or Ranks()
 
     def once(**kw) -> dict:
-        out = {}
-        for s, (idx, y) in splits.items():
-            mine = [idx[i] for i in ranks.share(len(idx))]
-            rows = extract_features(model, store, mine, device=ranks.device, progress=progress and ranks.is_zero,
-                                    channels_last=cfg.channels_last, split=s, bf16=cfg.precision in ("auto", "bf16-mixed"),
-                                    **kw)
-            log.info("frozen pass, %s: rank %d of %d computed %d of %d images", s, ranks.rank, ranks.world, len(mine), len(idx))
-            out[s] = TensorDataset(ranks.gather_rows(rows, len(idx)), torch.tensor(y))
+        out = {s: TensorDataset(frozen_rows(cfg, model, store, idx, ranks, progress, s, **kw), torch.tensor(y))
+               for s, (idx, y) in splits.items()}
         model.cpu()
         return out
 

@@ -46,6 +46,7 @@ from headstart.progress import log as progress_log
 from headstart.report import write_run_report
 from headstart.tuning import Averaging, lr_lambda
 from headstart.runs import BEST, Run, read_checkpoint
+from headstart.views import view_inputs, view_metrics
 
 log = logging.getLogger(__name__)
 
@@ -359,10 +360,11 @@ def _train(trainer: L.Trainer, module: TransferModule, loaders: dict, run: Run, 
 
 
 def _evaluate_best(run: Run, trainer: L.Trainer, module: TransferModule, loader: DataLoader, ds: Dataset,
-                   setup_seconds: float, store=None):
+                   setup_seconds: float, store=None, recorded: dict | None = None):
     """The best checkpoint on the evaluation split, read as training read it (features, activations
     or images): the tutorial's accuracy, number correct and confusion matrix, and more; with
-    ``tta``, also averaged with the mirror images (the plain figures stay the headline)."""
+    ``tta``, also averaged with the mirror images (the plain figures stay the headline). ``recorded``:
+    more figures of the run for its metrics (augmented views: ``headstart.views.view_metrics``)."""
     module.load_state_dict(read_checkpoint(run.best_checkpoint)["state_dict"])
     probs, targets = _predict(module, loader)
     tta = None
@@ -374,8 +376,10 @@ def _evaluate_best(run: Run, trainer: L.Trainer, module: TransferModule, loader:
     rows, weights = run.history, module.train_loss_fn.weight
     run.metrics = {"best_epoch": best_epoch(rows, run.config.monitor), "epochs": len(rows),
                    "trainable_params": count_params(module.model, trainable_only=True), "strategy": run.config.strategy,
-                   "backbone": run.config.backbone, "recipe": run.config.recipe, "average": run.config.average, "skipped_images": len(ds.problems),
-                   "setup_seconds": round(setup_seconds, 2), "train_seconds": round(sum(r["seconds"] for r in rows), 2)}
+                   "backbone": run.config.backbone, "recipe": run.config.recipe, "average": run.config.average,
+                   "skipped_images": len(ds.problems),
+                   "setup_seconds": round(setup_seconds, 2), "train_seconds": round(sum(r["seconds"] for r in rows), 2),
+                   **(recorded or {})}
     if weights is not None:  # class_weights=auto: what each class's loss was weighted by
         run.metrics["class_weights"] = {c: round(float(w), 4) for c, w in zip(ds.classes, weights.tolist())}
     write_evaluation(run, ev, run.metrics)
@@ -409,7 +413,7 @@ def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, co
         warn_input_size(cfg, model.body.preprocessing.input_size)  # well below the weights' own size?
     ds, store = decoded_images(ds, model.preprocessing, progress=progress and ranks.is_zero)
     run = resumed.check_same_data(ds) if resumed else ranks.on_zero(lambda: Run.create(cfg))
-    inputs, trunk = training_inputs(cfg, model, ds, store, progress, ranks)
+    inputs, trunk = view_inputs(cfg, model, ds, store, progress, ranks) or training_inputs(cfg, model, ds, store, progress, ranks)
     labels = split_indices(ds)["training"][1]
     loaders = _loaders(cfg, inputs, ranks, labels)
     module = TransferModule(model, cfg, len(loaders["training"]), {"classes": ds.classes, "strategy_plan": plan.__dict__},
@@ -426,7 +430,8 @@ def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, co
         if run.interrupted or not ranks.is_zero:
             return run
         # 3. Evaluate the best checkpoint (once, on rank 0); 4. write the report.
-        ev = _evaluate_best(run, trainer, module, loaders["evaluation"], ds, setup_seconds, store)
+        ev = _evaluate_best(run, trainer, module, loaders["evaluation"], ds, setup_seconds, store,
+                            view_metrics(cfg, inputs["training"]))
         write_run_report(run, ev, [store[i] for i in split_indices(ds)["evaluation"][0]], data_info)
         return run
     finally:
