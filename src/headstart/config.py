@@ -89,6 +89,9 @@ class TrainConfig:
     class_weights: str = "none"  # auto: each class's loss weighted N / (C * n_c), mean 1 over the training images
     sampler: str = "random"  # balanced: each epoch draws every class equally often, with replacement
     monitor: str = "val_loss"  # what the best checkpoint and early stopping go by (the tutorial: val_loss)
+    # --- learning-rate finder (headstart.lr_finder)
+    # A range test before training sets the head's lr to its suggestion; config.yaml records the rate found.
+    lr_find: bool = False
 
     def __post_init__(self) -> None:
         # However it is made (flags, YAML, a Python call, dataclasses.replace), a config is usable:
@@ -222,6 +225,9 @@ def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
         raise ConfigError(f"val_fraction + eval_fraction must leave images for training (below 1). "
                           f"Received: {cfg.val_fraction} + {cfg.eval_fraction}")
     check_input_size(cfg.input_size, cfg.force_input_size)
+    if cfg.lr_find and (cfg.num_nodes > 1 or (cfg.devices != "auto" and _device_count(cfg.devices) > 1)):
+        raise ConfigError(f"lr_find runs on one device; received devices={cfg.devices!r}, num_nodes={cfg.num_nodes}. "
+                          "Find the rate on one device (headstart lr-find DATA), then pass it as --lr.")
     # A default is no request; a run's own config.yaml holds every default (weights: default,
     # unfreeze_every: 2), so only a value asked for or changed says someone expected an effect.
     default = {f.name: f.default for f in fields(TrainConfig)}
@@ -235,6 +241,12 @@ def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
                           f"weights={cfg.weights!r} with strategy='scratch'. Leave --weights out, or pick a strategy "
                           "that starts from them (full, for every layer trained).")
     return cfg
+
+
+def _device_count(devices: str) -> int:
+    """``--devices``' process count: "2" is two, "0,1" two ids; anything else is for distributed.parse_devices."""
+    parts = [d for d in str(devices).split(",") if d.strip()]
+    return len(parts) if len(parts) > 1 else int(parts[0]) if parts and parts[0].strip().isdigit() else 1
 
 
 def coerce(name: str, value: Any) -> Any:

@@ -157,3 +157,22 @@ def plot_histories(histories: dict[str, Sequence[dict]], path: Path) -> Path:
     axes[0].set_ylim(0, 1)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_lr_find(result, path: Path) -> Path:
+    """The learning-rate finder's curve (``headstart.lr_finder.LRFind``): smoothed loss against the
+    rate on a log axis, the suggested rate marked."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(result.lrs, result.losses, color=SPLIT_COLOURS["training"])
+    ax.set_xscale("log")
+    if result.suggestion:
+        ax.axvline(result.suggestion, color="#C44E52", linestyle="--", linewidth=1,
+                   label=f"chosen lr {result.suggestion:.2g}")
+        ax.legend(loc="upper left")
+    ax.set_xlabel("Learning rate (log scale)")
+    ax.set_ylabel("Training loss (smoothed)")
+    ax.set_title("Learning-rate finder")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return _save(fig, path)
