@@ -21,7 +21,8 @@ SPLIT_COLOURS = {"training": "#4C72B0", "validation": "#DD8452", "evaluation": "
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    write_atomically(Path(path), lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    kind = "svg" if Path(path).suffix.lower() == ".svg" else "png"  # PNG unless asked for SVG
+    write_atomically(Path(path), lambda f: fig.savefig(f, format=kind, dpi=110, bbox_inches="tight"))
     return Path(path)
 
 
