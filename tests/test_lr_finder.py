@@ -145,6 +145,13 @@ def test_find_lr_writes_nothing_and_several_devices_are_refused(tiny, tmp_path: 
     assert not any(tmp_path.iterdir())
 
 
+def test_gradual_starts_as_frozen_after_the_sweep_as_without_it(tiny, tmp_path: Path):
+    # The sweep's 100 steps span many epochs of the tiny data; gradual unfreezing opens a group an epoch.
+    opts = dict(strategy="gradual", unfreeze_every=1, epochs=1, runs_dir=tmp_path, **TINY_OPTIONS)
+    found, plain = fit(tiny, name="found", lr_find=True, **opts), fit(tiny, name="plain", **opts)
+    assert found.history[0]["trainable"] == plain.history[0]["trainable"]
+
+
 def test_compare_takes_the_finder_as_a_lever():
     from headstart.comparison import variant
 

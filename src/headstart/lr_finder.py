@@ -132,7 +132,13 @@ def tune(module, loader, world: int, progress: bool = False) -> tuple[LRFind, Tr
     """The range test, and the config with the head's ``lr`` set to its suggestion (``module``
     trains with it too). ``lr_find`` stays on in the config: config.yaml says how its lr was chosen."""
     check_one_process(world)
+    trained, frozen = [p.requires_grad for p in module.parameters()], list(module.model.frozen_modules)
     found = range_test(module, loader, module.cfg, progress=progress)
+    # The sweep's steps span epochs, and gradual unfreezing opens groups by epoch: the run starts frozen as planned.
+    for p, grad in zip(module.parameters(), trained):
+        p.requires_grad_(grad)
+    module.model.frozen_modules = frozen
+    module.model.train(module.model.training)  # frozen modules back in eval mode
     cfg = module.cfg if found.suggestion is None else replace(module.cfg, lr=found.suggestion)
     module.cfg = cfg
     log.info("learning-rate finder: lr %g (%d rates tried, %.1f s)", cfg.lr, len(found.lrs), found.seconds)
