@@ -157,6 +157,12 @@ def test_compare_takes_the_finder_as_a_lever():
 
     assert variant("features+lr_find") == ("features", {"lr_find": True})
     assert variant("features+lr_find=false") == ("features", {"lr_find": False})
+    # Its row is a features run: the reading compares no fine-tuning with it.
+    from headstart.comparison import reading
+
+    row = dict(correct=252, total=300, seconds_per_epoch=0.3, total_seconds=60)
+    text = reading([{**row, "strategy": "features", "accuracy": 0.85}, {**row, "strategy": "features+lr_find", "accuracy": 0.84}])
+    assert text.startswith("features reached the best") and "fine-tuning" not in text
 
 
 def test_the_api_has_find_lr():
