@@ -18,7 +18,7 @@ import io
 import logging
 import math
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from headstart._files import write_text
@@ -40,8 +40,7 @@ class LRFind:
     lrs: list[float]
     losses: list[float]
     suggestion: float | None
-    seconds: float = 0.0
-    notes: dict = field(default_factory=dict)
+    seconds: float = 0.0  # the range test's wall time
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -88,7 +87,7 @@ def check_one_process(world: int) -> None:
     """The range test runs in one process: with several, each would find its own rate."""
     if world > 1:
         raise ConfigError(f"lr_find runs on one device; this run has {world} processes. Find the rate on one device "
-                          "(headstart lr-find DATA --devices 1, or train --lr-find --devices 1), then pass it as "
+                          "(headstart lr-find DATA, or train --lr-find --devices 1), then pass it as "
                           "--lr to the run on several devices.")
 
 
