@@ -87,9 +87,10 @@ def test_the_api_has_what_the_cli_has():
     from headstart.cli import app
 
     commands = {c.name or c.callback.__name__ for c in app.registered_commands}
-    assert commands == {"inspect", "backbones", "train", "evaluate", "compare", "advise", "predict", "export", "serve"}
+    assert commands == {"inspect", "backbones", "train", "evaluate", "compare", "advise", "predict", "export", "serve",
+                        "lr_find"}
     python = {"inspect": "inspect", "train": "fit", "evaluate": "evaluate", "compare": "compare", "advise": "advise",
-              "predict": "load", "export": "export", "backbones": "create_model"}
+              "predict": "load", "export": "export", "backbones": "create_model", "lr_find": "find_lr"}
     assert set(python.values()) <= set(headstart.__all__)
 
 

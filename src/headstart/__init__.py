@@ -28,6 +28,8 @@ _API = {
     "load_image": ("headstart.images", "load_image"),
     "advise": ("headstart.advice", "advise"),
     "fit": ("headstart.training", "fit"),
+    "find_lr": ("headstart.training", "find_lr"),
+    "LRFind": ("headstart.lr_finder", "LRFind"),
     "TrainConfig": ("headstart.config", "TrainConfig"),
     "Run": ("headstart.runs", "Run"),
     "evaluate": ("headstart.evaluation", "evaluate"),

@@ -49,6 +49,7 @@ OUTSIDE_HELP = "Let a CSV manifest list images outside its own folder."
 TTA_HELP = "Test-time augmentation: also average each image's probabilities with its mirror image's."
 WEIGHTS_HELP = "auto: weigh each class's loss by its inverse frequency, N / (C * n_c) (imbalanced data)."
 SAMPLER_HELP = "balanced: each epoch draws every class equally often (with replacement)."
+LR_FIND_HELP = "Run the learning-rate finder first and train the head at the rate it suggests (one device)."
 MONITOR_HELP = "What the best checkpoint and early stopping go by (val_loss lowest, the others highest)."
 
 
@@ -208,6 +209,7 @@ def train(
     tta: Optional[bool] = typer.Option(None, "--tta", help=TTA_HELP + " Both accuracies are recorded.", show_default="off"),
     aug_views: Optional[int] = typer.Option(None, help="features, partial, half: K augmented views of each training image through the frozen layers once (fp16); each epoch reads one.", show_default="0: off"),
     aug_views_budget_gb: Optional[float] = typer.Option(None, help="The most --aug-views may take, memory or disk; K is lowered to fit.", show_default="4.0"),
+    lr_find: Optional[bool] = typer.Option(None, "--lr-find", help=LR_FIND_HELP, show_default="off"),
 ) -> None:
     """Train a pretrained backbone on DATA; writes runs/<name>/ and prints the evaluation accuracy."""
     from headstart.distributed import is_main_process
@@ -272,6 +274,7 @@ def compare(
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help=OUTSIDE_HELP),
     advise: bool = typer.Option(True, "--advise/--no-advise", help="Measure the data first; the report shows the advised strategy."),
     tta: bool = typer.Option(False, "--tta", help=TTA_HELP + " Both accuracies are shown."),
+    lr_find: bool = typer.Option(False, "--lr-find", help=LR_FIND_HELP + " Each run finds its own (or: features+lr_find)."),
 ) -> None:
     """Train several strategies on the same data and seed; one report compares them."""
     from headstart.comparison import compare as run_compare
@@ -281,7 +284,8 @@ def compare(
                                       input_size=input_size, force_input_size=force_input_size, batch_size=batch_size,
                                       seed=seed, accelerator=accelerator, devices=devices, num_nodes=num_nodes, layout=layout,
                                       class_weights=class_weights, sampler=sampler, monitor=monitor,
-                                      allow_outside_root=allow_outside_root or None, tta=tta or None).items() if v is not None}
+                                      allow_outside_root=allow_outside_root or None, tta=tta or None,
+                                      lr_find=lr_find or None).items() if v is not None}
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     if freeze_layers is not None:
         options["freeze_layers"] = freeze_layers  # for half and partial only
@@ -293,6 +297,35 @@ def compare(
         return
     show.comparison(result, tta)
     out.print(f"Report: {result.report}")
+
+
+@command
+def lr_find(
+    ctx: typer.Context,
+    data: str = typer.Argument(..., help=DATA_HELP),
+    strategy: Optional[StrategyName] = typer.Option(None, help="The strategy whose training is tested.", show_default="features"),
+    backbone: Optional[str] = typer.Option(None, help="Curated name or any timm model.", show_default="efficientnet_lite0"),
+    weights: Optional[str] = typer.Option(None, help="default, bundled, hub, none, or a file.", show_default="default"),
+    recipe: Optional[RecipeName] = typer.Option(None, help="default or seed (the tutorial's).", show_default="default"),
+    input_size: Optional[str] = typer.Option(None, help=AUTO_SIZE_HELP, show_default="the weights': 224"),
+    force_input_size: Optional[bool] = typer.Option(None, "--force-input-size", help=FORCE_HELP, show_default="off"),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size, as training's.", show_default="32"),
+    seed: Optional[int] = typer.Option(None, help="Random seed.", show_default="0"),
+    accelerator: Optional[AcceleratorName] = typer.Option(None, help="cpu, gpu or auto.", show_default="auto"),
+    layout: Optional[LayoutName] = typer.Option(None, help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected"),
+    out_file: Path = typer.Option(Path("lr_find.png"), "--out", help="Where to write the plot: a .png or .svg file."),
+) -> None:
+    """The learning-rate finder alone: a range test on what train would train; prints the suggested --lr, writes the plot."""
+    from headstart.plots import plot_lr_find
+    from headstart.training import find_lr
+
+    options = {k: v for k, v in ctx.params.items() if k not in ("data", "out_file") and v is not None}
+    found = find_lr(data, progress=SHOW["progress"], devices="1", **options)
+    plot_lr_find(found, out_file)
+    if found.suggestion is None:
+        raise _fail(f"The loss never fell over {len(found.lrs)} rates: no rate to suggest (plot: {out_file}).", 1)
+    out.print(f"Suggested learning rate: {found.suggestion:.3g}  (headstart train {data} --lr {found.suggestion:.3g})")
+    out.print(f"{len(found.lrs)} rates tried in {found.seconds:.1f} s. Wrote {out_file}")
 
 
 @command

@@ -76,7 +76,8 @@ def reading(rows: list[dict]) -> str:
         text += f", {gap:.1f} points ahead of {second['strategy']} ({second['accuracy']:.1%})"
     text += "."
     by = {r["strategy"]: r for r in rows}
-    tuned = [r for r in rows if r["strategy"] not in ("features", "scratch")]
+    # A lever's row (features+lr_find) is of its strategy: features+tta tunes no backbone either.
+    tuned = [r for r in rows if r["strategy"].split("+")[0] not in ("features", "scratch")]
     if best["strategy"] == "features" and tuned:
         slow = max(tuned, key=lambda r: r["seconds_per_epoch"])
         speed = slow["seconds_per_epoch"] / max(best["seconds_per_epoch"], 1e-9)

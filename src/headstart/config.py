@@ -101,6 +101,9 @@ class TrainConfig:
     # each epoch reads one view per image. 0 = off: augmentation reruns the frozen layers every epoch.
     aug_views: int = 0
     aug_views_budget_gb: float = 4.0  # the most the views may take (memory or disk); K is lowered to fit
+    # --- learning-rate finder (headstart.lr_finder)
+    # A range test before training sets the head's lr to its suggestion; config.yaml records the rate found.
+    lr_find: bool = False
 
     def __post_init__(self) -> None:
         # However it is made (flags, YAML, a Python call, dataclasses.replace), a config is usable:
@@ -241,6 +244,9 @@ def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
         raise ConfigError(f"val_fraction + eval_fraction must leave images for training (below 1). "
                           f"Received: {cfg.val_fraction} + {cfg.eval_fraction}")
     check_input_size(cfg.input_size, cfg.force_input_size)
+    if cfg.lr_find and (cfg.num_nodes > 1 or (cfg.devices != "auto" and _device_count(cfg.devices) > 1)):
+        raise ConfigError(f"lr_find runs on one device; received devices={cfg.devices!r}, num_nodes={cfg.num_nodes}. "
+                          "Find the rate on one device (headstart lr-find DATA), then pass it as --lr.")
     # A default is no request; a run's own config.yaml holds every default (weights: default,
     # unfreeze_every: 2), so only a value asked for or changed says someone expected an effect.
     default = {f.name: f.default for f in fields(TrainConfig)}
@@ -276,6 +282,12 @@ def check_views(cfg: TrainConfig) -> None:
     if not cfg.cache_frozen:
         raise ConfigError(f"aug_views computes the frozen layers once, but cache_frozen=False asks to run them every "
                           f"epoch. {received} with cache_frozen=False. Drop one of the two.")
+
+
+def _device_count(devices: str) -> int:
+    """``--devices``' process count: "2" is two, "0,1" two ids; anything else is for distributed.parse_devices."""
+    parts = [d for d in str(devices).split(",") if d.strip()]
+    return len(parts) if len(parts) > 1 else int(parts[0]) if parts and parts[0].strip().isdigit() else 1
 
 
 def coerce(name: str, value: Any) -> Any:

@@ -21,7 +21,8 @@ SPLIT_COLOURS = {"training": "#4C72B0", "validation": "#DD8452", "evaluation": "
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    write_atomically(Path(path), lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    kind = "svg" if Path(path).suffix.lower() == ".svg" else "png"  # PNG unless asked for SVG
+    write_atomically(Path(path), lambda f: fig.savefig(f, format=kind, dpi=110, bbox_inches="tight"))
     return Path(path)
 
 
@@ -155,5 +156,24 @@ def plot_histories(histories: dict[str, Sequence[dict]], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylim(0, 1)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_lr_find(result, path: Path) -> Path:
+    """The learning-rate finder's curve (``headstart.lr_finder.LRFind``): smoothed loss against the
+    rate on a log axis, the suggested rate marked."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(result.lrs, result.losses, color=SPLIT_COLOURS["training"])
+    ax.set_xscale("log")
+    if result.suggestion:
+        ax.axvline(result.suggestion, color="#C44E52", linestyle="--", linewidth=1,
+                   label=f"chosen lr {result.suggestion:.2g}")
+        ax.legend(loc="upper left")
+    ax.set_xlabel("Learning rate (log scale)")
+    ax.set_ylabel("Training loss (smoothed)")
+    ax.set_title("Learning-rate finder")
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return _save(fig, path)

@@ -39,6 +39,11 @@ def draw_run_pictures(run, ev, images) -> dict[str, Path]:
         "curves": plots.plot_history(run.history, run.picture("curves"), run.metrics.get("best_epoch", 0)),
         "confusion": run.confusion_file(ev.split, "png"),
     }
+    if run.config.lr_find and run.lr_find_file.is_file():  # the curve that chose the head's lr
+        from headstart.lr_finder import LRFind
+
+        found = LRFind.read(run.lr_find_file, run.config.lr)
+        out["lr_find"] = plots.plot_lr_find(found, run.picture(run.lr_find_file.stem))
     wrong = ev.wrong_by_confidence(16)
     if wrong:
         pictures = [Image.fromarray(np.asarray(images[i])) for i in wrong]

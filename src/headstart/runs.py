@@ -9,6 +9,7 @@ A run is ``<runs_dir>/<name>/``, a folder a person can browse::
     metrics.json              the evaluation split at the best checkpoint (metrics-<split>.json for others)
     confusion_matrix.csv/.png
     curves.png, misclassified.png, report.html
+    lr_find.csv, lr_find.png  with lr_find: the learning-rate finder's curve (rate, smoothed loss)
     .lock                     held by the process that trains the run (one at a time)
 
 >>> run = Run.load("runs/efficientnet_lite0-features-...")                 # doctest: +SKIP
@@ -47,6 +48,7 @@ BEST = "best"  # checkpoints/best.ckpt
 LAST = "last"
 REPORT = "report.html"
 EXPORT = "export"
+LR_FIND = "lr_find"  # lr_find.csv, lr_find.png
 LOCK = ".lock"  # held while a process trains the run
 # A history.csv written before val_macro_f1 was recorded reads the same, without it.
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr", "backbone_lr",
@@ -87,6 +89,10 @@ class Run:
     @property
     def report(self) -> Path:
         return self.dir / REPORT
+
+    @property
+    def lr_find_file(self) -> Path:
+        return self.dir / f"{LR_FIND}.csv"
 
     def picture(self, name: str) -> Path:
         """``curves``, ``misclassified``, ``confusion_matrix`` (``-<split>`` for other splits): a PNG."""

@@ -64,6 +64,8 @@ def training(run) -> None:
     out.print(f"Number of correctly identified images: {m['correct']} of {m['total']}")
     tta(m.get("tta_accuracy"), m.get("tta_correct"), m["total"])
     out.print(f"Best epoch {m['best_epoch']} of {m['epochs']}; {m['trainable_params']:,} trainable parameters")
+    if run.config.lr_find:
+        out.print(f"Learning rate found by the range test: {run.config.lr:.3g} (curve: {run.lr_find_file})")
     if m.get("skipped_images"):
         out.print(f"[yellow]{m['skipped_images']} unreadable image(s) skipped[/] (listed in {run.data_file})")
     out.print(f"Run: {run.dir}")

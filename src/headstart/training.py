@@ -389,7 +389,7 @@ def _evaluate_best(run: Run, trainer: L.Trainer, module: TransferModule, loader:
 
 def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, config_file: str | Path | None = None,
         resume: str | Path | None = None, progress: bool = False, callbacks: list | None = None, logger: Any = None,
-        **overrides: Any) -> Run:
+        _lr_find_only: bool = False, **overrides: Any) -> Run:
     """Train as ``headstart train`` does and return the run. Options as in ``TrainConfig``;
     ``logger``: Lightning loggers of your own, beside ``loggers=["tensorboard", ...]``.
 
@@ -418,8 +418,16 @@ def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, co
     loaders = _loaders(cfg, inputs, ranks, labels)
     module = TransferModule(model, cfg, len(loaders["training"]), {"classes": ds.classes, "strategy_plan": plan.__dict__},
                             trunk, len(inputs["training"]), loss_weights(cfg, labels, ds.num_classes))
+    if cfg.lr_find and not resumed:  # the range test first: config.yaml records the rate it found
+        from headstart.lr_finder import tune
+        found, cfg = tune(module, loaders["training"], ranks.world, progress)
+        if _lr_find_only:
+            return found
+        run.config = cfg
     # Rank 0 makes and claims the folder (its name may change if another run took it meanwhile).
     data_info, run.dir = ranks.on_zero(lambda: (run.start(ds, resumed is not None), run.dir))
+    if cfg.lr_find and not resumed:
+        found.save(run.lr_find_file)  # the curve; the report draws it
     try:
         setup_seconds = time.perf_counter() - started
         # 2. Train, keeping the best epoch by the monitored validation figure (val_loss by default).
@@ -436,3 +444,9 @@ def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, co
         return run
     finally:
         run.release()  # the folder is free for a --resume
+
+
+def find_lr(data: str | Path | None = None, *, progress: bool = False, **options: Any):
+    """``headstart lr-find``: the learning-rate range test (``headstart.lr_finder.LRFind``) on the model
+    and batches ``fit`` would train with these options; nothing is written."""
+    return fit(data, progress=progress, _lr_find_only=True, **{**options, "lr_find": True})
