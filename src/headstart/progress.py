@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from typing import Iterable, Iterator, TypeVar
 
 log = logging.getLogger("headstart.progress")
@@ -40,3 +41,18 @@ def track(items: Iterable[T], total: int, description: str, enabled: bool = True
             log.info("%s: %d/%d (%d %%), %.1f s", description, n, total, 100 * n // total, time.perf_counter() - start)
     if shown != total:  # fewer items than announced
         log.info("%s: done, %.1f s", description, time.perf_counter() - start)
+
+
+def quiet_lightning() -> None:
+    """Lightning's notes that do not concern a headstart user, silenced; its warnings and errors stay."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # resume
+    # Frozen layers are in eval mode on purpose (their BatchNorm statistics must not move).
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")  # inside Lightning's Fabric
+    # val_loss and val_accuracy are summed over the ranks already; loss and accuracy are the progress bar's.
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # we log once an epoch

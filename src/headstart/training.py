@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from headstart.frozen import (
 from headstart.imbalance import MODE, best_epoch, confusion, loss_weights, macro_f1
 from headstart.keras_numerics import KerasAdam, train_loss
 from headstart.loggers import loggers
-from headstart.progress import in_terminal
+from headstart.progress import in_terminal, quiet_lightning
 from headstart.progress import log as progress_log
 from headstart.report import write_run_report
 from headstart.tuning import Averaging, lr_lambda
@@ -314,20 +313,6 @@ def _trainer(cfg: TrainConfig, run: Run, ranks: Ranks, progress: bool, callbacks
     )
 
 
-def _quiet_lightning() -> None:
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # resume
-    # Frozen layers are in eval mode on purpose (their BatchNorm statistics must not move).
-    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-    warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")  # inside Lightning's Fabric
-    # val_loss and val_accuracy are summed over the ranks already; loss and accuracy are the progress bar's.
-    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # we log once an epoch
-
-
 @torch.inference_mode()
 def _predict(module: TransferModule, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities and targets over a loader (images or features, as the module trains)."""
@@ -396,7 +381,7 @@ def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, co
     ``resume`` continues an interrupted run from its ``last.ckpt``: its config and data must be
     the same (options passed here must agree with the saved config).
     """
-    _quiet_lightning()
+    quiet_lightning()
     started = time.perf_counter()
     # 1. Prepare the data and the model. Everything that can fail on bad input happens before
     #    the run folder is made; images are decoded once, the frozen pass is computed once.
