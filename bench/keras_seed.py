@@ -21,7 +21,8 @@ What still differs, as written: the order of the images (Keras shuffles with its
 headstart with its seeded sampler), so every batch holds other images; the dropout masks; and
 headstart stores partial's frozen activations in fp16. `--lockstep` removes those three: Keras is
 fed each epoch in headstart's order (shuffle=False), dropout is 0 on both sides and the frozen
-part is recomputed every epoch in float32; the curves must then agree to float rounding.
+part is recomputed every epoch in float32; the curves then agree to the third decimal (float32
+rounding, summed in different orders, grows over a hundred steps).
 
 Per epoch, both sides' training loss and accuracy, validation loss and accuracy, printed as a
 table and written to OUT/keras_seed.csv and OUT/keras_seed.md, with each side's evaluation accuracy
