@@ -222,8 +222,8 @@ def training_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: Ima
         log.info("%s: the %d frozen groups are computed once; epochs run the rest", cfg.strategy, k)
         return once(upto=prefix, dtype=CACHE_DTYPE), rest
     if cut is not None:
-        log.warning("%s: augmentation is on, so the frozen layers run every epoch (--no-augment computes them once)",
-                    cfg.strategy)
+        log.warning("%s: augmentation is on, so the frozen layers run every epoch (--aug-views 4 computes 4 augmented "
+                    "views through them once; --no-augment, the plain images once)", cfg.strategy)
     images = {s: ImageSet(store, idx, y, augment=cfg.augment and s == "training", seed=cfg.seed)
               for s, (idx, y) in splits.items()}
     return images, None
