@@ -152,3 +152,10 @@ def parse_devices(devices: str) -> str | int | list[int]:
     except ValueError:
         raise ConfigError(f"--devices must be auto, a count or a list of device ids such as 0,1. "
                           f"Received: devices={devices!r}") from None
+
+
+def precision(name: str = "auto") -> str:
+    """Lightning's precision for ``--precision``: "auto" is bf16 mixed where it pays (a GPU), 32-bit elsewhere."""
+    if name != "auto":
+        return name
+    return "bf16-mixed" if torch.cuda.is_available() else "32-true"

@@ -101,18 +101,16 @@ def range_test(module, loader, cfg: TrainConfig, steps: int = STEPS, progress: b
     import time
 
     import lightning as L
-    import torch
     from lightning.pytorch.tuner import Tuner
 
+    from headstart.distributed import precision
+
     started = time.perf_counter()
-    precision = cfg.precision
-    if precision == "auto":  # as training: bf16 mixed on a GPU, 32-bit on a CPU
-        precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
     # Lightning's finder always shows a bar of its own (tqdm, on stderr): hidden unless progress is on.
     quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
     with tempfile.TemporaryDirectory(prefix="headstart-lr-find-") as tmp, quiet, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")  # on purpose: the sweep only trains
-        trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, precision=precision, max_epochs=-1, logger=False,
+        trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, precision=precision(cfg.precision), max_epochs=-1, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                             default_root_dir=tmp, num_sanity_val_steps=0, deterministic=cfg.deterministic)
         found = Tuner(trainer).lr_find(module, train_dataloaders=loader, min_lr=MIN_LR, max_lr=MAX_LR,

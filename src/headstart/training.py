@@ -30,7 +30,7 @@ from headstart.backbones import Classifier, count_params, create_model
 from headstart.cache import decoded_images
 from headstart.config import TrainConfig, as_trained, read_yaml, resolve_config
 from headstart.data import Dataset, load_dataset_for
-from headstart.distributed import Ranks, launch, parse_devices
+from headstart.distributed import Ranks, launch, parse_devices, precision
 from headstart._files import check_writable_dir
 from headstart.errors import ConfigError
 from headstart.evaluation import compute, write_evaluation
@@ -43,8 +43,8 @@ from headstart.loggers import loggers
 from headstart.progress import in_terminal, quiet_lightning
 from headstart.progress import log as progress_log
 from headstart.report import write_run_report
-from headstart.tuning import Averaging, lr_lambda
 from headstart.runs import BEST, Run, read_checkpoint
+from headstart.tuning import Averaging, lr_lambda
 from headstart.views import view_inputs, view_metrics
 
 log = logging.getLogger(__name__)
@@ -301,13 +301,10 @@ def _trainer(cfg: TrainConfig, run: Run, ranks: Ranks, progress: bool, callbacks
     bar = progress and in_terminal()  # off a terminal, History prints a line an epoch instead
     if bar:
         cbs.append(_Bar())
-    precision = cfg.precision
-    if precision == "auto":  # bf16 mixed precision where it pays: on a GPU
-        precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
     return L.Trainer(
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=parse_devices(cfg.devices), num_nodes=cfg.num_nodes,
         strategy="ddp" if ranks.world > 1 else "auto", use_distributed_sampler=False,  # RankBatches shares them out
-        precision=precision, deterministic=cfg.deterministic, callbacks=cbs, enable_progress_bar=bar,
+        precision=precision(cfg.precision), deterministic=cfg.deterministic, callbacks=cbs, enable_progress_bar=bar,
         logger=[*loggers(cfg.loggers, run.dir), *(logger if isinstance(logger, (list, tuple)) else [logger] if logger else [])] or False,
         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(run.dir),
     )
