@@ -1,4 +1,4 @@
-"""Small-data accuracy (issue 16): each lever of `headstart train` alone and all together, on the
+"""Small-data accuracy: each lever of `headstart train` alone and all together, on the
 demo and on real colour photos, with the evaluation accuracy and the wall time of every run.
 
     python bench/accuracy.py prepare FLOWER_PHOTOS OUT   # once: the benchmark's split of TF Flowers
@@ -41,7 +41,7 @@ from pathlib import Path
 
 SPLIT_FILE = Path(__file__).with_name("flowers_split.csv")
 
-# Every lever of issue 16 at once, as the "all" rows use it.
+# Every small-data lever at once, as the "all" rows use it.
 ALL = dict(input_size="auto", tta=True, aug_views=4, average="ema", class_weights="auto", lr_find=True)
 # name: (strategy, the options that differ from the defaults). The default set, in table order.
 ROWS: dict[str, tuple[str, dict]] = {
@@ -57,7 +57,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     "half": ("half", {}),
     "half-all": ("half", ALL),
 }
-# More of the issue's options, run only when named in --rows.
+# More rows, run only when named in --rows.
 EXTRA: dict[str, tuple[str, dict]] = {
     "size-160": ("features", {"input_size": 160}),
     "swa": ("features", {"average": "swa"}),

@@ -1,4 +1,4 @@
-"""Weight averaging (issue 16): evaluation accuracy of ``features`` runs with average none, ema and swa,
+"""Weight averaging: evaluation accuracy of ``features`` runs with average none, ema and swa,
 over several seeds, on the demo (or any data set).
 
     python bench/averaging.py                                   # demo, 128 px, seeds 0-2, ~10 min on 2 cores

@@ -2,7 +2,7 @@
 
     python bench/demo_strategies.py [--input-size 96] [--strategies features,half,full,scratch]
 
-Until `headstart compare` lands this is how the README's strategy figures are made.
+The figures of docs/benchmarks.md's "Every strategy on the demo" are made this way.
 """
 
 from __future__ import annotations

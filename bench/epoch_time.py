@@ -6,7 +6,7 @@ seed, backbone and recipe: time per epoch, first-epoch overhead, peak memory and
 
 The naive loop is what the tutorial does, in plain PyTorch: it decodes and resizes every image
 again in every epoch, and pushes every batch through the whole network, frozen layers included.
-headstart decodes once (memory-mapped cache, built cold here: a fresh cache folder), computes
+headstart decodes once (memory-mapped cache, built cold: a fresh cache folder), computes
 what is frozen once, and uses channels-last tensors.
 
 Both sides train the same model (same weights, same groups frozen, same optimizer, learning
@@ -17,7 +17,7 @@ it too (reading, decoding, features: each strategy starts with a cold image cach
 is the process's largest resident set while that side ran (sampled every 20 ms), and how much
 it grew during that side's run.
 
-With ``--aug-views K`` it measures augmentation instead (issue 16), headstart against itself:
+With ``--aug-views K`` it measures augmentation instead, headstart against itself:
 each strategy (``half`` by default) with augmentation on, its frozen layers run every epoch,
 against K augmented views computed once through them (``aug_views=K``). "first" includes
 computing the views; the memory is the views' size (recorded in metrics.json) and the peak RSS.

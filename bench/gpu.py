@@ -1,4 +1,4 @@
-"""Throughput on whatever accelerator is here: images a second of headstart's training step and of
+"""Throughput on whatever accelerator the machine has: images a second of headstart's training step and of
 its frozen pass, for the tutorial's heaviest case and the default backbone.
 
 - VGG16, full fine-tuning, 224 px: the tutorial measured 89 s an epoch for its 9,866 training

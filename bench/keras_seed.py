@@ -1,4 +1,4 @@
-"""The tutorial's Keras code and headstart's `--recipe seed`, side by side on the demo data (issue 17).
+"""The tutorial's Keras code and headstart's `--recipe seed`, side by side on the demo data.
 
     python bench/keras_seed.py [--strategy partial|features|full] [--input-size 64] [--epochs 5]
                                [--lockstep] [--out bench-out/keras-seed]
@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 os.environ["KERAS_BACKEND"] = "torch"  # before keras is imported: TensorFlow is not needed
-os.environ.setdefault("KERAS_TORCH_DEVICE", "cpu")  # both sides on the CPU, like headstart here
+os.environ.setdefault("KERAS_TORCH_DEVICE", "cpu")  # both sides on the CPU, as headstart runs in this script
 
 import keras  # noqa: E402
 import lightning as L  # noqa: E402
