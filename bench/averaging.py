@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 
-import headstart.training as training
+import headstart.training.fit as training
 
 AVERAGES = ("none", "ema", "swa")
 

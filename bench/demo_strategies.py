@@ -11,7 +11,7 @@ import argparse
 import tempfile
 import time
 
-from headstart.training import fit
+from headstart.training.fit import fit
 
 
 def main() -> None:

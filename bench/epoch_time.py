@@ -44,13 +44,12 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from headstart import strategies as S
-from headstart.backbones import create_model
 from headstart.config import resolve_config
-from headstart.data import load_dataset
-from headstart.frozen import split_indices
-from headstart.training import fit
-from headstart.tuning import lr_lambda
+from headstart.data.dataset import load_dataset, split_indices
+from headstart.models import strategies as S
+from headstart.models.factory import create_model
+from headstart.training.fit import fit
+from headstart.training.schedule import lr_lambda
 
 
 class PeakMemory:
@@ -100,7 +99,7 @@ class DecodeEveryTime(torch.utils.data.Dataset):
 
 
 def naive(cfg, ds) -> dict:
-    from headstart.frozen import seed_of as _seed  # the same shuffling and dropout seeds as headstart
+    from headstart.data.samplers import seed_of as _seed  # the same shuffling and dropout seeds as headstart
 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.backbone, ds.num_classes, weights=cfg.weights, input_size=cfg.input_size,

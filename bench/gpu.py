@@ -4,7 +4,7 @@ its frozen pass, for the tutorial's heaviest case and the default backbone.
 - VGG16, full fine-tuning, 224 px: the tutorial measured 89 s an epoch for its 9,866 training
   images on its GPU, about 111 images/s;
 - EfficientNet-Lite0, full fine-tuning, 224 px;
-- the frozen pass (``headstart.frozen.extract_features``) of both: what ``features`` costs once.
+- the frozen pass (``headstart.models.features.extract_features``) of both: what ``features`` costs once.
 
 Training runs headstart's own LightningModule (``TransferModule``) under Lightning, bf16 mixed
 precision and channels-last on a GPU, 32-bit on a CPU, on random images of the right shape: the
@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from headstart.backbones import create_model
-from headstart.cache import ImageStore
 from headstart.config import resolve_config
-from headstart.frozen import extract_features
-from headstart.strategies import apply_strategy
-from headstart.training import TransferModule
+from headstart.data.cache import ImageStore
+from headstart.models.factory import create_model
+from headstart.models.features import extract_features
+from headstart.models.strategies import apply_strategy
+from headstart.training.module import TransferModule
 
 TUTORIAL_IMAGES_PER_SECOND = 9866 / 89  # VGG16 full fine-tuning, the tutorial's GPU
 

@@ -48,12 +48,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from headstart import weights as W  # noqa: E402
-from headstart.cache import decoded_images  # noqa: E402
 from headstart.config import resolve_config  # noqa: E402
-from headstart.data import load_dataset_for  # noqa: E402
-from headstart.frozen import seed_of, split_indices  # noqa: E402
-from headstart.training import fit  # noqa: E402
+from headstart.data.cache import decoded_images  # noqa: E402
+from headstart.data.dataset import (
+    load_dataset_for,  # noqa: E402
+    split_indices,  # noqa: E402
+)
+from headstart.data.samplers import seed_of
+from headstart.models import weights as W  # noqa: E402
+from headstart.training.fit import fit  # noqa: E402
 
 COLUMNS = ("loss", "accuracy", "val_loss", "val_accuracy")
 

@@ -92,7 +92,7 @@ def food11_to_csv(src: Path, manifest: Path) -> Path:
 def count_stem_images(monkeypatch) -> list[int]:
     """A list that grows by the batch size each time a frozen prefix's stem runs (efficientnet_lite0):
     how many images went through the frozen layers."""
-    from headstart import backbones
+    from headstart.models import factory as backbones
 
     seen: list[int] = []
     split = backbones.Classifier.split
@@ -133,7 +133,7 @@ def tiny(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tiny, tmp_path_factory):
     """A finished features run on the tiny data, shared by the tests that only read a run."""
-    from headstart.training import fit
+    from headstart.training.fit import fit
 
     return fit(tiny, strategy="features", epochs=2, runs_dir=tmp_path_factory.mktemp("runs"), name="tiny",
                **TINY_OPTIONS)
@@ -143,7 +143,7 @@ def tiny_run(tiny, tmp_path_factory):
 def demo_run(tmp_path_factory):
     """A features run on the demo data (64 px), shared by the tests that need a model that has
     learnt something: it is the one accuracy claim of the timed suite."""
-    from headstart.training import fit
+    from headstart.training.fit import fit
 
     return fit("demo", strategy="features", epochs=6, input_size=64, runs_dir=tmp_path_factory.mktemp("runs"),
                name="demo")

@@ -1,4 +1,4 @@
-"""headstart.advice (headstart advise): the measurements on data whose answer is known, the four cases, --strategy auto."""
+"""headstart.advice.strategy (headstart advise): the measurements on data whose answer is known, the four cases, --strategy auto."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import PHOTOS
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import PHOTOS
-from headstart import advice as A
-from headstart.cli import app
+from headstart.advice import strategy as A
+from headstart.cli.app import app
 
 SIZE = 64
 
@@ -120,7 +120,7 @@ def test_advise_cli_table_and_json(photos):
 
 
 def test_strategy_auto_trains_the_advised_strategy_and_records_it(shuffled, tmp_path):
-    from headstart.training import fit
+    from headstart.training.fit import fit
 
     run = fit(shuffled, strategy="auto", input_size=SIZE, epochs=1, runs_dir=tmp_path, name="auto")
     assert run.config.strategy == "half" and run.config.augment is True

@@ -10,12 +10,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from headstart.backbones import REGISTRY, count_params, create_model
-from headstart.body import Body
-from headstart.cli import app
+from headstart.cli.app import app
+from headstart.data.preprocessing import INCEPTION, Preprocessing
 from headstart.errors import ConfigError
-from headstart.vgg16 import VGG16_KERAS_LAYERS
-from headstart.weights import INCEPTION, Preprocessing
+from headstart.models.backbone import Body
+from headstart.models.classifier import count_params
+from headstart.models.factory import REGISTRY, create_model
+from headstart.models.vgg16 import VGG16_KERAS_LAYERS
 
 runner = CliRunner()
 CATS = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat

@@ -11,13 +11,13 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-
 from conftest import make_food11, photo
-from headstart import cache as hs_cache
-from headstart.cache import decoded_images
-from headstart.data import load_dataset
-from headstart.images import load_image
-from headstart.weights import Preprocessing
+
+from headstart.data import cache as hs_cache
+from headstart.data.cache import decoded_images
+from headstart.data.dataset import load_dataset
+from headstart.data.images import load_image
+from headstart.data.preprocessing import Preprocessing
 
 PRE = Preprocessing(input_size=32)
 
@@ -64,9 +64,9 @@ def test_links_that_lead_nowhere_never_reach_the_cache(tmp_path: Path):
     key of a file gone since (a link broken after listing) is made all the same: train never
     stops on a traceback; the image is skipped with its reason, as inspect says."""
     from conftest import food11_to_folders
-
-    from headstart.layouts import Sample
     from test_layouts import add_broken_links
+
+    from headstart.data.layouts import Sample
 
     root = make_food11(tmp_path / "d")
     (root / "classes.txt").write_text("cat\ncoffee\nastronaut\n")

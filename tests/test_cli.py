@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from headstart import __version__
-from headstart.cli import app
+from headstart.cli.app import app
 
 runner = CliRunner()
 
@@ -64,7 +64,7 @@ def test_serve_defaults_are_the_servers():
 
     import typer.main
 
-    from headstart.serve import Limits
+    from headstart.inference.serve import Limits
 
     params = {p.name: p.default for p in typer.main.get_command(app).commands["serve"].params}
     for f in fields(Limits):  # max_decodes: None on the command line, the number of CPUs in Limits
@@ -136,7 +136,7 @@ def test_bad_options_exit_2_naming_the_value_before_anything_is_written(args, na
 
 def test_force_input_size_reaches_the_config(monkeypatch, tmp_path):
     """--force-input-size lets an input size outside 16-1024 through, as force_input_size=True does."""
-    import headstart.training
+    import headstart.training.fit
     from headstart.config import resolve_config
 
     asked = {}
@@ -145,7 +145,7 @@ def test_force_input_size_reaches_the_config(monkeypatch, tmp_path):
         asked.update(options)
         raise KeyboardInterrupt  # the CLI's Ctrl-C exit: nothing trains
 
-    monkeypatch.setattr(headstart.training, "fit", fake_fit)
+    monkeypatch.setattr(headstart.training.fit, "fit", fake_fit)
     result = runner.invoke(app, ["train", "demo", "--input-size", "2048", "--force-input-size", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 130 and asked["force_input_size"] is True
     assert resolve_config(overrides=asked).input_size == 2048

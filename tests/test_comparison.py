@@ -8,14 +8,14 @@ import re
 from pathlib import Path
 
 import pytest
+from test_report import _render
 from typer.testing import CliRunner
 
-from headstart import comparison
-from headstart.cli import app
+from headstart import comparison as comparison
+from headstart.cli.app import app
 from headstart.comparison import compare
 from headstart.errors import ConfigError
-from headstart.runs import Run
-from test_report import _render
+from headstart.runs.folder import Run
 
 
 def test_compare_table_matches_the_runs_and_renders(messy: Path, tmp_path: Path):

@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from headstart.backbones import create_model
 from headstart.config import TrainConfig, as_trained, check_input_size, load_config, resolve_config, save_config
 from headstart.errors import ConfigError
-from headstart.strategies import apply_strategy
-from headstart.keras_numerics import KerasAdam
-from headstart.training import TransferModule, fit
+from headstart.models.factory import create_model
+from headstart.models.strategies import apply_strategy
+from headstart.training.fit import fit
+from headstart.training.module import TransferModule
+from headstart.training.optimizers import KerasAdam
 
 
 def test_seed_recipe_builds_the_tutorials_vgg16_and_optimizer():

@@ -13,12 +13,12 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import make_food11, photo
 from PIL import Image
 
-from conftest import make_food11, photo
-from headstart.data import Dataset, check_splits, demo_root, load_dataset, load_dataset_for
+from headstart.data.dataset import Dataset, check_splits, demo_root, load_dataset, load_dataset_for
+from headstart.data.layouts import Problem
 from headstart.errors import DataError, HeadstartError
-from headstart.layouts import Problem
 
 
 def test_folders_in_one_root_draws_stratified_seeded_splits(tmp_path: Path):
@@ -107,9 +107,9 @@ def test_without_drops_the_problems_keeps_them_listed_and_warns(tmp_path: Path, 
     ds = load_dataset(make_food11(tmp_path / "d"))
     train = ds.split("training")  # classes 0, 0, 0, 0, 1, 1, ...
     bad = [Problem(train[0].path, "cannot decode: test"), Problem(train[5].path, "empty file (0 bytes)")]
-    with caplog.at_level(logging.WARNING, logger="headstart.data"):
+    with caplog.at_level(logging.WARNING, logger="headstart.data.dataset"):
         clean = ds.without(bad)
-    logged = [r.getMessage() for r in caplog.records if r.name == "headstart.data"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "headstart.data.dataset"]
     assert logged == [f"skipping {p.path}: {p.reason}" for p in bad]
     assert clean.samples == [s for s in ds.samples if s not in (train[0], train[5])]
     assert clean.problems == bad
@@ -209,7 +209,7 @@ def test_every_command_taking_data_refuses_outside_paths_unless_allowed(outside:
     command goes on to the next thing it checks: here an unknown backbone (inspect: it succeeds)."""
     from typer.testing import CliRunner
 
-    from headstart.cli import app
+    from headstart.cli.app import app
 
     runner = CliRunner()
     runs = ["--runs-dir", str(tmp_path / "runs")]
@@ -232,7 +232,7 @@ def test_every_command_taking_data_refuses_outside_paths_unless_allowed(outside:
 def test_evaluate_on_other_data_outside_its_folder(tiny_run, outside: Path):
     from typer.testing import CliRunner
 
-    from headstart.cli import app
+    from headstart.cli.app import app
 
     runner = CliRunner()
     args = ["evaluate", str(tiny_run.dir), "--data", str(outside), "--split", "validation"]

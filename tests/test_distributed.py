@@ -102,8 +102,9 @@ def test_an_interrupted_two_rank_run_resumes(tiny, tmp_path: Path):
 def test_devices_and_accelerators_are_checked():
     import torch
 
-    from headstart.distributed import device, parse_devices
     from headstart.errors import ConfigError
+    from headstart.training.distributed import parse_devices
+    from headstart.utils.devices import device
 
     assert device("cpu") == torch.device("cpu")
     assert device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -118,7 +119,7 @@ def test_devices_and_accelerators_are_checked():
 
 
 def test_global_batches_are_shared_among_ranks():
-    from headstart.frozen import EpochSampler, RankBatches
+    from headstart.data.samplers import EpochSampler, RankBatches
 
     data = list(range(10))
     one = list(RankBatches(EpochSampler(data, seed=0), 4, 0, 1))
@@ -133,7 +134,7 @@ def test_global_batches_are_shared_among_ranks():
 def test_more_cpu_processes_than_cores_is_refused_before_anything_is_written(tiny, tmp_path: Path):
     from typer.testing import CliRunner
 
-    from headstart.cli import app
+    from headstart.cli.app import app
 
     cores = len(os.sched_getaffinity(0))
     result = CliRunner().invoke(app, ["train", str(tiny), "--accelerator", "cpu", "--devices", str(cores + 1),

@@ -14,12 +14,12 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from typer.testing import CliRunner
 
-from headstart.cli import app
-from headstart.data import load_dataset
-from headstart.evaluation import compute, evaluate
-from headstart.images import load_image
-from headstart.predict import load
-from headstart.runs import load_checkpoint
+from headstart.cli.app import app
+from headstart.data.dataset import load_dataset
+from headstart.data.images import load_image
+from headstart.evaluation.evaluate import compute, evaluate
+from headstart.inference.predict import load
+from headstart.runs.checkpoints import load_checkpoint
 
 
 def test_compute_agrees_with_scikit_learn():

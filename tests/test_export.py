@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from headstart import exporting as hs_export
-from headstart.cli import app
-from headstart.data import demo_root
+from headstart.cli.app import app
+from headstart.data.dataset import demo_root
 from headstart.errors import ExportError
-from headstart.predict import load
+from headstart.inference import export as hs_export
+from headstart.inference.predict import load
 
 
 def test_onnx_export_matches_pytorch_and_carries_its_metadata(tiny_run, tmp_path: Path):

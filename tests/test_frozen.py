@@ -8,12 +8,13 @@ import pytest
 import torch
 from conftest import TINY_IMAGES, TINY_OPTIONS, count_stem_images
 
-from headstart.cache import decoded_images
-from headstart.data import load_dataset
-from headstart.frozen import EpochSampler, ImageSet, split_indices
-from headstart.timm_body import TimmBody
-from headstart.training import fit
-from headstart.weights import Preprocessing
+from headstart.data.cache import decoded_images
+from headstart.data.dataset import load_dataset, split_indices
+from headstart.data.image_set import ImageSet
+from headstart.data.preprocessing import Preprocessing
+from headstart.data.samplers import EpochSampler
+from headstart.models.timm_backbones import TimmBody
+from headstart.training.fit import fit
 
 
 def test_features_run_the_backbone_once_per_image(tiny, tmp_path: Path, monkeypatch):

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import photo
 from PIL import Image
 
-from conftest import photo
-from headstart import images
+from headstart.data import images as images
+from headstart.data.images import MAX_PIXELS, decode_bytes, load_image
 from headstart.errors import ConfigError, ImageError
-from headstart.images import MAX_PIXELS, decode_bytes, load_image
 
 LOSSLESS = ["png", "bmp", "tiff", "webp_lossless", "gif"]
 

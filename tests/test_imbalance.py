@@ -19,14 +19,16 @@ from sklearn.metrics import f1_score
 from torch import nn
 from typer.testing import CliRunner
 
-from headstart.cli import app
+from headstart.cli.app import app
 from headstart.config import TrainConfig
+from headstart.data.samplers import EpochSampler, RankBatches
 from headstart.errors import ConfigError
-from headstart.evaluation import evaluate
-from headstart.frozen import EpochSampler, RankBatches
-from headstart.imbalance import class_weights, confusion, macro_f1
-from headstart.runs import Run
-from headstart.training import TransferModule, fit
+from headstart.evaluation.evaluate import evaluate
+from headstart.evaluation.metrics import confusion, macro_f1
+from headstart.runs.folder import Run
+from headstart.training.fit import fit
+from headstart.training.losses import class_weights
+from headstart.training.module import TransferModule
 
 COUNTS = [12, 4, 2]  # training images per class: 6 : 1, about Food-11's 5.4 : 1
 LABELS = [c for c, n in enumerate(COUNTS) for _ in range(n)]

@@ -7,16 +7,16 @@ import logging
 from pathlib import Path
 
 import pytest
-from PIL import Image
-from typer.testing import CliRunner
-
 from conftest import make_food11
-from headstart.cli import app
-from headstart.data import load_dataset
-from headstart.errors import DataError
-from headstart.inspection import inspect_dataset, summarize, verify_images
+from PIL import Image
 from test_data import DATA_ERRORS
 from test_layouts import LAYOUT_ERRORS
+from typer.testing import CliRunner
+
+from headstart.cli.app import app
+from headstart.data.dataset import load_dataset
+from headstart.data.inspection import inspect_dataset, summarize, verify_images
+from headstart.errors import DataError
 
 runner = CliRunner()
 MESSY_COUNTS = {"training": [4, 4, 5], "validation": [3, 2, 2], "evaluation": [2, 2, 2]}
@@ -92,7 +92,7 @@ def test_broken_images_are_skipped_listed_and_warned(tmp_path: Path, caplog):
     (train / "2_102.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
     ds = load_dataset(root)
     assert len(ds.split("training")) == 15  # scanning decodes nothing
-    with caplog.at_level(logging.WARNING, logger="headstart.data"):
+    with caplog.at_level(logging.WARNING, logger="headstart.data.dataset"):
         clean, images = verify_images(ds, progress=False)
     reasons = {p.path.name: p.reason for p in clean.problems}
     assert reasons["0_100.jpg"] == "empty file (0 bytes)"

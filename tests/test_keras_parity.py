@@ -24,9 +24,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from headstart.config import resolve_config  # noqa: E402
-from headstart.keras_numerics import KerasCrossEntropy  # noqa: E402
-from headstart.training import TransferModule, build_model  # noqa: E402
-from headstart.weights import CAFFE, load_into  # noqa: E402
+from headstart.data.preprocessing import CAFFE
+from headstart.models.weights import load_into  # noqa: E402
+from headstart.training.fit import build_model  # noqa: E402
+from headstart.training.losses import KerasCrossEntropy  # noqa: E402
+from headstart.training.module import TransferModule
 
 # lr 1e-4, not the recipe's 1e-5: steps big enough to tell Adams apart; at 1e-3 these random weights
 # push two of the four images' probabilities under Keras' 1e-7 clip by the second step.

@@ -13,14 +13,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import food11_to_csv, food11_to_folders, make_food11, photo
-from headstart import layouts
-from headstart.data import load_dataset
+
+from headstart.data import layouts as layouts
+from headstart.data.dataset import load_dataset
+from headstart.data.images import decode_image
+from headstart.data.inspection import verify_images
+from headstart.data.layouts import FOOD11_CLASSES, detect_layout, read_classes_file, read_layout
 from headstart.errors import DataError, ImageError
-from headstart.images import decode_image
-from headstart.inspection import verify_images
-from headstart.layouts import FOOD11_CLASSES, detect_layout, read_classes_file, read_layout
 
 MESSY_COUNTS = {"training": [4, 4, 5], "validation": [3, 2, 2], "evaluation": [2, 2, 2]}
 
@@ -311,11 +311,11 @@ def test_a_foreign_manifest_does_not_decide_the_layout(tmp_path: Path, caplog):
 
     from conftest import make_food11
 
-    from headstart.data import load_dataset
+    from headstart.data.dataset import load_dataset
 
     root = make_food11(tmp_path / "food")
     (root / "manifest.csv").write_text("split,file,class_id,class_name,source\ntraining,0_0.jpg,0,Bread,web\n")
-    with caplog.at_level(logging.WARNING, logger="headstart.layouts"):
+    with caplog.at_level(logging.WARNING, logger="headstart.data.layouts"):
         ds = load_dataset(root)
     assert ds.layout == "food11" and len(ds.split("training")) == 12
     assert f"{root / 'manifest.csv'} is not a headstart manifest" in caplog.text

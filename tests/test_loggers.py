@@ -11,9 +11,9 @@ import pytest
 from conftest import TINY_OPTIONS
 from typer.testing import CliRunner
 
-from headstart.cli import app
+from headstart.cli.app import app
 from headstart.errors import ConfigError
-from headstart.training import fit
+from headstart.training.fit import fit
 
 
 def test_tensorboard_csv_and_a_logger_of_ones_own_get_the_epoch_metrics(tiny, tmp_path: Path):

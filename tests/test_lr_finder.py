@@ -10,18 +10,17 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from conftest import TINY_OPTIONS
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
 
-from conftest import TINY_OPTIONS
-from headstart.cli import app
+from headstart.cli.app import app
 from headstart.config import TrainConfig
 from headstart.errors import ConfigError
-from headstart.lr_finder import LRFind, range_test, valley
-from headstart.training import find_lr, fit
-
+from headstart.training.fit import find_lr, fit
+from headstart.training.lr_finder import LRFind, range_test, valley
 
 # --- the suggestion rule ------------------------------------------------------------------
 
@@ -150,7 +149,7 @@ def test_the_sweep_leaves_gradual_unfreezing_as_it_found_it(monkeypatch):
     # opened, the run starts frozen as planned (a full gradual run with the finder is too slow here).
     from types import SimpleNamespace
 
-    from headstart import lr_finder
+    from headstart.training import lr_finder as lr_finder
 
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 3))
     model[0].requires_grad_(False)

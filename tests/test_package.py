@@ -13,7 +13,37 @@ import pytest
 import headstart
 
 SRC = Path(headstart.__file__).parent
-MODULES = {f"headstart.{p.stem}" if p.stem != "__init__" else "headstart": p for p in sorted(SRC.glob("*.py"))}
+
+
+def _name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_name(p): p for p in sorted(SRC.rglob("*.py"))}
+
+# The layers, bottom up: a module may import its own layer and the layers below, never one above.
+LAYERS = [
+    ("headstart._version", "headstart.errors", "headstart.utils"),
+    ("headstart.config", "headstart.reporting"),
+    ("headstart.data.dataset",),
+    ("headstart.models",),
+    ("headstart.advice.strategy", "headstart.runs.folder"),
+    ("headstart.inference",),
+    ("headstart.evaluation.evaluate",),
+    ("headstart.training.fit",),
+    ("headstart.comparison",),
+    ("headstart.cli.app",),
+    ("headstart.__main__",),
+]
+
+
+def _layer(module: str) -> int:
+    """The layer of a module: the first table entry that is the module or a package above it."""
+    for i, names in enumerate(LAYERS):
+        if any(module == n or module.startswith(n + ".") for n in names):
+            return i
+    raise AssertionError(f"{module} is in no layer of LAYERS: add it to the table")
 
 
 def _imports(path: Path) -> set[str]:
@@ -23,7 +53,7 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from headstart import strategies` imports the module headstart.strategies
+            # `from headstart.models import strategies` imports the module headstart.models.strategies
             names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
                      for a in node.names]
         else:
@@ -60,10 +90,25 @@ def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
+def test_every_module_has_a_layer_and_the_facade_is_on_top():
+    assert all(_layer(m) >= 0 for m in MODULES if m != "headstart")
+    assert not any("headstart" in _imports(p) for m, p in MODULES.items() if m != "headstart")  # nothing imports the facade
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert _layer("headstart.data.dataset.cache") < _layer("headstart.training.fit.fit")
+    assert _layer("headstart.utils.files") == _layer("headstart.errors")
+
+
+def test_imports_point_down_the_layers_function_level_imports_included():
+    upward = sorted(f"{m} -> {d}" for m, p in MODULES.items() if m != "headstart"
+                    for d in _imports(p) if d != "headstart" and _layer(d) > _layer(m))
+    assert upward == []
+
+
 def test_no_import_cycle_between_modules_function_level_imports_included():
     graph = {name: _imports(path) - {name} for name, path in MODULES.items()}
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
-    assert not any("headstart" in deps for name, deps in graph.items() if name != "headstart")  # nothing imports the facade
 
 
 def test_import_headstart_is_light():
@@ -84,7 +129,7 @@ def test_the_api_names_resolve_even_after_every_module_was_imported(name):
 
 
 def test_the_api_has_what_the_cli_has():
-    from headstart.cli import app
+    from headstart.cli.app import app
 
     commands = {c.name or c.callback.__name__ for c in app.registered_commands}
     assert commands == {"inspect", "backbones", "train", "evaluate", "compare", "advise", "predict", "export", "serve",
@@ -106,7 +151,7 @@ RUN_FOLDERS = ("checkpoints", "export")  # spelled as a path: `... / "checkpoint
 
 def test_only_the_runs_module_spells_the_run_folder():
     for name, path in MODULES.items():
-        if name == "headstart.runs":
+        if name.startswith("headstart.runs.folder"):
             continue
         code = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
         strings = [n.value for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
@@ -133,8 +178,8 @@ def test_every_user_facing_error_is_a_headstart_error():
 
 
 def test_using_a_model_does_not_import_training():
-    code = ("import sys, headstart.predict, headstart.serve, headstart.exporting; "
-            "print(sorted(m for m in ('lightning', 'torchmetrics', 'matplotlib', 'headstart.training', 'timm') "
+    code = ("import sys, headstart.inference.predict, headstart.inference.serve, headstart.inference.export; "
+            "print(sorted(m for m in ('lightning', 'torchmetrics', 'matplotlib', 'headstart.training.fit', 'timm') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

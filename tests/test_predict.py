@@ -14,10 +14,10 @@ from conftest import photo
 from typer.testing import CliRunner
 
 import headstart
-from headstart.cli import app
-from headstart.data import demo_root
-from headstart.evaluation import evaluate
-from headstart.predict import load
+from headstart.cli.app import app
+from headstart.data.dataset import demo_root
+from headstart.evaluation.evaluate import evaluate
+from headstart.inference.predict import load
 
 
 def test_predict_agrees_with_evaluate(demo_run, tmp_path: Path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from headstart.cli import app
+from headstart.cli.app import app
 
 
 def test_a_line_an_epoch_and_progress_lines_off_a_terminal(tiny, tmp_path: Path, monkeypatch):

@@ -17,17 +17,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import photo
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import photo
-from headstart.cache import decoded_images
-from headstart.data import load_dataset
+from headstart.data.cache import decoded_images
+from headstart.data.dataset import load_dataset
+from headstart.data.images import MAX_PIXELS, decode_bytes, decode_image
+from headstart.data.inspection import verify_images
+from headstart.data.layouts import SPLITS
+from headstart.data.preprocessing import Preprocessing
 from headstart.errors import HeadstartError, ImageError
-from headstart.images import MAX_PIXELS, decode_bytes, decode_image
-from headstart.inspection import verify_images
-from headstart.layouts import SPLITS
-from headstart.weights import Preprocessing
 
 FEW = settings(max_examples=40, deadline=None, database=None)  # the whole file runs in seconds
 PRE = Preprocessing(input_size=16)

@@ -6,10 +6,9 @@ import json
 import re
 from pathlib import Path
 
-
 from conftest import chromium_browser
 
-from headstart.training import fit
+from headstart.training.fit import fit
 
 
 def _render(report: Path, screenshot: Path, tmp_path: Path) -> dict:

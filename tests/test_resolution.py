@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import PHOTOS, TINY_OPTIONS
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import PHOTOS, TINY_OPTIONS
-from headstart import advice as A
-from headstart.cli import app
+from headstart.advice import strategy as A
+from headstart.cli.app import app
 from headstart.config import TrainConfig, load_config, resolve_config
 from headstart.errors import ConfigError
 
@@ -131,21 +131,21 @@ def test_compare_input_size_auto_and_one_warning_for_all_its_runs(striped, tiny,
     assert json.loads((result.dir / "advice.json").read_text())["resolution"]["input_size"] == LARGE
     assert f"Input size: {LARGE} px" in (result.dir / "report.html").read_text()
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="headstart.advice"):
+    with caplog.at_level(logging.WARNING, logger="headstart.advice.strategy"):
         compare(tiny, ["features", "half"], epochs=1, advise=False, runs_dir=str(tmp_path), name="small", **TINY_OPTIONS)
     said = [r.getMessage() for r in caplog.records if "well below" in r.getMessage()]
     assert len(said) == 1 and "--input-size 32 is well below the 224 px" in said[0]
 
 
 def test_train_warns_below_the_native_size_and_not_at_it(tiny, tmp_path, caplog):
-    from headstart.training import fit
+    from headstart.training.fit import fit
 
-    with caplog.at_level(logging.WARNING, logger="headstart.advice"):
+    with caplog.at_level(logging.WARNING, logger="headstart.advice.strategy"):
         fit(tiny, strategy="features", epochs=1, runs_dir=tmp_path, name="small", **TINY_OPTIONS)
     assert [r.getMessage() for r in caplog.records if "well below" in r.getMessage()] == [
         A.input_size_warning(32, 224)]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="headstart.advice"):
+    with caplog.at_level(logging.WARNING, logger="headstart.advice.strategy"):
         fit(tiny, strategy="features", epochs=1, batch_size=8, runs_dir=tmp_path, name="native")
     assert not [r for r in caplog.records if "well below" in r.getMessage() or "under" in r.getMessage()]
 

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from typer.testing import CliRunner
 
-from headstart.cli import app
+from headstart.cli.app import app
 from headstart.errors import RunError
-from headstart.predict import load
-from headstart.runs import HISTORY_COLUMNS, Run, data_fingerprint, load_checkpoint, load_model
+from headstart.inference.predict import load
+from headstart.runs.checkpoints import load_checkpoint, load_model
+from headstart.runs.folder import Run, data_fingerprint
+from headstart.runs.layout import HISTORY_COLUMNS
 
 
 def test_a_finished_run_holds_what_the_readme_says(tiny_run):
@@ -138,7 +139,7 @@ def test_create_names_a_new_folder_and_refuses_an_existing_name(tiny_run, tmp_pa
 def test_fingerprint_changes_with_the_files(tiny, tmp_path: Path):
     import shutil
 
-    from headstart.data import load_dataset
+    from headstart.data.dataset import load_dataset
 
     copy = shutil.copytree(tiny, tmp_path / "copy")
     before = data_fingerprint(load_dataset(copy))
@@ -153,7 +154,7 @@ def test_a_damaged_run_folder_is_a_clear_error_with_exit_2(tiny_run, tmp_path: P
 
     from typer.testing import CliRunner
 
-    from headstart.cli import app
+    from headstart.cli.app import app
     from headstart.errors import ConfigError
 
     damaged = shutil.copytree(tiny_run.dir, tmp_path / "damaged")
@@ -173,8 +174,8 @@ def test_a_damaged_run_folder_is_a_clear_error_with_exit_2(tiny_run, tmp_path: P
 def test_ctrl_c_outside_training_exits_130(tiny_run, monkeypatch):
     from typer.testing import CliRunner
 
-    from headstart import evaluation
-    from headstart.cli import app
+    from headstart.cli.app import app
+    from headstart.evaluation import evaluate as evaluation
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -189,7 +190,7 @@ def test_run_files_are_as_readable_as_the_umask_allows(tiny, tmp_path: Path):
 
     from conftest import TINY_OPTIONS
 
-    from headstart.training import fit
+    from headstart.training.fit import fit
 
     old = os.umask(0o022)
     try:

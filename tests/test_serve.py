@@ -18,10 +18,10 @@ from conftest import chromium_browser, photo
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from headstart import serve
-from headstart.data import demo_root
-from headstart.predict import load
-from headstart.serve import Limits, create_app, uvicorn_options
+from headstart.data.dataset import demo_root
+from headstart.inference import serve as serve
+from headstart.inference.predict import load
+from headstart.inference.serve import Limits, create_app, uvicorn_options
 
 
 def _png(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -297,7 +297,7 @@ def _probs(prediction: dict, classes: list[str]) -> list[float]:
 def test_tta_per_request_and_as_the_servers_default(client, predictor, tiny_run, monkeypatch):
     from typer.testing import CliRunner
 
-    from headstart.cli import app
+    from headstart.cli.app import app
 
     images = _demo_images(2)
     files = [("file", (f.name, f.read_bytes(), "image/png")) for f in images]

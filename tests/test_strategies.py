@@ -6,10 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from headstart.backbones import create_model
 from headstart.errors import ConfigError
-from headstart.strategies import (
-    STRATEGIES, apply_strategy, count_trainable, param_groups, resolve_freeze, unfreeze_top,
+from headstart.models.factory import create_model
+from headstart.models.strategies import (
+    STRATEGIES,
+    apply_strategy,
+    count_trainable,
+    param_groups,
+    resolve_freeze,
+    unfreeze_top,
 )
 
 
@@ -102,7 +107,7 @@ def test_gradual_unfreezes_from_the_top(lite0):
     assert [(g["name"], g["lr"]) for g in groups] == [("head", 1e-3), ("blocks.6", pytest.approx(1e-5)), ("final", 1e-4)]
 
 
-# What each strategy promises, from headstart.training.build_model: how many of lite0's 9 groups
+# What each strategy promises, from headstart.training.fit.build_model: how many of lite0's 9 groups
 # (input side) stay frozen, and whether the body starts from the pretrained weights.
 PROMISES = {
     "features": (9, True), "gradual": (9, True),  # gradual: its first stage, only the head trains
@@ -119,7 +124,7 @@ def bundled_stem():
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_strategy_builds_the_model_it_promises(strategy: str, bundled_stem):
     from headstart.config import resolve_config
-    from headstart.training import build_model
+    from headstart.training.fit import build_model
 
     frozen_count, pretrained = PROMISES[strategy]  # a KeyError: a new strategy without a promise here
     cfg = resolve_config(overrides={"strategy": strategy, "input_size": 64})

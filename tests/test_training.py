@@ -18,12 +18,13 @@ from conftest import TINY_IMAGES, TINY_OPTIONS, photo
 from torch import nn
 from typer.testing import CliRunner
 
-from headstart.backbones import create_model
-from headstart.cli import app
+from headstart.cli.app import app
 from headstart.config import resolve_config
 from headstart.errors import ConfigError, RunError
-from headstart.runs import Run, load_model
-from headstart.training import fit
+from headstart.models.factory import create_model
+from headstart.runs.checkpoints import load_model
+from headstart.runs.folder import Run
+from headstart.training.fit import fit
 
 
 def test_the_demo_learns_well_above_chance(demo_run):
@@ -120,7 +121,7 @@ def test_a_run_killed_in_its_first_epoch_starts_over_in_place(tiny, tmp_path: Pa
 
 
 def test_one_run_per_folder(tiny, tmp_path: Path):
-    from headstart.data import load_dataset
+    from headstart.data.dataset import load_dataset
 
     ds = load_dataset(tiny)
     cfg = resolve_config(None, None, {"data": str(tiny), "runs_dir": str(tmp_path), "name": "same"})
@@ -325,8 +326,9 @@ def test_train_with_tta_records_both_figures_as_evaluate_finds_them(tiny, tmp_pa
                                                                     options, mirrored_passes):
     import numpy as np
 
-    from headstart import frozen, training
-    from headstart.evaluation import evaluate
+    from headstart.evaluation.evaluate import evaluate
+    from headstart.training import fit as training
+    from headstart.training import frozen_pass as frozen
 
     seen, passes, compute, extract = {}, [], training.compute, frozen.extract_features
     monkeypatch.setattr(training, "compute", lambda *a, **kw: seen.setdefault("ev", compute(*a, **kw)))

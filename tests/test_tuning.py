@@ -20,12 +20,12 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
 
-from headstart.cli import app
+from headstart.cli.app import app
 from headstart.comparison import variant
 from headstart.config import TrainConfig
 from headstart.errors import ConfigError
-from headstart.training import fit
-from headstart.tuning import Averaging, ema_decay, swa_start
+from headstart.training.averaging import Averaging, ema_decay, swa_start
+from headstart.training.fit import fit
 
 STEPS = 4  # optimizer steps an epoch: 16 samples, batches of 4
 
@@ -188,7 +188,7 @@ def test_half_averages_the_open_groups_and_their_batchnorm_statistics_only(tiny,
 
 def load_model_params(run):
     """The run's model, frozen as its strategy says, as (name, parameter)."""
-    from headstart.training import build_model
+    from headstart.training.fit import build_model
 
     model, _ = build_model(run.config, 3)
     return list(model.named_parameters())

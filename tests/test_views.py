@@ -14,14 +14,16 @@ import yaml
 from conftest import TINY, TINY_OPTIONS, count_stem_images
 from typer.testing import CliRunner
 
-from headstart import views
-from headstart.cache import decoded_images
 from headstart.config import TrainConfig, as_trained
-from headstart.data import load_dataset
+from headstart.data.cache import decoded_images
+from headstart.data.dataset import load_dataset, split_indices
+from headstart.data.image_set import ImageSet
+from headstart.data.samplers import EpochSampler
 from headstart.errors import ConfigError
-from headstart.distributed import Ranks
-from headstart.frozen import EpochSampler, ImageSet, leading_frozen, split_indices
-from headstart.training import build_model, fit
+from headstart.training import augmented_views as views
+from headstart.training.distributed import Ranks
+from headstart.training.fit import build_model, fit
+from headstart.training.frozen_pass import leading_frozen
 
 TRAIN = sum(TINY["training"])
 OTHERS = sum(TINY["validation"]) + sum(TINY["evaluation"])
@@ -103,7 +105,7 @@ def test_half_with_augmentation_runs_from_the_views_computed_once(tiny, tmp_path
 def test_the_budget_lowers_k_with_a_warning_naming_both(caplog):
     one = 10 * 4 * 2  # bytes of one view: 10 images of 4 fp16 values
     cfg = TrainConfig(strategy="half", aug_views=5, aug_views_budget_gb=2.5 * one / 1e9)
-    with caplog.at_level(logging.WARNING, logger="headstart.views"):
+    with caplog.at_level(logging.WARNING, logger="headstart.training.augmented_views"):
         stored = views._storage(cfg, 10, (4,))
     assert stored.shape == (2, 10, 4) and stored.dtype == np.float16
     warning = caplog.records[-1].getMessage()
@@ -142,8 +144,8 @@ def test_features_keep_augmentation_only_with_views():
 
 
 def test_the_cli_flags_reach_the_config(monkeypatch):
-    import headstart.training
-    from headstart.cli import app
+    import headstart.training.fit
+    from headstart.cli.app import app
     from headstart.config import resolve_config
 
     asked = {}
@@ -152,7 +154,7 @@ def test_the_cli_flags_reach_the_config(monkeypatch):
         asked.update(options)
         raise KeyboardInterrupt  # the CLI's Ctrl-C exit: nothing trains
 
-    monkeypatch.setattr(headstart.training, "fit", fake_fit)
+    monkeypatch.setattr(headstart.training.fit, "fit", fake_fit)
     result = CliRunner().invoke(app, ["train", "demo", "--strategy", "half", "--aug-views", "4",
                                       "--aug-views-budget-gb", "0.5"])
     assert result.exit_code == 130, result.output
@@ -163,7 +165,7 @@ def test_the_cli_flags_reach_the_config(monkeypatch):
 
 @pytest.mark.parametrize("advised, views_left", [({"strategy": "half", "augment": False}, 3), ({"strategy": "full"}, 0)])
 def test_strategy_auto_keeps_the_views_where_the_advised_strategy_can_use_them(advised, views_left, monkeypatch, caplog):
-    from headstart import advice
+    from headstart.advice import strategy as advice
 
     class Advice:
         def overrides(self):

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
+from conftest import photo
 from PIL import Image
 
-from conftest import photo
-from headstart.backbones import create_model, load_saved_model, save_model
+from headstart.data.preprocessing import CAFFE, Preprocessing
 from headstart.errors import WeightsError
-from headstart.vgg16 import VGG16_KERAS_LAYERS
-from headstart.weights import CAFFE, Preprocessing
+from headstart.models.factory import create_model
+from headstart.models.saving import load_saved_model, save_model
+from headstart.models.vgg16 import VGG16_KERAS_LAYERS
 
 # --- Keras .h5 ---------------------------------------------------------------------------
 
@@ -180,7 +180,7 @@ def test_keras_h5_layouts_load_the_same_weights_as_torchvisions_vgg16(tmp_path: 
 def test_keras_h5_weights_are_placed_by_their_names_and_order_with_shapes_checked(tmp_path: Path, caplog):
     import h5py
 
-    from headstart.weights import read_keras_h5
+    from headstart.models.keras_h5 import read_keras_h5
 
     weights = _keras_vgg16_weights()
     # Keras' own order is kernel, then bias; the names say which is which even when listed the other way.
@@ -262,7 +262,7 @@ def test_keras_h5_whose_tensors_do_not_fit_is_a_clear_error(tmp_path: Path):
 def test_cli_loads_the_tutorials_keras1_h5(tmp_path: Path):
     from typer.testing import CliRunner
 
-    from headstart.cli import app
+    from headstart.cli.app import app
 
     path = _write_keras_h5(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", _keras_vgg16_weights(), "keras1")
     result = CliRunner().invoke(app, ["backbones", "vgg16", "--weights", str(path)])
@@ -313,7 +313,7 @@ def test_missing_and_unexpected_keys_are_reported(tmp_path: Path, caplog):
     del state["layer4.1.bn2.bias"]
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "w.pt")
-    with caplog.at_level(logging.WARNING, logger="headstart.weights"):
+    with caplog.at_level(logging.WARNING, logger="headstart.models.weights"):
         create_model("resnet18", 3, weights=tmp_path / "w.pt")
     text = caplog.text
     assert "1 missing (left as initialised): layer4.1.bn2.bias" in text
@@ -367,7 +367,7 @@ def test_an_unreachable_hub_fails_fast_without_trying_to_download(monkeypatch):
 
     import timm
 
-    from headstart import weights as hs_weights
+    from headstart.models import weights as hs_weights
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):

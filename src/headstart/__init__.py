@@ -17,28 +17,32 @@ from __future__ import annotations
 
 import importlib
 
-from headstart._version import __version__  # noqa: F401  (the package's version, as headstart.__version__)
+from headstart._version import __version__  # noqa: F401  (headstart.__version__)
 
 # Public name -> (module, attribute): the API, loaded lazily (training pulls in Lightning).
 _API = {
-    "inspect": ("headstart.inspection", "inspect_dataset"),
-    "load_dataset": ("headstart.data", "load_dataset"),
-    "Dataset": ("headstart.data", "Dataset"),
-    "verify_images": ("headstart.inspection", "verify_images"),
-    "load_image": ("headstart.images", "load_image"),
-    "advise": ("headstart.advice", "advise"),
-    "fit": ("headstart.training", "fit"),
-    "find_lr": ("headstart.training", "find_lr"),
-    "LRFind": ("headstart.lr_finder", "LRFind"),
+    "inspect": ("headstart.data.inspection", "inspect_dataset"),
+    "load_dataset": ("headstart.data.dataset", "load_dataset"),
+    "Dataset": ("headstart.data.dataset", "Dataset"),
+    "verify_images": ("headstart.data.inspection", "verify_images"),
+    "load_image": ("headstart.data.images", "load_image"),
+    "Preprocessing": ("headstart.data.preprocessing", "Preprocessing"),
+    "create_model": ("headstart.models.factory", "create_model"),
+    "list_backbones": ("headstart.models.factory", "list_backbones"),
+    "save_model": ("headstart.models.saving", "save_model"),
+    "load_saved_model": ("headstart.models.saving", "load_saved_model"),
+    "advise": ("headstart.advice.strategy", "advise"),
     "TrainConfig": ("headstart.config", "TrainConfig"),
-    "Run": ("headstart.runs", "Run"),
-    "evaluate": ("headstart.evaluation", "evaluate"),
+    "Run": ("headstart.runs.folder", "Run"),
+    "fit": ("headstart.training.fit", "fit"),
+    "find_lr": ("headstart.training.fit", "find_lr"),
+    "LRFind": ("headstart.training.lr_finder", "LRFind"),
+    "evaluate": ("headstart.evaluation.evaluate", "evaluate"),
     "compare": ("headstart.comparison", "compare"),
-    "create_model": ("headstart.backbones", "create_model"),
-    "load": ("headstart.predict", "load"),
-    "Predictor": ("headstart.predict", "Predictor"),
-    "Prediction": ("headstart.predict", "Prediction"),
-    "export": ("headstart.exporting", "export"),
+    "load": ("headstart.inference.predict", "load"),
+    "Predictor": ("headstart.inference.predict", "Predictor"),
+    "Prediction": ("headstart.inference.predict", "Prediction"),
+    "export": ("headstart.inference.export", "export"),
     "HeadstartError": ("headstart.errors", "HeadstartError"),
     "DataError": ("headstart.errors", "DataError"),
 }

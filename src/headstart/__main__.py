@@ -1,5 +1,7 @@
 """``python -m headstart`` is the ``headstart`` command."""
 
-from headstart.cli import main
+from __future__ import annotations
+
+from headstart.cli.app import main
 
 main()

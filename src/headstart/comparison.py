@@ -21,17 +21,16 @@ from typing import Any
 
 import yaml
 
-from headstart._files import check_writable_dir, write_text
-from headstart.advice import advise as measure
-from headstart.advice import said_once
-from headstart.config import TrainConfig, coerce, resolve_config
-from headstart.data import load_dataset_for
-from headstart.distributed import launch, parse_devices
+from headstart.advice.input_size import said_once
+from headstart.advice.strategy import advise as measure
+from headstart.config import STRATEGIES, TrainConfig, coerce, resolve_config
+from headstart.data.dataset import load_dataset_for
 from headstart.errors import ConfigError, RunError
-from headstart.report import REPORT_HTML, write_compare_report
-from headstart.runs import Run
-from headstart.config import STRATEGIES
-from headstart.training import fit
+from headstart.reporting.report import REPORT_HTML, write_compare_report
+from headstart.runs.folder import Run
+from headstart.training.distributed import launch, parse_devices
+from headstart.training.fit import fit
+from headstart.utils.files import check_writable_dir, write_text
 
 FREEZE = ("freeze", "freeze_layers")
 COLUMNS = ["strategy", "trainable", "best_epoch", "val_accuracy", "accuracy", "correct", "total",
@@ -44,7 +43,7 @@ class Comparison:
     rows: list[dict]
     runs: dict[str, Run]
     reading: str
-    advice: Any = None  # headstart.advice.Advice, when the data was measured
+    advice: Any = None  # headstart.advice.strategy.Advice, when the data was measured
     interrupted: bool = False  # Ctrl-C: the runs so far, the interrupted one last; no report
 
     @property
@@ -135,14 +134,8 @@ def _new_folder(path: Path) -> Path:
     return path
 
 
-@said_once()  # a warning about the input size: once, not once a run
-def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", name: str | None = None,
-            progress: bool = False, advise: bool = True, **options: Any) -> Comparison:
-    """Train each strategy on the same data, backbone and seed; write the comparison report.
-
-    With ``advise`` (the default) ``headstart.advice`` measures the data first and the report says
-    which strategy the rules predicted; ``"auto"`` among the strategies trains that one.
-    """
+def _plans(data, strategies: list[str], options: dict) -> tuple[TrainConfig, dict[str, tuple[str, dict]]]:
+    """Each run's strategy and own options, by its label (``features+tta``), all checked before any work."""
     plans = {label: variant(label) for label in strategies}
     if not plans:
         raise ConfigError(f"No strategy to compare. Choose from: {', '.join(STRATEGIES)}, auto.")
@@ -153,35 +146,35 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
     frozen = [k for k in FREEZE if options.get(k) is not None]
     if frozen and not {"partial", "half", "auto"} & {s for s, _ in plans.values()}:
         raise ConfigError(f"--{frozen[0].replace('_', '-')} sets the freeze point of half or partial; compare "
-                         f"trains {', '.join(strategies)}. Add half, or leave the option out.")
-    check_writable_dir(runs_dir, "--runs-dir")
-    label = "demo" if str(data) == "demo" else Path(data).resolve().name
-    ranks = launch(cfg.accelerator, parse_devices(cfg.devices), cfg.num_nodes)  # before any work: it is shared out
-    out = ranks.on_zero(lambda: _new_folder(Path(runs_dir) / (name or f"compare-{label}-{datetime.now():%Y%m%d-%H%M%S}")))
-    advice, auto_size = None, cfg.input_size == "auto"
-    if advise or any(s == "auto" for s, _ in plans.values()) or auto_size:
-        # Measured once, on rank 0; every run reads the same cache next (with auto: the size chosen).
-        advice = ranks.on_zero(lambda: measure(load_dataset_for(cfg), cfg.backbone, cfg.weights, None if auto_size else cfg.input_size,
-                                               seed=cfg.seed, progress=progress, decode_all=not auto_size, resolution=auto_size))
-        plans = {(advice.strategy if label == "auto" else label): (advice.strategy if s == "auto" else s, own)
-                 for label, (s, own) in plans.items()}
-        if auto_size:  # each run records the advice that chose its size
-            options.update(input_size=advice.recommendation["input_size"], advice={**advice.to_dict(), "taken": ["input_size"]})
-    runs = {}
-    for label, (strategy, extra) in plans.items():
-        # A freeze point (--freeze, --freeze-layers) is for the strategies that have one; weights are
-        # for those that start from them (scratch: random).
-        own = {k: v for k, v in options.items() if not (k in FREEZE and strategy not in ("partial", "half")
-                                                        or k == "weights" and strategy == "scratch")}
-        runs[label] = fit(data, strategy=strategy, runs_dir=str(out), name=label, progress=progress, **{**own, **extra})
-        if runs[label].interrupted:
-            return Comparison(out, [], runs, "", advice, interrupted=True)
-    if not ranks.is_zero:  # rank 0 writes the comparison
-        return Comparison(out, [], runs, "", advice)
-    rows = [_row(s, r) for s, r in runs.items()]
-    text = reading(rows)
-    if advice:
-        text += " " + advice_outcome(advice, rows)
+                          f"trains {', '.join(strategies)}. Add half, or leave the option out.")
+    return cfg, plans
+
+
+def _advise(cfg: TrainConfig, plans: dict, options: dict, ranks, progress: bool) -> tuple[Any, dict]:
+    """Measure the data once, on rank 0 (every run reads the same cache next): ``auto`` becomes the advised
+    strategy, and with ``input_size=auto`` every run takes the size chosen (and records the advice)."""
+    auto_size = cfg.input_size == "auto"
+    advice = ranks.on_zero(lambda: measure(load_dataset_for(cfg), cfg.backbone, cfg.weights,
+                                           None if auto_size else cfg.input_size, seed=cfg.seed, progress=progress,
+                                           decode_all=not auto_size, resolution=auto_size))
+    plans = {(advice.strategy if label == "auto" else label): (advice.strategy if s == "auto" else s, own)
+             for label, (s, own) in plans.items()}
+    if auto_size:
+        options.update(input_size=advice.recommendation["input_size"], advice={**advice.to_dict(), "taken": ["input_size"]})
+    return advice, plans
+
+
+def _own_options(strategy: str, options: dict) -> dict:
+    """A freeze point (--freeze, --freeze-layers) is for the strategies that have one; weights are for
+    those that start from them (scratch: random)."""
+    return {k: v for k, v in options.items() if not (k in FREEZE and strategy not in ("partial", "half")
+                                                     or k == "weights" and strategy == "scratch")}
+
+
+def _write(out: Path, runs: dict[str, Run], advice, data_name: str) -> tuple[list[dict], str]:
+    """``comparison.csv``, ``advice.json`` and the report; the rows and the reading they show."""
+    rows = [_row(label, r) for label, r in runs.items()]
+    text = reading(rows) + (" " + advice_outcome(advice, rows) if advice else "")
     buf = io.StringIO()
     tta = ["tta_accuracy"] if "tta_accuracy" in rows[0] else []  # with --tta: the accuracy with test-time augmentation
     w = csv.DictWriter(buf, COLUMNS + tta, extrasaction="ignore")
@@ -195,7 +188,35 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
     write_compare_report(
         out, rows, {s: r.history for s, r in runs.items()},
         {s: r.metrics["confusion_matrix"] for s, r in runs.items()}, data_info["classes"], data_info, text,
-        title=f"{first.config.backbone} on {label}: {', '.join(plans)}",
+        title=f"{first.config.backbone} on {data_name}: {', '.join(runs)}",
         advice=advice.to_dict() if advice else None,
     )
+    return rows, text
+
+
+@said_once()  # a warning about the input size: once, not once a run
+def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", name: str | None = None,
+            progress: bool = False, advise: bool = True, **options: Any) -> Comparison:
+    """Train each strategy on the same data, backbone and seed; write the comparison report.
+
+    With ``advise`` (the default) ``headstart.advice.strategy`` measures the data first and the report says
+    which strategy the rules predicted; ``"auto"`` among the strategies trains that one.
+    """
+    cfg, plans = _plans(data, strategies, options)
+    check_writable_dir(runs_dir, "--runs-dir")
+    data_name = "demo" if str(data) == "demo" else Path(data).resolve().name
+    ranks = launch(cfg.accelerator, parse_devices(cfg.devices), cfg.num_nodes)  # before any work: it is shared out
+    out = ranks.on_zero(lambda: _new_folder(Path(runs_dir) / (name or f"compare-{data_name}-{datetime.now():%Y%m%d-%H%M%S}")))
+    advice = None
+    if advise or any(s == "auto" for s, _ in plans.values()) or cfg.input_size == "auto":
+        advice, plans = _advise(cfg, plans, options, ranks, progress)
+    runs = {}
+    for label, (strategy, own) in plans.items():
+        runs[label] = fit(data, strategy=strategy, runs_dir=str(out), name=label, progress=progress,
+                          **{**_own_options(strategy, options), **own})
+        if runs[label].interrupted:
+            return Comparison(out, [], runs, "", advice, interrupted=True)
+    if not ranks.is_zero:  # rank 0 writes the comparison
+        return Comparison(out, [], runs, "", advice)
+    rows, text = _write(out, runs, advice, data_name)
     return Comparison(out, rows, runs, text, advice)

@@ -12,6 +12,7 @@ among the known ones, a number in its range (``RANGES``), nothing the strategy w
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import numbers
 import os
@@ -22,9 +23,8 @@ from typing import Any
 
 import yaml
 
-from headstart._files import write_text
 from headstart.errors import ConfigError
-from headstart.loggers import check as check_loggers
+from headstart.utils.files import write_text
 
 
 @dataclass
@@ -39,11 +39,11 @@ class TrainConfig:
     backbone: str = "efficientnet_lite0"  # bundled weights: works offline
     weights: str = "default"
     input_size: int | str | None = None  # None: the size the weights were trained at; else 16-1024 (INPUT_SIZES);
-    # "auto": the size headstart.advice recommends, measured before the run (its config.yaml has the number)
+    # "auto": the size headstart.advice.strategy recommends, measured before the run (its config.yaml has the number)
     force_input_size: bool = False  # an input_size outside 16-1024, on purpose
     head_dropout: float = 0.2  # the tutorial's head
     head_hidden: int = 100
-    head_init: str = "torch"  # keras: Glorot-uniform kernels, zero biases, as Keras' Dense (headstart.keras_numerics)
+    head_init: str = "torch"  # keras: Glorot-uniform kernels, zero biases, as Keras' Dense (headstart.training.losses)
     # --- strategy
     strategy: str = "features"  # on small data the frozen features are hard to beat, and fast; "auto": advised
     freeze: str | None = None  # partial: group count, fraction, group name or "half"
@@ -68,7 +68,7 @@ class TrainConfig:
     loss: str = "torch"  # torch: cross-entropy on logits; keras: Keras' on clipped softmax probabilities
     augment: bool = True  # random resized crop + horizontal flip
     early_stopping: int = 5  # epochs without a better `monitor` before stopping; 0 = off
-    # Weight averaging of what trains (headstart.tuning): ema (every step) or swa (the last quarter's
+    # Weight averaging of what trains (headstart.training.averaging): ema (every step) or swa (the last quarter's
     # epochs); validation, the checkpoints and so evaluation use the average. Off: on the demo it
     # was within noise of none (docs/benchmarks.md).
     average: str = "none"
@@ -85,23 +85,23 @@ class TrainConfig:
     compile: bool = False  # torch.compile the forward pass: pays on long GPU runs, costs minutes up front
     runs_dir: str = "runs"
     name: str | None = None  # default: <backbone>-<strategy>-<time>
-    advice: dict | None = None  # with --strategy auto: what headstart.advice measured and recommended
+    advice: dict | None = None  # with --strategy auto: what headstart.advice.strategy measured and recommended
     # --- test-time augmentation
     # The evaluation at the end of training also averages each image with its mirror image; the
     # plain figure stays in "accuracy", this one goes beside it ("tta_accuracy"). Off: it doubles
     # the evaluation's cost, and a model served without it would not match the recorded figure.
     tta: bool = False
-    # --- imbalance (headstart.imbalance)
+    # --- imbalance (headstart.evaluation.metrics)
     class_weights: str = "none"  # auto: each class's loss weighted N / (C * n_c), mean 1 over the training images
     sampler: str = "random"  # balanced: each epoch draws every class equally often, with replacement
     monitor: str = "val_loss"  # what the best checkpoint and early stopping go by (the tutorial: val_loss)
-    # --- augmented views (headstart.views)
+    # --- augmented views (headstart.training.augmented_views)
     # features, partial, half: K augmented views of every training image go through the frozen layers
     # once, before training (fp16; in memory up to 512 MB, else memory-mapped under the cache folder);
     # each epoch reads one view per image. 0 = off: augmentation reruns the frozen layers every epoch.
     aug_views: int = 0
     aug_views_budget_gb: float = 4.0  # the most the views may take (memory or disk); K is lowered to fit
-    # --- learning-rate finder (headstart.lr_finder)
+    # --- learning-rate finder (headstart.training.lr_finder)
     # A range test before training sets the head's lr to its suggestion; config.yaml records the rate found.
     lr_find: bool = False
 
@@ -125,9 +125,9 @@ SEED = dict(
 )
 RECIPES: dict[str, dict[str, Any]] = {"default": {}, "seed": SEED}
 OPTIMIZERS = ("adam", "adamw", "sgd", "keras_adam")
-NUMERICS = ("torch", "keras")  # head_init and loss: PyTorch's or Keras' (headstart.keras_numerics)
+NUMERICS = ("torch", "keras")  # head_init and loss: PyTorch's or Keras' (headstart.training.losses)
 SCHEDULES = ("constant", "cosine")
-# The strategies headstart.strategies knows (and "auto": the advised one, headstart.advice).
+# The strategies headstart.models.strategies knows (and "auto": the advised one, headstart.advice.strategy).
 STRATEGIES = ("features", "partial", "half", "full", "gradual", "scratch")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 CLASS_WEIGHTS = ("none", "auto")
@@ -385,3 +385,17 @@ def _as_it_trained(values: dict[str, Any]) -> dict[str, Any]:
     if strategy == "scratch":
         values.pop("weights", None)
     return values
+
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
+# What each needs installed, and the pip extra that brings it.
+NEEDS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
+
+
+def check_loggers(names: list[str]) -> None:
+    """Unknown names, or a logger whose package is missing, as a ConfigError that says what to install."""
+    for name in names:
+        if name not in LOGGERS:
+            raise ConfigError(f"Unknown logger '{name}'. Choose from: {', '.join(LOGGERS)}.")
+        module, extra = NEEDS.get(name, (None, None))
+        if module and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"--logger {name} needs the package {module}: pip install 'headstart[{extra}]'")

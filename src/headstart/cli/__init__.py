@@ -1,0 +1,1 @@
+"""The ``headstart`` command: options declared once, commands that call the Python API, console output."""

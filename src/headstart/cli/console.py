@@ -1,0 +1,208 @@
+"""What the CLI prints: the consoles, and the tables of a dataset summary, an evaluation and a comparison."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from headstart.models.classifier import count_params
+
+# Piped output (CI logs, files) gets 120 columns rather than rich's 80, so tables are not cut.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 120)
+
+
+def summary(s) -> None:
+    """``headstart inspect``: counts per split and class, in the tutorial's words, sizes and problems."""
+    out.print(f"[bold]{s.root}[/]  layout [cyan]{s.layout}[/], {len(s.classes)} classes")
+    if s.drawn:
+        out.print(f"Drawn from training (stratified, seeded): {', '.join(s.drawn)}")
+    for split, counts in s.counts.items():
+        # The tutorial's own words: "Training data available in 11 classes [994, 429, ...]"
+        out.print(f"{split.capitalize()} data available in {len(counts)} classes")
+        out.print(f"{counts}")
+    table = Table(title="Images per class")
+    table.add_column("id", justify="right")
+    table.add_column("class")
+    for split in s.counts:
+        table.add_column(split, justify="right")
+    table.add_column("total", justify="right")
+    for i, name in enumerate(s.classes):
+        row = [s.counts[split][i] for split in s.counts]
+        table.add_row(str(i), name, *map(str, row), str(sum(row)))
+    totals = [sum(s.counts[split]) for split in s.counts]
+    table.add_row("", "[bold]all[/]", *map(str, totals), str(sum(totals)))
+    out.print(table)
+    train = s.counts["training"]
+    out.print(
+        f"Imbalance (largest / smallest training class): {s.imbalance} "
+        f"({s.classes[train.index(max(train))]} {max(train)} / {s.classes[train.index(min(train))]} {min(train)})",
+    )
+    w, h = s.sizes["width"], s.sizes["height"]
+    out.print(
+        f"Image sizes: width {w['min']}-{w['max']} (median {w['median']}), height {h['min']}-{h['max']} "
+        f"(median {h['median']}); {s.distinct_sizes} distinct sizes",
+    )
+    out.print("Modes: " + ", ".join(f"{k} {v}" for k, v in s.modes.items())
+              + "; formats: " + ", ".join(f"{k} {v}" for k, v in s.formats.items()))
+    if s.problems:
+        out.print(f"[yellow]Skipped {len(s.problems)} unreadable image(s):[/]")
+        for p in s.problems:
+            out.print(f"  {p['path']}: {p['reason']}")
+    else:
+        out.print("No unreadable images.")
+    if s.ignored:
+        shown = ", ".join(Path(p).name for p in s.ignored[:5]) + (", ..." if len(s.ignored) > 5 else "")
+        out.print(f"Ignored {len(s.ignored)} file(s) that are not images: {shown}")
+
+
+def training(run) -> None:
+    """``headstart train``: the tutorial's accuracy and number correct (and with TTA), best epoch, the run folder."""
+    m = run.metrics
+    out.print(f"Accuracy on evaluation data: {m['accuracy']:.4f}")
+    out.print(f"Number of correctly identified images: {m['correct']} of {m['total']}")
+    tta(m.get("tta_accuracy"), m.get("tta_correct"), m["total"])
+    out.print(f"Best epoch {m['best_epoch']} of {m['epochs']}; {m['trainable_params']:,} trainable parameters")
+    if run.config.lr_find:
+        out.print(f"Learning rate found by the range test: {run.config.lr:.3g} (curve: {run.lr_find_file})")
+    if m.get("skipped_images"):
+        out.print(f"[yellow]{m['skipped_images']} unreadable image(s) skipped[/] (listed in {run.data_file})")
+    out.print(f"Run: {run.dir}")
+
+
+def tta(accuracy: float | None, correct: int | None, total: int) -> None:
+    """The figure with test-time augmentation, when there is one."""
+    if accuracy is not None:
+        out.print(f"With test-time augmentation (mirror image averaged in): {accuracy:.4f} ({correct} of {total})")
+
+
+def evaluation(ev) -> None:
+    """``headstart evaluate``: the tutorial's accuracy and number correct, the confusion matrix, per-class scores."""
+    out.print(f"Accuracy on {ev.split} data: {ev.accuracy:.4f}")
+    out.print(f"Number of correctly identified images: {ev.correct} of {ev.total}")
+    tta(ev.tta_accuracy, ev.tta_correct, ev.total)
+    for k, v in ev.top_k.items():
+        out.print(f"Top-{k} accuracy: {v:.4f}")
+    table = Table(title=f"Confusion matrix ({ev.split}): rows true, columns predicted")
+    table.add_column("true \\ predicted")
+    for i in range(len(ev.classes)):
+        table.add_column(str(i), justify="right")
+    for i, (name, row) in enumerate(zip(ev.classes, ev.confusion)):
+        table.add_row(f"{i} {name}", *[f"[bold]{v}[/]" if j == i else str(v) for j, v in enumerate(row.tolist())])
+    out.print(table)
+    per = Table(title="Per class")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        per.add_column(col, justify="left" if col == "class" else "right")
+    for r in ev.per_class:
+        per.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+    out.print(per)
+    if ev.most_confused:
+        out.print("Most confused: " + "; ".join(f"{c['true']} -> {c['predicted']} ({c['count']})" for c in ev.most_confused))
+
+
+def comparison(result, tta: bool = False) -> None:
+    """``headstart compare``: one row a strategy (with ``tta``, its TTA accuracy too), then the reading."""
+    table = Table(title="Comparison")
+    for col in ("strategy", "trainable", "best epoch", "val acc", "eval acc", *(["TTA acc"] if tta else []), "correct",
+                "s/epoch", "total s"):
+        table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
+    for r in result.rows:
+        table.add_row(r["strategy"], f"{r['trainable']:,}", str(r["best_epoch"]), f"{r['val_accuracy']:.3f}",
+                      f"{r['accuracy']:.3f}", *([f"{r['tta_accuracy']:.3f}"] if tta else []), f"{r['correct']}/{r['total']}",
+                      f"{r['seconds_per_epoch']:.2f}", f"{r['total_seconds']:.0f}")
+    out.print(table)
+    out.print(result.reading)
+
+
+def advice(a, data: str) -> None:
+    """``headstart advise``: the measurements, the probe at each input size, the case, the rule, what to run."""
+    from headstart.advice.strategy import SOURCE
+
+    table = Table(title=f"Measured on {a.measurements['sample']} images ({a.backbone}, frozen)")
+    table.add_column("measurement")
+    table.add_column("value", justify="right")
+    for k, v in a.measurements.items():
+        if v is not None:
+            table.add_row(k.replace("_", " "), f"{v:.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
+    out.print(table)
+    if a.resolution:
+        res = a.resolution
+        sizes = Table(title=f"Input size (photos: {res['photo_size']} px on their shorter side; the weights': "
+                            f"{res['native_size']} px)")
+        for col in ("input size", "k-NN probe", "time", ""):
+            sizes.add_column(col, justify="left" if not col else "right")
+        slowest = max(r["seconds"] for r in res["sizes"])
+        for r in res["sizes"]:
+            mark = "[bold]recommended[/]" if r["input_size"] == res["input_size"] else ""
+            sizes.add_row(f"{r['input_size']} px", f"{r['knn']:.1%}", f"{r['seconds']:.2f} s ({r['seconds'] / slowest:.0%})", mark)
+        out.print(sizes)
+    out.print(f"[bold]Case:[/] {a.case}")
+    for r in a.reasons:
+        out.print(f"  - {r}")
+    out.print(f"[bold]Rule[/], {SOURCE}:\n  \u201c{a.rule}\u201d")
+    rec = a.recommendation
+    out.print(f"[bold]Recommendation:[/] {rec['strategy']} — {rec['why']}.")
+    if a.resolution:
+        out.print(f"[bold]Input size:[/] {a.resolution['why']} (the smallest within a point of the best).")
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{'' if v else 'no-'}{k}"
+                     for k, v in a.overrides().items())
+    auto = " --input-size auto" if a.resolution else ""
+    out.print(f"  headstart train {data} --backbone {a.backbone} {flags}   (or: --strategy auto{auto})")
+
+
+def predictions(results, top_k: int, format: str) -> None:
+    """``headstart predict``: the top classes of each image, as a table, JSON or CSV; unread images in full."""
+    import csv
+    import json
+
+    from rich.markup import escape
+
+    if format == "json":
+        out.print_json(json.dumps({"predictions": [r.to_dict() for r in results]}))
+        return
+    if format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["source", "rank", "class", "probability", "error"])
+        for r in results:
+            rows = [[r.source, i + 1, c, f"{p:.6f}", ""] for i, (c, p) in enumerate(r.top)] or [[r.source, "", "", "", r.error]]
+            writer.writerows(rows)
+        return
+    failed = [r for r in results if r.error]
+    table = Table(title=f"Predictions ({len(results) - len(failed)} of {len(results)} images)")
+    table.add_column("image", overflow="fold")
+    for i in range(top_k):
+        table.add_column(f"#{i + 1}" if i else "prediction", no_wrap=True)
+    for r in results:
+        cells = [f"{escape(c)} ({p:.1%})" for c, p in r.top] if not r.error else ["[red]not read (below)[/]"]
+        table.add_row(escape(r.source), *cells)
+    out.print(table)
+    for r in failed:  # each on its own line, in full
+        out.print(f"[red]error:[/] {escape(r.source)}: {escape(r.error)}")
+
+
+def backbones(rows: list[dict]) -> None:
+    """``headstart backbones``: the curated backbones, one row each."""
+    table = Table(title="Backbones (any timm model name works too)")
+    for col in ("name", "parameters", "groups", "input", "weights"):
+        table.add_column(col, justify="left" if col in ("name", "weights") else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(row["name"], f"{row['params']:,}", str(row["groups"]), str(row["input_size"]), row["weights"])
+    out.print(table)
+
+
+def backbone(name: str, model, info) -> None:
+    """``headstart backbones NAME``: parameters, freezable groups input to output, hub weights, preprocessing."""
+    total, body = count_params(model), count_params(model.body)
+    out.print(f"[bold]{name}[/]: {total:,} parameters ({body:,} in the backbone, {total - body:,} in the head)")
+    table = Table(title="Freezable groups, input to output")
+    for col in ("#", "group", "parameters"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+    for i, g in enumerate(model.groups):
+        table.add_row(str(i), g.name, f"{g.num_params():,}")
+    out.print(table)
+    if info:
+        out.print(f"Hub weights: {info.hub_tag}" + (f" ({info.note})" if info.note else ""))
+    out.print(f"Preprocessing: {model.preprocessing.to_dict()}")

@@ -1,0 +1,1 @@
+"""The photos: dataset layouts, image decoding, the decode-once cache, inspection, preprocessing, samplers."""

@@ -1,0 +1,212 @@
+"""Datasets: the images of a dataset, their classes and splits, read in any layout.
+
+>>> ds = load_dataset("demo")                       # scan the files (fast, nothing decoded)
+>>> ds.layout, ds.num_classes, ds.counts()["training"][:3]
+('food11', 10, [100, 100, 100])
+
+The layouts (food11, folders, csv) are read in ``headstart.data.layouts``, images decoded in
+``headstart.data.images``, and a dataset checked and summarised in ``headstart.data.inspection``.
+
+Splits that the data does not have (all of them but training for a single folder of class
+folders, say) are drawn from the training images, stratified by class and seeded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from headstart.data.images import real_paths
+from headstart.data.layouts import CLASSES_FILE, SPLITS, Problem, Sample, read_layout
+from headstart.errors import DataError
+
+log = logging.getLogger(__name__)
+
+DEMO = "demo"
+
+
+@dataclass
+class Dataset:
+    """The images of a dataset, their labels and splits, and the files that were left out."""
+
+    root: Path
+    layout: str
+    classes: list[str]
+    samples: list[Sample]
+    ignored: list[Path] = field(default_factory=list)  # files that are not images
+    problems: list[Problem] = field(default_factory=list)  # images that could not be read
+    drawn: tuple[str, ...] = ()  # splits drawn from training because the data had none
+    sources: dict[str, Path] = field(default_factory=dict)  # where each split was read from
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> list[Sample]:
+        return [s for s in self.samples if s.split == name]
+
+    def without(self, problems: list[Problem]) -> "Dataset":
+        """This dataset without the images in ``problems``, which join its problems (each logged)."""
+        for p in problems:
+            log.warning("skipping %s: %s", p.path, p.reason)
+        bad = {p.path for p in problems}
+        return dataclasses.replace(self, samples=[s for s in self.samples if s.path not in bad],
+                                   problems=self.problems + problems)
+
+    def counts(self) -> dict[str, list[int]]:
+        """Images per class in each split: ``{"training": [994, 429, ...], ...}``."""
+        out = {}
+        for split in SPLITS:
+            c = Counter(s.label for s in self.samples if s.split == split)
+            out[split] = [c[i] for i in range(self.num_classes)]
+        return out
+
+
+# --- finding the data ---------------------------------------------------------------------
+
+
+def demo_root() -> Path:
+    """The embedded demo dataset: a Fashion-MNIST subset in the Food-11 layout."""
+    return Path(str(resources.files("headstart") / "demo_data"))
+
+
+def resolve_data(data: str | os.PathLike) -> Path:
+    """The path behind DATA: the word ``demo`` means the embedded demo dataset."""
+    if str(data) == DEMO:
+        return demo_root()
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"DATA '{data}' does not exist. Pass a dataset folder, a CSV manifest, "
+            f"or the word '{DEMO}' for the embedded demo dataset."
+        )
+    return path.resolve()
+
+
+# --- splits -------------------------------------------------------------------------------
+
+
+def _draw_splits(samples: list[Sample], fractions: dict[str, float], seed: int) -> list[Sample]:
+    """Move a fraction of every class's training images to each split in ``fractions``."""
+    rng = np.random.default_rng(seed)
+    out = [s for s in samples if s.split != "training"]
+    for label in sorted({s.label for s in samples if s.split == "training"}):
+        pool = [s for s in samples if s.split == "training" and s.label == label]
+        order = rng.permutation(len(pool))
+        start = 0
+        for split, fraction in fractions.items():
+            # At least one image of the class stays in training; rounding decides the rest.
+            take = min(round(len(pool) * fraction), len(pool) - 1 - start)
+            out += [Sample(pool[i].path, label, split) for i in order[start:start + max(take, 0)]]
+            start += max(take, 0)
+        out += [pool[i] for i in order[start:]]
+    return sorted(out, key=lambda s: (SPLITS.index(s.split), str(s.path)))
+
+
+def check_distinct(samples: list[Sample]) -> None:
+    """Every sample is a different file, or a DataError: two names of one file (a link to another
+    image of the dataset) would count it twice, or put it in training and in evaluation."""
+    seen: dict[str, Sample] = {}
+    for s, real in zip(samples, real_paths([s.path for s in samples])):
+        first = seen.setdefault(real, s)
+        if first is not s:
+            a, b = sorted((first, s), key=lambda x: (x.path.is_symlink(), SPLITS.index(x.split)))  # the link last
+            leak = ", a leak" if "training" in (a.split, b.split) else ""
+            where = (f"in the {a.split} split twice" if a.split == b.split
+                     else f"in the {a.split} and the {b.split} split{leak}")
+            raise DataError(
+                f"{a.path} and {b.path} are the same file ({real}): one image would be {where}. Keep one "
+                "of them: delete the other (a link), or replace it with a copy of a different image."
+            )
+
+
+def check_splits(ds: Dataset) -> None:
+    """Every split has images and every class has training images, or a DataError."""
+    counts = ds.counts()
+    for split in SPLITS:
+        if sum(counts[split]) == 0:
+            where = ds.sources.get(split, ds.root)
+            raise DataError(
+                f"The {split} split is empty: no usable images in {where}. Add images there"
+                + (", or remove the folder to draw it from training." if split != "training" else ".")
+            )
+    empty = [i for i, n in enumerate(counts["training"]) if n == 0]
+    if empty:
+        i = empty[0]
+        names_from = ds.root / CLASSES_FILE if (ds.root / CLASSES_FILE).exists() else "the data"
+        raise DataError(
+            f"Class {i} '{ds.classes[i]}' has no training images in {ds.sources.get('training', ds.root)}. "
+            f"Add some, or remove the class from {names_from}."
+        )
+
+
+def load_dataset(
+    data: str | os.PathLike,
+    layout: str | None = None,
+    *,
+    val_fraction: float = 0.2,
+    eval_fraction: float = 0.2,
+    seed: int = 0,
+    allow_outside_root: bool = False,
+) -> Dataset:
+    """Scan a dataset (no image is decoded): its layout, classes, splits and ignored files.
+
+    ``val_fraction``/``eval_fraction`` (default 0.2 each, close to the tutorial's Food-11
+    split of 59/21/20 %) are used only for splits the data does not have. A CSV manifest's paths
+    must stay inside its folder unless ``allow_outside_root``.
+
+    >>> ds = load_dataset("demo")
+    >>> ds.layout, ds.num_classes, len(ds.split("evaluation"))
+    ('food11', 10, 300)
+    """
+    for name, value in (("val_fraction", val_fraction), ("eval_fraction", eval_fraction)):
+        if not 0 <= value < 1:
+            raise DataError(f"{name} must be in [0, 1); received {name}={value}.")
+    if val_fraction + eval_fraction >= 1:
+        raise DataError(
+            f"val_fraction + eval_fraction must leave images for training; received "
+            f"{val_fraction} + {eval_fraction}."
+        )
+    root = resolve_data(data)
+    found = read_layout(root, layout, allow_outside_root=allow_outside_root)
+    root = root.parent if root.is_file() else root  # a manifest's folder
+    samples, sources = found.samples, found.sources
+    check_distinct(samples)  # before splits are drawn: one file twice could be drawn into two
+    if not any(s.split == "training" for s in samples) and not found.problems:
+        raise DataError(
+            f"No training images found in {sources.get('training', root)} (layout {found.layout}). "
+            "Check the path and the layout."
+        )
+    # A split with a folder of its own is never drawn, even when the folder is empty (an error).
+    present = set(sources) | {s.split for s in samples}
+    wanted = {"validation": val_fraction, "evaluation": eval_fraction}
+    drawn = {split: f for split, f in wanted.items() if split not in present}
+    if drawn:
+        samples = _draw_splits(samples, drawn, seed)
+    ds = Dataset(root, found.layout, found.classes, samples, found.ignored, found.problems, tuple(drawn), sources)
+    check_splits(ds)
+    return ds
+
+
+def load_dataset_for(cfg, data: str | os.PathLike | None = None) -> Dataset:
+    """The dataset of a run's config (a ``TrainConfig``), split as it was: its data, or ``data``
+    (other data with the same classes; its layout is then detected)."""
+    return load_dataset(data or cfg.data, cfg.layout if data is None else None, val_fraction=cfg.val_fraction,
+                        eval_fraction=cfg.eval_fraction, seed=cfg.seed,
+                        allow_outside_root=getattr(cfg, "allow_outside_root", False))
+
+
+def split_indices(ds: Dataset) -> dict[str, tuple[list[int], list[int]]]:
+    """For each split, the sample indices and labels."""
+    out = {}
+    for split in SPLITS:
+        idx = [i for i, s in enumerate(ds.samples) if s.split == split]
+        out[split] = (idx, [ds.samples[i].label for i in idx])
+    return out

@@ -1,0 +1,443 @@
+"""Dataset layouts: which files are the images, what class each is, and which split.
+
+The tutorial reads Food-11 by listing ``training/ validation/ evaluation/`` and taking the label
+from the file name (``9_1339.jpg`` is class 9). headstart reads that layout and two more:
+
+- ``food11``: split folders ``training/ validation/ evaluation/`` (or ``train/ val|valid/ test/``),
+  the label is the integer before the first ``_`` of each file name;
+- ``folders``: one sub-folder per class, inside split folders or directly in the root;
+- ``csv``: a manifest ``path,label[,split]`` (``manifest.csv`` in the root, or the CSV file itself),
+  in UTF-8; each file on one line, inside the manifest's folder unless ``allow_outside_root``.
+
+Each reader only lists files (nothing is decoded) and returns a ``Listing``. A listed image that
+is not a readable file (a dangling or self-referencing link) is a ``Problem``, not a sample.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from headstart.data.images import (
+    IMAGE_EXTENSIONS,
+    files_under,
+    is_image_file,
+    is_inside,
+    read_text,
+    real_path,
+    real_paths,
+    unreadable,
+    visible,
+)
+from headstart.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("training", "validation", "evaluation")
+# Folder (and manifest) names accepted for each split: the tutorial's and the usual short ones.
+SPLIT_ALIASES = {
+    "training": "training", "train": "training",
+    "validation": "validation", "val": "validation", "valid": "validation",
+    "evaluation": "evaluation", "test": "evaluation",
+}
+LAYOUTS = ("food11", "folders", "csv")
+# The class names of Food-11, in label order (ids 0-10), as the tutorial lists them.
+FOOD11_CLASSES = (
+    "Bread", "Dairy product", "Dessert", "Egg", "Fried food", "Meat",
+    "Noodles/Pasta", "Rice", "Seafood", "Soup", "Vegetable/Fruit",
+)
+MANIFEST = "manifest.csv"
+CLASSES_FILE = "classes.txt"
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+    split: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file that looked like an image but was skipped, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class Listing:
+    """What a layout reader found: the samples, the files that are not images, the class names,
+    where each split was read from, and listed images that are missing."""
+
+    samples: list[Sample]
+    ignored: list[Path]
+    classes: list[str]
+    sources: dict[str, Path]
+    problems: list[Problem] = field(default_factory=list)
+    layout: str = ""  # set by read_layout
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """The split folders in ``root``, by canonical split name."""
+    found: dict[str, Path] = {}
+    for entry in visible(root.iterdir()):
+        split = SPLIT_ALIASES.get(entry.name.lower())
+        if split is None or not entry.is_dir():
+            continue
+        if split in found:
+            raise DataError(
+                f"{root} has two folders for the {split} split: '{found[split].name}' and "
+                f"'{entry.name}'. Keep one of them."
+            )
+        found[split] = entry
+    return found
+
+
+def _folder_kind(folder: Path) -> str:
+    """'files' (images directly inside), 'classes' (images in sub-folders), 'mixed' or 'empty'."""
+    entries = visible(folder.iterdir())
+    has_files = any(p.is_file() and is_image_file(p) for p in entries)
+    has_classes = any(p.is_dir() and any(is_image_file(f) for f in files_under(p)) for p in entries)
+    return {(True, False): "files", (False, True): "classes", (True, True): "mixed"}.get(
+        (has_files, has_classes), "empty"
+    )
+
+
+def _mixed(folder: Path) -> DataError:
+    return DataError(
+        f"{folder} holds both image files and class sub-folders with images: a mix of the "
+        "'food11' layout (files named <class id>_<n>.jpg) and the 'folders' layout (one "
+        "sub-folder per class). Move the loose files into class folders, or the reverse."
+    )
+
+
+def _is_manifest(path: Path) -> bool:
+    """Whether a CSV's first row looks like a headstart manifest's: path,label[,split]."""
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+        first = next((r for r in csv.reader(f) if r and any(c.strip() for c in r)), [])
+    return len(first) in (2, 3)
+
+
+def detect_layout(root: Path) -> str:
+    """Which layout ``root`` is in: 'food11', 'folders' or 'csv' (see the module docstring)."""
+    if root.is_file():
+        if root.suffix.lower() == ".csv":
+            return "csv"
+        raise DataError(f"DATA '{root}' is a file but not a CSV manifest. Pass a folder or a .csv file.")
+    if (root / MANIFEST).is_file():
+        if _is_manifest(root / MANIFEST):
+            return "csv"
+        log.warning("%s is not a headstart manifest (rows of path,label[,split]): the folders decide the layout. "
+                    "Pass --layout csv to read it anyway.", root / MANIFEST)
+    splits = _split_folders(root)
+    if not splits:
+        kind = _folder_kind(root)
+        if kind == "classes":
+            return "folders"
+        if kind == "mixed":
+            raise _mixed(root)
+        if kind == "files":
+            raise DataError(
+                f"{root} holds images but no split folders and no class folders. Put them in "
+                "training/ validation/ evaluation/ named <class id>_<n>.jpg (food11), in one "
+                f"sub-folder per class (folders), or list them in {MANIFEST} (csv)."
+            )
+        raise DataError(
+            f"No images found in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}). "
+            "Check the path."
+        )
+    stray = [p for p in visible(root.iterdir()) if p.is_dir() and p not in splits.values()
+             and any(is_image_file(f) for f in files_under(p))]
+    if stray:
+        raise DataError(
+            f"{root} holds split folders ({', '.join(p.name for p in splits.values())}) and also "
+            f"other folders with images ({', '.join(p.name for p in stray)}): a mix of layouts. "
+            "Move those folders into a split folder, or remove them."
+        )
+    kinds = {split: _folder_kind(folder) for split, folder in splits.items()}
+    for split, kind in kinds.items():
+        if kind == "mixed":
+            raise _mixed(splits[split])
+    used = {kind for kind in kinds.values() if kind != "empty"}
+    if used == {"files"}:
+        return "food11"
+    if used == {"classes"}:
+        return "folders"
+    if not used:
+        raise DataError(f"The split folders in {root} hold no images. Check the path.")
+    by_kind = {k: [splits[s].name for s in kinds if kinds[s] == k] for k in ("files", "classes")}
+    raise DataError(
+        f"{root} mixes layouts: {', '.join(by_kind['files'])} hold loose image files (food11) "
+        f"but {', '.join(by_kind['classes'])} hold class sub-folders (folders). Use one layout "
+        "in every split folder."
+    )
+
+
+# --- class names --------------------------------------------------------------------------
+
+
+def read_classes_file(path: Path) -> list[str] | None:
+    """Class names from ``classes.txt`` (line i is the name of class id i), if the file exists."""
+    if not path.is_file():
+        return None
+    names = [line.strip() for line in read_text(path).splitlines()]
+    names = [n for n in names if n]
+    if len(set(names)) != len(names):
+        dupes = sorted(n for n, c in Counter(names).items() if c > 1)
+        raise DataError(f"{path} names a class more than once: {', '.join(dupes)}. Each line must be a new name.")
+    if not names:
+        raise DataError(f"{path} is empty. Write one class name a line, or delete the file.")
+    return names
+
+
+def _names_for_ids(ids: set[int], classes_file: Path, default: tuple[str, ...] | None,
+                   where: dict[int, Path]) -> list[str]:
+    """Class names for integer labels: from classes.txt, else ``default``; every id needs one."""
+    names = read_classes_file(classes_file)
+    if names is not None:
+        source = f"{classes_file} has {len(names)} names"
+    elif default is not None:
+        names = list(default[: max(ids, default=-1) + 1])
+        source = f"there is no {classes_file} and the default names cover ids 0-{len(default) - 1}"
+    else:
+        names, source = [], f"there is no {classes_file}"
+    missing = sorted(i for i in ids if i >= len(names))
+    if missing:
+        raise DataError(
+            f"Label id {missing[0]} (in {where[missing[0]]}) has no class name: {source}. "
+            f"Write one class name a line in {classes_file}, line i naming class id i."
+        )
+    return names or []
+
+
+def _names_for_labels(labels: set[str], classes_file: Path, what: str) -> list[str]:
+    """Class names for named labels (folder names, CSV names): sorted, or classes.txt's order."""
+    names = read_classes_file(classes_file)
+    if names is None:
+        return sorted(labels)
+    unknown = sorted(labels - set(names))
+    if unknown:
+        raise DataError(
+            f"{what} '{unknown[0]}' is not listed in {classes_file}. Add it there, or "
+            "delete classes.txt to use the names as they are (sorted)."
+        )
+    return names
+
+
+# --- the three layouts --------------------------------------------------------------------
+
+
+def _is_id(text: str) -> bool:
+    """Whether ``text`` is a class id: ASCII digits (``int`` refuses some other digits, like ``²``)."""
+    return text.isascii() and text.isdigit()
+
+
+def _food11_label(path: Path) -> int | None:
+    head = path.name.split("_", 1)[0]
+    return int(head) if _is_id(head) and "_" in path.name else None
+
+
+def _read_food11(root: Path) -> Listing:
+    splits = _split_folders(root)
+    samples, ignored, unlabelled, problems = [], [], [], []
+    where: dict[int, Path] = {}
+    for split, folder in splits.items():
+        for path in visible(folder.iterdir()):
+            if path.is_dir():
+                continue
+            if not is_image_file(path):
+                ignored.append(path)
+                continue
+            reason = unreadable(path)  # a dangling or self-referencing link
+            if reason:
+                problems.append(Problem(path, reason))
+                continue
+            label = _food11_label(path)
+            if label is None:
+                unlabelled.append(path)
+                continue
+            where.setdefault(label, path)
+            samples.append(Sample(path, label, split))
+    if unlabelled:
+        examples = ", ".join(str(p) for p in unlabelled[:3])
+        raise DataError(
+            f"{len(unlabelled)} file(s) have no class id in their name, e.g. {examples}. The "
+            "food11 layout names files <class id>_<n>.jpg (9_1339.jpg is class 9): rename "
+            "them, or use --layout folders / csv."
+        )
+    classes = _names_for_ids({s.label for s in samples}, root / CLASSES_FILE, FOOD11_CLASSES, where)
+    return Listing(samples, ignored, classes, splits, problems)
+
+
+def _read_folders(root: Path) -> Listing:
+    splits = _split_folders(root) or {"training": root}
+    found: list[tuple[Path, str, str]] = []  # (path, class folder, split)
+    ignored, problems = [], []
+    for split, folder in splits.items():
+        for class_dir in visible(folder.iterdir()):
+            if not class_dir.is_dir():
+                # Loose files in a split folder are not images of any class; in the root
+                # they are the dataset's own files (classes.txt, a README) and not counted.
+                if class_dir.is_file() and folder != root:
+                    ignored.append(class_dir)
+                continue
+            for path in files_under(class_dir):
+                if not is_image_file(path):
+                    ignored.append(path)
+                elif reason := unreadable(path):  # a dangling or self-referencing link
+                    problems.append(Problem(path, reason))
+                else:
+                    found.append((path, class_dir.name, split))
+    classes = _names_for_labels({name for _, name, _ in found}, root / CLASSES_FILE, "Class folder")
+    index = {name: i for i, name in enumerate(classes)}
+    return Listing([Sample(p, index[name], split) for p, name, split in found], ignored, classes, splits, problems)
+
+
+def _manifest_rows(manifest: Path) -> list[tuple[int, list[str]]]:
+    """The manifest's rows that are not blank, each with the number of the line it starts on; the
+    header (``path,label[,split]``) left out."""
+    reader = csv.reader(io.StringIO(read_text(manifest), newline=""))
+    rows, end = [], 0  # end: the last line of the row before
+    try:
+        for row in reader:
+            if any(c.strip() for c in row):
+                rows.append((end + 1, row))
+            end = reader.line_num
+    except csv.Error as e:
+        raise DataError(f"{manifest}, line {reader.line_num}: not a CSV row ({e}). Write one row a line: "
+                        "path,label[,split].") from None
+    if rows and [c.strip().lower() for c in rows[0][1][:2]] == ["path", "label"]:
+        rows = rows[1:]
+    return rows
+
+
+def _check_inside(manifest: Path, entries: list, paths: list[Path], reals: list[str]) -> None:
+    """Every path of the manifest is inside its folder, as written or with links followed."""
+    base = manifest.parent
+    lexical_base, real_base = os.path.abspath(base), real_path(base)
+    outside = [(n, rel) for (n, rel, _, _), path, real in zip(entries, paths, reals)
+               if not is_inside(os.path.normpath(os.path.abspath(path)), lexical_base)
+               and not is_inside(real, real_base)]
+    if outside:
+        (n, rel), more = outside[0], len(outside) - 1
+        others = f" (and {more} more line{'s' if more > 1 else ''}, e.g. line {outside[1][0]})" if more else ""
+        raise DataError(
+            f"{manifest}, line {n}: '{rel}' is outside the dataset's folder {base}{others}. A manifest lists "
+            "images inside its own folder: move it to a folder that holds every image (paths relative to it), "
+            "or pass --allow-outside-root (allow_outside_root=True) to read images from elsewhere."
+        )
+
+
+def _check_listed_once(manifest: Path, entries: list, reals: list[str]) -> None:
+    """Every file is on one line of the manifest: a file listed twice is counted twice, and with
+    two splits (or drawn splits) it is in training and in evaluation, a leak."""
+    by_file: dict[str, list[int]] = {}
+    for i, real in enumerate(reals):
+        by_file.setdefault(real, []).append(i)
+    repeated = [(real, idx) for real, idx in by_file.items() if len(idx) > 1]
+    if not repeated:
+        return
+    details = []
+    for real, idx in repeated[:3]:
+        numbers = [str(entries[i][0]) for i in idx]
+        lines = f"lines {', '.join(numbers[:-1])} and {numbers[-1]}"
+        labels = list(dict.fromkeys(entries[i][2] for i in idx))
+        splits = list(dict.fromkeys(entries[i][3] or "training" for i in idx))
+        if len(labels) > 1:
+            details.append(f"{lines} give {real} different labels ({', '.join(repr(x) for x in labels)})")
+        elif len(splits) > 1:
+            details.append(f"{lines} put {real} in the {' and the '.join(splits)} split"
+                           + (" (a leak: it would be trained on and evaluated)" if "training" in splits else ""))
+        else:
+            details.append(f"{lines} list {real} more than once")
+    more = f"; and {len(repeated) - 3} more file(s)" if len(repeated) > 3 else ""
+    raise DataError(
+        f"{manifest} lists a file more than once: {'; '.join(details)}{more}. Each image goes on one line, "
+        "with one label and one split: delete the other lines."
+    )
+
+
+def _read_csv(manifest: Path, allow_outside_root: bool = False) -> Listing:
+    base = manifest.parent
+    rows = _manifest_rows(manifest)
+    if not rows:
+        raise DataError(f"{manifest} lists no images. Write one row a line: path,label[,split].")
+    entries = []  # (line number, path, label text, split or None)
+    for n, row in rows:
+        if len(row) not in (2, 3) or not row[0].strip() or not row[1].strip():
+            raise DataError(f"{manifest}, line {n}: expected path,label[,split], got {','.join(row)!r}.")
+        split = None
+        if len(row) == 3 and row[2].strip():
+            split = SPLIT_ALIASES.get(row[2].strip().lower())
+            if split is None:
+                raise DataError(
+                    f"{manifest}, line {n}: unknown split '{row[2].strip()}'. Use one of "
+                    f"{', '.join(sorted(SPLIT_ALIASES))}, or leave it empty to draw splits."
+                )
+        entries.append((n, Path(row[0].strip()), row[1].strip(), split))
+    with_split = {e[3] is not None for e in entries}
+    if len(with_split) == 2:
+        raise DataError(
+            f"{manifest} gives a split for some rows and not for others. Give every row a split, "
+            "or none (then validation and evaluation are drawn from the rows)."
+        )
+    paths = [rel if rel.is_absolute() else base / rel for _, rel, _, _ in entries]
+    reals = real_paths(paths)
+    if not allow_outside_root:
+        _check_inside(manifest, entries, paths, reals)
+    _check_listed_once(manifest, entries, reals)
+    labels = [e[2] for e in entries]
+    if all(_is_id(label) for label in labels):
+        where = {}
+        for n, _, label, _ in entries:
+            if len(label) > 18:  # int() of thousands of digits is refused; no classes.txt is that long
+                raise DataError(f"{manifest}, line {n}: label id {label[:24]}... has no class name. Number "
+                                f"the classes 0, 1, 2... and name them in {base / CLASSES_FILE}.")
+            where.setdefault(int(label), Path(f"{manifest}, line {n}"))
+        classes = _names_for_ids({int(x) for x in labels}, base / CLASSES_FILE, None, where)
+        ids = [int(x) for x in labels]
+    else:
+        classes = _names_for_labels(set(labels), base / CLASSES_FILE, f"Label in {manifest}")
+        index = {name: i for i, name in enumerate(classes)}
+        ids = [index[x] for x in labels]
+    samples, ignored, problems = [], [], []
+    for (n, _, _, split), path, label in zip(entries, paths, ids):
+        if not is_image_file(path):
+            ignored.append(path)
+        elif not os.path.lexists(path):
+            problems.append(Problem(path, f"listed in {manifest.name}, line {n}, but not found"))
+        elif reason := unreadable(path):  # a dangling or self-referencing link, a folder
+            problems.append(Problem(path, f"listed in {manifest.name}, line {n}, but {reason}"))
+        else:
+            samples.append(Sample(path, label, split or "training"))
+    return Listing(samples, ignored, classes, {"training": manifest}, problems)
+
+
+def read_layout(root: Path, layout: str | None = None, *, allow_outside_root: bool = False) -> Listing:
+    """List the dataset at ``root`` in ``layout`` (detected when None). ``root`` of a csv
+    listing is the folder holding the manifest; its paths stay inside it unless ``allow_outside_root``."""
+    try:
+        if layout is None:
+            layout = detect_layout(root)
+        elif layout not in LAYOUTS:
+            raise DataError(f"Unknown layout '{layout}'. Choose one of: {', '.join(LAYOUTS)}.")
+        if layout == "csv":
+            manifest = root if root.is_file() else root / MANIFEST
+            if not manifest.is_file():
+                raise DataError(f"--layout csv needs a manifest: {manifest} does not exist.")
+            listing = _read_csv(manifest, allow_outside_root)
+        elif root.is_file():
+            raise DataError(f"--layout {layout} needs a folder; received the file {root}.")
+        else:
+            listing = _read_food11(root) if layout == "food11" else _read_folders(root)
+    except OSError as e:  # a folder that cannot be listed, a name the system refuses
+        raise DataError(f"Cannot read {e.filename or root}: {e.strerror or e}. Check that it exists and that "
+                        "you may read it.") from None
+    listing.layout = layout
+    return listing

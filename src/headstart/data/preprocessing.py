@@ -1,0 +1,67 @@
+"""What a network's weights expect of an image: its size, how it is cut and resized, and the
+mean and standard deviation it is normalised with (ImageNet's, Inception's [-1, 1], Caffe's BGR for
+the tutorial's VGG16). The cache resizes by it; the model normalises by it itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from headstart.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the input a backbone's weights expect.
+
+    The model takes RGB floats in [0, 1] and applies ``channels``, ``mean`` and ``std`` itself
+    (``(x[channels] - mean) / std``, in [0, 1] units), so only resizing happens outside it.
+    """
+
+    input_size: int = 224
+    # "squash": the whole image to input_size x input_size, as Keras' load_img does (the
+    # tutorial); "center_crop": shorter side to input_size, then the centre square.
+    resize: str = "squash"
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    channels: str = "RGB"  # "BGR" for Caffe-style weights (Keras VGG16)
+
+    def resize_image(self, image: Image.Image) -> Image.Image:
+        """An RGB image at the model's input size."""
+        size, method = self.input_size, Image.Resampling[self.interpolation.upper()]
+        if self.resize == "squash":
+            return image.resize((size, size), method)
+        if self.resize != "center_crop":
+            raise ConfigError(f"Unknown resize '{self.resize}'. Use 'squash' or 'center_crop'.")
+        # The centre square of the source, resized: nearly the same as shorter side to size then the
+        # centre crop, without ever making the (possibly huge) intermediate image of a long thin one.
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        return image.resize((size, size), method, box=(left, top, left + side, top + side))
+
+    def to_tensor(self, image: Image.Image) -> torch.Tensor:
+        """An RGB PIL image -> a float tensor (3, size, size) in [0, 1], what models take."""
+        arr = np.array(self.resize_image(image.convert("RGB")), dtype=np.uint8)
+        return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+IMAGENET = Preprocessing()
+# Inputs scaled to [-1, 1]: TensorFlow-trained weights such as EfficientNet-Lite0's.
+INCEPTION = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+# Keras' imagenet_utils.preprocess_input(mode="caffe"): BGR, ImageNet mean subtracted in 0-255
+# units, no scaling. In [0, 1] units that is mean/255 and std 1/255.
+CAFFE = Preprocessing(
+    mean=(103.939 / 255, 116.779 / 255, 123.68 / 255), std=(1 / 255, 1 / 255, 1 / 255), channels="BGR"
+)

@@ -1,0 +1,87 @@
+"""One self-contained HTML page per run or comparison: pictures inline, no network needed.
+
+The pictures are also kept as PNG files beside the page (a run's: ``curves.png``,
+``confusion_matrix.png``, ``misclassified.png``; where, ``headstart.runs.folder`` says).
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+from jinja2 import Environment, PackageLoader, select_autoescape
+from PIL import Image
+
+from headstart.reporting import plots as plots
+from headstart.utils.files import write_text
+
+REPORT_HTML = "report.html"  # a comparison's; a run's is ``Run.report``
+
+
+def _env() -> Environment:
+    return Environment(loader=PackageLoader("headstart.reporting", "templates"), autoescape=select_autoescape(["html", "j2"]))
+
+
+def render(template: str, **context) -> str:
+    """A page from ``headstart/reporting/templates``."""
+    return _env().get_template(template).render(**context)
+
+
+def _inline(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def draw_run_pictures(run, ev, images) -> dict[str, Path]:
+    """The run's curves and most confidently wrong evaluation images, as PNG files; with the
+    confusion matrix that the evaluation drew."""
+    out = {
+        "curves": plots.plot_history(run.history, run.picture("curves"), run.metrics.get("best_epoch", 0)),
+        "confusion": run.confusion_file(ev.split, "png"),
+    }
+    lr_curve = run.picture(run.lr_find_file.stem)  # the curve that chose the head's lr, drawn when it was found
+    if run.config.lr_find and lr_curve.is_file():
+        out["lr_find"] = lr_curve
+    wrong = ev.wrong_by_confidence(16)
+    if wrong:
+        pictures = [Image.fromarray(np.asarray(images[i])) for i in wrong]
+        titles = [f"true: {ev.classes[ev.targets[i]]}\npred: {ev.classes[ev.predictions[i]]} "
+                  f"({ev.probs[i].max():.0%})" for i in wrong]
+        out["misclassified"] = plots.plot_samples(pictures, titles, run.picture("misclassified"),
+                                                  title="Most confidently wrong (evaluation split)")
+    else:
+        run.picture("misclassified").unlink(missing_ok=True)
+    return out
+
+
+def write_run_report(run, ev, images, data: dict) -> Path:
+    """``<run>/report.html``: headline numbers, curves, confusion matrix, per-class table,
+    misclassified gallery, data summary and problems, timings and the resolved config."""
+    pictures = draw_run_pictures(run, ev, images)
+    html = render(
+        "run.html.j2",
+        title=f"{run.dir.name}",
+        subtitle=f"{run.config.backbone} · {run.config.strategy} · recipe {run.config.recipe}"
+                 + (f" · weights averaged ({run.config.average})" if run.config.average != "none" else "")
+                 + f" · {len(ev.classes)} classes",
+        m=run.metrics,
+        images={k: _inline(v) for k, v in pictures.items()},
+        data=data, config=run.config.to_dict(),
+    )
+    return write_text(run.report, html)
+
+
+def write_compare_report(out_dir: Path, rows: list[dict], histories: dict, confusions: dict, classes: list[str],
+                         data: dict, reading: str, title: str, advice: dict | None = None) -> Path:
+    """``<compare>/report.html``: the table, overlaid curves, confusion matrices side by side, a reading."""
+    pictures = {
+        "curves": plots.plot_histories(histories, out_dir / "validation_curves.png"),
+        "confusions": plots.plot_confusions(confusions, classes, out_dir / "confusion_matrices.png"),
+    }
+    best = max(rows, key=lambda r: (r["accuracy"], -r["total_seconds"]))["strategy"]
+    html = render(
+        "compare.html.j2",
+        title=title, subtitle=f"{data['root']} · {len(classes)} classes", rows=rows, best=best,
+        images={k: _inline(v) for k, v in pictures.items()}, data=data, reading=reading, advice=advice,
+    )
+    return write_text(out_dir / REPORT_HTML, html)

@@ -1,0 +1,233 @@
+"""Training on Lightning: the tutorial's loop (fit, keep the best by validation loss or ``monitor``, evaluate),
+for every strategy, with a run folder a person can browse (``headstart.runs.folder``).
+
+>>> run = fit("demo", strategy="features", input_size=96, epochs=5)
+>>> run.metrics["accuracy"], run.metrics["correct"], run.metrics["total"]   # doctest: +SKIP
+(0.78, 234, 300)
+
+``fit`` reads top to bottom: prepare the data and the model (decoding and the frozen pass happen
+once), train, evaluate the best checkpoint, write the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from headstart.advice.input_size import warn_input_size
+from headstart.advice.strategy import advised_config
+from headstart.config import TrainConfig, as_trained, read_yaml, resolve_config
+from headstart.data.cache import decoded_images
+from headstart.data.dataset import Dataset, load_dataset_for, split_indices
+from headstart.data.samplers import EpochSampler, RankBatches
+from headstart.errors import ConfigError
+from headstart.evaluation.evaluate import compute, write_evaluation
+from headstart.evaluation.metrics import best_epoch
+from headstart.models import strategies as S
+from headstart.models.classifier import Classifier, count_params
+from headstart.models.factory import create_model
+from headstart.reporting.report import write_run_report
+from headstart.runs.checkpoints import read_checkpoint
+from headstart.runs.folder import Run
+from headstart.training.augmented_views import view_inputs, view_metrics
+from headstart.training.callbacks import History
+from headstart.training.distributed import Ranks, launch, parse_devices
+from headstart.training.frozen_pass import mirrored_inputs, training_inputs
+from headstart.training.losses import loss_weights
+from headstart.training.lr_finder import LRFind, tune
+from headstart.training.module import TransferModule, _predict
+from headstart.training.trainer import _trainer
+from headstart.utils.files import check_writable_dir
+from headstart.utils.progress import in_terminal, quiet_lightning
+
+log = logging.getLogger(__name__)
+
+
+# --- the steps of fit ---------------------------------------------------------------------
+
+
+def _config(data, config: TrainConfig | None, config_file, resume, overrides: dict) -> tuple[TrainConfig, dict | None, Run | None]:
+    """The run's config; what was asked for explicitly (None: a whole config was passed in); the run to resume."""
+    if data is not None:
+        overrides["data"] = str(data)
+    from_file = read_yaml(config_file) if config_file else {}
+    if data is None and resume is None and config is None and "data" not in from_file:
+        raise ConfigError("Pass DATA (a dataset folder, a CSV manifest or 'demo'), --resume RUN, or a --config "
+                          "that says data: (a run's own config.yaml does).")
+    asked = None if config is not None else {**from_file, **overrides}
+    if resume is not None:
+        run = Run.resume(resume, asked or {})
+        return run.config, asked, run
+    return config or resolve_config(overrides.get("recipe"), config_file, overrides), asked, None
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> tuple[Classifier, S.StrategyPlan]:
+    """The backbone with its head, frozen as the strategy says (``scratch``: random weights, all trained)."""
+    scratch = cfg.strategy == "scratch"
+    head = {"dropout": cfg.head_dropout, "hidden": cfg.head_hidden, "init": cfg.head_init}
+    model = create_model(cfg.backbone, num_classes, weights="none" if scratch else cfg.weights, head=head,
+                         input_size=cfg.input_size)
+    plan = S.apply_strategy(model, "full" if scratch else cfg.strategy, freeze=cfg.freeze, freeze_layers=cfg.freeze_layers)
+    model.pretrained_bn_stats = cfg.pretrained_bn_stats and not scratch
+    if cfg.channels_last:  # the weights in NHWC order too, for the frozen pass and for training
+        model.to(memory_format=torch.channels_last)
+    return model, plan
+
+
+def _loaders(cfg: TrainConfig, inputs: dict, ranks: Ranks, labels: list[int]) -> dict[str, DataLoader]:
+    """Batches of each split for this rank: training in the seeded order of ``EpochSampler`` (balanced
+    by the training ``labels`` if asked), each global batch shared among the ranks; validation shared
+    out too; evaluation whole (rank 0's)."""
+    kw = dict(num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=cfg.num_workers > 0)
+    train, val = inputs["training"], inputs["validation"]
+    if len(val) < ranks.world:  # a rank with no validation batch would skip the epoch's sums and leave the others waiting
+        raise ConfigError(f"The validation split has {len(val)} image(s), fewer than the {ranks.world} processes. "
+                          "Use fewer --devices, or more validation images.")
+    order = EpochSampler(train, cfg.seed, labels if cfg.sampler == "balanced" else None)
+    batches = RankBatches(order, cfg.batch_size, ranks.rank, ranks.world)
+    return {"training": DataLoader(train, batch_sampler=batches, **kw),
+            "validation": DataLoader(Subset(val, ranks.share(len(val))), batch_size=math.ceil(cfg.batch_size / ranks.world), **kw),
+            "evaluation": DataLoader(inputs["evaluation"], batch_size=cfg.batch_size, **kw)}
+
+
+def _train(trainer: L.Trainer, module: TransferModule, loaders: dict, run: Run, resume: bool) -> bool:
+    """Train (from the run's ``last.ckpt`` when resuming); True when interrupted (Ctrl-C), with a
+    ``last.ckpt`` to resume from."""
+    try:
+        trainer.fit(module, loaders["training"], loaders["validation"], weights_only=True,
+                    ckpt_path=run.last_checkpoint if resume and run.last_checkpoint.exists() else None)
+    except SystemExit:
+        # On Ctrl-C Lightning stops gracefully, then calls sys.exit(1): a library returns instead.
+        if not trainer.interrupted:
+            raise
+        if not run.last_checkpoint.exists() and trainer.world_size == 1:  # with ranks, some may be gone already
+            trainer.save_checkpoint(run.last_checkpoint)
+        if trainer.is_global_zero:
+            log.warning("Interrupted. %s", f"Resume with: headstart train --resume {run.dir}" if run.last_checkpoint.exists()
+                        else "No epoch had finished: nothing to resume.")
+        return True
+    return False
+
+
+@dataclass
+class Prepared:
+    """Everything training needs, made before anything is written: the config, the processes, the
+    data (decoded once), the model, what each epoch reads (the frozen pass done once) and its batches."""
+
+    cfg: TrainConfig
+    ranks: Ranks
+    ds: Dataset
+    store: Any  # the decoded images (headstart.data.cache.ImageStore)
+    inputs: dict
+    loaders: dict[str, DataLoader]
+    module: TransferModule
+    run: Run
+    resumed: bool
+
+
+def _prepare(data, config, config_file, resume, overrides: dict, progress: bool) -> Prepared:
+    """Everything that can fail on bad input happens here, before the run folder is made."""
+    cfg, asked, resumed = _config(data, config, config_file, resume, overrides)
+    check_writable_dir(resumed.dir if resumed else cfg.runs_dir, "The run folder" if resumed else "--runs-dir")
+    ranks = launch(cfg.accelerator, parse_devices(cfg.devices), cfg.num_nodes)  # one process per device
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    ds = load_dataset_for(cfg)
+    if "auto" in (cfg.strategy, cfg.input_size):  # measured once, on rank 0
+        cfg = ranks.on_zero(lambda: advised_config(cfg, ds, asked, progress))
+    cfg = as_trained(cfg)
+    model, plan = build_model(cfg, ds.num_classes)
+    if ranks.is_zero:
+        warn_input_size(cfg, model.body.preprocessing.input_size)  # well below the weights' own size?
+    ds, store = decoded_images(ds, model.preprocessing, progress=progress and ranks.is_zero)
+    run = resumed.check_same_data(ds) if resumed else ranks.on_zero(lambda: Run.create(cfg))
+    inputs, trunk = view_inputs(cfg, model, ds, store, progress, ranks) or training_inputs(cfg, model, ds, store, progress, ranks)
+    labels = split_indices(ds)["training"][1]
+    loaders = _loaders(cfg, inputs, ranks, labels)
+    module = TransferModule(model, cfg, len(loaders["training"]), {"classes": ds.classes, "strategy_plan": plan.__dict__},
+                            trunk, len(inputs["training"]), loss_weights(cfg, labels, ds.num_classes))
+    return Prepared(cfg, ranks, ds, store, inputs, loaders, module, run, resumed is not None)
+
+
+def _evaluate_best(run: Run, trainer: L.Trainer, p: Prepared, setup_seconds: float):
+    """The best checkpoint on the evaluation split, read as training read it (features, activations
+    or images): the tutorial's accuracy, number correct and confusion matrix, and more; with
+    ``tta``, also averaged with the mirror images (the plain figures stay the headline)."""
+    module, loader, ds = p.module, p.loaders["evaluation"], p.ds
+    module.load_state_dict(read_checkpoint(run.best_checkpoint)["state_dict"])
+    probs, targets = _predict(module, loader)
+    tta = None
+    if run.config.tta:
+        mirrored = mirrored_inputs(run.config, module.model, loader, ds, p.store, trainer.strategy.root_device)
+        tta = np.stack([probs, _predict(module, mirrored)[0]]).mean(0)  # as headstart.inference.predict.predict_probs
+    paths = [str(s.path) for s in ds.split("evaluation")]
+    ev = compute(targets, probs, ds.classes, "evaluation", paths, tta)
+    rows, weights = run.history, module.train_loss_fn.weight
+    run.metrics = {"best_epoch": best_epoch(rows, run.config.monitor), "epochs": len(rows),
+                   "trainable_params": count_params(module.model, trainable_only=True), "strategy": run.config.strategy,
+                   "backbone": run.config.backbone, "recipe": run.config.recipe, "average": run.config.average,
+                   "skipped_images": len(ds.problems),
+                   "setup_seconds": round(setup_seconds, 2), "train_seconds": round(sum(r["seconds"] for r in rows), 2),
+                   **view_metrics(run.config, p.inputs["training"])}  # augmented views: their K and bytes
+    if weights is not None:  # class_weights=auto: what each class's loss was weighted by
+        run.metrics["class_weights"] = {c: round(float(w), 4) for c, w in zip(ds.classes, weights.tolist())}
+    write_evaluation(run, ev, run.metrics)
+    run.metrics = {**run.metrics, **ev.to_dict()}
+    return ev
+
+
+def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, config_file: str | Path | None = None,
+        resume: str | Path | None = None, progress: bool = False, callbacks: list | None = None, logger: Any = None,
+        **overrides: Any) -> Run:
+    """Train as ``headstart train`` does and return the run. Options as in ``TrainConfig``;
+    ``logger``: Lightning loggers of your own, beside ``loggers=["tensorboard", ...]``.
+
+    ``resume`` continues an interrupted run from its ``last.ckpt``: its config and data must be
+    the same (options passed here must agree with the saved config).
+    """
+    quiet_lightning()
+    started = time.perf_counter()
+    # 1. Prepare the data and the model: images are decoded once, the frozen pass is computed once.
+    p = _prepare(data, config, config_file, resume, overrides, progress)
+    found = _find_lr(p, progress) if p.cfg.lr_find and not p.resumed else None  # config.yaml records the rate
+    run = p.run
+    # Rank 0 makes and claims the folder (its name may change if another run took it meanwhile).
+    data_info, run.dir = p.ranks.on_zero(lambda: (run.start(p.ds, p.resumed), run.dir))
+    if found is not None:
+        found.save(run.lr_find_file, run.picture(run.lr_find_file.stem))  # the curve, for the report
+    try:
+        setup_seconds = time.perf_counter() - started
+        # 2. Train, keeping the best epoch by the monitored validation figure (val_loss by default).
+        history = History(run, lines=progress and not in_terminal(), label=p.cfg.name or "")
+        trainer = _trainer(p.cfg, run, p.ranks, progress, [history, *(callbacks or [])], logger)
+        run.interrupted = _train(trainer, p.module, p.loaders, run, p.resumed)
+        run.history = history.rows
+        if run.interrupted or not p.ranks.is_zero:
+            return run
+        # 3. Evaluate the best checkpoint (once, on rank 0); 4. write the report.
+        ev = _evaluate_best(run, trainer, p, setup_seconds)
+        write_run_report(run, ev, [p.store[i] for i in split_indices(p.ds)["evaluation"][0]], data_info)
+        return run
+    finally:
+        run.release()  # the folder is free for a --resume
+
+
+def _find_lr(p: Prepared, progress: bool) -> LRFind:
+    """The range test on the model and batches the run trains with; the run then trains the head at its rate."""
+    found, p.cfg = tune(p.module, p.loaders["training"], p.ranks.world, progress)
+    p.run.config = p.cfg
+    return found
+
+
+def find_lr(data: str | Path | None = None, *, progress: bool = False, **options: Any) -> LRFind:
+    """``headstart lr-find``: the learning-rate range test (``headstart.training.lr_finder.LRFind``) on the
+    model and batches ``fit`` would train with these options; nothing is written."""
+    return _find_lr(_prepare(data, None, None, None, {**options, "lr_find": True}, progress), progress)

@@ -1,0 +1,116 @@
+"""The frozen pass: what frozen layers make of the images, computed once, and what training reads.
+
+Frozen layers give the same output every epoch, so it is computed once, before training:
+
+- ``features``: the pooled features of the whole frozen backbone; epochs train only the head;
+- ``partial``/``half`` without augmentation: the activations of the frozen prefix (in fp16);
+  epochs run only the layers after it;
+- ``features``, ``partial``/``half`` with ``aug_views``: the same, on K augmented views of each
+  training image (``headstart.training.augmented_views``); epochs read one view per image;
+- otherwise (augmentation, or everything trains): the decoded images themselves (``ImageSet``).
+
+>>> inputs, trunk = training_inputs(cfg, model, ds, store)        # doctest: +SKIP
+>>> inputs["training"][0][0].shape                                # doctest: +SKIP
+torch.Size([1280])
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from headstart.config import TrainConfig
+from headstart.data.cache import ImageStore
+from headstart.data.dataset import Dataset, split_indices
+from headstart.data.image_set import ImageSet
+from headstart.models.classifier import Classifier
+from headstart.models.features import extract_features
+from headstart.training.distributed import Ranks
+
+log = logging.getLogger(__name__)
+
+# Frozen-prefix activations are stored in half precision: half the memory, within fp16 rounding.
+CACHE_DTYPE = torch.float16
+
+
+def leading_frozen(model: Classifier) -> int:
+    k = 0
+    while k < len(model.groups) and not any(p.requires_grad for p in model.groups[k].params):
+        k += 1
+    return k
+
+
+def frozen_rows(cfg: TrainConfig, model: Classifier, store: ImageStore, idx: list[int], ranks: Ranks, progress: bool,
+                split: str, view: int | None = None, **kw) -> torch.Tensor:
+    """What frozen layers make of the images ``idx`` of one split (``extract_features``' options in
+    ``kw``), once in total: each rank computes its share of the images on its own device, and every
+    rank gets all of them. ``view``: of the images augmented as training augments them in epoch
+    ``view`` (an augmented view, ``headstart.training.augmented_views``), whichever rank computes them."""
+    mine = ranks.share(len(idx))
+    images = None
+    if view is not None:
+        keys = list(mine) or [0]  # each image's place in the split seeds its augmentation
+        images = ImageSet(store, [idx[i] for i in keys], [0] * len(keys), augment=True, seed=cfg.seed, keys=keys)
+        images.epoch = view
+    rows = extract_features(model, store, [idx[i] for i in mine], device=ranks.device, progress=progress and ranks.is_zero,
+                            channels_last=cfg.channels_last, split=split, bf16=cfg.precision in ("auto", "bf16-mixed"),
+                            images=images, **kw)
+    log.info("frozen pass, %s: rank %d of %d computed %d of %d images", split, ranks.rank, ranks.world, len(mine), len(idx))
+    return ranks.gather_rows(rows, len(idx))
+
+
+def training_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStore, progress: bool,
+                    ranks: Ranks | None = None):
+    """Per split, what the trainer reads, and the trunk that turns it into pooled features:
+
+    - ``features``: pooled features computed once; the trunk is nothing;
+    - ``partial`` without augmentation: the frozen prefix's activations computed once (fp16);
+      the trunk is the layers after it;
+    - (with ``aug_views``, ``headstart.training.augmented_views.view_inputs`` comes first: either of those, on
+      augmented views of the training images)
+    - otherwise: the images; the trunk is the whole body.
+
+    Once in total: with several ranks, each computes its share of the images (``frozen_rows``).
+    """
+    splits, ranks = split_indices(ds), ranks or Ranks()
+
+    def once(**kw) -> dict:
+        out = {s: TensorDataset(frozen_rows(cfg, model, store, idx, ranks, progress, s, **kw), torch.tensor(y))
+               for s, (idx, y) in splits.items()}
+        model.cpu()
+        return out
+
+    if cfg.strategy == "features":  # never augmented (config.as_trained): the features are computed once
+        return once(), nn.Identity()
+    k = leading_frozen(model)
+    cut = model.split(k) if cfg.strategy in ("partial", "half") and cfg.cache_frozen and k else None
+    if cut is not None and not cfg.augment:
+        prefix, rest = cut
+        log.info("%s: the %d frozen groups are computed once; epochs run the rest", cfg.strategy, k)
+        return once(upto=prefix, dtype=CACHE_DTYPE), rest
+    if cut is not None:
+        log.warning("%s: augmentation is on, so the frozen layers run every epoch (--aug-views 4 computes 4 augmented "
+                    "views through them once; --no-augment, the plain images once)", cfg.strategy)
+    images = {s: ImageSet(store, idx, y, augment=cfg.augment and s == "training", seed=cfg.seed)
+              for s, (idx, y) in splits.items()}
+    return images, None
+
+
+def mirrored_inputs(cfg: TrainConfig, model: Classifier, loader: DataLoader, ds: Dataset, store, device) -> DataLoader:
+    """The evaluation split's mirror images as training reads them, for test-time augmentation:
+    images mirrored as they are read; where training reads what frozen layers made of the images
+    (features, frozen-prefix activations), those layers' output on the mirror images, computed
+    once, here: the frozen layers are the same as in the frozen pass, never recomputed per epoch."""
+    idx, y = split_indices(ds)["evaluation"]
+    if isinstance(loader.dataset, ImageSet):
+        return DataLoader(ImageSet(store, idx, y, augment=False, flip=True), batch_size=loader.batch_size)
+    before = next(model.parameters()).device
+    prefix = None if cfg.strategy == "features" else model.split(leading_frozen(model))[0]
+    rows = extract_features(model, store, idx, device=device, upto=prefix, flip=True,
+                            dtype=torch.float32 if prefix is None else CACHE_DTYPE,  # as the frozen pass stored them
+                            channels_last=cfg.channels_last, bf16=cfg.precision in ("auto", "bf16-mixed"))
+    model.to(before)
+    return DataLoader(TensorDataset(rows, torch.tensor(y)), batch_size=loader.batch_size)

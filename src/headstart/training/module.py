@@ -1,0 +1,158 @@
+"""The LightningModule: the model, its loss, optimizer and schedule, on images or on what frozen
+layers made of them; epoch figures summed over every rank; gradual unfreezing by epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from headstart.config import TrainConfig
+from headstart.data.samplers import seed_of
+from headstart.evaluation.metrics import confusion, macro_f1
+from headstart.models import strategies as S
+from headstart.models.classifier import Classifier
+from headstart.models.features import memory_layout
+from headstart.training.losses import train_loss
+from headstart.training.optimizers import KerasAdam
+from headstart.training.schedule import lr_lambda
+
+log = logging.getLogger(__name__)
+
+# --- the Lightning module -----------------------------------------------------------------
+
+
+class TransferModule(L.LightningModule):
+    """The model, its loss, optimizer and schedule, on images or on what frozen layers made of them."""
+
+    def __init__(self, model: Classifier, cfg: TrainConfig, steps_per_epoch: int, extra: dict, trunk=None,
+                 train_size: int = 0, class_weights: torch.Tensor | None = None):
+        super().__init__()
+        self.model, self.cfg, self.train_size = model, cfg, train_size
+        # What turns a batch into pooled features: the whole body on images; nothing on cached
+        # features; the layers after the frozen prefix on its cached activations.
+        self.trunk = trunk or model.forward_features
+        self.steps_per_epoch, self.extra = steps_per_epoch, extra
+        # Class weights (imbalance.class_weights) scale each image's loss; the batch's loss is the mean
+        # over its images, as Keras' class_weight does (not over their weights, as PyTorch's "mean"):
+        # each rank's share is then a plain mean, and training_step's weighing by share size holds.
+        self.train_loss_fn = train_loss(cfg.loss, class_weights, cfg.label_smoothing)  # torch's, or Keras' (seed)
+        self.eval_loss_fn = nn.CrossEntropyLoss()  # plain, so val_loss compares across recipes
+        self.epoch_stats = {"train": torch.zeros(3), "val": torch.zeros(3)}  # loss sum, correct, count
+        self.val_confusion, self.val_macro_f1 = None, 0.0  # over every rank's validation images
+        self._forward = torch.compile(self._plain_forward) if cfg.compile else self._plain_forward
+
+    def _plain_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.head(self.trunk(memory_layout(x.float(), self.cfg.channels_last)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x)
+
+    def train_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.train_loss_fn(logits, y).mean()
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.train_loss(logits, y) if stage == "train" else self.eval_loss_fn(logits, y)
+        correct = (logits.argmax(1) == y).sum()
+        if stage == "val":
+            seen = confusion(y, logits.argmax(1), logits.shape[1])
+            self.val_confusion = seen if self.val_confusion is None else self.val_confusion + seen
+        if stage == "train":  # this rank's, for the progress bar; the epoch's figures are summed over the ranks
+            self.log("batch_loss", loss, prog_bar=True, logger=False)
+        # Epoch sums of our own (loss, correct, count), added up over the ranks at the epoch's end.
+        stats = self.epoch_stats[stage]
+        stats += torch.stack([loss.detach().float() * len(y), correct.float(), torch.tensor(float(len(y)), device=y.device)])
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        loss = self._step(batch, "train")
+        world = self.trainer.world_size
+        if world > 1 and self.train_size:
+            # DDP averages the ranks' gradients, each rank's loss a mean over its share: weigh each
+            # share by its size, so the step is the whole global batch's mean even when it does
+            # not split evenly (a batch of 7 on 2 ranks; the last, smaller batch of an epoch).
+            whole = max(min(self.cfg.batch_size, self.train_size - batch_idx * self.cfg.batch_size), world)
+            loss = loss * (len(batch[1]) * world / whole)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def on_validation_epoch_start(self) -> None:
+        self.epoch_stats["val"] = torch.zeros(3, device=self.device)
+        self.val_confusion = None
+
+    def on_train_epoch_end(self) -> None:
+        # For the loggers: the epoch's figures over every rank's samples (history.csv has the same).
+        loss, accuracy = self.epoch_means("train")
+        self.log("loss", loss)
+        self.log("accuracy", accuracy)
+
+    def on_validation_epoch_end(self) -> None:
+        # What early stopping and the best checkpoint go by: the same figure on every rank.
+        loss, accuracy = self.epoch_means("val")
+        # Macro F1 over the whole validation split: the ranks' confusion matrices summed first.
+        self.val_macro_f1 = macro_f1(self.trainer.strategy.reduce(self.val_confusion.clone(), reduce_op="sum"))
+        self.log("val_loss", loss, prog_bar=True)
+        self.log("val_accuracy", accuracy, prog_bar=True)
+        self.log("val_macro_f1", self.val_macro_f1)
+
+    def epoch_means(self, stage: str) -> tuple[float, float]:
+        """Mean loss and accuracy of the current epoch so far, over every rank's samples (every
+        rank must ask: it is a collective)."""
+        loss, correct, n = self.trainer.strategy.reduce(self.epoch_stats[stage].clone(), reduce_op="sum").tolist()
+        return loss / max(n, 1), correct / max(n, 1)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Dropout draws from a generator seeded by (seed, epoch, batch[, rank]): resuming repeats it exactly.
+        rank = (self.global_rank,) if self.trainer.world_size > 1 else ()
+        torch.manual_seed(seed_of(self.cfg.seed, self.current_epoch, batch_idx, *rank))
+
+    def on_train_epoch_start(self) -> None:
+        self.epoch_stats["train"] = torch.zeros(3, device=self.device)
+        # Lightning leaves modules in the mode it finds them; computing features put the model in
+        # eval mode. Train mode here (the model keeps its frozen parts in eval mode itself).
+        self.model.train()
+        if self.cfg.strategy == "gradual":
+            opened = S.unfreeze_top(self.model, min(self.current_epoch // self.cfg.unfreeze_every, len(self.model.groups)))
+            if opened:
+                log.info("epoch %d: training the head and %s", self.current_epoch + 1, ", ".join(opened))
+
+    def configure_optimizers(self):
+        cfg = self.cfg
+        # gradual: every group is in the optimizer from the start; a frozen one has no gradient,
+        # so it gets no optimizer state (and no weight decay) until it is opened.
+        groups = S.param_groups(self.model, cfg.lr, cfg.backbone_lr, cfg.lr_decay, include_frozen=cfg.strategy == "gradual")
+        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+                "keras_adam": KerasAdam}[cfg.optimizer]
+        kwargs = {"momentum": 0.9} if cfg.optimizer == "sgd" else {}
+        opt = kind(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, self.steps_per_epoch))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Everything needed to use the model without this code's arguments: how to rebuild it,
+        # what its inputs must look like, and what its outputs mean.
+        checkpoint["headstart"] = {
+            "model": self.model.config, "preprocessing": self.model.preprocessing.to_dict(),
+            "config": self.cfg.to_dict(), **self.extra,
+        }
+
+
+@torch.inference_mode()
+def _predict(module: TransferModule, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and targets over a loader (images or features, as the module trains)."""
+    module.eval()
+    device = next(module.parameters()).device
+    probs, targets = [], []
+    for x, y in loader:
+        probs.append(module(x.to(device)).float().softmax(1).cpu().numpy())
+        targets.append(np.asarray(y))
+    return np.concatenate(probs), np.concatenate(targets)
