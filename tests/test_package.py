@@ -26,14 +26,14 @@ MODULES = {_name(p): p for p in sorted(SRC.rglob("*.py"))}
 LAYERS = [
     ("headstart._version", "headstart.errors", "headstart.utils"),
     ("headstart.config", "headstart.reporting"),
-    ("headstart.data.dataset",),
+    ("headstart.data",),
     ("headstart.models",),
-    ("headstart.advice.strategy", "headstart.runs.folder"),
+    ("headstart.advice", "headstart.runs"),
     ("headstart.inference",),
-    ("headstart.evaluation.evaluate",),
-    ("headstart.training.fit",),
+    ("headstart.evaluation",),
+    ("headstart.training",),
     ("headstart.comparison",),
-    ("headstart.cli.app",),
+    ("headstart.cli",),
     ("headstart.__main__",),
 ]
 
@@ -96,7 +96,7 @@ def test_every_module_has_a_layer_and_the_facade_is_on_top():
 
 
 def test_the_layer_check_sees_an_upward_import():
-    assert _layer("headstart.data.dataset.cache") < _layer("headstart.training.fit.fit")
+    assert _layer("headstart.data.cache") < _layer("headstart.training.fit")
     assert _layer("headstart.utils.files") == _layer("headstart.errors")
 
 
@@ -151,7 +151,7 @@ RUN_FOLDERS = ("checkpoints", "export")  # spelled as a path: `... / "checkpoint
 
 def test_only_the_runs_module_spells_the_run_folder():
     for name, path in MODULES.items():
-        if name.startswith("headstart.runs.folder"):
+        if name.startswith("headstart.runs."):
             continue
         code = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
         strings = [n.value for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
@@ -179,7 +179,7 @@ def test_every_user_facing_error_is_a_headstart_error():
 
 def test_using_a_model_does_not_import_training():
     code = ("import sys, headstart.inference.predict, headstart.inference.serve, headstart.inference.export; "
-            "print(sorted(m for m in ('lightning', 'torchmetrics', 'matplotlib', 'headstart.training.fit', 'timm') "
+            "print(sorted(m for m in ('lightning', 'torchmetrics', 'matplotlib', 'headstart.training', 'timm') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -55,7 +55,7 @@ ForceInputSize = Annotated[Optional[bool], typer.Option(
     "--force-input-size", help="Allow an --input-size outside that range.", show_default="off")]
 
 # --- training -----------------------------------------------------------------------------------------------
-Epochs = Annotated[Optional[int], typer.Option(help="Epochs (per strategy).", show_default="recipe: 15 default, 10 seed")]
+Epochs = Annotated[Optional[int], typer.Option(help="Epochs.", show_default="recipe: 15 default, 10 seed")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Global batch size, shared among the devices.", show_default="32")]
 ClassWeights = Annotated[Optional[Literal[CLASS_WEIGHTS]], typer.Option(
     help="auto: weigh each class's loss by its inverse frequency, N / (C * n_c) (imbalanced data).", show_default="none")]
