@@ -146,10 +146,17 @@ def measure(data: str, name: str, strategy: str, options: dict, seed: int, runs_
     seconds = time.perf_counter() - start
     m, cfg = run.metrics, run.config
     size = cfg.input_size if isinstance(cfg.input_size, int) else native_size(cfg.backbone)
-    return {"accuracy": m["accuracy"], "correct": m["correct"], "total": m["total"],
-            "tta_accuracy": m.get("tta_accuracy"), "score": m.get("tta_accuracy", m["accuracy"]),
-            "seconds": round(seconds, 1), "epochs": len(run.history), "best_epoch": m.get("best_epoch"),
-            "input_size": size}
+    return {
+        "accuracy": m["accuracy"],
+        "correct": m["correct"],
+        "total": m["total"],
+        "tta_accuracy": m.get("tta_accuracy"),
+        "score": m.get("tta_accuracy", m["accuracy"]),
+        "seconds": round(seconds, 1),
+        "epochs": len(run.history),
+        "best_epoch": m.get("best_epoch"),
+        "input_size": size,
+    }
 
 
 def run_benchmark(args: argparse.Namespace) -> list[dict]:
@@ -164,8 +171,10 @@ def run_benchmark(args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = Path(args.keep_runs) if args.keep_runs else Path(tmp)
         plans = {n: plan(n, args.quick) for n in names}
-        sizes = sorted({p[1].get("input_size") for p in plans.values() if p[1] is not None
-                        and p[1].get("input_size") != "auto"}, key=lambda s: s or 0)
+        sizes = sorted(
+            {p[1].get("input_size") for p in plans.values() if p[1] is not None and p[1].get("input_size") != "auto"},
+            key=lambda s: s or 0,
+        )
         for data in args.data.split(","):
             warm_cache(data, sizes)
             if not results:
@@ -177,10 +186,18 @@ def run_benchmark(args: argparse.Namespace) -> list[dict]:
                     print(f"{data} {name}: skipped ({note})", flush=True)
                 else:
                     for seed in seeds:
-                        results.append({**row, "seed": seed, "skipped": False,
-                                        **measure(data, name, strategy, options, seed, runs_dir)})
-                        print(f"{data} {name} seed {seed}: {results[-1]['score']:.4f} in {results[-1]['seconds']} s",
-                              flush=True)
+                        results.append(
+                            {
+                                **row,
+                                "seed": seed,
+                                "skipped": False,
+                                **measure(data, name, strategy, options, seed, runs_dir),
+                            }
+                        )
+                        print(
+                            f"{data} {name} seed {seed}: {results[-1]['score']:.4f} in {results[-1]['seconds']} s",
+                            flush=True,
+                        )
                 save(results, out)
     return results
 
@@ -189,8 +206,24 @@ def save(results: list[dict], out: Path) -> None:
     """results.json and results.csv in ``out``, rewritten whole (a reader never sees half a file)."""
     (out / "results.json.tmp").write_text(json.dumps(results, indent=1))
     (out / "results.json.tmp").replace(out / "results.json")
-    keys = ["data", "row", "strategy", "seed", "skipped", "accuracy", "tta_accuracy", "score", "correct", "total",
-            "seconds", "epochs", "best_epoch", "input_size", "options", "note"]
+    keys = [
+        "data",
+        "row",
+        "strategy",
+        "seed",
+        "skipped",
+        "accuracy",
+        "tta_accuracy",
+        "score",
+        "correct",
+        "total",
+        "seconds",
+        "epochs",
+        "best_epoch",
+        "input_size",
+        "options",
+        "note",
+    ]
     with open(out / "results.csv.tmp", "w", newline="") as f:
         w = csv.DictWriter(f, keys, extrasaction="ignore")
         w.writeheader()
@@ -200,8 +233,10 @@ def save(results: list[dict], out: Path) -> None:
 
 def table(results: list[dict]) -> str:
     """The markdown table: one line per data set and row, means over the seeds."""
-    lines = ["| data | row | strategy | px | eval accuracy | plain (no TTA) | Δ points | time s | × time | note |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| data | row | strategy | px | eval accuracy | plain (no TTA) | Δ points | time s | × time | note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
         groups.setdefault((r["data"], r["row"]), []).append(r)
@@ -223,8 +258,10 @@ def table(results: list[dict]) -> str:
         ref = None if name == reference(name) else ref  # the reference row itself: nothing to compare
         gain = f"{100 * (score - mean(ref, 'score')):+.1f}" if ref else ""
         ratio = f"{secs / mean(ref, 'seconds'):.2f}×" if ref else ""
-        lines.append(f"| {data} | {name} | {first['strategy']} | {first['input_size']} | {score:.1%}{spread} | {plain} "
-                     f"| {gain} | {secs:.0f} | {ratio} | {first['note']} |")
+        lines.append(
+            f"| {data} | {name} | {first['strategy']} | {first['input_size']} | {score:.1%}{spread} | {plain} "
+            f"| {gain} | {secs:.0f} | {ratio} | {first['note']} |"
+        )
     return "\n".join(lines)
 
 
@@ -235,8 +272,10 @@ def prepare(src: Path, dest: Path, split_file: Path) -> int:
         rows = [(r["path"], r["split"]) for r in csv.DictReader(f)]
     missing = [p for p, _ in rows if not (src / p).is_file()]
     if missing:
-        sys.exit(f"{len(missing)} of the {len(rows)} photos listed in {split_file} are not in {src} (first: "
-                 f"{missing[0]}). Pass the folder unpacked from flower_photos.tgz (it holds daisy/, roses/, ...).")
+        sys.exit(
+            f"{len(missing)} of the {len(rows)} photos listed in {split_file} are not in {src} (first: "
+            f"{missing[0]}). Pass the folder unpacked from flower_photos.tgz (it holds daisy/, roses/, ...)."
+        )
     if dest.exists():
         sys.exit(f"{dest} exists already. Pass a new folder, or remove it first.")
     tmp = dest.with_name(dest.name + ".partial")
@@ -260,11 +299,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", type=Path, default=SPLIT_FILE, help=f"Default: {SPLIT_FILE.name} beside this script.")
     r = sub.add_parser("run", help="Train every row on every data set; print the table.")
     r.add_argument("--data", default="demo", help="Comma-separated: 'demo' and dataset folders. Default: demo.")
-    r.add_argument("--rows", default=",".join(ROWS),
-                   help=f"Comma-separated, among: {', '.join([*ROWS, *EXTRA])}. Default: {', '.join(ROWS)}.")
+    r.add_argument(
+        "--rows",
+        default=",".join(ROWS),
+        help=f"Comma-separated, among: {', '.join([*ROWS, *EXTRA])}. Default: {', '.join(ROWS)}.",
+    )
     r.add_argument("--seeds", default="0", help="Comma-separated training seeds; the table shows the mean. Default: 0.")
-    r.add_argument("--out", default="bench-accuracy",
-                   help="Folder for results.json and results.csv. Default: bench-accuracy.")
+    r.add_argument(
+        "--out", default="bench-accuracy", help="Folder for results.json and results.csv. Default: bench-accuracy."
+    )
     r.add_argument("--keep-runs", help="Keep the run folders there (default: a temporary folder, removed).")
     r.add_argument("--quick", action="store_true", help="1 epoch at 48 and 32 px: checks the script runs (the tests).")
     args = parser.parse_args(argv)

@@ -54,23 +54,38 @@ def main() -> None:
         for seed in seeds:
             for average in AVERAGES:
                 start = time.perf_counter()
-                run = training.fit(args.data, strategy="features", input_size=args.input_size, epochs=args.epochs,
-                                   seed=seed, average=average, early_stopping=args.early_stopping, runs_dir=runs,
-                                   name=f"{average}-{seed}")
+                run = training.fit(
+                    args.data,
+                    strategy="features",
+                    input_size=args.input_size,
+                    epochs=args.epochs,
+                    seed=seed,
+                    average=average,
+                    early_stopping=args.early_stopping,
+                    runs_dir=runs,
+                    name=f"{average}-{seed}",
+                )
                 m = run.metrics
                 scores[average].append(m["accuracy"])
                 best[average].append(m["best_epoch"])
-                print(f"{average} seed {seed}: {m['accuracy']:.4f} ({m['correct']}/{m['total']}), best epoch "
-                      f"{m['best_epoch']} of {m['epochs']}, {time.perf_counter() - start:.0f} s", flush=True)
-    print(f"\n{args.data}, features, {args.input_size} px, {args.epochs} epochs, early stopping "
-          f"{args.early_stopping or 'off'}, seeds {args.seeds}\n")
+                print(
+                    f"{average} seed {seed}: {m['accuracy']:.4f} ({m['correct']}/{m['total']}), best epoch "
+                    f"{m['best_epoch']} of {m['epochs']}, {time.perf_counter() - start:.0f} s",
+                    flush=True,
+                )
+    print(
+        f"\n{args.data}, features, {args.input_size} px, {args.epochs} epochs, early stopping "
+        f"{args.early_stopping or 'off'}, seeds {args.seeds}\n"
+    )
     print("| average | eval accuracy, mean | min–max | Δ points vs none | best epochs |")
     print("|---|---:|---:|---:|---|")
     for a in AVERAGES:
         mean = statistics.fmean(scores[a])
         gain = f"{100 * (mean - statistics.fmean(scores['none'])):+.1f}" if a != "none" else ""
-        print(f"| {a} | {mean:.1%} | {min(scores[a]):.1%}–{max(scores[a]):.1%} | {gain} | "
-              f"{', '.join(map(str, best[a]))} |")
+        print(
+            f"| {a} | {mean:.1%} | {min(scores[a]):.1%}–{max(scores[a]):.1%} | {gain} | "
+            f"{', '.join(map(str, best[a]))} |"
+        )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,19 @@ def main() -> None:
             total = time.perf_counter() - start
             per_epoch = sum(r["seconds"] for r in run.history) / max(len(run.history), 1)
             m = run.metrics
-            rows.append((strategy, m["trainable_params"], m["best_epoch"], len(run.history), run.history[m["best_epoch"] - 1]["val_accuracy"],
-                         m["accuracy"], f"{m['correct']}/{m['total']}", per_epoch, total))
+            rows.append(
+                (
+                    strategy,
+                    m["trainable_params"],
+                    m["best_epoch"],
+                    len(run.history),
+                    run.history[m["best_epoch"] - 1]["val_accuracy"],
+                    m["accuracy"],
+                    f"{m['correct']}/{m['total']}",
+                    per_epoch,
+                    total,
+                )
+            )
             print(rows[-1], flush=True)
     print("\n| strategy | trainable | best epoch | epochs | val acc | eval acc | correct | s/epoch | total s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -102,15 +102,21 @@ def naive(cfg, ds) -> dict:
     from headstart.data.samplers import seed_of as _seed  # the same shuffling and dropout seeds as headstart
 
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.backbone, ds.num_classes, weights=cfg.weights, input_size=cfg.input_size,
-                         head={"dropout": cfg.head_dropout, "hidden": cfg.head_hidden})
+    model = create_model(
+        cfg.backbone,
+        ds.num_classes,
+        weights=cfg.weights,
+        input_size=cfg.input_size,
+        head={"dropout": cfg.head_dropout, "hidden": cfg.head_hidden},
+    )
     S.apply_strategy(model, cfg.strategy)
     model.pretrained_bn_stats = cfg.pretrained_bn_stats
     splits = {s: [ds.samples[i] for i in idx] for s, (idx, _) in split_indices(ds).items()}
     sets = {s: DecodeEveryTime(v, model.preprocessing) for s, v in splits.items()}
     steps = math.ceil(len(sets["training"]) / cfg.batch_size)
-    opt = torch.optim.AdamW(S.param_groups(model, cfg.lr, cfg.backbone_lr, cfg.lr_decay), lr=cfg.lr,
-                            weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        S.param_groups(model, cfg.lr, cfg.backbone_lr, cfg.lr_decay), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps))
     train_loss, eval_loss = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), nn.CrossEntropyLoss()
     best, best_loss, seconds = None, float("inf"), []
@@ -164,23 +170,37 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--strategies", default=None, help="[features,half,full; with --aug-views: half]")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--aug-views", type=int, default=0,
-                        help="Measure augmentation: frozen layers every epoch against K views computed once.")
+    parser.add_argument(
+        "--aug-views",
+        type=int,
+        default=0,
+        help="Measure augmentation: frozen layers every epoch against K views computed once.",
+    )
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is reported apart from the others.")
     args.strategies = args.strategies or ("half" if args.aug_views else "features,half,full")
 
     here = Path(__file__).parent
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
-    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                      cwd=here).stdout.strip():
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here
+    ).stdout.strip()
+    if subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=here
+    ).stdout.strip():
         commit += " + uncommitted changes"
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}; "
-          f"commit {commit or '?'}", flush=True)
-    print(f"data {args.data}, backbone {args.backbone}, {args.input_size} px, {args.epochs} epochs, "
-          f"batch {args.batch_size}, seed {args.seed}, augmentation {'on' if args.aug_views else 'off'}", flush=True)
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, "
+        f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}; "
+        f"commit {commit or '?'}",
+        flush=True,
+    )
+    print(
+        f"data {args.data}, backbone {args.backbone}, {args.input_size} px, {args.epochs} epochs, "
+        f"batch {args.batch_size}, seed {args.seed}, augmentation {'on' if args.aug_views else 'off'}",
+        flush=True,
+    )
     if args.aug_views:
         return views(args)
     rows = []
@@ -188,29 +208,49 @@ def main() -> None:
         ds = load_dataset(args.data, seed=args.seed)
         for strategy in args.strategies.split(","):
             os.environ["HEADSTART_CACHE"] = str(Path(tmp) / f"cache-{strategy}")  # cold: every first epoch decodes
-            cfg = resolve_config(overrides=dict(
-                data=args.data, backbone=args.backbone, input_size=args.input_size, epochs=args.epochs,
-                batch_size=args.batch_size, seed=args.seed, strategy=strategy, augment=False, early_stopping=0,
-                runs_dir=str(Path(tmp) / "runs")))
+            cfg = resolve_config(
+                overrides=dict(
+                    data=args.data,
+                    backbone=args.backbone,
+                    input_size=args.input_size,
+                    epochs=args.epochs,
+                    batch_size=args.batch_size,
+                    seed=args.seed,
+                    strategy=strategy,
+                    augment=False,
+                    early_stopping=0,
+                    runs_dir=str(Path(tmp) / "runs"),
+                )
+            )
             with PeakMemory() as mem_naive:
                 a = naive(cfg, ds)
-            print(f"{strategy:9s} naive:     epochs {_fmt(a['seconds'])}  accuracy {a['accuracy']:.4f}  "
-                  f"peak {mem_naive.peak:.0f} MB (+{mem_naive.growth:.0f})", flush=True)
+            print(
+                f"{strategy:9s} naive:     epochs {_fmt(a['seconds'])}  accuracy {a['accuracy']:.4f}  "
+                f"peak {mem_naive.peak:.0f} MB (+{mem_naive.growth:.0f})",
+                flush=True,
+            )
             with PeakMemory() as mem_hs:
                 b = headstart(cfg)
-            print(f"{strategy:9s} headstart: epochs {_fmt(b['seconds'])}  accuracy {b['accuracy']:.4f}  "
-                  f"peak {mem_hs.peak:.0f} MB (+{mem_hs.growth:.0f})", flush=True)
+            print(
+                f"{strategy:9s} headstart: epochs {_fmt(b['seconds'])}  accuracy {b['accuracy']:.4f}  "
+                f"peak {mem_hs.peak:.0f} MB (+{mem_hs.growth:.0f})",
+                flush=True,
+            )
             rows.append((strategy, a, b, mem_naive, mem_hs))
 
-    print("\n| strategy | naive s/epoch (later) | headstart s/epoch (later) | speed-up (later epochs) "
-          "| first epoch naive / headstart (s) | accuracy naive / headstart "
-          "| peak RSS MB naive / headstart (growth during the phase) |")
+    print(
+        "\n| strategy | naive s/epoch (later) | headstart s/epoch (later) | speed-up (later epochs) "
+        "| first epoch naive / headstart (s) | accuracy naive / headstart "
+        "| peak RSS MB naive / headstart (growth during the phase) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for strategy, a, b, ma, mb in rows:
         later_a, later_b = np.mean(a["seconds"][1:]), np.mean(b["seconds"][1:])
-        print(f"| {strategy} | {later_a:.2f} | {later_b:.2f} | {later_a / later_b:.1f}× | "
-              f"{a['seconds'][0]:.1f} / {b['seconds'][0]:.1f} | {a['accuracy']:.4f} / {b['accuracy']:.4f} | "
-              f"{ma.peak:,.0f} (+{ma.growth:,.0f}) / {mb.peak:,.0f} (+{mb.growth:,.0f}) |")
+        print(
+            f"| {strategy} | {later_a:.2f} | {later_b:.2f} | {later_a / later_b:.1f}× | "
+            f"{a['seconds'][0]:.1f} / {b['seconds'][0]:.1f} | {a['accuracy']:.4f} / {b['accuracy']:.4f} | "
+            f"{ma.peak:,.0f} (+{ma.growth:,.0f}) / {mb.peak:,.0f} (+{mb.growth:,.0f}) |"
+        )
 
 
 def views(args) -> None:
@@ -221,27 +261,46 @@ def views(args) -> None:
             side = {}
             for k in (0, args.aug_views):
                 os.environ["HEADSTART_CACHE"] = str(Path(tmp) / f"cache-{strategy}-{k}")  # cold, as above
-                cfg = resolve_config(overrides=dict(
-                    data=args.data, backbone=args.backbone, input_size=args.input_size, epochs=args.epochs,
-                    batch_size=args.batch_size, seed=args.seed, strategy=strategy, augment=True, aug_views=k,
-                    early_stopping=0, runs_dir=str(Path(tmp) / "runs")))
+                cfg = resolve_config(
+                    overrides=dict(
+                        data=args.data,
+                        backbone=args.backbone,
+                        input_size=args.input_size,
+                        epochs=args.epochs,
+                        batch_size=args.batch_size,
+                        seed=args.seed,
+                        strategy=strategy,
+                        augment=True,
+                        aug_views=k,
+                        early_stopping=0,
+                        runs_dir=str(Path(tmp) / "runs"),
+                    )
+                )
                 with PeakMemory() as mem:
                     run = fit(config=cfg, progress=False)
                 seconds = [r["seconds"] for r in run.history]
                 seconds[0] += run.metrics["setup_seconds"]
                 side[k] = (seconds, run.metrics, mem)
-                print(f"{strategy:9s} aug_views={run.metrics.get('aug_views', 0)}: epochs {_fmt(seconds)}  "
-                      f"accuracy {run.metrics['accuracy']:.4f}  views {run.metrics.get('aug_views_bytes', 0) / 2**20:.1f} MB  "
-                      f"peak {mem.peak:.0f} MB (+{mem.growth:.0f})", flush=True)
+                print(
+                    f"{strategy:9s} aug_views={run.metrics.get('aug_views', 0)}: epochs {_fmt(seconds)}  "
+                    f"accuracy {run.metrics['accuracy']:.4f}  "
+                    f"views {run.metrics.get('aug_views_bytes', 0) / 2**20:.1f} MB  "
+                    f"peak {mem.peak:.0f} MB (+{mem.growth:.0f})",
+                    flush=True,
+                )
             rows.append((strategy, side[0], side[args.aug_views]))
-    print(f"\n| strategy | every epoch s/epoch (later) | {args.aug_views} views s/epoch (later) | speed-up "
-          "| first epoch every / views (s) | accuracy every / views | views MB | peak RSS MB every / views (growth) |")
+    print(
+        f"\n| strategy | every epoch s/epoch (later) | {args.aug_views} views s/epoch (later) | speed-up "
+        "| first epoch every / views (s) | accuracy every / views | views MB | peak RSS MB every / views (growth) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for strategy, (a, ma, pa), (b, mb, pb) in rows:
         later_a, later_b = np.mean(a[1:]), np.mean(b[1:])
-        print(f"| {strategy} | {later_a:.2f} | {later_b:.2f} | {later_a / later_b:.1f}× | {a[0]:.1f} / {b[0]:.1f} | "
-              f"{ma['accuracy']:.4f} / {mb['accuracy']:.4f} | {mb.get('aug_views_bytes', 0) / 2**20:.1f} | "
-              f"{pa.peak:,.0f} (+{pa.growth:,.0f}) / {pb.peak:,.0f} (+{pb.growth:,.0f}) |")
+        print(
+            f"| {strategy} | {later_a:.2f} | {later_b:.2f} | {later_a / later_b:.1f}× | {a[0]:.1f} / {b[0]:.1f} | "
+            f"{ma['accuracy']:.4f} / {mb['accuracy']:.4f} | {mb.get('aug_views_bytes', 0) / 2**20:.1f} | "
+            f"{pa.peak:,.0f} (+{pa.growth:,.0f}) / {pb.peak:,.0f} (+{pb.growth:,.0f}) |"
+        )
 
 
 def _fmt(seconds: list[float]) -> str:

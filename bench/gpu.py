@@ -58,17 +58,27 @@ class StepTimer(L.Callback):
 def train_throughput(backbone: str, size: int, batch: int, steps: int, warmup: int, accelerator: str) -> float:
     """Images a second of a full fine-tuning step."""
     gpu = accelerator == "gpu"
-    cfg = dataclasses.replace(resolve_config(overrides={"backbone": backbone, "strategy": "full", "batch_size": batch}),
-                              input_size=size)
+    cfg = dataclasses.replace(
+        resolve_config(overrides={"backbone": backbone, "strategy": "full", "batch_size": batch}), input_size=size
+    )
     model = create_model(backbone, 11, weights="none", input_size=size)
     apply_strategy(model, "full")
     model.to(memory_format=torch.channels_last)
     n = batch * (steps + warmup)
     images = TensorDataset(torch.rand(n, 3, size, size), torch.randint(0, 11, (n,)))
     timer = StepTimer(warmup)
-    trainer = L.Trainer(accelerator=accelerator, devices=1, precision="bf16-mixed" if gpu else "32-true", max_epochs=1,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, callbacks=[timer])
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision="bf16-mixed" if gpu else "32-true",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
+    )
     trainer.fit(TransferModule(model, cfg, steps + warmup, {}), DataLoader(images, batch_size=batch, pin_memory=gpu))
     return timer.steps * batch / timer.seconds
 
@@ -76,7 +86,9 @@ def train_throughput(backbone: str, size: int, batch: int, steps: int, warmup: i
 def feature_throughput(backbone: str, size: int, batch: int, count: int, device: str) -> float:
     """Images a second of the frozen pass over decoded images (uint8, as the cache holds them)."""
     model = create_model(backbone, 11, weights="none", input_size=size)
-    store = ImageStore(np.random.default_rng(0).integers(0, 256, (count, size, size, 3), dtype=np.uint8), np.arange(count))
+    store = ImageStore(
+        np.random.default_rng(0).integers(0, 256, (count, size, size, 3), dtype=np.uint8), np.arange(count)
+    )
     extract_features(model, store, list(range(min(batch, count))), batch_size=batch, device=device)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
@@ -104,13 +116,22 @@ def main() -> None:
     for backbone in ("vgg16", "efficientnet_lite0"):
         train = train_throughput(backbone, size, batch, steps, warmup, accelerator)
         features = feature_throughput(backbone, size, batch, batch * (2 if args.dry_run else 20), device)
-        rows.append({"backbone": backbone, "train_images_per_s": round(train, 1), "features_images_per_s": round(features, 1),
-                     "epoch_s_for_9866": round(9866 / train, 1)})
+        rows.append(
+            {
+                "backbone": backbone,
+                "train_images_per_s": round(train, 1),
+                "features_images_per_s": round(features, 1),
+                "epoch_s_for_9866": round(9866 / train, 1),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     print("\n| backbone | full fine-tuning (images/s) | an epoch of Food-11's 9,866 (s) | frozen pass (images/s) |")
     print("|---|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['backbone']} | {r['train_images_per_s']:,} | {r['epoch_s_for_9866']:,} | {r['features_images_per_s']:,} |")
+        print(
+            f"| {r['backbone']} | {r['train_images_per_s']:,} | {r['epoch_s_for_9866']:,} "
+            f"| {r['features_images_per_s']:,} |"
+        )
     print(f"\nThe tutorial: VGG16 full fine-tuning at {TUTORIAL_IMAGES_PER_SECOND:.0f} images/s (89 s an epoch).")
 
 

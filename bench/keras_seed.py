@@ -68,12 +68,19 @@ def keras_model(strategy: str, size: int, classes: int, dropout: float):
     frozen = {"partial": vgg.layers[:-9], "features": vgg.layers, "full": []}[strategy]
     for layer in frozen:
         layer.trainable = False
-    model = keras.Sequential([
-        keras.Input((size, size, 3)), vgg, keras.layers.GlobalAveragePooling2D(), keras.layers.Dropout(dropout),
-        keras.layers.Dense(100, activation="relu"), keras.layers.Dense(classes, activation="softmax"),
-    ])
-    model.compile(loss="categorical_crossentropy", optimizer=keras.optimizers.Adam(learning_rate=1e-5),
-                  metrics=["accuracy"])
+    model = keras.Sequential(
+        [
+            keras.Input((size, size, 3)),
+            vgg,
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dropout(dropout),
+            keras.layers.Dense(100, activation="relu"),
+            keras.layers.Dense(classes, activation="softmax"),
+        ]
+    )
+    model.compile(
+        loss="categorical_crossentropy", optimizer=keras.optimizers.Adam(learning_rate=1e-5), metrics=["accuracy"]
+    )
     return model, vgg
 
 
@@ -96,17 +103,27 @@ def run_keras(model, data: dict, epochs: int, batch: int, order, folder: Path) -
     evaluation accuracy."""
     (x, y), val = data["training"], data["validation"]
     best = folder / "best.weights.h5"
-    checkpoint = keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True,
-                                                 save_weights_only=True)
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(best), monitor="val_loss", save_best_only=True, save_weights_only=True
+    )
     if order is None:
-        history = model.fit(x, y, batch_size=batch, epochs=epochs, validation_data=val, callbacks=[checkpoint],
-                            shuffle=True, verbose=2).history
+        history = model.fit(
+            x, y, batch_size=batch, epochs=epochs, validation_data=val, callbacks=[checkpoint], shuffle=True, verbose=2
+        ).history
     else:
         history = {c: [] for c in COLUMNS}
         for epoch in range(epochs):
             p = order(epoch)
-            h = model.fit(x[p], y[p], batch_size=batch, epochs=1, validation_data=val, callbacks=[checkpoint],
-                          shuffle=False, verbose=2).history
+            h = model.fit(
+                x[p],
+                y[p],
+                batch_size=batch,
+                epochs=1,
+                validation_data=val,
+                callbacks=[checkpoint],
+                shuffle=False,
+                verbose=2,
+            ).history
             for c in COLUMNS:
                 history[c] += h[c]
     model.load_weights(str(best))
@@ -120,7 +137,9 @@ def main() -> None:
     parser.add_argument("--strategy", default="partial", choices=("partial", "features", "full"))
     parser.add_argument("--input-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--lockstep", action="store_true", help="Keras in headstart's order, no dropout, no fp16 cache.")
+    parser.add_argument(
+        "--lockstep", action="store_true", help="Keras in headstart's order, no dropout, no fp16 cache."
+    )
     parser.add_argument("--out", default="bench-out/keras-seed")
     args = parser.parse_args()
     out = Path(args.out)
@@ -130,10 +149,18 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        options = dict(data="demo", backbone="vgg16", strategy=args.strategy, input_size=args.input_size,
-                       epochs=args.epochs, runs_dir=str(tmp / "runs"), head_dropout=dropout, accelerator="cpu",
-                       **({"freeze_layers": 10} if args.strategy == "partial" else {}),
-                       **({"cache_frozen": False} if args.lockstep else {}))
+        options = dict(
+            data="demo",
+            backbone="vgg16",
+            strategy=args.strategy,
+            input_size=args.input_size,
+            epochs=args.epochs,
+            runs_dir=str(tmp / "runs"),
+            head_dropout=dropout,
+            accelerator="cpu",
+            **({"freeze_layers": 10} if args.strategy == "partial" else {}),
+            **({"cache_frozen": False} if args.lockstep else {}),
+        )
         cfg = resolve_config("seed", overrides=options)
         # The demo photos as headstart splits and decodes them, for Keras too.
         ds = load_dataset_for(cfg)
@@ -141,8 +168,10 @@ def main() -> None:
         data = {}
         for split, (idx, labels) in split_indices(ds).items():
             pixels = np.stack([np.asarray(store[i], dtype=np.float32) for i in idx])  # RGB 0-255
-            data[split] = (keras.applications.imagenet_utils.preprocess_input(pixels),
-                           np.eye(ds.num_classes, dtype=np.float32)[labels])
+            data[split] = (
+                keras.applications.imagenet_utils.preprocess_input(pixels),
+                np.eye(ds.num_classes, dtype=np.float32)[labels],
+            )
 
         model, vgg = keras_model(args.strategy, args.input_size, ds.num_classes, dropout)
         vgg.save(tmp / "vgg16_random.h5")  # Keras' own (legacy) .h5 file, as the tutorial's weights come
@@ -153,20 +182,26 @@ def main() -> None:
             return torch.randperm(n_train, generator=torch.Generator().manual_seed(seed_of(cfg.seed, epoch))).numpy()
 
         start = time.perf_counter()
-        keras_rows, keras_eval = run_keras(model, data, args.epochs, cfg.batch_size, order if args.lockstep else None, tmp)
+        keras_rows, keras_eval = run_keras(
+            model, data, args.epochs, cfg.batch_size, order if args.lockstep else None, tmp
+        )
         keras_seconds = time.perf_counter() - start
         start = time.perf_counter()
         run = fit(config=dataclasses.replace(cfg, weights=str(tmp / "vgg16_random.h5")), callbacks=[head])
         ours_seconds = time.perf_counter() - start
         trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
-    rows = [{"epoch": e + 1, **{f"keras_{c}": k[c] for c in COLUMNS}, **{f"headstart_{c}": h[c] for c in COLUMNS}}
-            for e, (k, h) in enumerate(zip(keras_rows, run.history))]
+    rows = [
+        {"epoch": e + 1, **{f"keras_{c}": k[c] for c in COLUMNS}, **{f"headstart_{c}": h[c] for c in COLUMNS}}
+        for e, (k, h) in enumerate(zip(keras_rows, run.history))
+    ]
     with open(out / "keras_seed.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    mode = "lockstep (headstart's order, dropout 0, fp32)" if args.lockstep else "as written (own shuffles, dropout 0.2)"
+    mode = (
+        "lockstep (headstart's order, dropout 0, fp32)" if args.lockstep else "as written (own shuffles, dropout 0.2)"
+    )
     lines = [
         f"VGG16 from the same random weights (no ImageNet weights offline), {args.strategy}, {args.input_size} px, "
         f"demo data ({n_train} training images, {ds.num_classes} classes), batch 32, Adam 1e-5; {mode}. "
@@ -179,8 +214,11 @@ def main() -> None:
     for r in rows:
         cells = [f"{r[f'{side}_{c}']:.4f}" for c in COLUMNS for side in ("keras", "headstart")]
         lines.append(f"| {r['epoch']} | " + " | ".join(cells) + " |")
-    lines += ["", f"Evaluation accuracy (best epoch by val_loss): Keras {keras_eval:.4f}, headstart "
-                  f"{run.metrics['accuracy']:.4f}. Time: Keras {keras_seconds:.0f} s, headstart {ours_seconds:.0f} s."]
+    lines += [
+        "",
+        f"Evaluation accuracy (best epoch by val_loss): Keras {keras_eval:.4f}, headstart "
+        f"{run.metrics['accuracy']:.4f}. Time: Keras {keras_seconds:.0f} s, headstart {ours_seconds:.0f} s.",
+    ]
     text = "\n".join(lines)
     (out / "keras_seed.md").write_text(text + "\n")
     print(text)

@@ -24,12 +24,34 @@ from pathlib import Path
 
 def run(data: str, strategy: str, devices: int, size: int, epochs: int, root: Path) -> dict:
     runs = root / f"runs-{strategy}-{devices}"
-    cmd = ["/usr/bin/time", "-f", "maxrss_kb=%M", sys.executable, "-m", "headstart", "train", data,
-           "--strategy", strategy, "--no-augment", "--accelerator", "cpu", "--devices", str(devices),
-           "--input-size", str(size), "--epochs", str(epochs), "--early-stopping", "0", "--runs-dir", str(runs),
-           "--name", "run"]
-    env = {"HEADSTART_CACHE": str(root / f"cache-{strategy}-{devices}"), "HF_HUB_OFFLINE": "1",
-           "PATH": "/usr/bin:/bin"}
+    cmd = [
+        "/usr/bin/time",
+        "-f",
+        "maxrss_kb=%M",
+        sys.executable,
+        "-m",
+        "headstart",
+        "train",
+        data,
+        "--strategy",
+        strategy,
+        "--no-augment",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        str(devices),
+        "--input-size",
+        str(size),
+        "--epochs",
+        str(epochs),
+        "--early-stopping",
+        "0",
+        "--runs-dir",
+        str(runs),
+        "--name",
+        "run",
+    ]
+    env = {"HEADSTART_CACHE": str(root / f"cache-{strategy}-{devices}"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, **env})
     wall = time.perf_counter() - start
@@ -38,10 +60,17 @@ def run(data: str, strategy: str, devices: int, size: int, epochs: int, root: Pa
     with (runs / "run" / "history.csv").open() as f:
         seconds = [float(r["seconds"]) for r in csv.DictReader(f)]
     metrics = json.loads((runs / "run" / "metrics.json").read_text())
-    return {"strategy": strategy, "devices": devices, "wall_s": wall, "epoch_s": sum(seconds[1:]) / max(len(seconds) - 1, 1),
-            "setup_s": metrics["setup_seconds"], "peak_mb": int(re.findall(r"maxrss_kb=(\d+)", done.stderr)[-1]) / 1024,
-            "accuracy": metrics["accuracy"], "correct": f"{metrics['correct']}/{metrics['total']}",
-            "run_folders": len([p for p in runs.iterdir() if p.is_dir()])}
+    return {
+        "strategy": strategy,
+        "devices": devices,
+        "wall_s": wall,
+        "epoch_s": sum(seconds[1:]) / max(len(seconds) - 1, 1),
+        "setup_s": metrics["setup_seconds"],
+        "peak_mb": int(re.findall(r"maxrss_kb=(\d+)", done.stderr)[-1]) / 1024,
+        "accuracy": metrics["accuracy"],
+        "correct": f"{metrics['correct']}/{metrics['total']}",
+        "run_folders": len([p for p in runs.iterdir() if p.is_dir()]),
+    }
 
 
 def main() -> None:
@@ -57,11 +86,16 @@ def main() -> None:
             for devices in (1, 2):
                 rows.append(run(args.data, strategy, devices, args.input_size, args.epochs, Path(tmp)))
                 print(json.dumps(rows[-1]), flush=True)
-    print("\n| strategy | processes | s/epoch (after the first) | setup s | wall s | peak RSS, largest rank (MB) | accuracy | run folders |")
+    print(
+        "\n| strategy | processes | s/epoch (after the first) | setup s | wall s "
+        "| peak RSS, largest rank (MB) | accuracy | run folders |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['strategy']} | {r['devices']} | {r['epoch_s']:.2f} | {r['setup_s']:.1f} | {r['wall_s']:.0f} | "
-              f"{r['peak_mb']:,.0f} | {100 * r['accuracy']:.1f} % ({r['correct']}) | {r['run_folders']} |")
+        print(
+            f"| {r['strategy']} | {r['devices']} | {r['epoch_s']:.2f} | {r['setup_s']:.1f} | {r['wall_s']:.0f} | "
+            f"{r['peak_mb']:,.0f} | {100 * r['accuracy']:.1f} % ({r['correct']}) | {r['run_folders']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -26,10 +26,7 @@ import numpy as np
 from PIL import Image
 
 # Fashion-MNIST's class names, in label order (from the dataset's README).
-CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 PER_CLASS = {"training": 100, "validation": 20, "evaluation": 30}
 OUT = Path(__file__).resolve().parents[1] / "src" / "headstart" / "demo_data"
 SOURCE = "usr/share/datasets/fashion-mnist"
@@ -40,13 +37,13 @@ def read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def pick(labels: np.ndarray, start: int, count: int) -> dict[int, list[int]]:
     """Indices of images start..start+count-1 of every class, in file order."""
-    return {c: list(np.flatnonzero(labels == c)[start:start + count]) for c in range(len(CLASSES))}
+    return {c: list(np.flatnonzero(labels == c)[start : start + count]) for c in range(len(CLASSES))}
 
 
 def build(deb: Path, out: Path = OUT) -> None:

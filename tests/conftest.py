@@ -2,121 +2,19 @@
 
 from __future__ import annotations
 
-import csv
 import os
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from helpers.datasets import TINY, TINY_OPTIONS, make_food11, make_messy_food11
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup here hangs ~45 s before failing
-
-FOOD11 = ("training", "validation", "evaluation")
-
-
-def _photos() -> list[np.ndarray]:
-    from skimage import data
-
-    return [data.chelsea(), data.coffee(), data.astronaut(), data.rocket()]
-
-
-PHOTOS = _photos()
-
-
-def photo(i: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
-    """A real photo, different for every ``i``: a shifted crop of one of scikit-image's photos."""
-    arr = PHOTOS[i % len(PHOTOS)]
-    h, w = arr.shape[:2]
-    step = i // len(PHOTOS)
-    top, left = (17 * step) % (h // 3), (29 * step) % (w // 3)
-    crop = arr[top:top + 2 * h // 3, left:left + 2 * w // 3]
-    return Image.fromarray(crop).resize(size)
-
-
-def make_food11(root: Path, per_split: dict[str, list[int]] | None = None, ext: str = ".jpg") -> Path:
-    """A food11-layout dataset: ``per_split[split][c]`` images of class c, named <c>_<n><ext>."""
-    per_split = per_split or {"training": [4, 4, 4], "validation": [2, 2, 2], "evaluation": [2, 2, 2]}
-    n = 0
-    for split, counts in per_split.items():
-        (root / split).mkdir(parents=True, exist_ok=True)
-        for label, count in enumerate(counts):
-            for _ in range(count):
-                photo(n).save(root / split / f"{label}_{n}{ext}")
-                n += 1
-    return root
-
-
-def make_messy_food11(root: Path) -> Path:
-    """The issue's example: one corrupt JPEG, one CMYK JPEG, one RGBA PNG and a notes.txt.
-
-    Usable images: training [4, 4, 5], validation [3, 2, 2], evaluation [2, 2, 2].
-    """
-    make_food11(root)
-    (root / "classes.txt").write_text("Bread\nDairy\nDessert\n")
-    (root / "training" / "1_90.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG" * 10)
-    photo(91).convert("CMYK").save(root / "training" / "2_91.jpg")
-    rgba = photo(92).convert("RGBA")
-    rgba.putalpha(128)
-    rgba.save(root / "validation" / "0_92.png")
-    (root / "training" / "notes.txt").write_text("collected in 2026\n")
-    return root
-
-
-def food11_to_folders(src: Path, dst: Path) -> Path:
-    """The same files in the folders layout: <split>/<class name>/<file>, classes.txt kept."""
-    names = (src / "classes.txt").read_text().split()
-    for split in FOOD11:
-        for f in sorted((src / split).iterdir()):
-            label = int(f.name.split("_")[0]) if f.name[0].isdigit() else 0
-            (dst / split / names[label]).mkdir(parents=True, exist_ok=True)
-            shutil.copy(f, dst / split / names[label] / f.name)
-    shutil.copy(src / "classes.txt", dst / "classes.txt")
-    return dst
-
-
-def food11_to_csv(src: Path, manifest: Path) -> Path:
-    """The same files listed in a manifest (path,label name,split), paths relative to it."""
-    names = (src / "classes.txt").read_text().split()
-    with manifest.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "split"])
-        for split in FOOD11:
-            for p in sorted((src / split).iterdir()):
-                label = int(p.name.split("_")[0]) if p.name[0].isdigit() else 0
-                w.writerow([os.path.relpath(p, manifest.parent), names[label], split])
-    return manifest
-
-
-def count_stem_images(monkeypatch) -> list[int]:
-    """A list that grows by the batch size each time a frozen prefix's stem runs (efficientnet_lite0):
-    how many images went through the frozen layers."""
-    from headstart.models import factory as backbones
-
-    seen: list[int] = []
-    split = backbones.Classifier.split
-
-    def counting_split(self, k):
-        cut = split(self, k)
-        if cut is not None:
-            self.body.net.conv_stem.register_forward_hook(lambda mod, inp, out: seen.append(len(out)))
-        return cut
-
-    monkeypatch.setattr(backbones.Classifier, "split", counting_split)
-    return seen
 
 
 @pytest.fixture
 def messy(tmp_path: Path) -> Path:
     return make_messy_food11(tmp_path / "messy")
-
-
-# The tiny fixture for mechanics (resume, modes, caches, layouts of memory): 3 classes, 8
-# training images each, at 32 px. Fast; not meant to be learnt (accuracy belongs in bench/).
-TINY = {"training": [8, 8, 8], "validation": [3, 3, 3], "evaluation": [3, 3, 3]}
-TINY_IMAGES = sum(sum(c) for c in TINY.values())
-TINY_OPTIONS = dict(input_size=32, batch_size=8)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -135,8 +33,9 @@ def tiny_run(tiny, tmp_path_factory):
     """A finished features run on the tiny data, shared by the tests that only read a run."""
     from headstart.training.fit import fit
 
-    return fit(tiny, strategy="features", epochs=2, runs_dir=tmp_path_factory.mktemp("runs"), name="tiny",
-               **TINY_OPTIONS)
+    return fit(
+        tiny, strategy="features", epochs=2, runs_dir=tmp_path_factory.mktemp("runs"), name="tiny", **TINY_OPTIONS
+    )
 
 
 @pytest.fixture(scope="session")
@@ -145,26 +44,6 @@ def demo_run(tmp_path_factory):
     learnt something: it is the one accuracy claim of the timed suite."""
     from headstart.training.fit import fit
 
-    return fit("demo", strategy="features", epochs=6, input_size=64, runs_dir=tmp_path_factory.mktemp("runs"),
-               name="demo")
-
-
-def chromium_browser(tmp_path: Path):
-    """Headless Debian Chromium driven by Selenium (skipped where missing, except in CI)."""
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        if os.environ.get("CI"):
-            pytest.fail("chromium and chromedriver are needed for the report test; .ci/run installs them")
-        pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
-    os.environ["SE_OFFLINE"] = "true"  # never let Selenium look for drivers online
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1300,1200"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(driver), options=opts)
+    return fit(
+        "demo", strategy="features", epochs=6, input_size=64, runs_dir=tmp_path_factory.mktemp("runs"), name="demo"
+    )

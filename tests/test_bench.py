@@ -15,8 +15,9 @@ BENCH = Path(__file__).parent.parent / "bench"
 
 
 def test_gpu_bench_dry_run_measures_both_backbones():
-    done = subprocess.run([sys.executable, str(BENCH / "gpu.py"), "--dry-run"], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "gpu.py"), "--dry-run"], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = re.findall(r"^\| (vgg16|efficientnet_lite0) \| ([\d,.]+) \| ([\d,.]+) \| ([\d,.]+) \|$", done.stdout, re.M)
     assert [r[0] for r in rows] == ["vgg16", "efficientnet_lite0"]
@@ -24,15 +25,17 @@ def test_gpu_bench_dry_run_measures_both_backbones():
 
 
 def _accuracy_bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BENCH / "accuracy.py"), *args], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, str(BENCH / "accuracy.py"), *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_accuracy_bench_quick_runs_the_levers_here_and_skips_the_others(tiny, tmp_path):
     from headstart.config import TrainConfig
 
-    done = _accuracy_bench("run", "--quick", "--data", str(tiny), "--rows", "baseline,size-128,tta,aug-views-4,all",
-                           "--out", str(tmp_path))
+    done = _accuracy_bench(
+        "run", "--quick", "--data", str(tiny), "--rows", "baseline,size-128,tta,aug-views-4,all", "--out", str(tmp_path)
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = {r["row"]: r for r in json.loads((tmp_path / "results.json").read_text())}
     assert list(results) == ["baseline", "size-128", "tta", "aug-views-4", "all"]
@@ -47,8 +50,11 @@ def test_accuracy_bench_quick_runs_the_levers_here_and_skips_the_others(tiny, tm
     for r in results.values():
         assert r["skipped"] or (0 <= r["accuracy"] <= 1 and r["total"] == 9 and r["seconds"] > 0 and r["epochs"] == 1)
     # The table: one line per row; the size row compared with the baseline.
-    line = re.search(r"^\| \S+ \| size-128 \| features \| 32 \| ([\d.]+)% \|.*\| ([+-][\d.]+) \| \d+ \| ([\d.]+)× \|",
-                     done.stdout, re.M)
+    line = re.search(
+        r"^\| \S+ \| size-128 \| features \| 32 \| ([\d.]+)% \|.*\| ([+-][\d.]+) \| \d+ \| ([\d.]+)× \|",
+        done.stdout,
+        re.M,
+    )
     assert line, done.stdout
     assert (tmp_path / "results.csv").read_text().count("\n") == 1 + len(results)
 
@@ -79,5 +85,8 @@ def test_accuracy_bench_split_file_is_balanced_and_disjoint():
     assert len({r["path"] for r in rows}) == len(rows) == 1750
     counts = Counter((r["path"].split("/")[0], r["split"]) for r in rows)
     assert {c for c, _ in counts} == {"daisy", "dandelion", "roses", "sunflowers", "tulips"}
-    assert all(counts[(c, s)] == n for c in {c for c, _ in counts}
-               for s, n in (("training", 100), ("validation", 50), ("evaluation", 200)))
+    assert all(
+        counts[(c, s)] == n
+        for c in {c for c, _ in counts}
+        for s, n in (("training", 100), ("validation", 50), ("evaluation", 200))
+    )

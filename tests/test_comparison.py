@@ -8,38 +8,52 @@ import re
 from pathlib import Path
 
 import pytest
-from test_report import _render
 from typer.testing import CliRunner
 
 from headstart import comparison as comparison
-from headstart.cli.app import app
+from headstart.cli.main import app
 from headstart.comparison import compare
 from headstart.errors import ConfigError
 from headstart.runs.folder import Run
+from helpers.browser import render_report
 
 
 def test_compare_table_matches_the_runs_and_renders(messy: Path, tmp_path: Path):
-    result = compare(messy, ["features", "full", "scratch"], epochs=2, input_size=32, runs_dir=str(tmp_path), name="cmp")
+    result = compare(
+        messy, ["features", "full", "scratch"], epochs=2, input_size=32, runs_dir=str(tmp_path), name="cmp"
+    )
     with (result.dir / "comparison.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["strategy"] for r in rows] == ["features", "full", "scratch"]
     for row in rows:
         m = json.loads((result.dir / row["strategy"] / "metrics.json").read_text())
-        assert (float(row["accuracy"]), int(row["correct"]), int(row["total"])) == (m["accuracy"], m["correct"], m["total"])
+        assert (float(row["accuracy"]), int(row["correct"]), int(row["total"])) == (
+            m["accuracy"],
+            m["correct"],
+            m["total"],
+        )
         assert int(row["trainable"]) == m["trainable_params"]
         assert (result.dir / row["strategy"] / "report.html").is_file()
     best = max(result.rows, key=lambda r: (r["accuracy"], -r["total_seconds"]))
     assert result.reading.startswith(f"{best['strategy']} reached the best evaluation accuracy")
     assert "random weights" in result.reading or best["strategy"] == "scratch"
-    page = _render(result.report, tmp_path / "compare-report.png", tmp_path)
+    page = render_report(result.report, tmp_path / "compare-report.png", tmp_path)
     assert page["errors"] == [] and len(page["images"]) == 2
     assert all(ok and w > 300 for _, ok, w, _ in page["images"])
     assert result.reading[:40] in page["text"]
 
 
 def test_compare_gives_a_freeze_point_only_to_the_strategies_that_have_one(messy: Path, tmp_path: Path):
-    result = compare(messy, ["features", "half"], freeze="1", epochs=1, input_size=32, runs_dir=str(tmp_path),
-                     name="cmp", advise=False)
+    result = compare(
+        messy,
+        ["features", "half"],
+        freeze="1",
+        epochs=1,
+        input_size=32,
+        runs_dir=str(tmp_path),
+        name="cmp",
+        advise=False,
+    )
     assert result.runs["half"].config.freeze == "1" and result.runs["features"].config.freeze is None
     assert result.advice is None and "advised" not in (result.dir / "report.html").read_text()
     with pytest.raises(ConfigError, match="--freeze sets the freeze point of half or partial"):
@@ -61,8 +75,20 @@ def test_an_interrupted_comparison_stops_and_says_what_to_resume(tiny, tmp_path:
         return run
 
     monkeypatch.setattr(comparison, "fit", interrupted_fit)
-    result = CliRunner().invoke(app, ["compare", str(tiny), "--strategies", "features,half,full", "--no-advise",
-                                      "--runs-dir", str(tmp_path), "--name", "cmp"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            str(tiny),
+            "--strategies",
+            "features,half,full",
+            "--no-advise",
+            "--runs-dir",
+            str(tmp_path),
+            "--name",
+            "cmp",
+        ],
+    )
     assert result.exit_code == 130, result.output
     assert trained == ["features", "half"]  # full never started
     assert f"headstart train --resume {tmp_path / 'cmp' / 'half'}" in " ".join(result.output.split())
@@ -70,17 +96,38 @@ def test_an_interrupted_comparison_stops_and_says_what_to_resume(tiny, tmp_path:
 
 
 def test_one_comparison_shows_a_lever_side_by_side(tiny, tmp_path: Path):
-    result = CliRunner().invoke(app, ["compare", str(tiny), "--strategies", "features,features+input_size=48+head_dropout=0",
-                                      "--epochs", "1", "--input-size", "32", "--runs-dir", str(tmp_path), "--name", "cmp",
-                                      "--no-advise"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            str(tiny),
+            "--strategies",
+            "features,features+input_size=48+head_dropout=0",
+            "--epochs",
+            "1",
+            "--input-size",
+            "32",
+            "--runs-dir",
+            str(tmp_path),
+            "--name",
+            "cmp",
+            "--no-advise",
+        ],
+    )
     assert result.exit_code == 0, result.output
     with (tmp_path / "cmp" / "comparison.csv").open() as f:
         assert [r["strategy"] for r in csv.DictReader(f)] == ["features", "features+input_size=48+head_dropout=0"]
-    plain, varied = Run.load(tmp_path / "cmp" / "features"), Run.load(tmp_path / "cmp" / "features+input_size=48+head_dropout=0")
+    plain, varied = (
+        Run.load(tmp_path / "cmp" / "features"),
+        Run.load(tmp_path / "cmp" / "features+input_size=48+head_dropout=0"),
+    )
     assert (plain.config.input_size, plain.config.head_dropout) == (32, 0.2)
     assert (varied.config.input_size, varied.config.head_dropout, varied.config.strategy) == (48, 0.0, "features")
-    for bad, said in (("features+colour=blue", "'colour=blue' in 'features+colour=blue' is not a training option"),
-                      ("features+epochs=0", "epochs"), ("most+tta", "Unknown strategy 'most' in 'most+tta'")):
+    for bad, said in (
+        ("features+colour=blue", "'colour=blue' in 'features+colour=blue' is not a training option"),
+        ("features+epochs=0", "epochs"),
+        ("most+tta", "Unknown strategy 'most' in 'most+tta'"),
+    ):
         with pytest.raises(ConfigError, match=re.escape(said)):
             compare(tiny, ["features", bad], runs_dir=str(tmp_path / "bad"))
     assert not (tmp_path / "bad").exists()

@@ -18,7 +18,14 @@ from headstart.training.optimizers import KerasAdam
 
 def test_seed_recipe_builds_the_tutorials_vgg16_and_optimizer():
     cfg = resolve_config(recipe="seed", overrides={"backbone": "vgg16", "strategy": "partial", "freeze_layers": 10})
-    assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs, cfg.augment, cfg.input_size) == ("keras_adam", 1e-5, 32, 10, False, 224)
+    assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs, cfg.augment, cfg.input_size) == (
+        "keras_adam",
+        1e-5,
+        32,
+        10,
+        False,
+        224,
+    )
     assert cfg.early_stopping == 0 and cfg.label_smoothing == 0 and cfg.schedule == "constant"
     assert (cfg.head_init, cfg.loss, cfg.weight_decay) == ("keras", "keras", 0)  # Keras' numerics (test_keras_parity)
     model = create_model("vgg16", 11, weights="none")
@@ -34,17 +41,25 @@ def test_default_recipe_values_and_overrides(tmp_path: Path):
     cfg = resolve_config(yaml_path=tmp_path / "run.yaml", overrides={"lr": "0.5"})
     assert (cfg.recipe, cfg.epochs, cfg.lr, cfg.batch_size) == ("seed", 3, 0.5, 32)  # flags beat YAML beat recipe
     default = resolve_config()
-    assert (default.optimizer, default.schedule, default.augment, default.early_stopping) == ("adamw", "cosine", True, 5)
+    assert (default.optimizer, default.schedule, default.augment, default.early_stopping) == (
+        "adamw",
+        "cosine",
+        True,
+        5,
+    )
     assert default.label_smoothing > 0 and default.backbone_lr < default.lr
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(recipe="fast"), "Unknown recipe 'fast'. Choose one of: default, seed"),
-    (dict(overrides={"strategy": "most"}), "Unknown strategy 'most'. Choose one of: features, partial"),
-    (dict(overrides={"epoch": 3}), "Unknown option.*epoch\\b"),
-    (dict(overrides={"epochs": "ten"}), "epochs must be a number \\(int\\). Received: epochs='ten'"),
-    (dict(overrides={"batch_size": 0}), "batch_size must be at least 1. Received: batch_size=0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(recipe="fast"), "Unknown recipe 'fast'. Choose one of: default, seed"),
+        (dict(overrides={"strategy": "most"}), "Unknown strategy 'most'. Choose one of: features, partial"),
+        (dict(overrides={"epoch": 3}), "Unknown option.*epoch\\b"),
+        (dict(overrides={"epochs": "ten"}), "epochs must be a number \\(int\\). Received: epochs='ten'"),
+        (dict(overrides={"batch_size": 0}), "batch_size must be at least 1. Received: batch_size=0"),
+    ],
+)
 def test_bad_options_are_config_errors_that_name_what_was_received(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         resolve_config(**kwargs)
@@ -62,9 +77,15 @@ def test_a_config_file_that_is_missing_or_not_a_mapping(tmp_path: Path):
 BAD = [
     (dict(input_size=100_000), r"input_size must be between 16 and 1024 \(pixels\)\. Received: input_size=100000"),
     (dict(input_size=1), r"input_size must be between 16 and 1024 \(pixels\)\. Received: input_size=1\b"),
-    (dict(input_size=0), r"input_size must be between 16 and 1024 \(pixels\)\. Received: input_size=0\. Leave it out "
-                         r"for the size the weights were trained at"),
-    (dict(input_size=-32, force_input_size=True), r"input_size must be at least 1 \(pixels\)\. Received: input_size=-32"),
+    (
+        dict(input_size=0),
+        r"input_size must be between 16 and 1024 \(pixels\)\. Received: input_size=0\. Leave it out "
+        r"for the size the weights were trained at",
+    ),
+    (
+        dict(input_size=-32, force_input_size=True),
+        r"input_size must be at least 1 \(pixels\)\. Received: input_size=-32",
+    ),
     (dict(input_size=64.5), r"input_size must be a whole number.*Received: input_size=64.5"),
     (dict(early_stopping=-1), r"early_stopping must be at least 0 \(0 = off\)\. Received: early_stopping=-1"),
     (dict(epochs=0), r"epochs must be at least 1\. Received: epochs=0"),
@@ -88,11 +109,17 @@ BAD = [
     (dict(val_fraction=1.0), r"val_fraction must be at least 0 and below 1 .*Received: val_fraction=1.0"),
     (dict(val_fraction=0.5, eval_fraction=0.5), r"val_fraction \+ eval_fraction must leave images for training"),
     (dict(unfreeze_every=0, strategy="gradual"), r"unfreeze_every must be at least 1\. Received: unfreeze_every=0"),
-    (dict(unfreeze_every=3), r"unfreeze_every only applies to the gradual strategy .*, not to features\. "
-                             r"Received: unfreeze_every=3 with strategy='features'"),
+    (
+        dict(unfreeze_every=3),
+        r"unfreeze_every only applies to the gradual strategy .*, not to features\. "
+        r"Received: unfreeze_every=3 with strategy='features'",
+    ),
     (dict(unfreeze_every=3, strategy="auto"), r"unfreeze_every only applies to the gradual strategy"),
-    (dict(weights="weights.pth", strategy="scratch"), r"scratch strategy starts from random weights.*"
-                                                      r"Received: weights='weights.pth' with strategy='scratch'"),
+    (
+        dict(weights="weights.pth", strategy="scratch"),
+        r"scratch strategy starts from random weights.*"
+        r"Received: weights='weights.pth' with strategy='scratch'",
+    ),
 ]
 # Asked for explicitly, an option the strategy ignores is an error even at its default value.
 BAD_WHEN_ASKED = [
@@ -133,9 +160,18 @@ def test_a_config_changed_after_it_was_made_is_checked_again_before_the_run(tmp_
 def test_the_defaults_recipes_and_good_values_pass():
     assert TrainConfig().input_size is None  # the weights' own size
     assert resolve_config(recipe="seed").input_size == 224
-    for options in (dict(input_size=16), dict(input_size=1024), dict(early_stopping=0), dict(head_dropout=0.0),
-                    dict(strategy="gradual", unfreeze_every=1), dict(strategy="scratch", weights="none"),
-                    dict(strategy="auto"), dict(seed=2**32 - 1), dict(lr_decay=1.0), dict(num_workers=0)):
+    for options in (
+        dict(input_size=16),
+        dict(input_size=1024),
+        dict(early_stopping=0),
+        dict(head_dropout=0.0),
+        dict(strategy="gradual", unfreeze_every=1),
+        dict(strategy="scratch", weights="none"),
+        dict(strategy="auto"),
+        dict(seed=2**32 - 1),
+        dict(lr_decay=1.0),
+        dict(num_workers=0),
+    ):
         cfg = resolve_config(overrides=options)
         assert all(getattr(cfg, k) == v for k, v in options.items()), options
 

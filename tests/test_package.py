@@ -54,8 +54,9 @@ def _imports(path: Path) -> set[str]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             # `from headstart.models import strategies` imports the module headstart.models.strategies
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
-                     for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module for a in node.names
+            ]
         else:
             continue
         found |= {n for n in names if n in MODULES}
@@ -72,7 +73,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()
@@ -92,7 +93,9 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_every_module_has_a_layer_and_the_facade_is_on_top():
     assert all(_layer(m) >= 0 for m in MODULES if m != "headstart")
-    assert not any("headstart" in _imports(p) for m, p in MODULES.items() if m != "headstart")  # nothing imports the facade
+    assert not any(
+        "headstart" in _imports(p) for m, p in MODULES.items() if m != "headstart"
+    )  # nothing imports the facade
 
 
 def test_the_layer_check_sees_an_upward_import():
@@ -101,8 +104,13 @@ def test_the_layer_check_sees_an_upward_import():
 
 
 def test_imports_point_down_the_layers_function_level_imports_included():
-    upward = sorted(f"{m} -> {d}" for m, p in MODULES.items() if m != "headstart"
-                    for d in _imports(p) if d != "headstart" and _layer(d) > _layer(m))
+    upward = sorted(
+        f"{m} -> {d}"
+        for m, p in MODULES.items()
+        if m != "headstart"
+        for d in _imports(p)
+        if d != "headstart" and _layer(d) > _layer(m)
+    )
     assert upward == []
 
 
@@ -112,7 +120,9 @@ def test_no_import_cycle_between_modules_function_level_imports_included():
 
 
 def test_import_headstart_is_light():
-    code = "import sys, headstart; print(sorted(m for m in ('torch', 'lightning', 'timm', 'numpy') if m in sys.modules))"
+    code = (
+        "import sys, headstart; print(sorted(m for m in ('torch', 'lightning', 'timm', 'numpy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -129,13 +139,32 @@ def test_the_api_names_resolve_even_after_every_module_was_imported(name):
 
 
 def test_the_api_has_what_the_cli_has():
-    from headstart.cli.app import app
+    from headstart.cli.main import app
 
     commands = {c.name or c.callback.__name__ for c in app.registered_commands}
-    assert commands == {"inspect", "backbones", "train", "evaluate", "compare", "advise", "predict", "export", "serve",
-                        "lr_find"}
-    python = {"inspect": "inspect", "train": "fit", "evaluate": "evaluate", "compare": "compare", "advise": "advise",
-              "predict": "load", "export": "export", "backbones": "create_model", "lr_find": "find_lr"}
+    assert commands == {
+        "inspect",
+        "backbones",
+        "train",
+        "evaluate",
+        "compare",
+        "advise",
+        "predict",
+        "export",
+        "serve",
+        "lr_find",
+    }
+    python = {
+        "inspect": "inspect",
+        "train": "fit",
+        "evaluate": "evaluate",
+        "compare": "compare",
+        "advise": "advise",
+        "predict": "load",
+        "export": "export",
+        "backbones": "create_model",
+        "lr_find": "find_lr",
+    }
     assert set(python.values()) <= set(headstart.__all__)
 
 
@@ -144,8 +173,19 @@ def test_no_module_is_longer_than_450_lines():
     assert max(lengths.values()) <= 450, {k: v for k, v in lengths.items() if v > 450}
 
 
-RUN_FILES = ("config.yaml", "data.json", "history.csv", "metrics.json", "metrics-", "best.ckpt", "last.ckpt",
-             "confusion_matrix.", "confusion_matrix-", "curves.png", "misclassified.png")
+RUN_FILES = (
+    "config.yaml",
+    "data.json",
+    "history.csv",
+    "metrics.json",
+    "metrics-",
+    "best.ckpt",
+    "last.ckpt",
+    "confusion_matrix.",
+    "confusion_matrix-",
+    "curves.png",
+    "misclassified.png",
+)
 RUN_FOLDERS = ("checkpoints", "export")  # spelled as a path: `... / "checkpoints"`
 
 
@@ -154,9 +194,14 @@ def test_only_the_runs_module_spells_the_run_folder():
         if name.startswith("headstart.runs."):
             continue
         code = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
-        strings = [n.value for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
-        docstrings = {ast.get_docstring(n, clean=False) for n in ast.walk(ast.parse(code))
-                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef))}
+        strings = [
+            n.value for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+        ]
+        docstrings = {
+            ast.get_docstring(n, clean=False)
+            for n in ast.walk(ast.parse(code))
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef))
+        }
         names = {s: s.rsplit("/", 1)[-1] for s in strings if s not in docstrings}  # a file name, or a path's last part
         spelled = [s for s, n in names.items() if any(n == f or f[-1] in ".-" and n.startswith(f) for f in RUN_FILES)]
         paths = "\n".join(line for line in code.splitlines() if "torch.hub" not in line)  # torch's own checkpoints/
@@ -178,8 +223,44 @@ def test_every_user_facing_error_is_a_headstart_error():
 
 
 def test_using_a_model_does_not_import_training():
-    code = ("import sys, headstart.inference.predict, headstart.inference.serve, headstart.inference.export; "
-            "print(sorted(m for m in ('lightning', 'torchmetrics', 'matplotlib', 'headstart.training', 'timm') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, headstart.inference.predict, headstart.inference.serve, headstart.inference.export; "
+        "print(sorted(m for m in ('lightning', 'torchmetrics', 'matplotlib', 'headstart.training', 'timm') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_no_test_file_imports_another():
+    tests = Path(__file__).parent
+    for path in tests.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            bad = [n for n in names if n.split(".")[-1].startswith("test_") or n.split(".")[0] == "conftest"]
+            assert not bad, f"{path.relative_to(tests)} imports {bad}: shared helpers go in tests/helpers/"
+
+
+def test_tests_are_laid_out_like_the_package():
+    tests = Path(__file__).parent
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name not in ("helpers", "__pycache__")}
+    packages = {p.parent.name for p in SRC.glob("*/__init__.py")}
+    assert folders <= packages, folders - packages
+
+
+@pytest.mark.parametrize("where", ["headstart.training.fit:fit", "headstart.comparison:compare"])
+def test_the_top_level_steps_stay_short(where):
+    """``fit`` and ``compare`` read as the tutorial's steps: each lever gets a named step, not lines here."""
+    import importlib
+    import inspect
+
+    module, name = where.split(":")
+    fn = ast.parse(inspect.getsource(getattr(importlib.import_module(module), name)).lstrip()).body[0]
+    body = fn.body[1:] if ast.get_docstring(fn) else fn.body
+    assert body[-1].end_lineno - body[0].lineno + 1 <= 40

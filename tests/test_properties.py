@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import photo
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +27,7 @@ from headstart.data.inspection import verify_images
 from headstart.data.layouts import SPLITS
 from headstart.data.preprocessing import Preprocessing
 from headstart.errors import HeadstartError, ImageError
+from helpers.datasets import photo
 
 FEW = settings(max_examples=40, deadline=None, database=None)  # the whole file runs in seconds
 PRE = Preprocessing(input_size=16)
@@ -64,7 +64,7 @@ def loaded(data: Path, **options):
     files = [os.path.realpath(s.path) for s in ds.samples]
     in_split = {split: {f for f, s in zip(files, ds.samples) if s.split == split} for split in SPLITS}
     for i, a in enumerate(SPLITS):
-        for b in SPLITS[i + 1:]:
+        for b in SPLITS[i + 1 :]:
             assert not in_split[a] & in_split[b], f"in {a} and {b}: {sorted(in_split[a] & in_split[b])}"
     assert len(set(files)) == len(files), "a file listed twice"
     return ds
@@ -72,8 +72,10 @@ def loaded(data: Path, **options):
 
 def decoded(ds, cache: Path) -> None:
     """What inspect and train do next: decode every image (directly, and through the cache)."""
-    for step in (lambda: verify_images(ds, progress=False, workers=2),
-                 lambda: decoded_images(ds, PRE, progress=False, directory=cache)):
+    for step in (
+        lambda: verify_images(ds, progress=False, workers=2),
+        lambda: decoded_images(ds, PRE, progress=False, directory=cache),
+    ):
         try:
             step()
         except HeadstartError:
@@ -84,14 +86,34 @@ def decoded(ds, cache: Path) -> None:
 
 # Names: any text a file name can hold (no "/" or NUL, no lone surrogate), and some chosen odd ones.
 TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=10)
-ODD = st.sampled_from(["a b", "caf\u00e9", "\u65e5\u672c", "a,b", 'q"uote', "new\nline", " ", "-", "\ufb01",
-                       "\u00b2", "\u0663", "#", "\t", "\ufeffx", "path", "label"])
+ODD = st.sampled_from(
+    [
+        "a b",
+        "caf\u00e9",
+        "\u65e5\u672c",
+        "a,b",
+        'q"uote',
+        "new\nline",
+        " ",
+        "-",
+        "\ufb01",
+        "\u00b2",
+        "\u0663",
+        "#",
+        "\t",
+        "\ufeffx",
+        "path",
+        "label",
+    ]
+)
 NAME = st.one_of(TEXT, ODD).filter(lambda n: n not in (".", ".."))
 # Where a file goes: mostly the split folders (and, in the folders layout, a class folder) of the
 # usable dataset built on, sometimes anywhere: a split folder's other name, the root, a new folder.
 TAME = st.tuples(st.sampled_from(SPLITS), st.just("as the base"))
-WILD = st.tuples(st.sampled_from([*SPLITS, "train", "val", "test", "Training", "", "misc"]),
-                 st.one_of(st.none(), st.sampled_from(["cat", "dog"]), NAME))
+WILD = st.tuples(
+    st.sampled_from([*SPLITS, "train", "val", "test", "Training", "", "misc"]),
+    st.one_of(st.none(), st.sampled_from(["cat", "dog"]), NAME),
+)
 PLACE = st.one_of(TAME, TAME, TAME, WILD)
 PREFIX = st.sampled_from(["0_", "1_"] * 4 + ["2_", "12_", "01_", "\u00b2_", "\u0663_", "x_", ""])  # ², ٣: isdigit()
 EXT = st.sampled_from([".jpg", ".JPG", ".png", ".jpeg", ".webp", ".txt", ""])
@@ -115,8 +137,13 @@ def build(root: Path, entries) -> None:
             elif kind in ("loop", "dangling"):
                 os.symlink(path.name if kind == "loop" else "nowhere.jpg", path)
             else:
-                data = {"photo": PHOTOS[n % len(PHOTOS)], "png": IMAGES["PNG"], "random": blob, "empty": b"",
-                        "truncated": PHOTOS[0][: len(blob) * 8]}.get(kind, PHOTOS[n % len(PHOTOS)])
+                data = {
+                    "photo": PHOTOS[n % len(PHOTOS)],
+                    "png": IMAGES["PNG"],
+                    "random": blob,
+                    "empty": b"",
+                    "truncated": PHOTOS[0][: len(blob) * 8],
+                }.get(kind, PHOTOS[n % len(PHOTOS)])
                 path.write_bytes(data)
         except OSError:  # a class folder named like a file made before, say
             continue
@@ -128,24 +155,38 @@ def _entries(cls, *names_and_kinds):
 
 
 # A usable dataset to start from, so that the generated files land among usable ones.
-VALID = [(split, f"{c}_{i}", "photo") for split, n in (("training", 2), ("validation", 1), ("evaluation", 1))
-         for c in (0, 1) for i in range(n)]
-BASES = {"none": [], "food11": _entries(None, *VALID),
-         "folders": [e for i, c in enumerate(("cat", "dog"))
-                     for e in _entries(c, *(v for v in VALID if v[1].startswith(f"{i}_")))]}
+VALID = [
+    (split, f"{c}_{i}", "photo")
+    for split, n in (("training", 2), ("validation", 1), ("evaluation", 1))
+    for c in (0, 1)
+    for i in range(n)
+]
+BASES = {
+    "none": [],
+    "food11": _entries(None, *VALID),
+    "folders": [
+        e for i, c in enumerate(("cat", "dog")) for e in _entries(c, *(v for v in VALID if v[1].startswith(f"{i}_")))
+    ],
+}
 
 
 @FEW
-@given(base=st.sampled_from(sorted(BASES)), entries=st.lists(ENTRY, max_size=8),
-       layout=st.sampled_from([None] * 4 + ["food11", "folders"]))
+@given(
+    base=st.sampled_from(sorted(BASES)),
+    entries=st.lists(ENTRY, max_size=8),
+    layout=st.sampled_from([None] * 4 + ["food11", "folders"]),
+)
 @example(base="food11", entries=_entries(None, ("evaluation", "0_e", "link")), layout=None)  # to a training image
 @example(base="food11", entries=_entries(None, ("training", "\u00b2_x", "photo")), layout=None)  # int("²") fails
 @example(base="folders", entries=_entries("cat", ("training", "x", "loop")), layout=None)  # the cache key stat()ed it
 def test_any_files_in_folders_are_read_or_refused(tmp_path_factory, base, entries, layout):
     with fresh_folder(tmp_path_factory) as folder:
         cls = {"food11": None}.get(base, "cat")
-        build(folder / "data", BASES[base] + [((place[0], cls if place[1] == "as the base" else place[1]), *rest)
-                                              for place, *rest in entries])
+        build(
+            folder / "data",
+            BASES[base]
+            + [((place[0], cls if place[1] == "as the base" else place[1]), *rest) for place, *rest in entries],
+        )
         ds = loaded(folder / "data", layout=layout)
         if ds is not None:
             decoded(ds, folder / "cache")
@@ -156,21 +197,44 @@ def test_any_files_in_folders_are_read_or_refused(tmp_path_factory, base, entrie
 FILES = [f"img/{i}.jpg" for i in range(6)]
 PATHS = st.one_of(
     st.sampled_from(FILES),
-    st.sampled_from(["./img/0.jpg", "img/../img/1.jpg", "img//2.jpg", " img/3.jpg ", "img/bad.jpg", "img/link.jpg",
-                     "img/loop.jpg", "img/dangling.jpg", "img/notes.txt", "missing.jpg", "img", "../outside.jpg",
-                     "../data/img/4.jpg", "{outside}", "{inside}"]),
+    st.sampled_from(
+        [
+            "./img/0.jpg",
+            "img/../img/1.jpg",
+            "img//2.jpg",
+            " img/3.jpg ",
+            "img/bad.jpg",
+            "img/link.jpg",
+            "img/loop.jpg",
+            "img/dangling.jpg",
+            "img/notes.txt",
+            "missing.jpg",
+            "img",
+            "../outside.jpg",
+            "../data/img/4.jpg",
+            "{outside}",
+            "{inside}",
+        ]
+    ),
     NAME,
 )
-LABELS = st.one_of(st.sampled_from(["cat", "dog", "0", "1", "2", "01", "\u00b2", " cat", "Cat"]),
-                   NAME.filter(lambda t: t.strip().lower() not in ("path", "label")))
+LABELS = st.one_of(
+    st.sampled_from(["cat", "dog", "0", "1", "2", "01", "\u00b2", " cat", "Cat"]),
+    NAME.filter(lambda t: t.strip().lower() not in ("path", "label")),
+)
 SPLIT = st.sampled_from([None, "", "training", "train", "validation", "val", "evaluation", "test", "TEST", "holdout"])
 AS_THE_OTHERS = st.just("as the others")
 ROW = st.tuples(PATHS, LABELS, st.one_of(AS_THE_OTHERS, AS_THE_OTHERS, AS_THE_OTHERS, SPLIT))
 # Usable manifests to start from: splits drawn, or given.
 LABELLED = [(f, "cat" if i < 3 else "dog") for i, f in enumerate(FILES)]
-ROWS = {"none": [], "drawn": [(f, label, None) for f, label in LABELLED],
-        "splits": [(f, label, ("training", "training", "validation", "training", "training", "evaluation")[i])
-                   for i, (f, label) in enumerate(LABELLED)]}
+ROWS = {
+    "none": [],
+    "drawn": [(f, label, None) for f, label in LABELLED],
+    "splits": [
+        (f, label, ("training", "training", "validation", "training", "training", "evaluation")[i])
+        for i, (f, label) in enumerate(LABELLED)
+    ],
+}
 
 
 def write_files(root: Path) -> None:
@@ -187,8 +251,7 @@ def write_files(root: Path) -> None:
 
 def manifest_bytes(root: Path, rows, header: bool, bom: bool, quoted: bool, newline: str, junk: bytes | None) -> bytes:
     absolute = {"{outside}": str(root.parent / "outside.jpg"), "{inside}": str(root / "img" / "3.jpg")}
-    cells = [[absolute.get(path, path), label]
-             + ([] if split is None else [split]) for path, label, split in rows]
+    cells = [[absolute.get(path, path), label] + ([] if split is None else [split]) for path, label, split in rows]
     if header:
         cells.insert(0, ["path", "label"] + (["split"] if any(len(c) == 3 for c in cells) else []))
     if quoted:
@@ -213,18 +276,26 @@ MANIFEST = dict(header=True, bom=False, quoted=False, newline="\n", junk=None, c
 
 
 @FEW
-@given(base=st.sampled_from(sorted(ROWS)), extra=st.lists(ROW, max_size=8), header=st.booleans(), bom=st.booleans(),
-       quoted=st.booleans(), newline=st.sampled_from(["\n", "\r\n"]),
-       junk=st.one_of(st.none(), st.none(), st.none(), st.binary(min_size=1, max_size=8)),
-       classes=st.one_of(st.none(), st.none(), st.lists(LABELS, max_size=4)), allow=st.booleans(),
-       as_file=st.booleans())
+@given(
+    base=st.sampled_from(sorted(ROWS)),
+    extra=st.lists(ROW, max_size=8),
+    header=st.booleans(),
+    bom=st.booleans(),
+    quoted=st.booleans(),
+    newline=st.sampled_from(["\n", "\r\n"]),
+    junk=st.one_of(st.none(), st.none(), st.none(), st.binary(min_size=1, max_size=8)),
+    classes=st.one_of(st.none(), st.none(), st.lists(LABELS, max_size=4)),
+    allow=st.booleans(),
+    as_file=st.booleans(),
+)
 @example(base="drawn", extra=[], **{**MANIFEST, "bom": True})  # Excel's BOM: the header was a row, 'label' a class
 @example(base="drawn", extra=[("./img/0.jpg", "cat", None)], **MANIFEST)  # one file twice: drawn into two splits
 @example(base="splits", extra=[("img/0.jpg", "cat", "evaluation")], **MANIFEST)  # in training and in evaluation
 @example(base="drawn", extra=[("../outside.jpg", "cat", None)], **MANIFEST)  # outside the manifest's folder
 @example(base="drawn", extra=[("img/bad.jpg", "\u00b2", None)], **MANIFEST)  # int("²") fails
-def test_any_manifest_is_read_or_refused(tmp_path_factory, base, extra, header, bom, quoted, newline, junk, classes,
-                                         allow, as_file):
+def test_any_manifest_is_read_or_refused(
+    tmp_path_factory, base, extra, header, bom, quoted, newline, junk, classes, allow, as_file
+):
     same = {"drawn": None, "splits": "training"}.get(base)
     rows = ROWS[base] + [(path, label, same if split == "as the others" else split) for path, label, split in extra]
     with fresh_folder(tmp_path_factory) as folder:
@@ -265,16 +336,23 @@ def decodes_or_refuses(decode) -> None:
 
 @FEW
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns of corrupt EXIF on the way to an error
-@given(data=st.binary(max_size=600), head=st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a",
-                                                              b"RIFF\x00\x00\x00\x00WEBP", b"BM", b"II*\x00"]))
+@given(
+    data=st.binary(max_size=600),
+    head=st.sampled_from(
+        [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"RIFF\x00\x00\x00\x00WEBP", b"BM", b"II*\x00"]
+    ),
+)
 def test_any_bytes_decode_or_raise_an_image_error(data, head):
     decodes_or_refuses(lambda: decode_bytes(head + data))
 
 
 @FEW
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@given(fmt=st.sampled_from(sorted(IMAGES)), cut=st.floats(0, 1),
-       flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=3))
+@given(
+    fmt=st.sampled_from(sorted(IMAGES)),
+    cut=st.floats(0, 1),
+    flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=3),
+)
 def test_damaged_images_decode_or_raise_an_image_error(tmp_path_factory, fmt, cut, flips):
     data = bytearray(IMAGES[fmt][: round(cut * len(IMAGES[fmt]))])
     for where, byte in flips:

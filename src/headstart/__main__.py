@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from headstart.cli.app import main
+from headstart.cli.main import main
 
 main()

@@ -33,8 +33,18 @@ from headstart.training.fit import fit
 from headstart.utils.files import check_writable_dir, write_text
 
 FREEZE = ("freeze", "freeze_layers")
-COLUMNS = ["strategy", "trainable", "best_epoch", "val_accuracy", "accuracy", "correct", "total",
-           "seconds_per_epoch", "total_seconds", "advised"]
+COLUMNS = [
+    "strategy",
+    "trainable",
+    "best_epoch",
+    "val_accuracy",
+    "accuracy",
+    "correct",
+    "total",
+    "seconds_per_epoch",
+    "total_seconds",
+    "advised",
+]
 
 
 @dataclass
@@ -55,10 +65,16 @@ def _row(strategy: str, run: Run) -> dict:
     m = run.metrics
     best = run.history[m["best_epoch"] - 1] if run.history else {}
     return {
-        "strategy": strategy, "trainable": m["trainable_params"], "best_epoch": m["best_epoch"],
-        "val_accuracy": best.get("val_accuracy", 0.0), "accuracy": m["accuracy"], "correct": m["correct"],
-        "total": m["total"], "seconds_per_epoch": m["train_seconds"] / max(m["epochs"], 1),
-        "total_seconds": m["setup_seconds"] + m["train_seconds"], "report": f"{strategy}/{REPORT_HTML}",
+        "strategy": strategy,
+        "trainable": m["trainable_params"],
+        "best_epoch": m["best_epoch"],
+        "val_accuracy": best.get("val_accuracy", 0.0),
+        "accuracy": m["accuracy"],
+        "correct": m["correct"],
+        "total": m["total"],
+        "seconds_per_epoch": m["train_seconds"] / max(m["epochs"], 1),
+        "total_seconds": m["setup_seconds"] + m["train_seconds"],
+        "report": f"{strategy}/{REPORT_HTML}",
         **({"tta_accuracy": m["tta_accuracy"]} if "tta_accuracy" in m else {}),
     }
 
@@ -67,8 +83,10 @@ def reading(rows: list[dict]) -> str:
     """A paragraph a person can read: which strategy won, by how much, at what cost, and what transfer bought."""
     ranked = sorted(rows, key=lambda r: (-r["accuracy"], r["total_seconds"]))
     best = ranked[0]
-    text = (f"{best['strategy']} reached the best evaluation accuracy, {best['accuracy']:.1%} "
-            f"({best['correct']} of {best['total']} images)")
+    text = (
+        f"{best['strategy']} reached the best evaluation accuracy, {best['accuracy']:.1%} "
+        f"({best['correct']} of {best['total']} images)"
+    )
     if len(ranked) > 1:
         second = ranked[1]
         gap = 100 * (best["accuracy"] - second["accuracy"])
@@ -80,17 +98,23 @@ def reading(rows: list[dict]) -> str:
     if best["strategy"] == "features" and tuned:
         slow = max(tuned, key=lambda r: r["seconds_per_epoch"])
         speed = slow["seconds_per_epoch"] / max(best["seconds_per_epoch"], 1e-9)
-        text += (f" It trains only a new head on features computed once, so its epochs are {speed:.0f}× faster "
-                 f"than {slow['strategy']}'s: on this data, fine-tuning the backbone does not pay.")
+        text += (
+            f" It trains only a new head on features computed once, so its epochs are {speed:.0f}× faster "
+            f"than {slow['strategy']}'s: on this data, fine-tuning the backbone does not pay."
+        )
     if "features" in by and best["strategy"] != "features":
         f = by["features"]
         speed = best["seconds_per_epoch"] / max(f["seconds_per_epoch"], 1e-9)
-        text += (f" Training only a new head on frozen features reached {f['accuracy']:.1%} with epochs "
-                 f"{speed:.0f}× faster than {best['strategy']}'s.")
+        text += (
+            f" Training only a new head on frozen features reached {f['accuracy']:.1%} with epochs "
+            f"{speed:.0f}× faster than {best['strategy']}'s."
+        )
     if "scratch" in by and best["strategy"] != "scratch":
         s = by["scratch"]
-        text += (f" The same network from random weights reached {s['accuracy']:.1%}: starting from pretrained "
-                 f"weights is worth {100 * (best['accuracy'] - s['accuracy']):.1f} points here.")
+        text += (
+            f" The same network from random weights reached {s['accuracy']:.1%}: starting from pretrained "
+            f"weights is worth {100 * (best['accuracy'] - s['accuracy']):.1f} points here."
+        )
     if best["accuracy"] - min(r["accuracy"] for r in rows if r["strategy"] != "scratch") < 0.01:
         text += " The pretrained strategies are within a point of each other: prefer the cheapest."
     return text
@@ -115,15 +139,19 @@ def variant(label: str) -> tuple[str, dict[str, Any]]:
     and the options of this run alone, so one comparison shows what a lever does side by side."""
     strategy, *levers = label.strip().split("+")
     if strategy not in STRATEGIES and strategy != "auto":
-        raise ConfigError(f"Unknown strategy '{strategy}' in '{label}'. Choose from: {', '.join(STRATEGIES)}, auto "
-                          "(each optionally with +option or +option=value, e.g. features+tta).")
+        raise ConfigError(
+            f"Unknown strategy '{strategy}' in '{label}'. Choose from: {', '.join(STRATEGIES)}, auto "
+            "(each optionally with +option or +option=value, e.g. features+tta)."
+        )
     own = {}
     for lever in levers:
         key, _, value = lever.partition("=")
         key = key.strip().replace("-", "_")
         if key not in TrainConfig.__dataclass_fields__ or key in ("data", "strategy", "name", "runs_dir"):
-            raise ConfigError(f"'{lever}' in '{label}' is not a training option. Use +option or +option=value "
-                              "with the names of `headstart train --help` (e.g. +tta, +input_size=128).")
+            raise ConfigError(
+                f"'{lever}' in '{label}' is not a training option. Use +option or +option=value "
+                "with the names of `headstart train --help` (e.g. +tta, +input_size=128)."
+            )
         own[key] = coerce(key, yaml.safe_load(value) if value else True)  # as a YAML config would read it
     return strategy, own
 
@@ -145,8 +173,10 @@ def _plans(data, strategies: list[str], options: dict) -> tuple[TrainConfig, dic
             resolve_config(options.get("recipe"), None, {**options, **own, "data": str(data), "strategy": strategy})
     frozen = [k for k in FREEZE if options.get(k) is not None]
     if frozen and not {"partial", "half", "auto"} & {s for s, _ in plans.values()}:
-        raise ConfigError(f"--{frozen[0].replace('_', '-')} sets the freeze point of half or partial; compare "
-                          f"trains {', '.join(strategies)}. Add half, or leave the option out.")
+        raise ConfigError(
+            f"--{frozen[0].replace('_', '-')} sets the freeze point of half or partial; compare "
+            f"trains {', '.join(strategies)}. Add half, or leave the option out."
+        )
     return cfg, plans
 
 
@@ -154,21 +184,37 @@ def _advise(cfg: TrainConfig, plans: dict, options: dict, ranks, progress: bool)
     """Measure the data once, on rank 0 (every run reads the same cache next): ``auto`` becomes the advised
     strategy, and with ``input_size=auto`` every run takes the size chosen (and records the advice)."""
     auto_size = cfg.input_size == "auto"
-    advice = ranks.on_zero(lambda: measure(load_dataset_for(cfg), cfg.backbone, cfg.weights,
-                                           None if auto_size else cfg.input_size, seed=cfg.seed, progress=progress,
-                                           decode_all=not auto_size, resolution=auto_size))
-    plans = {(advice.strategy if label == "auto" else label): (advice.strategy if s == "auto" else s, own)
-             for label, (s, own) in plans.items()}
+    advice = ranks.on_zero(
+        lambda: measure(
+            load_dataset_for(cfg),
+            cfg.backbone,
+            cfg.weights,
+            None if auto_size else cfg.input_size,
+            seed=cfg.seed,
+            progress=progress,
+            decode_all=not auto_size,
+            resolution=auto_size,
+        )
+    )
+    plans = {
+        (advice.strategy if label == "auto" else label): (advice.strategy if s == "auto" else s, own)
+        for label, (s, own) in plans.items()
+    }
     if auto_size:
-        options.update(input_size=advice.recommendation["input_size"], advice={**advice.to_dict(), "taken": ["input_size"]})
+        options.update(
+            input_size=advice.recommendation["input_size"], advice={**advice.to_dict(), "taken": ["input_size"]}
+        )
     return advice, plans
 
 
 def _own_options(strategy: str, options: dict) -> dict:
     """A freeze point (--freeze, --freeze-layers) is for the strategies that have one; weights are for
     those that start from them (scratch: random)."""
-    return {k: v for k, v in options.items() if not (k in FREEZE and strategy not in ("partial", "half")
-                                                     or k == "weights" and strategy == "scratch")}
+    return {
+        k: v
+        for k, v in options.items()
+        if not (k in FREEZE and strategy not in ("partial", "half") or k == "weights" and strategy == "scratch")
+    }
 
 
 def _write(out: Path, runs: dict[str, Run], advice, data_name: str) -> tuple[list[dict], str]:
@@ -186,8 +232,13 @@ def _write(out: Path, runs: dict[str, Run], advice, data_name: str) -> tuple[lis
     first = next(iter(runs.values()))
     data_info = first.data_info()
     write_compare_report(
-        out, rows, {s: r.history for s, r in runs.items()},
-        {s: r.metrics["confusion_matrix"] for s, r in runs.items()}, data_info["classes"], data_info, text,
+        out,
+        rows,
+        {s: r.history for s, r in runs.items()},
+        {s: r.metrics["confusion_matrix"] for s, r in runs.items()},
+        data_info["classes"],
+        data_info,
+        text,
         title=f"{first.config.backbone} on {data_name}: {', '.join(runs)}",
         advice=advice.to_dict() if advice else None,
     )
@@ -195,8 +246,16 @@ def _write(out: Path, runs: dict[str, Run], advice, data_name: str) -> tuple[lis
 
 
 @said_once()  # a warning about the input size: once, not once a run
-def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", name: str | None = None,
-            progress: bool = False, advise: bool = True, **options: Any) -> Comparison:
+def compare(
+    data: str | Path,
+    strategies: list[str],
+    *,
+    runs_dir: str = "runs",
+    name: str | None = None,
+    progress: bool = False,
+    advise: bool = True,
+    **options: Any,
+) -> Comparison:
     """Train each strategy on the same data, backbone and seed; write the comparison report.
 
     With ``advise`` (the default) ``headstart.advice.strategy`` measures the data first and the report says
@@ -206,14 +265,16 @@ def compare(data: str | Path, strategies: list[str], *, runs_dir: str = "runs", 
     check_writable_dir(runs_dir, "--runs-dir")
     data_name = "demo" if str(data) == "demo" else Path(data).resolve().name
     ranks = launch(cfg.accelerator, parse_devices(cfg.devices), cfg.num_nodes)  # before any work: it is shared out
-    out = ranks.on_zero(lambda: _new_folder(Path(runs_dir) / (name or f"compare-{data_name}-{datetime.now():%Y%m%d-%H%M%S}")))
+    out = ranks.on_zero(
+        lambda: _new_folder(Path(runs_dir) / (name or f"compare-{data_name}-{datetime.now():%Y%m%d-%H%M%S}"))
+    )
     advice = None
     if advise or any(s == "auto" for s, _ in plans.values()) or cfg.input_size == "auto":
         advice, plans = _advise(cfg, plans, options, ranks, progress)
     runs = {}
     for label, (strategy, own) in plans.items():
-        runs[label] = fit(data, strategy=strategy, runs_dir=str(out), name=label, progress=progress,
-                          **{**_own_options(strategy, options), **own})
+        options_of_run = {**_own_options(strategy, options), **own}
+        runs[label] = fit(data, strategy=strategy, runs_dir=str(out), name=label, progress=progress, **options_of_run)
         if runs[label].interrupted:
             return Comparison(out, [], runs, "", advice, interrupted=True)
     if not ranks.is_zero:  # rank 0 writes the comparison

@@ -119,9 +119,23 @@ class TrainConfig:
 # categorical cross-entropy, the best weights by validation loss kept, no early stopping.
 # tests/test_keras_parity.py checks it step for step against Keras; the data order differs.
 SEED = dict(
-    recipe="seed", epochs=10, batch_size=32, optimizer="keras_adam", lr=1e-5, backbone_lr=1e-5, lr_decay=1.0,
-    weight_decay=0.0, warmup_epochs=0.0, schedule="constant", label_smoothing=0.0, augment=False,
-    early_stopping=0, input_size=224, pretrained_bn_stats=False, head_init="keras", loss="keras",
+    recipe="seed",
+    epochs=10,
+    batch_size=32,
+    optimizer="keras_adam",
+    lr=1e-5,
+    backbone_lr=1e-5,
+    lr_decay=1.0,
+    weight_decay=0.0,
+    warmup_epochs=0.0,
+    schedule="constant",
+    label_smoothing=0.0,
+    augment=False,
+    early_stopping=0,
+    input_size=224,
+    pretrained_bn_stats=False,
+    head_init="keras",
+    loss="keras",
 )
 RECIPES: dict[str, dict[str, Any]] = {"default": {}, "seed": SEED}
 OPTIMIZERS = ("adam", "adamw", "sgd", "keras_adam")
@@ -208,12 +222,17 @@ def check_input_size(size: int | str | None, force: bool = False) -> None:
     if size is None or size == "auto":
         return
     if isinstance(size, str):
-        raise ConfigError(f"input_size must be a whole number {INPUT_SIZES}, or auto (measured by headstart "
-                          f"advise). Received: input_size={size!r}")
+        raise ConfigError(
+            f"input_size must be a whole number {INPUT_SIZES}, or auto (measured by headstart "
+            f"advise). Received: input_size={size!r}"
+        )
     allowed = Range(1, note="pixels") if force else INPUT_SIZES
     if isinstance(size, numbers.Integral) and not isinstance(size, bool) and size not in allowed:
-        fix = ("Leave it out for the size the weights were trained at" if size < 1
-               else "To use it anyway, pass --force-input-size (force_input_size=True)")
+        fix = (
+            "Leave it out for the size the weights were trained at"
+            if size < 1
+            else "To use it anyway, pass --force-input-size (force_input_size=True)"
+        )
         raise ConfigError(f"input_size must be {allowed}. Received: input_size={size}. {fix}.")
     check_number("input_size", size, allowed)  # a whole number
 
@@ -232,8 +251,14 @@ def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
     if cfg.accelerator not in ACCELERATORS:
         raise ConfigError(f"Unknown accelerator '{cfg.accelerator}'. Choose one of: {', '.join(ACCELERATORS)}.")
     check_loggers(cfg.loggers)
-    for name, choices in (("class_weights", CLASS_WEIGHTS), ("sampler", SAMPLERS), ("monitor", MONITORS),
-                          ("average", AVERAGES), ("head_init", NUMERICS), ("loss", NUMERICS)):
+    for name, choices in (
+        ("class_weights", CLASS_WEIGHTS),
+        ("sampler", SAMPLERS),
+        ("monitor", MONITORS),
+        ("average", AVERAGES),
+        ("head_init", NUMERICS),
+        ("loss", NUMERICS),
+    ):
         if getattr(cfg, name) not in choices:
             raise ConfigError(f"{name} must be one of: {', '.join(choices)}. Received: {name}={getattr(cfg, name)!r}")
     for name, allowed in RANGES.items():
@@ -241,24 +266,36 @@ def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
         if not (name == "freeze_layers" and value is None):  # None: freeze by groups
             check_number(name, value, allowed)
     if cfg.val_fraction + cfg.eval_fraction >= 1:
-        raise ConfigError(f"val_fraction + eval_fraction must leave images for training (below 1). "
-                          f"Received: {cfg.val_fraction} + {cfg.eval_fraction}")
+        raise ConfigError(
+            f"val_fraction + eval_fraction must leave images for training (below 1). "
+            f"Received: {cfg.val_fraction} + {cfg.eval_fraction}"
+        )
     check_input_size(cfg.input_size, cfg.force_input_size)
     if cfg.lr_find and (cfg.num_nodes > 1 or (cfg.devices != "auto" and _device_count(cfg.devices) > 1)):
-        raise ConfigError(f"lr_find runs on one device; received devices={cfg.devices!r}, num_nodes={cfg.num_nodes}. "
-                          "Find the rate on one device (headstart lr-find DATA), then pass it as --lr.")
+        raise ConfigError(
+            f"lr_find runs on one device; received devices={cfg.devices!r}, num_nodes={cfg.num_nodes}. "
+            "Find the rate on one device (headstart lr-find DATA), then pass it as --lr."
+        )
     # A default is no request; a run's own config.yaml holds every default (weights: default,
     # unfreeze_every: 2), so only a value asked for or changed says someone expected an effect.
     default = {f.name: f.default for f in fields(TrainConfig)}
     if cfg.strategy not in UNFREEZES and ("unfreeze_every" in given or cfg.unfreeze_every != default["unfreeze_every"]):
-        raise ConfigError(f"unfreeze_every only applies to the gradual strategy (one more group trained every N "
-                          f"epochs), not to {cfg.strategy}. Received: unfreeze_every={cfg.unfreeze_every} with "
-                          f"strategy={cfg.strategy!r}. "
-                          "Pass --strategy gradual, or leave --unfreeze-every out.")
-    if cfg.strategy == "scratch" and cfg.weights != "none" and ("weights" in given or cfg.weights != default["weights"]):
-        raise ConfigError(f"The scratch strategy starts from random weights; it cannot load any. Received: "
-                          f"weights={cfg.weights!r} with strategy='scratch'. Leave --weights out, or pick a strategy "
-                          "that starts from them (full, for every layer trained).")
+        raise ConfigError(
+            f"unfreeze_every only applies to the gradual strategy (one more group trained every N "
+            f"epochs), not to {cfg.strategy}. Received: unfreeze_every={cfg.unfreeze_every} with "
+            f"strategy={cfg.strategy!r}. "
+            "Pass --strategy gradual, or leave --unfreeze-every out."
+        )
+    if (
+        cfg.strategy == "scratch"
+        and cfg.weights != "none"
+        and ("weights" in given or cfg.weights != default["weights"])
+    ):
+        raise ConfigError(
+            f"The scratch strategy starts from random weights; it cannot load any. Received: "
+            f"weights={cfg.weights!r} with strategy='scratch'. Leave --weights out, or pick a strategy "
+            "that starts from them (full, for every layer trained)."
+        )
     check_views(cfg)
     return cfg
 
@@ -273,15 +310,21 @@ def check_views(cfg: TrainConfig) -> None:
         return
     received = f"Received: aug_views={cfg.aug_views}"
     if cfg.strategy not in (*VIEW_STRATEGIES, "auto"):
-        raise ConfigError(f"aug_views computes the frozen layers on augmented views once; {cfg.strategy} trains every "
-                          f"layer, so nothing is frozen. {received} with strategy={cfg.strategy!r}. Use "
-                          f"{', '.join(VIEW_STRATEGIES)}, or leave --aug-views out.")
+        raise ConfigError(
+            f"aug_views computes the frozen layers on augmented views once; {cfg.strategy} trains every "
+            f"layer, so nothing is frozen. {received} with strategy={cfg.strategy!r}. Use "
+            f"{', '.join(VIEW_STRATEGIES)}, or leave --aug-views out."
+        )
     if not cfg.augment:
-        raise ConfigError(f"aug_views stores augmented views, but augmentation is off (the seed recipe turns it off). "
-                          f"{received} with augment=False. Pass --augment, or leave --aug-views out.")
+        raise ConfigError(
+            f"aug_views stores augmented views, but augmentation is off (the seed recipe turns it off). "
+            f"{received} with augment=False. Pass --augment, or leave --aug-views out."
+        )
     if not cfg.cache_frozen:
-        raise ConfigError(f"aug_views computes the frozen layers once, but cache_frozen=False asks to run them every "
-                          f"epoch. {received} with cache_frozen=False. Drop one of the two.")
+        raise ConfigError(
+            f"aug_views computes the frozen layers once, but cache_frozen=False asks to run them every "
+            f"epoch. {received} with cache_frozen=False. Drop one of the two."
+        )
 
 
 def _device_count(devices: str) -> int:
@@ -310,7 +353,9 @@ def coerce(name: str, value: Any) -> Any:
         try:
             return type(default)(value)
         except ValueError:
-            raise ConfigError(f"{name} must be a number ({type(default).__name__}). Received: {name}={value!r}") from None
+            raise ConfigError(
+                f"{name} must be a number ({type(default).__name__}). Received: {name}={value!r}"
+            ) from None
     if name in ("freeze",) and value is not None:
         return str(value)
     return value
@@ -326,8 +371,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return loaded
 
 
-def resolve_config(recipe: str | None = None, yaml_path: str | Path | None = None,
-                   overrides: dict[str, Any] | None = None) -> TrainConfig:
+def resolve_config(
+    recipe: str | None = None, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
     """Defaults, then the recipe's values, then the YAML file's, then ``overrides`` (flags)."""
     from_yaml = read_yaml(yaml_path) if yaml_path else {}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -335,7 +381,9 @@ def resolve_config(recipe: str | None = None, yaml_path: str | Path | None = Non
     for source, values in (("the config file", from_yaml), ("the options", overrides)):
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"Unknown option(s) in {source}: {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+            raise ConfigError(
+                f"Unknown option(s) in {source}: {', '.join(unknown)}. Known: {', '.join(sorted(known))}."
+            )
     name = recipe or overrides.get("recipe") or from_yaml.get("recipe") or "default"
     if name not in RECIPES:
         raise ConfigError(f"Unknown recipe '{name}'. Choose one of: {', '.join(RECIPES)}.")
@@ -359,8 +407,9 @@ def load_config(path: Path) -> TrainConfig:
     values = read_yaml(path)
     unknown = sorted(set(values) - {f.name for f in fields(TrainConfig)})
     if unknown:
-        raise ConfigError(f"{path} has unknown option(s): {', '.join(unknown)}. Was it written by another version? "
-                          "Remove them.")
+        raise ConfigError(
+            f"{path} has unknown option(s): {', '.join(unknown)}. Was it written by another version? Remove them."
+        )
     if "force_input_size" not in values:
         values = _as_it_trained(values)
     try:
@@ -386,9 +435,9 @@ def _as_it_trained(values: dict[str, Any]) -> dict[str, Any]:
         values.pop("weights", None)
     return values
 
-LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
-# What each needs installed, and the pip extra that brings it.
-NEEDS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
+
+# The experiment trackers --logger takes, and what pip installs for each (the module has the logger's name).
+LOGGERS = {"csv": None, "tensorboard": "tensorboard", "mlflow": "'headstart[mlflow]'", "wandb": "'headstart[wandb]'"}
 
 
 def check_loggers(names: list[str]) -> None:
@@ -396,6 +445,5 @@ def check_loggers(names: list[str]) -> None:
     for name in names:
         if name not in LOGGERS:
             raise ConfigError(f"Unknown logger '{name}'. Choose from: {', '.join(LOGGERS)}.")
-        module, extra = NEEDS.get(name, (None, None))
-        if module and importlib.util.find_spec(module) is None:
-            raise ConfigError(f"--logger {name} needs the package {module}: pip install 'headstart[{extra}]'")
+        if LOGGERS[name] and importlib.util.find_spec(name) is None:
+            raise ConfigError(f"--logger {name} needs the package {name}: pip install {LOGGERS[name]}")

@@ -77,16 +77,25 @@ def choose_size(probes: dict[int, dict], margin: float = SIZE_MARGIN) -> dict:
     """The smallest probed size whose k-NN accuracy is within ``margin`` of the best; its gain in
     points and its cost in time against a reference (the smallest size; when it is the smallest
     itself, the best of the others), and both in words."""
-    rows = [{"input_size": size, "knn": p["final_knn"], "seconds": p["probe_seconds"]} for size, p in sorted(probes.items())]
+    rows = [
+        {"input_size": size, "knn": p["final_knn"], "seconds": p["probe_seconds"]} for size, p in sorted(probes.items())
+    ]
     best = max(r["knn"] for r in rows)
     pick = next(r for r in rows if r["knn"] >= best - margin)
     out = {"sizes": rows, "input_size": pick["input_size"], "margin": margin}
     others = [r for r in rows if r is not pick]
     if not others:
         return {**out, "why": f"{pick['input_size']} px: the only size probed"}
-    ref = others[0] if others[0]["input_size"] < pick["input_size"] else max(others, key=lambda r: (r["knn"], r["input_size"]))
+    ref = (
+        others[0]
+        if others[0]["input_size"] < pick["input_size"]
+        else max(others, key=lambda r: (r["knn"], r["input_size"]))
+    )
     gain, cost = 100 * (pick["knn"] - ref["knn"]), pick["seconds"] / max(ref["seconds"], 1e-9)
-    why = f"{pick['input_size']} px: probe {pick['knn']:.0%} vs {ref['knn']:.0%} at {ref['input_size']} px, {cost:.1f}x the time"
+    why = (
+        f"{pick['input_size']} px: probe {pick['knn']:.0%} vs {ref['knn']:.0%} at {ref['input_size']} px, "
+        f"{cost:.1f}x the time"
+    )
     return {**out, "reference": ref["input_size"], "gain": round(gain, 1), "time_ratio": round(cost, 2), "why": why}
 
 
@@ -100,9 +109,14 @@ def input_size_warning(size: int | None, native: int, advice: dict | None = None
         loss = 100 * (knn[native] - knn[size])
         if loss < 100 * SIZE_MARGIN:  # measured, and as good: nothing to warn about
             return None
-        return f"features at {size} px scored {loss:.0f} points under {native} px on the probe; --input-size auto picks the size"
-    return (f"--input-size {size} is well below the {native} px the weights were trained at, which usually costs "
-            f"accuracy; measure it with `headstart advise DATA` or pass --input-size auto")
+        return (
+            f"features at {size} px scored {loss:.0f} points under {native} px on the probe; "
+            "--input-size auto picks the size"
+        )
+    return (
+        f"--input-size {size} is well below the {native} px the weights were trained at, which usually costs "
+        f"accuracy; measure it with `headstart advise DATA` or pass --input-size auto"
+    )
 
 
 _SAID: contextvars.ContextVar[set | None] = contextvars.ContextVar("said", default=None)

@@ -75,14 +75,26 @@ SAMPLE_PER_CLASS = 60
 SAMPLE_TOTAL = 3000
 
 RULES = {
-    ("small", "similar"): ("features", "If the new data-set is very small, it's better to train only the final "
-                           "layers of the network to avoid overfitting, keeping all other layers fixed."),
-    ("large", "similar"): ("full", "If the new data-set is very much large, retrain the whole network with "
-                           "initial weights from the pre-trained model."),
-    ("small", "different"): ("half", "If the new data-set is very small, it will be good to fix the earlier "
-                             "layers and retrain the rest of the layers."),
-    ("large", "different"): ("full", "If the new data-set has large amount of data, we can retrain the whole "
-                             "network with weights initialized from the pre-trained network."),
+    ("small", "similar"): (
+        "features",
+        "If the new data-set is very small, it's better to train only the final "
+        "layers of the network to avoid overfitting, keeping all other layers fixed.",
+    ),
+    ("large", "similar"): (
+        "full",
+        "If the new data-set is very much large, retrain the whole network with "
+        "initial weights from the pre-trained model.",
+    ),
+    ("small", "different"): (
+        "half",
+        "If the new data-set is very small, it will be good to fix the earlier "
+        "layers and retrain the rest of the layers.",
+    ),
+    ("large", "different"): (
+        "full",
+        "If the new data-set has large amount of data, we can retrain the whole "
+        "network with weights initialized from the pre-trained network.",
+    ),
 }
 SOURCE = "as the tutorial quotes it, from the CS231n notes"
 
@@ -103,7 +115,8 @@ class Advice:
 
     @property
     def case(self) -> str:
-        return f"{self.size} data, {self.similarity} {'to' if self.similarity == 'similar' else 'from'} the pretraining data"
+        towards = "to" if self.similarity == "similar" else "from"
+        return f"{self.size} data, {self.similarity} {towards} the pretraining data"
 
     @property
     def strategy(self) -> str:
@@ -115,8 +128,11 @@ class Advice:
     def overrides(self) -> dict:
         """The recommendation as ``TrainConfig`` options: the strategy, and what differs from the defaults."""
         d = TrainConfig()
-        return {k: v for k, v in self.recommendation.items()
-                if k == "strategy" or (hasattr(d, k) and v is not None and v != getattr(d, k))}
+        return {
+            k: v
+            for k, v in self.recommendation.items()
+            if k == "strategy" or (hasattr(d, k) and v is not None and v != getattr(d, k))
+        }
 
 
 def knn_accuracy(features: torch.Tensor, labels: torch.Tensor, k: int = K_NEIGHBOURS) -> float:
@@ -127,13 +143,13 @@ def knn_accuracy(features: torch.Tensor, labels: torch.Tensor, k: int = K_NEIGHB
     num_classes = int(labels.max()) + 1
     correct = 0
     for start in range(0, len(x), 1024):
-        sim = x[start:start + 1024] @ x.T
+        sim = x[start : start + 1024] @ x.T
         rows = torch.arange(len(sim))
         sim[rows, rows + start] = -float("inf")  # not its own neighbour
         nearest = sim.topk(k, dim=1).indices
         votes = torch.nn.functional.one_hot(labels[nearest], num_classes).sum(1).float()
         votes += 1e-3 * torch.nn.functional.one_hot(labels[nearest[:, 0]], num_classes)  # ties: the nearest wins
-        correct += int((votes.argmax(1) == labels[start:start + 1024]).sum())
+        correct += int((votes.argmax(1) == labels[start : start + 1024]).sum())
     return correct / len(x)
 
 
@@ -155,9 +171,16 @@ def _sample(ds: Dataset, per_class: int, seed: int) -> list[int]:
 
 
 @torch.inference_mode()
-def measure_similarity(ds: Dataset, backbone: str, weights: str = "default", input_size: int | None = None,
-                       per_class: int = SAMPLE_PER_CLASS, seed: int = 0, progress: bool = False,
-                       decode_all: bool = False) -> dict:
+def measure_similarity(
+    ds: Dataset,
+    backbone: str,
+    weights: str = "default",
+    input_size: int | None = None,
+    per_class: int = SAMPLE_PER_CLASS,
+    seed: int = 0,
+    progress: bool = False,
+    decode_all: bool = False,
+) -> dict:
     """Probe the frozen backbone on a bounded sample: k-NN accuracy of the final and of an earlier
     layer's pooled features, and the ImageNet classifier's confidence where there is one.
 
@@ -179,16 +202,24 @@ def measure_similarity(ds: Dataset, backbone: str, weights: str = "default", inp
         indices = list(range(len(ds.samples)))
     labels = torch.tensor([ds.samples[i].label for i in indices])
     mid = resolve_freeze(model, "half")  # the end of what `half` freezes: the earlier layer probed
-    out = {"sample": len(indices), "groups": len(model.groups), "half_freezes": mid, "earlier_layer": None, "earlier_knn": None,
-           "earlier_separability": None, "imagenet_confidence": None, "input_size": model.preprocessing.input_size,
-           "native_size": model.body.preprocessing.input_size}
+    out = {
+        "sample": len(indices),
+        "groups": len(model.groups),
+        "half_freezes": mid,
+        "earlier_layer": None,
+        "earlier_knn": None,
+        "earlier_separability": None,
+        "imagenet_confidence": None,
+        "input_size": model.preprocessing.input_size,
+        "native_size": model.body.preprocessing.input_size,
+    }
     model.forward_features(torch.zeros(1, 3, model.preprocessing.input_size, model.preprocessing.input_size))  # warm-up
     started = time.perf_counter()  # the forward pass: what a size costs at every epoch and prediction
     cut = model.split(mid)
     if cut is not None:  # one pass: the earlier activations, then the rest of the body on them
         prefix, rest = cut
         act = extract_features(model, store, indices, upto=prefix, progress=progress)
-        final = torch.cat([rest(act[i:i + 64]) for i in range(0, len(act), 64)])
+        final = torch.cat([rest(act[i : i + 64]) for i in range(0, len(act), 64)])
         earlier = act.float().mean((2, 3)) if act.dim() == 4 else act.float().mean(1)
         out["earlier_layer"] = model.groups[mid - 1].name
         out["earlier_knn"] = knn_accuracy(earlier, labels)
@@ -210,42 +241,69 @@ def recommend(size: str, similarity: str, groups: int, frozen: int) -> dict:
     strategy = RULES[(size, similarity)][0]
     rec = {"strategy": strategy, "epochs": d.epochs, "lr": d.lr, "backbone_lr": d.backbone_lr, "augment": d.augment}
     if strategy == "features":
-        rec.update(augment=False, backbone_lr=None,
-                   why="a new classifier on frozen features: nothing else to fit on little data; features are "
-                       "computed once, so epochs take a fraction of a second")
+        rec.update(
+            augment=False,
+            backbone_lr=None,
+            why="a new classifier on frozen features: nothing else to fit on little data; features are "
+            "computed once, so epochs take a fraction of a second",
+        )
     elif strategy == "half":
-        rec.update(why=f"the first {frozen} of {groups} groups stay fixed (generic features); the "
-                       f"later ones adapt at {d.backbone_lr:g}, {d.lr / d.backbone_lr:g}x gentler than the new head; "
-                       "augmentation against overfitting")
+        rec.update(
+            why=f"the first {frozen} of {groups} groups stay fixed (generic features); the "
+            f"later ones adapt at {d.backbone_lr:g}, {d.lr / d.backbone_lr:g}x gentler than the new head; "
+            "augmentation against overfitting"
+        )
     else:
         if similarity == "different":
             rec["backbone_lr"] = 3 * d.backbone_lr  # the body has further to go
-        rec.update(why="every layer trains from the pretrained weights, lower layers more gently "
-                       "(discriminative rates); enough data not to overfit")
+        rec.update(
+            why="every layer trains from the pretrained weights, lower layers more gently "
+            "(discriminative rates); enough data not to overfit"
+        )
     return rec
 
 
-def advise(data: str | Dataset, backbone: str = "efficientnet_lite0", weights: str = "default",
-           input_size: int | None = None, per_class: int = SAMPLE_PER_CLASS, seed: int = 0,
-           progress: bool = False, decode_all: bool = False, layout: str | None = None,
-           resolution: bool | None = None, sizes: list[int] | None = None) -> Advice:
+def advise(
+    data: str | Dataset,
+    backbone: str = "efficientnet_lite0",
+    weights: str = "default",
+    input_size: int | None = None,
+    per_class: int = SAMPLE_PER_CLASS,
+    seed: int = 0,
+    progress: bool = False,
+    decode_all: bool = False,
+    layout: str | None = None,
+    resolution: bool | None = None,
+    sizes: list[int] | None = None,
+) -> Advice:
     """Measure ``data`` and apply the rules: the case, the rule quoted, and a recommendation.
 
     ``resolution`` (None: when no ``input_size`` is given): probe two or three input sizes too
     (``candidate_sizes``, or these ``sizes`` and ``input_size``) and recommend one (``choose_size``);
-    the case is measured at ``input_size`` if given, else at the recommended size. ``decode_all``: decode the whole dataset into the image cache at
-    ``input_size`` (when training follows at it)."""
+    the case is measured at ``input_size`` if given, else at the recommended size. ``decode_all``: decode
+    the whole dataset into the image cache at ``input_size`` (when training follows at it)."""
     ds = data if isinstance(data, Dataset) else load_dataset(data, layout, seed=seed)
     if ds.num_classes < 2:
         raise DataError(f"advise needs at least 2 classes; {ds.root} has {ds.num_classes}.")
     train = ds.counts()["training"]
-    m = {"classes": ds.num_classes, "training_images": sum(train), "smallest_class": min(train),
-         "largest_class": max(train), "imbalance": round(max(train) / max(min(train), 1), 2)}
-    probe = functools.partial(measure_similarity, ds, backbone, weights, per_class=per_class, seed=seed, progress=progress)
+    m = {
+        "classes": ds.num_classes,
+        "training_images": sum(train),
+        "smallest_class": min(train),
+        "largest_class": max(train),
+        "imbalance": round(max(train) / max(min(train), 1), 2),
+    }
+    probe = functools.partial(
+        measure_similarity, ds, backbone, weights, per_class=per_class, seed=seed, progress=progress
+    )
     res = None
     if resolution or resolution is None and not input_size:
         photo, native = photo_size(ds, _sample(ds, per_class, seed)), native_size(backbone, weights)
-        sizes = sorted({*sizes, *([input_size] if input_size else [])}) if sizes else candidate_sizes(photo, native, input_size)
+        sizes = (
+            sorted({*sizes, *([input_size] if input_size else [])})
+            if sizes
+            else candidate_sizes(photo, native, input_size)
+        )
         probes = {s: probe(s, decode_all=decode_all and s == input_size) for s in sizes}
         res = {"photo_size": photo, "native_size": native, **choose_size(probes)}
         m.update(probes[input_size or res["input_size"]])
@@ -253,23 +311,41 @@ def advise(data: str | Dataset, backbone: str = "efficientnet_lite0", weights: s
         m.update(probe(input_size, decode_all=decode_all))
 
     size = "small" if m["smallest_class"] < SMALL_PER_CLASS else "large"
-    reasons = [f"{size}: the smallest class has {m['smallest_class']:,} training images "
-               f"({'<' if size == 'small' else '>='} {SMALL_PER_CLASS:,})"]
+    reasons = [
+        f"{size}: the smallest class has {m['smallest_class']:,} training images "
+        f"({'<' if size == 'small' else '>='} {SMALL_PER_CLASS:,})"
+    ]
     separable = m["final_separability"] >= SIMILAR_SEPARABILITY
     earlier_wins = m["earlier_knn"] is not None and m["earlier_knn"] > m["final_knn"] + EARLIER_MARGIN
     similarity = "similar" if separable and not earlier_wins else "different"
-    reasons.append(f"final-layer features separate the classes {'well' if separable else 'poorly'}: k-NN "
-                   f"{m['final_knn']:.1%}, separability {m['final_separability']:.2f} "
-                   f"({'>=' if separable else '<'} {SIMILAR_SEPARABILITY})")
+    reasons.append(
+        f"final-layer features separate the classes {'well' if separable else 'poorly'}: k-NN "
+        f"{m['final_knn']:.1%}, separability {m['final_separability']:.2f} "
+        f"({'>=' if separable else '<'} {SIMILAR_SEPARABILITY})"
+    )
     if m["earlier_knn"] is not None:
-        reasons.append(f"earlier layer ({m['earlier_layer']}) k-NN {m['earlier_knn']:.1%}: "
-                       + ("better than the final layer, a sign of a different domain" if earlier_wins
-                          else "not better than the final layer"))
+        reasons.append(
+            f"earlier layer ({m['earlier_layer']}) k-NN {m['earlier_knn']:.1%}: "
+            + (
+                "better than the final layer, a sign of a different domain"
+                if earlier_wins
+                else "not better than the final layer"
+            )
+        )
     rec = recommend(size, similarity, m["groups"], m["half_freezes"])
     if res:
         rec["input_size"] = res["input_size"]
-    return Advice(str(data if not isinstance(data, Dataset) else ds.root), backbone, m, size, similarity,
-                  RULES[(size, similarity)][1], rec, reasons, res)
+    return Advice(
+        str(data if not isinstance(data, Dataset) else ds.root),
+        backbone,
+        m,
+        size,
+        similarity,
+        RULES[(size, similarity)][1],
+        rec,
+        reasons,
+        res,
+    )
 
 
 def advised_config(cfg: TrainConfig, ds: Dataset, asked: dict | None, progress: bool) -> TrainConfig:
@@ -280,9 +356,16 @@ def advised_config(cfg: TrainConfig, ds: Dataset, asked: dict | None, progress: 
     auto_size = cfg.input_size == "auto"
     # Its own random state: an advised run trains exactly as one with the same strategy named.
     with torch.random.fork_rng(devices=[]):
-        advice = advise(ds, cfg.backbone, cfg.weights, None if auto_size else cfg.input_size, seed=cfg.seed,
-                        progress=progress, resolution=auto_size,
-                        decode_all=not auto_size)  # training reads the same cache next (the size known)
+        advice = advise(
+            ds,
+            cfg.backbone,
+            cfg.weights,
+            None if auto_size else cfg.input_size,
+            seed=cfg.seed,
+            progress=progress,
+            resolution=auto_size,
+            decode_all=not auto_size,
+        )  # training reads the same cache next (the size known)
     wanted = {"strategy"} if cfg.strategy == "auto" else set()
     wanted |= {"input_size"} if auto_size else set()
     take_all = cfg.strategy == "auto" and asked is not None and cfg.recipe != "seed"
@@ -290,8 +373,11 @@ def advised_config(cfg: TrainConfig, ds: Dataset, asked: dict | None, progress: 
     if cfg.aug_views:  # views asked for: they need augmentation, and frozen layers to go through
         chosen.pop("augment", None)
         if chosen.get("strategy", cfg.strategy) not in VIEW_STRATEGIES:
-            log.warning("aug_views: the advised strategy, %s, has no frozen layers to compute views through; "
-                        "it trains without them", chosen["strategy"])
+            log.warning(
+                "aug_views: the advised strategy, %s, has no frozen layers to compute views through; "
+                "it trains without them",
+                chosen["strategy"],
+            )
             chosen["aug_views"] = 0
     log.info("auto: %s", ", ".join(f"{k} {v}" for k, v in chosen.items()))
     return dataclasses.replace(cfg, **chosen, advice={**advice.to_dict(), "taken": sorted(chosen)})

@@ -39,15 +39,19 @@ def summary(s) -> None:
     train = s.counts["training"]
     out.print(
         f"Imbalance (largest / smallest training class): {s.imbalance} "
-        f"({s.classes[train.index(max(train))]} {max(train)} / {s.classes[train.index(min(train))]} {min(train)})",
+        f"({s.classes[train.index(max(train))]} {max(train)} / {s.classes[train.index(min(train))]} {min(train)})"
     )
     w, h = s.sizes["width"], s.sizes["height"]
     out.print(
         f"Image sizes: width {w['min']}-{w['max']} (median {w['median']}), height {h['min']}-{h['max']} "
-        f"(median {h['median']}); {s.distinct_sizes} distinct sizes",
+        f"(median {h['median']}); {s.distinct_sizes} distinct sizes"
     )
-    out.print("Modes: " + ", ".join(f"{k} {v}" for k, v in s.modes.items())
-              + "; formats: " + ", ".join(f"{k} {v}" for k, v in s.formats.items()))
+    out.print(
+        "Modes: "
+        + ", ".join(f"{k} {v}" for k, v in s.modes.items())
+        + "; formats: "
+        + ", ".join(f"{k} {v}" for k, v in s.formats.items())
+    )
     if s.problems:
         out.print(f"[yellow]Skipped {len(s.problems)} unreadable image(s):[/]")
         for p in s.problems:
@@ -100,19 +104,38 @@ def evaluation(ev) -> None:
         per.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
     out.print(per)
     if ev.most_confused:
-        out.print("Most confused: " + "; ".join(f"{c['true']} -> {c['predicted']} ({c['count']})" for c in ev.most_confused))
+        out.print(
+            "Most confused: " + "; ".join(f"{c['true']} -> {c['predicted']} ({c['count']})" for c in ev.most_confused)
+        )
 
 
 def comparison(result, tta: bool = False) -> None:
     """``headstart compare``: one row a strategy (with ``tta``, its TTA accuracy too), then the reading."""
     table = Table(title="Comparison")
-    for col in ("strategy", "trainable", "best epoch", "val acc", "eval acc", *(["TTA acc"] if tta else []), "correct",
-                "s/epoch", "total s"):
+    for col in (
+        "strategy",
+        "trainable",
+        "best epoch",
+        "val acc",
+        "eval acc",
+        *(["TTA acc"] if tta else []),
+        "correct",
+        "s/epoch",
+        "total s",
+    ):
         table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
     for r in result.rows:
-        table.add_row(r["strategy"], f"{r['trainable']:,}", str(r["best_epoch"]), f"{r['val_accuracy']:.3f}",
-                      f"{r['accuracy']:.3f}", *([f"{r['tta_accuracy']:.3f}"] if tta else []), f"{r['correct']}/{r['total']}",
-                      f"{r['seconds_per_epoch']:.2f}", f"{r['total_seconds']:.0f}")
+        table.add_row(
+            r["strategy"],
+            f"{r['trainable']:,}",
+            str(r["best_epoch"]),
+            f"{r['val_accuracy']:.3f}",
+            f"{r['accuracy']:.3f}",
+            *([f"{r['tta_accuracy']:.3f}"] if tta else []),
+            f"{r['correct']}/{r['total']}",
+            f"{r['seconds_per_epoch']:.2f}",
+            f"{r['total_seconds']:.0f}",
+        )
     out.print(table)
     out.print(result.reading)
 
@@ -126,18 +149,24 @@ def advice(a, data: str) -> None:
     table.add_column("value", justify="right")
     for k, v in a.measurements.items():
         if v is not None:
-            table.add_row(k.replace("_", " "), f"{v:.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
+            table.add_row(
+                k.replace("_", " "), f"{v:.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+            )
     out.print(table)
     if a.resolution:
         res = a.resolution
-        sizes = Table(title=f"Input size (photos: {res['photo_size']} px on their shorter side; the weights': "
-                            f"{res['native_size']} px)")
+        sizes = Table(
+            title=f"Input size (photos: {res['photo_size']} px on their shorter side; the weights': "
+            f"{res['native_size']} px)"
+        )
         for col in ("input size", "k-NN probe", "time", ""):
             sizes.add_column(col, justify="left" if not col else "right")
         slowest = max(r["seconds"] for r in res["sizes"])
         for r in res["sizes"]:
             mark = "[bold]recommended[/]" if r["input_size"] == res["input_size"] else ""
-            sizes.add_row(f"{r['input_size']} px", f"{r['knn']:.1%}", f"{r['seconds']:.2f} s ({r['seconds'] / slowest:.0%})", mark)
+            sizes.add_row(
+                f"{r['input_size']} px", f"{r['knn']:.1%}", f"{r['seconds']:.2f} s ({r['seconds'] / slowest:.0%})", mark
+            )
         out.print(sizes)
     out.print(f"[bold]Case:[/] {a.case}")
     for r in a.reasons:
@@ -147,8 +176,10 @@ def advice(a, data: str) -> None:
     out.print(f"[bold]Recommendation:[/] {rec['strategy']} — {rec['why']}.")
     if a.resolution:
         out.print(f"[bold]Input size:[/] {a.resolution['why']} (the smallest within a point of the best).")
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{'' if v else 'no-'}{k}"
-                     for k, v in a.overrides().items())
+    flags = " ".join(
+        f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{'' if v else 'no-'}{k}"
+        for k, v in a.overrides().items()
+    )
     auto = " --input-size auto" if a.resolution else ""
     out.print(f"  headstart train {data} --backbone {a.backbone} {flags}   (or: --strategy auto{auto})")
 
@@ -167,7 +198,9 @@ def predictions(results, top_k: int, format: str) -> None:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["source", "rank", "class", "probability", "error"])
         for r in results:
-            rows = [[r.source, i + 1, c, f"{p:.6f}", ""] for i, (c, p) in enumerate(r.top)] or [[r.source, "", "", "", r.error]]
+            rows = [[r.source, i + 1, c, f"{p:.6f}", ""] for i, (c, p) in enumerate(r.top)] or [
+                [r.source, "", "", "", r.error]
+            ]
             writer.writerows(rows)
         return
     failed = [r for r in results if r.error]

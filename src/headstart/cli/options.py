@@ -30,50 +30,99 @@ WEIGHTS_HELP = "default, bundled, hub, none, or a file."
 
 # --- what a command works on ------------------------------------------------------------------------------
 Data = Annotated[str, typer.Argument(help=DATA_HELP)]
-RunSource = Annotated[Path, typer.Argument(
-    help="A run folder (runs/NAME), a .ckpt checkpoint or a saved .safetensors model.")]
-Layout = Annotated[Optional[LayoutName], typer.Option(
-    help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected")]
-AllowOutsideRoot = Annotated[Optional[bool], typer.Option(
-    "--allow-outside-root", help="Let a CSV manifest list images outside its own folder.", show_default="off")]
+RunSource = Annotated[
+    Path, typer.Argument(help="A run folder (runs/NAME), a .ckpt checkpoint or a saved .safetensors model.")
+]
+Layout = Annotated[
+    Optional[LayoutName], typer.Option(help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected")
+]
+AllowOutsideRoot = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--allow-outside-root", help="Let a CSV manifest list images outside its own folder.", show_default="off"
+    ),
+]
 MaxPixels = Annotated[int, typer.Option(min=1, help="Refuse images with more pixels (decompression bombs).")]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed (drawn splits, sampling, training).", show_default="0")]
 
 # --- the model ----------------------------------------------------------------------------------------------
-Backbone = Annotated[Optional[str], typer.Option(help="Curated name or any timm model.", show_default="efficientnet_lite0")]
+Backbone = Annotated[
+    Optional[str], typer.Option(help="Curated name or any timm model.", show_default="efficientnet_lite0")
+]
 Weights = Annotated[Optional[str], typer.Option(help=WEIGHTS_HELP, show_default="default")]
-Strategy = Annotated[Optional[StrategyName], typer.Option(
-    help="features, partial, half, full, gradual, scratch, or auto (headstart advise).", show_default="features")]
-Recipe = Annotated[Optional[RecipeName], typer.Option(
-    help="default (AdamW, cosine, augmentation...) or seed (the tutorial's).", show_default="default")]
-FreezeLayers = Annotated[Optional[int], typer.Option(
-    help="partial/half, vgg16: Keras layers frozen (the tutorial's half: 10).", show_default="by groups")]
-InputSize = Annotated[Optional[str], typer.Option(
-    help=INPUT_SIZE_HELP[:-1] + ", or auto: the size headstart advise measures best (2-3 sizes probed first).",
-    show_default="the weights': 224")]
-ForceInputSize = Annotated[Optional[bool], typer.Option(
-    "--force-input-size", help="Allow an --input-size outside that range.", show_default="off")]
+Strategy = Annotated[
+    Optional[StrategyName],
+    typer.Option(
+        help="features, partial, half, full, gradual, scratch, or auto (headstart advise).", show_default="features"
+    ),
+]
+Recipe = Annotated[
+    Optional[RecipeName],
+    typer.Option(help="default (AdamW, cosine, augmentation...) or seed (the tutorial's).", show_default="default"),
+]
+FreezeLayers = Annotated[
+    Optional[int],
+    typer.Option(help="partial/half, vgg16: Keras layers frozen (the tutorial's half: 10).", show_default="by groups"),
+]
+InputSize = Annotated[
+    Optional[str],
+    typer.Option(
+        help=INPUT_SIZE_HELP[:-1] + ", or auto: the size headstart advise measures best (2-3 sizes probed first).",
+        show_default="the weights': 224",
+    ),
+]
+ForceInputSize = Annotated[
+    Optional[bool],
+    typer.Option("--force-input-size", help="Allow an --input-size outside that range.", show_default="off"),
+]
 
 # --- training -----------------------------------------------------------------------------------------------
 Epochs = Annotated[Optional[int], typer.Option(help="Epochs.", show_default="recipe: 15 default, 10 seed")]
-BatchSize = Annotated[Optional[int], typer.Option(help="Global batch size, shared among the devices.", show_default="32")]
-ClassWeights = Annotated[Optional[Literal[CLASS_WEIGHTS]], typer.Option(
-    help="auto: weigh each class's loss by its inverse frequency, N / (C * n_c) (imbalanced data).", show_default="none")]
-Sampler = Annotated[Optional[Literal[SAMPLERS]], typer.Option(
-    help="balanced: each epoch draws every class equally often (with replacement).", show_default="random")]
-Monitor = Annotated[Optional[Literal[MONITORS]], typer.Option(
-    help="What the best checkpoint and early stopping go by (val_loss lowest, the others highest).",
-    show_default="val_loss")]
-Average = Annotated[Optional[Literal[AVERAGES]], typer.Option(
-    help="Weight averaging of what trains: ema (every step) or swa (last quarter's epochs); validated and saved "
-         "averaged.", show_default="none")]
-Accelerator = Annotated[Optional[AcceleratorName], typer.Option(
-    help="cpu, gpu or auto (a GPU where there is one).", show_default="auto")]
-Devices = Annotated[Optional[str], typer.Option(
-    help="Devices per machine, one process each: a count, ids (0,1), or auto.",
-    show_default="auto: every GPU, or 1 CPU process")]
+BatchSize = Annotated[
+    Optional[int], typer.Option(help="Global batch size, shared among the devices.", show_default="32")
+]
+ClassWeights = Annotated[
+    Optional[Literal[CLASS_WEIGHTS]],
+    typer.Option(
+        help="auto: weigh each class's loss by its inverse frequency, N / (C * n_c) (imbalanced data).",
+        show_default="none",
+    ),
+]
+Sampler = Annotated[
+    Optional[Literal[SAMPLERS]],
+    typer.Option(
+        help="balanced: each epoch draws every class equally often (with replacement).", show_default="random"
+    ),
+]
+Monitor = Annotated[
+    Optional[Literal[MONITORS]],
+    typer.Option(
+        help="What the best checkpoint and early stopping go by (val_loss lowest, the others highest).",
+        show_default="val_loss",
+    ),
+]
+Average = Annotated[
+    Optional[Literal[AVERAGES]],
+    typer.Option(
+        help="Weight averaging of what trains: ema (every step) or swa (last quarter's epochs); validated and saved "
+        "averaged.",
+        show_default="none",
+    ),
+]
+Accelerator = Annotated[
+    Optional[AcceleratorName], typer.Option(help="cpu, gpu or auto (a GPU where there is one).", show_default="auto")
+]
+Devices = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Devices per machine, one process each: a count, ids (0,1), or auto.",
+        show_default="auto: every GPU, or 1 CPU process",
+    ),
+]
 NumNodes = Annotated[Optional[int], typer.Option(help="Machines, for torchrun or SLURM.", show_default="1")]
-Tta = Annotated[Optional[bool], typer.Option("--tta", help=TTA_HELP + " Both accuracies are recorded.", show_default="off")]
+Tta = Annotated[
+    Optional[bool], typer.Option("--tta", help=TTA_HELP + " Both accuracies are recorded.", show_default="off")
+]
 LrFind = Annotated[Optional[bool], typer.Option("--lr-find", help=LR_FIND_HELP, show_default="off")]
 
 # --- using a model ------------------------------------------------------------------------------------------

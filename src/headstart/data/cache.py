@@ -58,9 +58,11 @@ def _build(samples: list[Sample], pre: Preprocessing, npy: Path, index: Path, pr
     size = pre.input_size
     need, free = len(samples) * size * size * 3, shutil.disk_usage(npy.parent).free
     if need > free:
-        raise DataError(f"Decoding {len(samples)} images at {size} px needs {need / 1e9:.1f} GB in {npy.parent}, which "
-                        f"has {free / 1e9:.1f} GB free. Free some space, point HEADSTART_CACHE at a bigger disk, or "
-                        "use a smaller --input-size.")
+        raise DataError(
+            f"Decoding {len(samples)} images at {size} px needs {need / 1e9:.1f} GB in {npy.parent}, which "
+            f"has {free / 1e9:.1f} GB free. Free some space, point HEADSTART_CACHE at a bigger disk, or "
+            "use a smaller --input-size."
+        )
     for stale in npy.parent.glob(f".{npy.stem}.*"):  # left by a build that was killed (we hold the lock)
         stale.unlink(missing_ok=True)
     tmp = npy.with_name(f".{npy.stem}.{os.getpid()}.{os.urandom(4).hex()}.npy")

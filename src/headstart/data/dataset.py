@@ -57,8 +57,9 @@ class Dataset:
         for p in problems:
             log.warning("skipping %s: %s", p.path, p.reason)
         bad = {p.path for p in problems}
-        return dataclasses.replace(self, samples=[s for s in self.samples if s.path not in bad],
-                                   problems=self.problems + problems)
+        return dataclasses.replace(
+            self, samples=[s for s in self.samples if s.path not in bad], problems=self.problems + problems
+        )
 
     def counts(self) -> dict[str, list[int]]:
         """Images per class in each split: ``{"training": [994, 429, ...], ...}``."""
@@ -104,7 +105,7 @@ def _draw_splits(samples: list[Sample], fractions: dict[str, float], seed: int) 
         for split, fraction in fractions.items():
             # At least one image of the class stays in training; rounding decides the rest.
             take = min(round(len(pool) * fraction), len(pool) - 1 - start)
-            out += [Sample(pool[i].path, label, split) for i in order[start:start + max(take, 0)]]
+            out += [Sample(pool[i].path, label, split) for i in order[start : start + max(take, 0)]]
             start += max(take, 0)
         out += [pool[i] for i in order[start:]]
     return sorted(out, key=lambda s: (SPLITS.index(s.split), str(s.path)))
@@ -119,8 +120,11 @@ def check_distinct(samples: list[Sample]) -> None:
         if first is not s:
             a, b = sorted((first, s), key=lambda x: (x.path.is_symlink(), SPLITS.index(x.split)))  # the link last
             leak = ", a leak" if "training" in (a.split, b.split) else ""
-            where = (f"in the {a.split} split twice" if a.split == b.split
-                     else f"in the {a.split} and the {b.split} split{leak}")
+            where = (
+                f"in the {a.split} split twice"
+                if a.split == b.split
+                else f"in the {a.split} and the {b.split} split{leak}"
+            )
             raise DataError(
                 f"{a.path} and {b.path} are the same file ({real}): one image would be {where}. Keep one "
                 "of them: delete the other (a link), or replace it with a copy of a different image."
@@ -171,8 +175,7 @@ def load_dataset(
             raise DataError(f"{name} must be in [0, 1); received {name}={value}.")
     if val_fraction + eval_fraction >= 1:
         raise DataError(
-            f"val_fraction + eval_fraction must leave images for training; received "
-            f"{val_fraction} + {eval_fraction}."
+            f"val_fraction + eval_fraction must leave images for training; received {val_fraction} + {eval_fraction}."
         )
     root = resolve_data(data)
     found = read_layout(root, layout, allow_outside_root=allow_outside_root)
@@ -198,9 +201,14 @@ def load_dataset(
 def load_dataset_for(cfg, data: str | os.PathLike | None = None) -> Dataset:
     """The dataset of a run's config (a ``TrainConfig``), split as it was: its data, or ``data``
     (other data with the same classes; its layout is then detected)."""
-    return load_dataset(data or cfg.data, cfg.layout if data is None else None, val_fraction=cfg.val_fraction,
-                        eval_fraction=cfg.eval_fraction, seed=cfg.seed,
-                        allow_outside_root=getattr(cfg, "allow_outside_root", False))
+    return load_dataset(
+        data or cfg.data,
+        cfg.layout if data is None else None,
+        val_fraction=cfg.val_fraction,
+        eval_fraction=cfg.eval_fraction,
+        seed=cfg.seed,
+        allow_outside_root=getattr(cfg, "allow_outside_root", False),
+    )
 
 
 def split_indices(ds: Dataset) -> dict[str, tuple[list[int], list[int]]]:

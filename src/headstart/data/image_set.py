@@ -23,8 +23,16 @@ class ImageSet(torch.utils.data.Dataset):
     augments as the whole split would: ``headstart.training.augmented_views``).
     """
 
-    def __init__(self, store: ImageStore, indices: list[int], labels: list[int], augment: bool, seed: int = 0,
-                 flip: bool = False, keys: Sequence[int] | None = None):
+    def __init__(
+        self,
+        store: ImageStore,
+        indices: list[int],
+        labels: list[int],
+        augment: bool,
+        seed: int = 0,
+        flip: bool = False,
+        keys: Sequence[int] | None = None,
+    ):
         self.store, self.indices, self.labels, self.seed, self.epoch = store, indices, labels, seed, 0
         self.flip, self.keys = flip, keys
         self.transform = None
@@ -33,8 +41,9 @@ class ImageSet(torch.utils.data.Dataset):
 
             size = store.array.shape[1]
             # Light augmentation: the default recipe's random resized crop and horizontal flip.
-            self.transform = v2.Compose([v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
-                                         v2.RandomHorizontalFlip()])
+            self.transform = v2.Compose(
+                [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+            )
 
     def __len__(self) -> int:
         return len(self.indices)

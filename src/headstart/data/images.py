@@ -66,8 +66,7 @@ def read_text(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         line = next((n for n, text in enumerate(data.splitlines(), start=1) if not _decodes(text)), 1)
-        raise DataError(f"{path}, line {line}: not UTF-8 text. Save the file as UTF-8 (in Excel: "
-                        "CSV UTF-8).") from None
+        raise DataError(f"{path}, line {line}: not UTF-8 text. Save the file as UTF-8 (in Excel: CSV UTF-8).") from None
 
 
 def _decodes(data: bytes) -> bool:
@@ -187,7 +186,9 @@ def _pillow_limit(max_pixels: int):
 
 def _decode(source, path: Path, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
-        raise ConfigError(f"max_pixels must be a whole number of pixels, at least 1. Received: max_pixels={max_pixels!r}")
+        raise ConfigError(
+            f"max_pixels must be a whole number of pixels, at least 1. Received: max_pixels={max_pixels!r}"
+        )
     try:
         with warnings.catch_warnings(), _pillow_limit(max_pixels):
             # Our own limit below decides: Pillow's warning is for images between its limit and twice it.
@@ -197,7 +198,8 @@ def _decode(source, path: Path, max_pixels: int) -> tuple[Image.Image, ImageInfo
                 if w * h > max_pixels:
                     raise ImageError(
                         f"{w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,} "
-                        "(a decompression bomb?); raise max_pixels if the image is genuine", "too_large"
+                        "(a decompression bomb?); raise max_pixels if the image is genuine",
+                        "too_large",
                     )
                 im.load()  # the first frame of a GIF or TIFF; reads every byte, so truncation shows
                 mode, fmt = im.mode, im.format or path.suffix.lstrip(".").upper()
@@ -205,8 +207,9 @@ def _decode(source, path: Path, max_pixels: int) -> tuple[Image.Image, ImageInfo
     except ImageError:
         raise
     except Image.DecompressionBombError as e:  # a frame or tile over max_pixels (twice it, as Pillow counts)
-        raise ImageError(f"refused as a decompression bomb (over the limit of {max_pixels:,} pixels): {e}",
-                         "too_large") from None
+        raise ImageError(
+            f"refused as a decompression bomb (over the limit of {max_pixels:,} pixels): {e}", "too_large"
+        ) from None
     except UnidentifiedImageError:
         raise ImageError("cannot decode: not an image Pillow recognises (bad or missing header)", "not_image") from None
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error...

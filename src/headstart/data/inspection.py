@@ -35,6 +35,7 @@ def verify_images(
     Broken images (corrupt, truncated, empty, over ``max_pixels``) are dropped, added to
     ``problems`` with their reason, and logged as a warning; the splits are checked again.
     """
+
     def check(sample: Sample) -> ImageInfo | Problem:
         try:
             return decode_image(sample.path, max_pixels)[1]
@@ -128,8 +129,14 @@ def inspect_dataset(
     """
     from headstart.reporting import plots as plots  # matplotlib loads only when pictures are drawn
 
-    ds = load_dataset(data, layout, val_fraction=val_fraction, eval_fraction=eval_fraction, seed=seed,
-                      allow_outside_root=allow_outside_root)
+    ds = load_dataset(
+        data,
+        layout,
+        val_fraction=val_fraction,
+        eval_fraction=eval_fraction,
+        seed=seed,
+        allow_outside_root=allow_outside_root,
+    )
     if out is not None:
         check_writable_dir(out, "--out")  # before the minutes of checking, not after
     ds, images = verify_images(ds, max_pixels=max_pixels, progress=progress)
@@ -140,7 +147,8 @@ def inspect_dataset(
         # A seeded random 4x4 pick: sorted file order would show only the first class.
         picks = [train[i] for i in np.random.default_rng(seed).permutation(len(train))[:16]]
         plots.plot_class_distribution(summary.counts, ds.classes, out / DISTRIBUTION_PNG)
-        plots.plot_samples([load_image(s.path, max_pixels) for s in picks],
-                           [ds.classes[s.label] for s in picks], out / SAMPLES_PNG)
+        plots.plot_samples(
+            [load_image(s.path, max_pixels) for s in picks], [ds.classes[s.label] for s in picks], out / SAMPLES_PNG
+        )
         write_text(out / SUMMARY_JSON, json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary

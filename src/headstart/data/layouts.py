@@ -16,7 +16,6 @@ is not a readable file (a dangling or self-referencing link) is a ``Problem``, n
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import os
 from collections import Counter
@@ -27,13 +26,12 @@ from headstart.data.images import (
     IMAGE_EXTENSIONS,
     files_under,
     is_image_file,
-    is_inside,
     read_text,
-    real_path,
     real_paths,
     unreadable,
     visible,
 )
+from headstart.data.manifest import check_inside, check_listed_once, manifest_rows
 from headstart.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -41,15 +39,28 @@ log = logging.getLogger(__name__)
 SPLITS = ("training", "validation", "evaluation")
 # Folder (and manifest) names accepted for each split: the tutorial's and the usual short ones.
 SPLIT_ALIASES = {
-    "training": "training", "train": "training",
-    "validation": "validation", "val": "validation", "valid": "validation",
-    "evaluation": "evaluation", "test": "evaluation",
+    "training": "training",
+    "train": "training",
+    "validation": "validation",
+    "val": "validation",
+    "valid": "validation",
+    "evaluation": "evaluation",
+    "test": "evaluation",
 }
 LAYOUTS = ("food11", "folders", "csv")
 # The class names of Food-11, in label order (ids 0-10), as the tutorial lists them.
 FOOD11_CLASSES = (
-    "Bread", "Dairy product", "Dessert", "Egg", "Fried food", "Meat",
-    "Noodles/Pasta", "Rice", "Seafood", "Soup", "Vegetable/Fruit",
+    "Bread",
+    "Dairy product",
+    "Dessert",
+    "Egg",
+    "Fried food",
+    "Meat",
+    "Noodles/Pasta",
+    "Rice",
+    "Seafood",
+    "Soup",
+    "Vegetable/Fruit",
 )
 MANIFEST = "manifest.csv"
 CLASSES_FILE = "classes.txt"
@@ -133,8 +144,11 @@ def detect_layout(root: Path) -> str:
     if (root / MANIFEST).is_file():
         if _is_manifest(root / MANIFEST):
             return "csv"
-        log.warning("%s is not a headstart manifest (rows of path,label[,split]): the folders decide the layout. "
-                    "Pass --layout csv to read it anyway.", root / MANIFEST)
+        log.warning(
+            "%s is not a headstart manifest (rows of path,label[,split]): the folders decide the layout. "
+            "Pass --layout csv to read it anyway.",
+            root / MANIFEST,
+        )
     splits = _split_folders(root)
     if not splits:
         kind = _folder_kind(root)
@@ -149,11 +163,13 @@ def detect_layout(root: Path) -> str:
                 f"sub-folder per class (folders), or list them in {MANIFEST} (csv)."
             )
         raise DataError(
-            f"No images found in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}). "
-            "Check the path."
+            f"No images found in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}). Check the path."
         )
-    stray = [p for p in visible(root.iterdir()) if p.is_dir() and p not in splits.values()
-             and any(is_image_file(f) for f in files_under(p))]
+    stray = [
+        p
+        for p in visible(root.iterdir())
+        if p.is_dir() and p not in splits.values() and any(is_image_file(f) for f in files_under(p))
+    ]
     if stray:
         raise DataError(
             f"{root} holds split folders ({', '.join(p.name for p in splits.values())}) and also "
@@ -196,8 +212,9 @@ def read_classes_file(path: Path) -> list[str] | None:
     return names
 
 
-def _names_for_ids(ids: set[int], classes_file: Path, default: tuple[str, ...] | None,
-                   where: dict[int, Path]) -> list[str]:
+def _names_for_ids(
+    ids: set[int], classes_file: Path, default: tuple[str, ...] | None, where: dict[int, Path]
+) -> list[str]:
     """Class names for integer labels: from classes.txt, else ``default``; every id needs one."""
     names = read_classes_file(classes_file)
     if names is not None:
@@ -299,73 +316,9 @@ def _read_folders(root: Path) -> Listing:
     return Listing([Sample(p, index[name], split) for p, name, split in found], ignored, classes, splits, problems)
 
 
-def _manifest_rows(manifest: Path) -> list[tuple[int, list[str]]]:
-    """The manifest's rows that are not blank, each with the number of the line it starts on; the
-    header (``path,label[,split]``) left out."""
-    reader = csv.reader(io.StringIO(read_text(manifest), newline=""))
-    rows, end = [], 0  # end: the last line of the row before
-    try:
-        for row in reader:
-            if any(c.strip() for c in row):
-                rows.append((end + 1, row))
-            end = reader.line_num
-    except csv.Error as e:
-        raise DataError(f"{manifest}, line {reader.line_num}: not a CSV row ({e}). Write one row a line: "
-                        "path,label[,split].") from None
-    if rows and [c.strip().lower() for c in rows[0][1][:2]] == ["path", "label"]:
-        rows = rows[1:]
-    return rows
-
-
-def _check_inside(manifest: Path, entries: list, paths: list[Path], reals: list[str]) -> None:
-    """Every path of the manifest is inside its folder, as written or with links followed."""
-    base = manifest.parent
-    lexical_base, real_base = os.path.abspath(base), real_path(base)
-    outside = [(n, rel) for (n, rel, _, _), path, real in zip(entries, paths, reals)
-               if not is_inside(os.path.normpath(os.path.abspath(path)), lexical_base)
-               and not is_inside(real, real_base)]
-    if outside:
-        (n, rel), more = outside[0], len(outside) - 1
-        others = f" (and {more} more line{'s' if more > 1 else ''}, e.g. line {outside[1][0]})" if more else ""
-        raise DataError(
-            f"{manifest}, line {n}: '{rel}' is outside the dataset's folder {base}{others}. A manifest lists "
-            "images inside its own folder: move it to a folder that holds every image (paths relative to it), "
-            "or pass --allow-outside-root (allow_outside_root=True) to read images from elsewhere."
-        )
-
-
-def _check_listed_once(manifest: Path, entries: list, reals: list[str]) -> None:
-    """Every file is on one line of the manifest: a file listed twice is counted twice, and with
-    two splits (or drawn splits) it is in training and in evaluation, a leak."""
-    by_file: dict[str, list[int]] = {}
-    for i, real in enumerate(reals):
-        by_file.setdefault(real, []).append(i)
-    repeated = [(real, idx) for real, idx in by_file.items() if len(idx) > 1]
-    if not repeated:
-        return
-    details = []
-    for real, idx in repeated[:3]:
-        numbers = [str(entries[i][0]) for i in idx]
-        lines = f"lines {', '.join(numbers[:-1])} and {numbers[-1]}"
-        labels = list(dict.fromkeys(entries[i][2] for i in idx))
-        splits = list(dict.fromkeys(entries[i][3] or "training" for i in idx))
-        if len(labels) > 1:
-            details.append(f"{lines} give {real} different labels ({', '.join(repr(x) for x in labels)})")
-        elif len(splits) > 1:
-            details.append(f"{lines} put {real} in the {' and the '.join(splits)} split"
-                           + (" (a leak: it would be trained on and evaluated)" if "training" in splits else ""))
-        else:
-            details.append(f"{lines} list {real} more than once")
-    more = f"; and {len(repeated) - 3} more file(s)" if len(repeated) > 3 else ""
-    raise DataError(
-        f"{manifest} lists a file more than once: {'; '.join(details)}{more}. Each image goes on one line, "
-        "with one label and one split: delete the other lines."
-    )
-
-
 def _read_csv(manifest: Path, allow_outside_root: bool = False) -> Listing:
     base = manifest.parent
-    rows = _manifest_rows(manifest)
+    rows = manifest_rows(manifest)
     if not rows:
         raise DataError(f"{manifest} lists no images. Write one row a line: path,label[,split].")
     entries = []  # (line number, path, label text, split or None)
@@ -390,15 +343,17 @@ def _read_csv(manifest: Path, allow_outside_root: bool = False) -> Listing:
     paths = [rel if rel.is_absolute() else base / rel for _, rel, _, _ in entries]
     reals = real_paths(paths)
     if not allow_outside_root:
-        _check_inside(manifest, entries, paths, reals)
-    _check_listed_once(manifest, entries, reals)
+        check_inside(manifest, entries, paths, reals)
+    check_listed_once(manifest, entries, reals)
     labels = [e[2] for e in entries]
     if all(_is_id(label) for label in labels):
         where = {}
         for n, _, label, _ in entries:
             if len(label) > 18:  # int() of thousands of digits is refused; no classes.txt is that long
-                raise DataError(f"{manifest}, line {n}: label id {label[:24]}... has no class name. Number "
-                                f"the classes 0, 1, 2... and name them in {base / CLASSES_FILE}.")
+                raise DataError(
+                    f"{manifest}, line {n}: label id {label[:24]}... has no class name. Number "
+                    f"the classes 0, 1, 2... and name them in {base / CLASSES_FILE}."
+                )
             where.setdefault(int(label), Path(f"{manifest}, line {n}"))
         classes = _names_for_ids({int(x) for x in labels}, base / CLASSES_FILE, None, where)
         ids = [int(x) for x in labels]
@@ -437,7 +392,8 @@ def read_layout(root: Path, layout: str | None = None, *, allow_outside_root: bo
         else:
             listing = _read_food11(root) if layout == "food11" else _read_folders(root)
     except OSError as e:  # a folder that cannot be listed, a name the system refuses
-        raise DataError(f"Cannot read {e.filename or root}: {e.strerror or e}. Check that it exists and that "
-                        "you may read it.") from None
+        raise DataError(
+            f"Cannot read {e.filename or root}: {e.strerror or e}. Check that it exists and that you may read it."
+        ) from None
     listing.layout = layout
     return listing

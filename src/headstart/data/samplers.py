@@ -63,8 +63,8 @@ class RankBatches(BatchSampler):
     def __iter__(self):
         for batch in super().__iter__():
             if len(batch) < self.world:  # a last batch smaller than the ranks: every rank needs a sample
-                batch = (batch * self.world)[:self.world]
-            yield batch[self.rank::self.world]
+                batch = (batch * self.world)[: self.world]
+            yield batch[self.rank :: self.world]
 
 
 def balanced_draw_weights(labels: Sequence[int]) -> torch.Tensor:

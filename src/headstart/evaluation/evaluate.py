@@ -70,11 +70,20 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         return {
-            "split": self.split, "accuracy": self.accuracy, "correct": self.correct, "total": self.total,
-            "loss": self.loss, "top_k": {f"top{k}": v for k, v in self.top_k.items()},
-            "per_class": self.per_class, "most_confused": self.most_confused,
+            "split": self.split,
+            "accuracy": self.accuracy,
+            "correct": self.correct,
+            "total": self.total,
+            "loss": self.loss,
+            "top_k": {f"top{k}": v for k, v in self.top_k.items()},
+            "per_class": self.per_class,
+            "most_confused": self.most_confused,
             "confusion_matrix": self.confusion.tolist() if self.confusion is not None else None,
-            **({"tta_accuracy": self.tta_accuracy, "tta_correct": self.tta_correct} if self.tta_probs is not None else {}),
+            **(
+                {"tta_accuracy": self.tta_accuracy, "tta_correct": self.tta_correct}
+                if self.tta_probs is not None
+                else {}
+            ),
         }
 
     def confusion_csv(self) -> str:
@@ -91,8 +100,14 @@ class Evaluation:
         return wrong[np.argsort(-self.probs[wrong].max(1), kind="stable")][:n].tolist()
 
 
-def compute(targets: np.ndarray, probs: np.ndarray, classes: list[str], split: str = "evaluation",
-            paths: list[str] | None = None, tta_probs: np.ndarray | None = None) -> Evaluation:
+def compute(
+    targets: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    split: str = "evaluation",
+    paths: list[str] | None = None,
+    tta_probs: np.ndarray | None = None,
+) -> Evaluation:
     """All the metrics of one split from its targets and predicted probabilities (``tta_probs``:
     those averaged over the test-time views, for the TTA accuracy)."""
     c = len(classes)
@@ -103,17 +118,32 @@ def compute(targets: np.ndarray, probs: np.ndarray, classes: list[str], split: s
     ev.accuracy = ev.correct / ev.total if ev.total else 0.0  # exact; torchmetrics' micro accuracy is float32
     ev.loss = float(torch.nn.functional.nll_loss(p.clamp_min(1e-12).log(), t)) if len(t) else 0.0
     ev.confusion = multiclass_confusion_matrix(p, t, num_classes=c).numpy()
-    scores = {name: fn(p, t, num_classes=c, average=None).tolist()
-              for name, fn in (("precision", multiclass_precision), ("recall", multiclass_recall),
-                               ("f1", multiclass_f1_score))}
+    scores = {
+        name: fn(p, t, num_classes=c, average=None).tolist()
+        for name, fn in (
+            ("precision", multiclass_precision),
+            ("recall", multiclass_recall),
+            ("f1", multiclass_f1_score),
+        )
+    }
     support = ev.confusion.sum(1)
-    ev.per_class = [{"class": classes[i], "precision": scores["precision"][i], "recall": scores["recall"][i],
-                     "f1": scores["f1"][i], "support": int(support[i])} for i in range(c)]
+    ev.per_class = [
+        {
+            "class": classes[i],
+            "precision": scores["precision"][i],
+            "recall": scores["recall"][i],
+            "f1": scores["f1"][i],
+            "support": int(support[i]),
+        }
+        for i in range(c)
+    ]
     if c > 5:  # top-k means something only with more classes than k
         ev.top_k = {k: float(multiclass_accuracy(p, t, num_classes=c, top_k=k, average="micro")) for k in (3, 5)}
     off = [(int(ev.confusion[i, j]), i, j) for i in range(c) for j in range(c) if i != j and ev.confusion[i, j]]
-    ev.most_confused = [{"true": classes[i], "predicted": classes[j], "count": n}
-                        for n, i, j in sorted(off, key=lambda x: (-x[0], x[1], x[2]))[:5]]
+    ev.most_confused = [
+        {"true": classes[i], "predicted": classes[j], "count": n}
+        for n, i, j in sorted(off, key=lambda x: (-x[0], x[1], x[2]))[:5]
+    ]
     if tta_probs is not None:
         ev.tta_probs = np.asarray(tta_probs)
         ev.tta_correct = int((ev.tta_probs.argmax(1) == ev.targets).sum())
@@ -129,8 +159,14 @@ def write_evaluation(run: Run, ev: Evaluation, extra: dict | None = None) -> Non
     plot_confusion(ev.confusion, ev.classes, run.confusion_file(ev.split, "png"))
 
 
-def evaluate(run: str | Path | Run, data: str | Path | None = None, split: str = "evaluation",
-             progress: bool = False, device: str = "auto", tta: bool = False) -> Evaluation:
+def evaluate(
+    run: str | Path | Run,
+    data: str | Path | None = None,
+    split: str = "evaluation",
+    progress: bool = False,
+    device: str = "auto",
+    tta: bool = False,
+) -> Evaluation:
     """Evaluate a run's best checkpoint on a split of its data (or of ``data``, with the same
     classes), as ``headstart evaluate`` does, on ``device`` (``auto``: a GPU where there is one);
     write the results into the run folder. ``tta``: also with test-time augmentation (flip)."""
@@ -142,13 +178,21 @@ def evaluate(run: str | Path | Run, data: str | Path | None = None, split: str =
     model.to(pick_device(device))
     ds = load_dataset_for(run.config, data)
     if ds.classes != meta["classes"]:
-        raise DataError(f"The data's classes ({', '.join(ds.classes)}) are not the run's "
-                        f"({', '.join(meta['classes'])}). Evaluate on data with the same classes.")
+        raise DataError(
+            f"The data's classes ({', '.join(ds.classes)}) are not the run's "
+            f"({', '.join(meta['classes'])}). Evaluate on data with the same classes."
+        )
     ds, store = decoded_images(ds, model.preprocessing, progress=progress)
     idx = [i for i, s in enumerate(ds.samples) if s.split == split]
     views = predict_views(model, [store[i] for i in idx], tta=tta)  # the plain view first
-    ev = compute(np.array([ds.samples[i].label for i in idx]), views[0], ds.classes, split,
-                 [str(ds.samples[i].path) for i in idx], views.mean(0) if tta else None)
+    ev = compute(
+        np.array([ds.samples[i].label for i in idx]),
+        views[0],
+        ds.classes,
+        split,
+        [str(ds.samples[i].path) for i in idx],
+        views.mean(0) if tta else None,
+    )
     old = run.metrics if split == "evaluation" else {}  # what training recorded beside the metrics
     # An earlier TTA figure would sit beside numbers it was not measured with: only this evaluation's.
     stale = {*ev.to_dict(), "tta_accuracy", "tta_correct"}

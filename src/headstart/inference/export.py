@@ -66,13 +66,26 @@ class WithSoftmax(nn.Module):
 def metadata(predictor: Predictor, fmt: str) -> dict:
     pre = predictor.preprocessing
     return {
-        "format": fmt, "classes": predictor.classes, "model": predictor.model.config, "preprocessing": pre.to_dict(),
-        "input": {"name": "image", "shape": ["batch", 3, pre.input_size, pre.input_size], "dtype": "float32",
-                  "layout": "NCHW, RGB", "range": [0.0, 1.0],
-                  "how": f"decode to RGB, resize to {pre.input_size}x{pre.input_size} ({pre.resize}, "
-                         f"{pre.interpolation}), divide by 255; mean/std are applied inside the model"},
-        "output": {"name": "probabilities", "shape": ["batch", len(predictor.classes)], "meaning": "softmax over classes"},
-        "source": predictor.source, "headstart": __version__,
+        "format": fmt,
+        "classes": predictor.classes,
+        "model": predictor.model.config,
+        "preprocessing": pre.to_dict(),
+        "input": {
+            "name": "image",
+            "shape": ["batch", 3, pre.input_size, pre.input_size],
+            "dtype": "float32",
+            "layout": "NCHW, RGB",
+            "range": [0.0, 1.0],
+            "how": f"decode to RGB, resize to {pre.input_size}x{pre.input_size} ({pre.resize}, "
+            f"{pre.interpolation}), divide by 255; mean/std are applied inside the model",
+        },
+        "output": {
+            "name": "probabilities",
+            "shape": ["batch", len(predictor.classes)],
+            "meaning": "softmax over classes",
+        },
+        "source": predictor.source,
+        "headstart": __version__,
     }
 
 
@@ -84,8 +97,17 @@ def _write_onnx(graph: nn.Module, example: torch.Tensor, path: Path, meta: dict)
     import onnx
 
     batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(graph, (example,), str(path), input_names=["image"], output_names=["probabilities"],
-                      dynamic_shapes={"image": {0: batch}}, dynamo=True, external_data=False, verbose=False)
+    torch.onnx.export(
+        graph,
+        (example,),
+        str(path),
+        input_names=["image"],
+        output_names=["probabilities"],
+        dynamic_shapes={"image": {0: batch}},
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = "headstart", json.dumps(meta)
@@ -141,8 +163,13 @@ def sample_images(predictor: Predictor, n: int = SAMPLES) -> list[np.ndarray]:
     return images
 
 
-def check_parity(predictor: Predictor, path: str | Path, fmt: str, images: list[np.ndarray] | None = None,
-                 tolerance: float = TOLERANCE) -> float:
+def check_parity(
+    predictor: Predictor,
+    path: str | Path,
+    fmt: str,
+    images: list[np.ndarray] | None = None,
+    tolerance: float = TOLERANCE,
+) -> float:
     """Run the exported file on sample images, as a whole batch and one image alone; the largest
     absolute difference of probabilities against PyTorch. Raises ExportError above ``tolerance``."""
     images = images if images is not None else sample_images(predictor)
@@ -156,12 +183,16 @@ def check_parity(predictor: Predictor, path: str | Path, fmt: str, images: list[
     diffs = []
     for out, ref in zip(got, (expected, expected[:1])):
         if out.shape != ref.shape:
-            raise ExportError(f"The exported {fmt} model gives outputs of shape {out.shape}; PyTorch gives {ref.shape}.")
+            raise ExportError(
+                f"The exported {fmt} model gives outputs of shape {out.shape}; PyTorch gives {ref.shape}."
+            )
         diffs.append(float(np.abs(out - ref).max()) if np.isfinite(out).all() else float("inf"))
     diff = max(diffs)
     if not diff <= tolerance:
-        raise ExportError(f"The exported {fmt} model does not match PyTorch: probabilities differ by up to "
-                          f"{diff:.3g} on {len(images)} sample images (allowed {tolerance:g}). Nothing was kept.")
+        raise ExportError(
+            f"The exported {fmt} model does not match PyTorch: probabilities differ by up to "
+            f"{diff:.3g} on {len(images)} sample images (allowed {tolerance:g}). Nothing was kept."
+        )
     return diff
 
 

@@ -65,8 +65,14 @@ class Predictor:
     ``run_dir`` is the run the model comes from (None for a saved ``.safetensors`` model).
     """
 
-    def __init__(self, model: Classifier, classes: list[str], source: str = "", max_pixels: int = MAX_PIXELS,
-                 run_dir: Path | None = None):
+    def __init__(
+        self,
+        model: Classifier,
+        classes: list[str],
+        source: str = "",
+        max_pixels: int = MAX_PIXELS,
+        run_dir: Path | None = None,
+    ):
         if len(classes) != model.config["num_classes"]:
             raise ConfigError(f"{len(classes)} class names for a model with {model.config['num_classes']} outputs.")
         self.model, self.classes, self.source, self.max_pixels = model.eval(), list(classes), source, max_pixels
@@ -89,8 +95,9 @@ class Predictor:
         best = np.argsort(-probs, kind="stable")[: min(k, len(self.classes))]
         return [(self.classes[j], float(probs[j])) for j in best]
 
-    def predict(self, inputs: ImageInput | Iterable[ImageInput], top_k: int = 3, batch_size: int = 32,
-                tta: bool = False) -> list[Prediction]:
+    def predict(
+        self, inputs: ImageInput | Iterable[ImageInput], top_k: int = 3, batch_size: int = 32, tta: bool = False
+    ) -> list[Prediction]:
         """Predictions for image files, folders (walked recursively), PIL images or RGB arrays, in order.
 
         Always a list, one entry per image (a folder gives one per image in it). Images are decoded,
@@ -129,7 +136,10 @@ class Predictor:
                 pixels = item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item
                 yield f"<array {n}>", to_rgb(Image.fromarray(_as_uint8(pixels)))
             else:
-                yield f"<array {n}>", f"an image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); received {item.shape}"
+                yield (
+                    f"<array {n}>",
+                    f"an image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); received {item.shape}",
+                )
         else:
             path = Path(item)
             if path.is_dir():

@@ -22,6 +22,7 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass, field, fields
+from typing import Annotated
 
 import anyio
 from fastapi import FastAPI, File, Query, Request, UploadFile
@@ -67,7 +68,8 @@ class Limits:
             raise ConfigError(
                 f"max_request_pixels (--max-request-pixels) is {self.max_request_pixels:,}, below max_pixels "
                 f"(--max-pixels, {self.max_pixels:,}): an image the server accepts could never be sent. "
-                "Raise it to at least max_pixels.")
+                "Raise it to at least max_pixels."
+            )
 
     @property
     def max_upload_bytes(self) -> int:
@@ -129,8 +131,9 @@ class BodyLimit:
                 if seen > self.limit:
                     raise HTTPException(413, self.message)
                 return message
-            raise HTTPException(408, f"The request body did not arrive within {self.timeout:g} s "
-                                     "(the server's --body-timeout).")
+            raise HTTPException(
+                408, f"The request body did not arrive within {self.timeout:g} s (the server's --body-timeout)."
+            )
 
         async def closing_if_unread(message: dict) -> None:
             if message["type"] == "http.response.start" and not done:
@@ -159,14 +162,29 @@ def create_app(predictor: Predictor, limits: Limits | None = None, tta: bool = F
 
     limits = limits or Limits()
     app = FastAPI(title="headstart", description=f"Image classification: {', '.join(predictor.classes)}")
-    app.add_middleware(BodyLimit, limit=limits.max_body_bytes, timeout=limits.body_timeout, message=(
-        f"The request is larger than {limits.max_body_bytes:,} bytes (at most {limits.max_files} files of "
-        f"{limits.max_upload_mb:g} MB, the server's --max-upload-mb)."))
+    app.add_middleware(
+        BodyLimit,
+        limit=limits.max_body_bytes,
+        timeout=limits.body_timeout,
+        message=(
+            f"The request is larger than {limits.max_body_bytes:,} bytes (at most {limits.max_files} files of "
+            f"{limits.max_upload_mb:g} MB, the server's --max-upload-mb)."
+        ),
+    )
     decoding = threading.BoundedSemaphore(limits.max_decodes)
-    info = {"classes": predictor.classes, "input_size": predictor.preprocessing.input_size,
-            "backbone": predictor.model.config.get("backbone"), "tta": tta}
-    page = render("serve.html.j2", title="headstart", limits=limits, info=info,
-                  subtitle=f"{len(predictor.classes)} classes: " + ", ".join(predictor.classes))
+    info = {
+        "classes": predictor.classes,
+        "input_size": predictor.preprocessing.input_size,
+        "backbone": predictor.model.config.get("backbone"),
+        "tta": tta,
+    }
+    page = render(
+        "serve.html.j2",
+        title="headstart",
+        limits=limits,
+        info=info,
+        subtitle=f"{len(predictor.classes)} classes: " + ", ".join(predictor.classes),
+    )
 
     @app.exception_handler(UploadError)
     async def _upload_error(request: Request, e: UploadError):
@@ -192,16 +210,23 @@ def create_app(predictor: Predictor, limits: Limits | None = None, tta: bool = F
         return page
 
     @app.post("/predict")
-    def predict(file: list[UploadFile] = File(..., description="One or several images."),
-                top_k: int = Query(None, ge=1, description="How many classes per image [server's default]."),
-                tta: bool = Query(None, description="Average each image with its mirror image [server's default].")) -> dict:
+    def predict(
+        file: Annotated[list[UploadFile], File(description="One or several images.")],
+        top_k: Annotated[int | None, Query(ge=1, description="How many classes per image [server's default].")] = None,
+        tta: Annotated[
+            bool | None, Query(description="Average each image with its mirror [server's default].")
+        ] = None,
+    ) -> dict:
         if len(file) > limits.max_files:
             raise UploadError(413, f"{len(file)} files in one request; at most {limits.max_files}.")
         pixels = sum(_declared_pixels(f.file) for f in file)
         if pixels > limits.max_request_pixels:
-            raise UploadError(413, f"The {len(file)} images hold {pixels:,} pixels together; at most "
-                                   f"{limits.max_request_pixels:,} a request (the server's --max-request-pixels). "
-                                   "Send fewer images a request, or smaller ones.")
+            raise UploadError(
+                413,
+                f"The {len(file)} images hold {pixels:,} pixels together; at most "
+                f"{limits.max_request_pixels:,} a request (the server's --max-request-pixels). "
+                "Send fewer images a request, or smaller ones.",
+            )
         # Each upload is decoded and shrunk to the model's input before the next: one full-size image
         # at a time in a request, and at most max_decodes across requests.
         images = []
@@ -213,8 +238,14 @@ def create_app(predictor: Predictor, limits: Limits | None = None, tta: bool = F
         out = []
         for f, p in zip(file, probs):
             top = predictor.top(p, top_k or limits.top_k)
-            out.append({"filename": f.filename, "label": top[0][0], "probability": top[0][1],
-                        "top": [{"class": c, "probability": q} for c, q in top]})
+            out.append(
+                {
+                    "filename": f.filename,
+                    "label": top[0][0],
+                    "probability": top[0][1],
+                    "top": [{"class": c, "probability": q} for c, q in top],
+                }
+            )
         return {"predictions": out, "tta": used}
 
     return app
@@ -222,8 +253,11 @@ def create_app(predictor: Predictor, limits: Limits | None = None, tta: bool = F
 
 def uvicorn_options(limits: Limits) -> dict:
     """uvicorn's settings for ``limits``: ``uvicorn.run(app, host=..., port=..., **uvicorn_options(limits))``."""
-    return {"log_level": "warning", "limit_concurrency": limits.limit_concurrency,
-            "timeout_keep_alive": limits.keep_alive_timeout}
+    return {
+        "log_level": "warning",
+        "limit_concurrency": limits.limit_concurrency,
+        "timeout_keep_alive": limits.keep_alive_timeout,
+    }
 
 
 def _declared_pixels(file) -> int:

@@ -105,7 +105,9 @@ class Classifier(nn.Module):
         for g in self.groups:
             if g.name == name:
                 return g
-        raise ConfigError(f"No group '{name}' in {self.backbone}; its groups are: {', '.join(g.name for g in self.groups)}.")
+        raise ConfigError(
+            f"No group '{name}' in {self.backbone}; its groups are: {', '.join(g.name for g in self.groups)}."
+        )
 
 
 class _Normalized(nn.Module):

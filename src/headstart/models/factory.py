@@ -35,19 +35,39 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 REGISTRY: dict[str, BackboneInfo] = {
     info.name: info
     for info in (
-        BackboneInfo("efficientnet_lite0", TimmBody, "tf_efficientnet_lite0", "bundled", "tf_efficientnet_lite0.in1k",
-                     INCEPTION, "bundled ImageNet weights, works offline; the default"),
-        BackboneInfo("vgg16", VGG16Body, "vgg16", "hub", "torchvision IMAGENET1K_V1", IMAGENET,
-                     "the tutorial's network; Keras .h5 weights load with Caffe preprocessing"),
+        BackboneInfo(
+            "efficientnet_lite0",
+            TimmBody,
+            "tf_efficientnet_lite0",
+            "bundled",
+            "tf_efficientnet_lite0.in1k",
+            INCEPTION,
+            "bundled ImageNet weights, works offline; the default",
+        ),
+        BackboneInfo(
+            "vgg16",
+            VGG16Body,
+            "vgg16",
+            "hub",
+            "torchvision IMAGENET1K_V1",
+            IMAGENET,
+            "the tutorial's network; Keras .h5 weights load with Caffe preprocessing",
+        ),
         BackboneInfo("resnet50", TimmBody, "resnet50", "hub", "resnet50.a1_in1k", IMAGENET),
-        BackboneInfo("mobilenetv3_large_100", TimmBody, "mobilenetv3_large_100", "hub",
-                     "mobilenetv3_large_100.ra_in1k", IMAGENET),
+        BackboneInfo(
+            "mobilenetv3_large_100", TimmBody, "mobilenetv3_large_100", "hub", "mobilenetv3_large_100.ra_in1k", IMAGENET
+        ),
         BackboneInfo("convnext_tiny", TimmBody, "convnext_tiny", "hub", "convnext_tiny.in12k_ft_in1k", IMAGENET),
-        BackboneInfo("vit_small_patch16_224", TimmBody, "vit_small_patch16_224", "hub",
-                     "vit_small_patch16_224.augreg_in21k_ft_in1k", INCEPTION),
+        BackboneInfo(
+            "vit_small_patch16_224",
+            TimmBody,
+            "vit_small_patch16_224",
+            "hub",
+            "vit_small_patch16_224.augreg_in21k_ft_in1k",
+            INCEPTION,
+        ),
     )
 }
-
 
 
 # --- the factory --------------------------------------------------------------------------
@@ -70,7 +90,7 @@ def resolve(backbone: str) -> BackboneInfo:
 
 
 def _weights_source(info: BackboneInfo, weights: str | Path) -> str:
-    """"hub", "bundled", "none" or a file's path, from what ``create_model`` was given."""
+    """ "hub", "bundled", "none" or a file's path, from what ``create_model`` was given."""
     source = str(weights)
     if isinstance(weights, str) and weights not in WEIGHT_SOURCES and not Path(weights).suffix:
         raise WeightsError(
@@ -80,7 +100,9 @@ def _weights_source(info: BackboneInfo, weights: str | Path) -> str:
     if source == "default":
         return info.default_weights
     if source == "bundled" and info.timm_name != "tf_efficientnet_lite0":
-        raise WeightsError(f"Only efficientnet_lite0 has bundled weights. Received: backbone={info.name!r}, weights='bundled'")
+        raise WeightsError(
+            f"Only efficientnet_lite0 has bundled weights. Received: backbone={info.name!r}, weights='bundled'"
+        )
     return source
 
 
@@ -110,8 +132,10 @@ def create_model(
     if not isinstance(num_classes, int) or num_classes < 2 and head != "pretrained":
         raise ConfigError(f"num_classes must be an integer >= 2. Received: num_classes={num_classes!r}")
     if head == "pretrained" and not info.adapter.has_pretrained_head:  # said before any weights are fetched
-        raise ConfigError(f"{backbone} has no pretrained classifier to keep (vgg16 here is the convolutional part "
-                          "only, as Keras' include_top=False). Use the default head.")
+        raise ConfigError(
+            f"{backbone} has no pretrained classifier to keep (vgg16 here is the convolutional part "
+            "only, as Keras' include_top=False). Use the default head."
+        )
 
     body = info.adapter.build(info, "none" if source not in WEIGHT_SOURCES else source, input_size)
     if source not in WEIGHT_SOURCES:
@@ -123,13 +147,20 @@ def create_model(
     if head == "pretrained":
         head_module = body.pretrained_head()
         if head_module.out_features != num_classes:
-            raise ConfigError(f"The pretrained head has {head_module.out_features} classes. Received: num_classes={num_classes}")
+            raise ConfigError(
+                f"The pretrained head has {head_module.out_features} classes. Received: num_classes={num_classes}"
+            )
     else:
-        head_cfg = HeadConfig(**head) if isinstance(head, dict) else head if isinstance(head, HeadConfig) else HeadConfig()
+        head_cfg = (
+            HeadConfig(**head) if isinstance(head, dict) else head if isinstance(head, HeadConfig) else HeadConfig()
+        )
         head_module = head_cfg.build(body.num_features, num_classes)
     config = {
-        "backbone": backbone, "num_classes": num_classes, "weights": str(weights),
-        "head": "pretrained" if head == "pretrained" else dataclasses.asdict(head_cfg), "input_size": preprocessing.input_size,
+        "backbone": backbone,
+        "num_classes": num_classes,
+        "weights": str(weights),
+        "head": "pretrained" if head == "pretrained" else dataclasses.asdict(head_cfg),
+        "input_size": preprocessing.input_size,
     }
     return Classifier(body, head_module, preprocessing, backbone=backbone, config=config)
 
@@ -140,13 +171,15 @@ def list_backbones() -> list[dict]:
     for info in REGISTRY.values():
         with torch.device("meta"):  # count parameters without allocating them
             model = create_model(info.name, 2, weights="none", head={"dropout": 0.0, "hidden": 0})
-        rows.append({
-            "name": info.name,
-            "timm": info.timm_name,
-            "params": count_params(model.body),
-            "groups": len(model.groups),
-            "input_size": info.preprocessing.input_size,
-            "weights": "bundled (offline)" if info.default_weights == "bundled" else "hub",
-            "note": info.note,
-        })
+        rows.append(
+            {
+                "name": info.name,
+                "timm": info.timm_name,
+                "params": count_params(model.body),
+                "groups": len(model.groups),
+                "input_size": info.preprocessing.input_size,
+                "weights": "bundled (offline)" if info.default_weights == "bundled" else "hub",
+                "note": info.note,
+            }
+        )
     return rows

@@ -17,10 +17,21 @@ from headstart.utils.progress import track
 
 
 @torch.inference_mode()
-def extract_features(model: Classifier, store: ImageStore, indices: list[int], batch_size: int = 64,
-                     device: str | torch.device = "cpu", progress: bool = False, upto: nn.Module | None = None,
-                     dtype: torch.dtype = torch.float32, channels_last: bool = False, split: str = "",
-                     bf16: bool = False, flip: bool = False, images: ImageSet | None = None) -> torch.Tensor:
+def extract_features(
+    model: Classifier,
+    store: ImageStore,
+    indices: list[int],
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    upto: nn.Module | None = None,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+    split: str = "",
+    bf16: bool = False,
+    flip: bool = False,
+    images: ImageSet | None = None,
+) -> torch.Tensor:
     """What a frozen part of the model makes of the given images, computed once: the pooled
     features (``model.forward_features``), or the activations of the frozen prefix ``upto``.
     ``flip``: of the images' mirror images (test-time augmentation). ``images``: these images of
@@ -33,10 +44,13 @@ def extract_features(model: Classifier, store: ImageStore, indices: list[int], b
     loader = DataLoader(images, batch_size=batch_size)
     what = "features" if upto is None else "frozen layers"
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):  # as training
-        chunks = [fn(memory_layout(x.to(device), channels_last)).to(dtype).cpu()
-                  for x, _ in track(loader, len(loader), f"Computing {what} (once)" + (f" for {split}" if split else ""),
-                                    progress)]
-    return torch.cat(chunks)[:len(indices)]
+        chunks = [
+            fn(memory_layout(x.to(device), channels_last)).to(dtype).cpu()
+            for x, _ in track(
+                loader, len(loader), f"Computing {what} (once)" + (f" for {split}" if split else ""), progress
+            )
+        ]
+    return torch.cat(chunks)[: len(indices)]
 
 
 def memory_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -95,7 +95,9 @@ def read_keras_h5(path: Path) -> dict[str, np.ndarray]:
             names = _h5_names(group, "weight_names")
             for position, weight in enumerate(names):
                 if weight not in group:
-                    raise WeightsError(f"{path}: layer '{layer}' lists weight '{weight}' but the file has no such dataset.")
+                    raise WeightsError(
+                        f"{path}: layer '{layer}' lists weight '{weight}' but the file has no such dataset."
+                    )
                 value = np.asarray(group[weight])
                 key = "/".join(_keras_weight_key(layer, weight, position, len(names)))
                 if key in out:

@@ -25,8 +25,11 @@ def save_model(model: Classifier, path: str | Path, extra: dict | None = None) -
 
     from safetensors.torch import save
 
-    meta = {"headstart": json.dumps({"config": model.config, "preprocessing": model.preprocessing.to_dict(),
-                                     **(extra or {})})}
+    meta = {
+        "headstart": json.dumps(
+            {"config": model.config, "preprocessing": model.preprocessing.to_dict(), **(extra or {})}
+        )
+    }
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     return write_atomically(Path(path), lambda f: f.write(save(state, metadata=meta)))
 

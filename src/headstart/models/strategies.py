@@ -108,18 +108,17 @@ def freeze_keras_layers(model: Classifier, count: int) -> list[str]:
             "frozen by groups: use --freeze K, a fraction, or a group name."
         )
     if not 0 <= count <= len(layers):
-        raise ConfigError(f"vgg16 has {len(layers)} Keras layers: freeze_layers must be 0-{len(layers)}. "
-                         f"Received: freeze_layers={count}")
+        raise ConfigError(
+            f"vgg16 has {len(layers)} Keras layers: freeze_layers must be 0-{len(layers)}. "
+            f"Received: freeze_layers={count}"
+        )
     chosen = layers[:count]
     freeze_modules(model, [m for _, m in chosen if m is not None])
     return [name for name, _ in chosen]
 
 
 def apply_strategy(
-    model: Classifier,
-    strategy: str,
-    freeze: int | float | str | None = None,
-    freeze_layers: int | None = None,
+    model: Classifier, strategy: str, freeze: int | float | str | None = None, freeze_layers: int | None = None
 ) -> StrategyPlan:
     """Freeze what ``strategy`` keeps fixed; return the plan. For ``gradual`` this is its first
     stage (only the head trains); ``unfreeze_top`` opens groups as training goes on."""
@@ -145,7 +144,7 @@ def apply_strategy(
 
 def unfreeze_top(model: Classifier, count: int) -> list[str]:
     """Gradual unfreezing: let the top ``count`` groups train again (all others stay frozen)."""
-    groups = model.groups[len(model.groups) - count:] if count else []
+    groups = model.groups[len(model.groups) - count :] if count else []
     opened = {id(m) for g in groups for m in g.modules}
     for g in groups:
         for p in g.params:
@@ -157,8 +156,9 @@ def unfreeze_top(model: Classifier, count: int) -> list[str]:
     return [g.name for g in groups]
 
 
-def param_groups(model: Classifier, head_lr: float, body_lr: float, decay: float = 1.0,
-                 include_frozen: bool = False) -> list[dict]:
+def param_groups(
+    model: Classifier, head_lr: float, body_lr: float, decay: float = 1.0, include_frozen: bool = False
+) -> list[dict]:
     """Optimizer parameter groups for what trains: the head at ``head_lr``, backbone group i (of n)
     at ``body_lr * decay ** (n - 1 - i)`` (lower groups learn slower, as in fastai's
     ``slice(lr/100, lr)``). Frozen parameters are left out, so they get no optimizer state;

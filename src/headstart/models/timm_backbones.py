@@ -99,8 +99,9 @@ def _timm_groups(net: nn.Module) -> list[Group]:
             matcher[key] = keep
     if final:
         matcher["final"] = "|".join(f"(?:{r})" for r in final)
-    regexes = {k: re.compile(v if isinstance(v, str) else "|".join(f"(?:{s[0]})" for s in v))
-               for k, v in matcher.items() if v}
+    regexes = {
+        k: re.compile(v if isinstance(v, str) else "|".join(f"(?:{s[0]})" for s in v)) for k, v in matcher.items() if v
+    }
     params, modules = dict(net.named_parameters()), dict(net.named_modules())
     groups = []
     for _, names in sorted(group_parameters(net, matcher).items()):
@@ -153,11 +154,17 @@ def _hub_cached(name: str) -> bool:
 
     cfg = get_pretrained_cfg(name)
     repo = getattr(cfg, "hf_hub_id", None)
-    return bool(repo) and any(isinstance(try_to_load_from_cache(repo, f), str)
-                              for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+    return bool(repo) and any(
+        isinstance(try_to_load_from_cache(repo, f), str)
+        for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+    )
 
 
 def _timm_preprocessing(net: nn.Module) -> Preprocessing:
     cfg = net.pretrained_cfg
-    return Preprocessing(input_size=cfg["input_size"][-1], interpolation=cfg.get("interpolation", "bilinear"),
-                         mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+    return Preprocessing(
+        input_size=cfg["input_size"][-1],
+        interpolation=cfg.get("interpolation", "bilinear"),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+    )

@@ -25,11 +25,24 @@ log = logging.getLogger(__name__)
 # Keras' VGG16(include_top=False) layers in order; the tutorial freezes ``layers[:-9]``.
 VGG16_KERAS_LAYERS = (
     "input_1",
-    "block1_conv1", "block1_conv2", "block1_pool",
-    "block2_conv1", "block2_conv2", "block2_pool",
-    "block3_conv1", "block3_conv2", "block3_conv3", "block3_pool",
-    "block4_conv1", "block4_conv2", "block4_conv3", "block4_pool",
-    "block5_conv1", "block5_conv2", "block5_conv3", "block5_pool",
+    "block1_conv1",
+    "block1_conv2",
+    "block1_pool",
+    "block2_conv1",
+    "block2_conv2",
+    "block2_pool",
+    "block3_conv1",
+    "block3_conv2",
+    "block3_conv3",
+    "block3_pool",
+    "block4_conv1",
+    "block4_conv2",
+    "block4_conv3",
+    "block4_pool",
+    "block5_conv1",
+    "block5_conv2",
+    "block5_conv3",
+    "block5_pool",
 )
 
 
@@ -84,7 +97,7 @@ class VGG16Body(Body):
         """The five blocks, each its convolutions and its pooling."""
         ends = [i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
         starts = [0] + [e + 1 for e in ends[:-1]]
-        return [(f"block{b + 1}", self.features[a:e + 1]) for b, (a, e) in enumerate(zip(starts, ends))]
+        return [(f"block{b + 1}", self.features[a : e + 1]) for b, (a, e) in enumerate(zip(starts, ends))]
 
     def groups(self) -> list[Group]:
         groups = []
@@ -116,21 +129,30 @@ class VGG16Body(Body):
                     "Keras' VGG16 (pick the matching --backbone), or the file is not a Keras weights file."
                 )
             pairs = [(name, m, layer) for (name, m), layer in zip(convs, kernels)]
-            log.warning("%s: no Keras VGG16 layer names; its convolutions %s ... %s taken in order as "
-                        "block1_conv1 ... block5_conv3.", source, kernels[0], kernels[-1])
+            log.warning(
+                "%s: no Keras VGG16 layer names; its convolutions %s ... %s taken in order as "
+                "block1_conv1 ... block5_conv3.",
+                source,
+                kernels[0],
+                kernels[-1],
+            )
         out = {}
         index = {m: i for i, m in enumerate(self.features)}
         for name, module, layer in pairs:
             kernel, bias = keras.get(f"{layer}/kernel"), keras.get(f"{layer}/bias")
             if kernel is None or bias is None:
                 have = sorted(k.rsplit("/", 1)[1] for k in keras if k.rsplit("/", 1)[0] == layer)
-                raise WeightsError(f"{source}: layer '{layer}' needs a kernel and a bias; it has {', '.join(have) or 'no weights'}.")
+                raise WeightsError(
+                    f"{source}: layer '{layer}' needs a kernel and a bias; it has {', '.join(have) or 'no weights'}."
+                )
             want = tuple(module.weight.shape[d] for d in (2, 3, 1, 0))  # (height, width, in, out)
             if tuple(kernel.shape) != want or tuple(bias.shape) != (module.out_channels,):
                 hint = ""
                 if tuple(kernel.shape) == tuple(module.weight.shape):
-                    hint = (" The kernel is in Theano's order (out, in, height, width): use the "
-                            "'tf_dim_ordering_tf_kernels' file.")
+                    hint = (
+                        " The kernel is in Theano's order (out, in, height, width): use the "
+                        "'tf_dim_ordering_tf_kernels' file."
+                    )
                 raise WeightsError(
                     f"{source}: layer '{layer}' has a kernel of shape {tuple(kernel.shape)} and a bias of shape "
                     f"{tuple(bias.shape)}, but VGG16's {name} needs {want} (height, width, in, out) and "

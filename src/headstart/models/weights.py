@@ -85,8 +85,6 @@ def bundled_efficientnet_lite0() -> dict[str, torch.Tensor]:
 # --- files --------------------------------------------------------------------------------
 
 
-
-
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a ``.pth``/``.pt``/``.bin`` (loaded with ``weights_only=True``) or ``.safetensors``.
 
@@ -121,7 +119,7 @@ def _strip_prefixes(state: dict[str, torch.Tensor], wanted: set[str]) -> dict[st
     """Drop a common wrapper prefix (``module.`` from DDP, ``model.``, ``backbone.``) when that makes keys fit."""
     for prefix in ("module.", "model.", "backbone.", "net.", "body.net.", "body."):
         if not (set(state) & wanted) and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 

@@ -1,1 +1,4 @@
-"""Pictures and pages: matplotlib plots and the Jinja2 HTML reports (templates/). Drawing only: the numbers come from the layers above."""
+"""Pictures and pages: matplotlib plots and the Jinja2 HTML reports (templates/).
+
+Drawing only: the numbers come from the layers above.
+"""

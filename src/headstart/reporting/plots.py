@@ -46,8 +46,13 @@ def plot_class_distribution(counts: dict[str, Sequence[int]], classes: Sequence[
     return _save(fig, path)
 
 
-def plot_samples(images: Sequence[Image.Image], titles: Sequence[str], path: Path, columns: int = 4,
-                 title: str = "Sample training images") -> Path:
+def plot_samples(
+    images: Sequence[Image.Image],
+    titles: Sequence[str],
+    path: Path,
+    columns: int = 4,
+    title: str = "Sample training images",
+) -> Path:
     """A grid of images with their class names as titles (the tutorial's 4x4 samples)."""
     rows = max(1, -(-len(images) // columns))
     fig = Figure(figsize=(2.2 * columns, 2.4 * rows))
@@ -101,8 +106,15 @@ def _matrix(ax, matrix, classes: Sequence[str], title: str, fmt: str, short: boo
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 value = int(m[i, j]) if fmt == "d" else m[i, j]
-                ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=7,
-                        color="white" if m[i, j] > 0.6 * m.max() else "black")
+                ax.text(
+                    j,
+                    i,
+                    format(value, fmt),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if m[i, j] > 0.6 * m.max() else "black",
+                )
 
 
 def plot_confusion(confusion, classes: Sequence[str], path: Path) -> Path:
@@ -168,8 +180,9 @@ def plot_lr_find(result, path: Path) -> Path:
     ax.plot(result.lrs, result.losses, color=SPLIT_COLOURS["training"])
     ax.set_xscale("log")
     if result.suggestion:
-        ax.axvline(result.suggestion, color="#C44E52", linestyle="--", linewidth=1,
-                   label=f"chosen lr {result.suggestion:.2g}")
+        ax.axvline(
+            result.suggestion, color="#C44E52", linestyle="--", linewidth=1, label=f"chosen lr {result.suggestion:.2g}"
+        )
         ax.legend(loc="upper left")
     ax.set_xlabel("Learning rate (log scale)")
     ax.set_ylabel("Training loss (smoothed)")

@@ -20,7 +20,9 @@ REPORT_HTML = "report.html"  # a comparison's; a run's is ``Run.report``
 
 
 def _env() -> Environment:
-    return Environment(loader=PackageLoader("headstart.reporting", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    return Environment(
+        loader=PackageLoader("headstart.reporting", "templates"), autoescape=select_autoescape(["html", "j2"])
+    )
 
 
 def render(template: str, **context) -> str:
@@ -45,10 +47,13 @@ def draw_run_pictures(run, ev, images) -> dict[str, Path]:
     wrong = ev.wrong_by_confidence(16)
     if wrong:
         pictures = [Image.fromarray(np.asarray(images[i])) for i in wrong]
-        titles = [f"true: {ev.classes[ev.targets[i]]}\npred: {ev.classes[ev.predictions[i]]} "
-                  f"({ev.probs[i].max():.0%})" for i in wrong]
-        out["misclassified"] = plots.plot_samples(pictures, titles, run.picture("misclassified"),
-                                                  title="Most confidently wrong (evaluation split)")
+        titles = [
+            f"true: {ev.classes[ev.targets[i]]}\npred: {ev.classes[ev.predictions[i]]} ({ev.probs[i].max():.0%})"
+            for i in wrong
+        ]
+        out["misclassified"] = plots.plot_samples(
+            pictures, titles, run.picture("misclassified"), title="Most confidently wrong (evaluation split)"
+        )
     else:
         run.picture("misclassified").unlink(missing_ok=True)
     return out
@@ -62,17 +67,27 @@ def write_run_report(run, ev, images, data: dict) -> Path:
         "run.html.j2",
         title=f"{run.dir.name}",
         subtitle=f"{run.config.backbone} · {run.config.strategy} · recipe {run.config.recipe}"
-                 + (f" · weights averaged ({run.config.average})" if run.config.average != "none" else "")
-                 + f" · {len(ev.classes)} classes",
+        + (f" · weights averaged ({run.config.average})" if run.config.average != "none" else "")
+        + f" · {len(ev.classes)} classes",
         m=run.metrics,
         images={k: _inline(v) for k, v in pictures.items()},
-        data=data, config=run.config.to_dict(),
+        data=data,
+        config=run.config.to_dict(),
     )
     return write_text(run.report, html)
 
 
-def write_compare_report(out_dir: Path, rows: list[dict], histories: dict, confusions: dict, classes: list[str],
-                         data: dict, reading: str, title: str, advice: dict | None = None) -> Path:
+def write_compare_report(
+    out_dir: Path,
+    rows: list[dict],
+    histories: dict,
+    confusions: dict,
+    classes: list[str],
+    data: dict,
+    reading: str,
+    title: str,
+    advice: dict | None = None,
+) -> Path:
     """``<compare>/report.html``: the table, overlaid curves, confusion matrices side by side, a reading."""
     pictures = {
         "curves": plots.plot_histories(histories, out_dir / "validation_curves.png"),
@@ -81,7 +96,13 @@ def write_compare_report(out_dir: Path, rows: list[dict], histories: dict, confu
     best = max(rows, key=lambda r: (r["accuracy"], -r["total_seconds"]))["strategy"]
     html = render(
         "compare.html.j2",
-        title=title, subtitle=f"{data['root']} · {len(classes)} classes", rows=rows, best=best,
-        images={k: _inline(v) for k, v in pictures.items()}, data=data, reading=reading, advice=advice,
+        title=title,
+        subtitle=f"{data['root']} · {len(classes)} classes",
+        rows=rows,
+        best=best,
+        images={k: _inline(v) for k, v in pictures.items()},
+        data=data,
+        reading=reading,
+        advice=advice,
     )
     return write_text(out_dir / REPORT_HTML, html)

@@ -25,9 +25,11 @@ def read_checkpoint(path: str | Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
         if "weights only load failed" in str(e).lower():
-            raise RunError(f"Refused to load {path}: it holds Python objects besides tensors and plain data, and "
-                           "loading those could run code. headstart only loads checkpoints it wrote; train the run "
-                           "again, or get the file from someone you trust and re-save it with weights only.") from None
+            raise RunError(
+                f"Refused to load {path}: it holds Python objects besides tensors and plain data, and "
+                "loading those could run code. headstart only loads checkpoints it wrote; train the run "
+                "again, or get the file from someone you trust and re-save it with weights only."
+            ) from None
         raise _damaged(path, e) from None
     except Exception as e:  # truncated, garbage, not a zip, unreadable
         raise _damaged(path, e) from None
@@ -38,8 +40,10 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def _damaged(path: str | Path, e: Exception) -> RunError:
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return RunError(f"{path} is damaged or not a checkpoint ({reason}). Delete it and train again (a damaged "
-                    f"{LAST}.ckpt: delete it and resume, which goes back to the start), or restore it from a copy.")
+    return RunError(
+        f"{path} is damaged or not a checkpoint ({reason}). Delete it and train again (a damaged "
+        f"{LAST}.ckpt: delete it and resume, which goes back to the start), or restore it from a copy."
+    )
 
 
 def load_checkpoint(path: str | Path) -> tuple[Classifier, dict]:
@@ -62,7 +66,9 @@ def load_model(source: str | Path) -> tuple[Classifier, dict, Path | None]:
         if not best.is_file():
             if (path / CONFIG).is_file():
                 raise unfinished(path)
-            raise RunError(f"{path} has no {CHECKPOINTS}/{BEST}.ckpt: it is not a headstart run. Pass a finished run folder.")
+            raise RunError(
+                f"{path} has no {CHECKPOINTS}/{BEST}.ckpt: it is not a headstart run. Pass a finished run folder."
+            )
         path = best
     if not path.is_file():
         raise RunError(f"'{source}' does not exist. Pass a run folder (runs/NAME), a .ckpt or a .safetensors model.")
@@ -80,6 +86,6 @@ def load_model(source: str | Path) -> tuple[Classifier, dict, Path | None]:
 
 def unfinished(path: Path) -> RunError:
     """A run folder with no best checkpoint: an interrupted run, to resume."""
-    return RunError(f"{path} has no {CHECKPOINTS}/{BEST}.ckpt: it did not finish. Resume it with "
-                    f"headstart train --resume {path}")
-
+    return RunError(
+        f"{path} has no {CHECKPOINTS}/{BEST}.ckpt: it did not finish. Resume it with headstart train --resume {path}"
+    )

@@ -51,7 +51,6 @@ from headstart.utils.files import write_text
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Run:
     """A run folder with what it holds: its config, history and evaluation metrics."""
@@ -140,18 +139,27 @@ class Run:
                     break
                 except FileExistsError:
                     if self.config.name:
-                        raise RunError(f"Run folder {self.dir} already exists (another run took it since this "
-                                       f"one started). Pick another --name, or --resume {self.dir}.") from None
+                        raise RunError(
+                            f"Run folder {self.dir} already exists (another run took it since this "
+                            f"one started). Pick another --name, or --resume {self.dir}."
+                        ) from None
                     self.dir = _next_free(self.dir)
         self.claim()
         # No name: the folder is this run's; `train --config` on this file runs it again in a new one.
         self.config = dataclasses.replace(self.config, name=None)
-        save_config(self.config, self.dir / CONFIG,
-                    f"# headstart train --config {self.dir / CONFIG}   runs this again, in a new folder\n")
+        save_config(
+            self.config,
+            self.dir / CONFIG,
+            f"# headstart train --config {self.dir / CONFIG}   runs this again, in a new folder\n",
+        )
         info = {
-            "root": str(ds.root), "layout": ds.layout, "classes": ds.classes, "counts": ds.counts(),
+            "root": str(ds.root),
+            "layout": ds.layout,
+            "classes": ds.classes,
+            "counts": ds.counts(),
             "fingerprint": data_fingerprint(ds),
-            "problems": [{"path": str(p.path), "reason": p.reason} for p in ds.problems], "ignored": len(ds.ignored),
+            "problems": [{"path": str(p.path), "reason": p.reason} for p in ds.problems],
+            "ignored": len(ds.ignored),
         }
         write_text(self.data_file, json.dumps(info, indent=2) + "\n")
         return info
@@ -184,13 +192,19 @@ class Run:
         diff = {k: (getattr(cfg, k), coerce(k, v)) for k, v in asked.items() if getattr(cfg, k) != coerce(k, v)}
         if diff:
             shown = ", ".join(f"{k}: the run has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
-            raise RunError(f"Cannot resume {run.dir}: its config differs ({shown}). Resume without "
-                           "those options, or start a new run.")
+            raise RunError(
+                f"Cannot resume {run.dir}: its config differs ({shown}). Resume without "
+                "those options, or start a new run."
+            )
         if run.last_checkpoint.is_file():
             read_checkpoint(run.last_checkpoint)  # damaged or unsafe: said now, not after the decoding
         else:
-            log.warning("%s never finished an epoch (no %s/%s.ckpt): training starts over, in the same folder.",
-                        run.dir, CHECKPOINTS, LAST)
+            log.warning(
+                "%s never finished an epoch (no %s/%s.ckpt): training starts over, in the same folder.",
+                run.dir,
+                CHECKPOINTS,
+                LAST,
+            )
         return cls(run.dir, cfg)
 
     def claim(self) -> "Run":
@@ -203,8 +217,9 @@ class Run:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            raise RunError(f"{self.dir} is being trained by another process right now. Wait for it to end, "
-                           "or pick another --name.") from None
+            raise RunError(
+                f"{self.dir} is being trained by another process right now. Wait for it to end, or pick another --name."
+            ) from None
         self._lock = lock
         return self
 
@@ -216,8 +231,10 @@ class Run:
     def check_same_data(self, ds) -> "Run":
         """This run, if ``ds`` is the data it started with; else a RunError."""
         if self.data_info().get("fingerprint") != data_fingerprint(ds):
-            raise RunError(f"Cannot resume {self.dir}: the data changed since it started (files added, removed "
-                           "or modified). Start a new run.")
+            raise RunError(
+                f"Cannot resume {self.dir}: the data changed since it started (files added, removed "
+                "or modified). Start a new run."
+            )
         return self
 
 
@@ -229,8 +246,6 @@ def _next_free(path: Path) -> Path:
     return path.parent / f"{path.name}-{n}"
 
 
-
-
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -239,7 +254,8 @@ def _read_json(path: Path) -> dict:
 
 
 def export_file(base: Path, suffix: str) -> Path:
-    """Where an export goes by default: ``<run>/export/model<suffix>`` (beside a saved model: ``<its folder>/export/``)."""
+    """Where an export goes by default: ``<run>/export/model<suffix>`` (beside a saved model:
+    ``<its folder>/export/``)."""
     return Path(base) / EXPORT / f"model{suffix}"
 
 

@@ -26,5 +26,15 @@ EXPORT = "export"
 LR_FIND = "lr_find"  # lr_find.csv, lr_find.png
 LOCK = ".lock"  # held while a process trains the run
 # A history.csv written before val_macro_f1 was recorded reads the same, without it.
-HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr", "backbone_lr",
-                   "trainable", "seconds"]
+HISTORY_COLUMNS = [
+    "epoch",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_macro_f1",
+    "lr",
+    "backbone_lr",
+    "trainable",
+    "seconds",
+]

@@ -89,16 +89,21 @@ def view_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageSt
         k = leading_frozen(model)
         cut = model.split(k) if k else None
         if cut is None:
-            log.warning("aug_views: %s freezes no layer at the bottom, so there is nothing to compute once; "
-                        "no views", cfg.strategy)
+            log.warning(
+                "aug_views: %s freezes no layer at the bottom, so there is nothing to compute once; no views",
+                cfg.strategy,
+            )
             return None
         prefix, trunk = cut
     # Validation and evaluation as without views (features fp32, prefix activations fp16: what TTA's
     # mirrored pass stores too); the views in fp16 always.
     kw = {} if prefix is None else {"upto": prefix, "dtype": CACHE_DTYPE}
     splits = split_indices(ds)
-    out = {s: TensorDataset(frozen_rows(cfg, model, store, idx, ranks, progress, s, **kw), torch.tensor(y))
-           for s, (idx, y) in splits.items() if s != "training"}
+    out = {
+        s: TensorDataset(frozen_rows(cfg, model, store, idx, ranks, progress, s, **kw), torch.tensor(y))
+        for s, (idx, y) in splits.items()
+        if s != "training"
+    }
     idx, labels = splits["training"]
     shape = out["validation"].tensors[0].shape[1:]  # one image's output: what a view of it takes
     views = _storage(cfg, len(idx), tuple(shape))
@@ -106,11 +111,26 @@ def view_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageSt
         model.cpu()
         return None
     for v in range(len(views)):
-        views[v] = frozen_rows(cfg, model, store, idx, ranks, progress, f"training, view {v + 1} of {len(views)}",
-                               view=v, upto=prefix, dtype=CACHE_DTYPE).numpy()
+        views[v] = frozen_rows(
+            cfg,
+            model,
+            store,
+            idx,
+            ranks,
+            progress,
+            f"training, view {v + 1} of {len(views)}",
+            view=v,
+            upto=prefix,
+            dtype=CACHE_DTYPE,
+        ).numpy()
     model.cpu()
-    log.info("aug_views: %d views of %d training images, %.1f MB, %s", len(views), len(idx), views.nbytes / 2**20,
-             "memory-mapped" if isinstance(views, np.memmap) else "in memory")
+    log.info(
+        "aug_views: %d views of %d training images, %.1f MB, %s",
+        len(views),
+        len(idx),
+        views.nbytes / 2**20,
+        "memory-mapped" if isinstance(views, np.memmap) else "in memory",
+    )
     return {"training": ViewSet(views, labels, cfg.seed), **out}, trunk
 
 
@@ -130,8 +150,9 @@ def _storage(cfg: TrainConfig, n: int, shape: tuple[int, ...]) -> np.ndarray | N
     if k < cfg.aug_views:
         asked = f"aug_views: {cfg.aug_views} views of the {n} training images take {cfg.aug_views * one / 1e9:.2f} GB"
         if k == 0:
-            log.warning("%s, and one view more than %s: no views, augmentation reruns the frozen layers every epoch",
-                        asked, why)
+            log.warning(
+                "%s, and one view more than %s: no views, augmentation reruns the frozen layers every epoch", asked, why
+            )
             return None
         log.warning("%s, over %s: using %d views (%.2f GB) instead", asked, why, k, k * one / 1e9)
     if k * one <= RAM_LIMIT:

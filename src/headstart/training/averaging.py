@@ -121,9 +121,12 @@ class Averaging(L.Callback):
 
     def state_dict(self) -> dict:
         raw = self.raw if self.raw is not None else self.tensors  # Ctrl-C during validation: the set-aside ones
-        return {"kind": self.kind, "updates": self.updates,
-                "raw": {n: t.detach().clone() for n, t in zip(self.names, raw)},
-                "averaged": {n: a.detach().clone() for n, a in zip(self.names, self.averaged)}}
+        return {
+            "kind": self.kind,
+            "updates": self.updates,
+            "raw": {n: t.detach().clone() for n, t in zip(self.names, raw)},
+            "averaged": {n: a.detach().clone() for n, a in zip(self.names, self.averaged)},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self._loaded = state if state.get("raw") else None

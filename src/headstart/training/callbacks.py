@@ -37,19 +37,35 @@ class History(L.Callback):
         (loss, acc), (val_loss, val_acc) = module.epoch_means("train"), module.epoch_means("val")
         groups = trainer.optimizers[0].param_groups
         body = [g for g in groups if g.get("name") != "head" and any(p.requires_grad for p in g["params"])]
-        self.rows.append({
-            "epoch": trainer.current_epoch + 1, "loss": loss, "accuracy": acc, "val_loss": val_loss,
-            "val_accuracy": val_acc, "val_macro_f1": module.val_macro_f1, "lr": groups[0]["lr"],
-            "backbone_lr": body[-1]["lr"] if body else "",
-            "trainable": count_params(module.model, trainable_only=True),
-            "seconds": round(time.perf_counter() - self._start, 3),
-        })
+        self.rows.append(
+            {
+                "epoch": trainer.current_epoch + 1,
+                "loss": loss,
+                "accuracy": acc,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "val_macro_f1": module.val_macro_f1,
+                "lr": groups[0]["lr"],
+                "backbone_lr": body[-1]["lr"] if body else "",
+                "trainable": count_params(module.model, trainable_only=True),
+                "seconds": round(time.perf_counter() - self._start, 3),
+            }
+        )
         if trainer.is_global_zero:
             self.run.write_history(self.rows)
             if self.lines:
                 r = self.rows[-1]
-                progress_log.info("%sepoch %d/%d: loss %.4f, accuracy %.4f, val_loss %.4f, val_accuracy %.4f, %.1f s",
-                                  self.prefix, r["epoch"], trainer.max_epochs, loss, acc, val_loss, val_acc, r["seconds"])
+                progress_log.info(
+                    "%sepoch %d/%d: loss %.4f, accuracy %.4f, val_loss %.4f, val_accuracy %.4f, %.1f s",
+                    self.prefix,
+                    r["epoch"],
+                    trainer.max_epochs,
+                    loss,
+                    acc,
+                    val_loss,
+                    val_acc,
+                    r["seconds"],
+                )
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
@@ -69,9 +85,12 @@ class _Checkpoint(ModelCheckpoint):
             return str(Path(new) / Path(path).relative_to(old)) if path and Path(path).is_relative_to(old) else path
 
         if old and old != new:
-            state = {**state, "dirpath": new, **{k: rebase(state.get(k)) for k in
-                                                 ("best_model_path", "kth_best_model_path", "last_model_path")},
-                     "best_k_models": {rebase(k): v for k, v in state.get("best_k_models", {}).items()}}
+            state = {
+                **state,
+                "dirpath": new,
+                **{k: rebase(state.get(k)) for k in ("best_model_path", "kth_best_model_path", "last_model_path")},
+                "best_k_models": {rebase(k): v for k, v in state.get("best_k_models", {}).items()},
+            }
         super().load_state_dict(state)
 
     def on_train_epoch_end(self, trainer, module) -> None:

@@ -70,11 +70,11 @@ class Ranks:
             return local
         per_rank = math.ceil(n / self.world)
         padded = torch.zeros((per_rank, *local.shape[1:]), dtype=local.dtype)
-        padded[:len(local)] = local
+        padded[: len(local)] = local
         out = torch.empty((per_rank, self.world, *local.shape[1:]), dtype=local.dtype)
         for start in range(0, per_rank, GATHER_ROWS):
-            chunk = padded[start:start + GATHER_ROWS].to(self.device)
-            out[start:start + GATHER_ROWS] = self.fabric.all_gather(chunk).transpose(0, 1).cpu()
+            chunk = padded[start : start + GATHER_ROWS].to(self.device)
+            out[start : start + GATHER_ROWS] = self.fabric.all_gather(chunk).transpose(0, 1).cpu()
         return out.reshape(per_rank * self.world, *local.shape[1:])[:n]  # row j * world + r came from rank r
 
 
@@ -104,8 +104,10 @@ def _launch(accelerator: str, devices: str | int, num_nodes: int) -> Ranks:
     try:
         fabric = L.Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy="auto")
     except Exception as e:  # Lightning's MisconfigurationException, ValueError, RuntimeError...
-        raise ConfigError(f"Cannot use --accelerator {accelerator} --devices {devices} --num-nodes {num_nodes}: "
-                          f"{str(e).rstrip('.')}. Ask for the devices this machine has (e.g. --accelerator cpu --devices 1).") from None
+        raise ConfigError(
+            f"Cannot use --accelerator {accelerator} --devices {devices} --num-nodes {num_nodes}: "
+            f"{str(e).rstrip('.')}. Ask for the devices this machine has (e.g. --accelerator cpu --devices 1)."
+        ) from None
     if fabric.world_size == 1:
         return Ranks(device=fabric.device)
     fabric.launch()
@@ -120,9 +122,15 @@ def _check_cpu_processes(accelerator: str, devices: str | int | list[int], num_n
     if on_cpu and isinstance(devices, int) and not started_outside:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if devices > cores:
-            where = "this machine has no GPU that PyTorch can use, so" if accelerator == "auto" else "with --accelerator cpu"
-            raise ConfigError(f"--devices {devices}: {where} each device is a CPU process, and this machine has "
-                              f"{cores} CPU core(s). Use --devices {cores} or fewer (or run where the GPUs are).")
+            where = (
+                "this machine has no GPU that PyTorch can use, so"
+                if accelerator == "auto"
+                else "with --accelerator cpu"
+            )
+            raise ConfigError(
+                f"--devices {devices}: {where} each device is a CPU process, and this machine has "
+                f"{cores} CPU core(s). Use --devices {cores} or fewer (or run where the GPUs are)."
+            )
 
 
 def parse_devices(devices: str) -> str | int | list[int]:
@@ -132,8 +140,9 @@ def parse_devices(devices: str) -> str | int | list[int]:
     try:
         return int(devices) if devices.lstrip("-").isdigit() else [int(d) for d in devices.split(",") if d.strip()]
     except ValueError:
-        raise ConfigError(f"--devices must be auto, a count or a list of device ids such as 0,1. "
-                          f"Received: devices={devices!r}") from None
+        raise ConfigError(
+            f"--devices must be auto, a count or a list of device ids such as 0,1. Received: devices={devices!r}"
+        ) from None
 
 
 def precision(name: str = "auto") -> str:

@@ -55,14 +55,18 @@ log = logging.getLogger(__name__)
 # --- the steps of fit ---------------------------------------------------------------------
 
 
-def _config(data, config: TrainConfig | None, config_file, resume, overrides: dict) -> tuple[TrainConfig, dict | None, Run | None]:
+def _config(
+    data, config: TrainConfig | None, config_file, resume, overrides: dict
+) -> tuple[TrainConfig, dict | None, Run | None]:
     """The run's config; what was asked for explicitly (None: a whole config was passed in); the run to resume."""
     if data is not None:
         overrides["data"] = str(data)
     from_file = read_yaml(config_file) if config_file else {}
     if data is None and resume is None and config is None and "data" not in from_file:
-        raise ConfigError("Pass DATA (a dataset folder, a CSV manifest or 'demo'), --resume RUN, or a --config "
-                          "that says data: (a run's own config.yaml does).")
+        raise ConfigError(
+            "Pass DATA (a dataset folder, a CSV manifest or 'demo'), --resume RUN, or a --config "
+            "that says data: (a run's own config.yaml does)."
+        )
     asked = None if config is not None else {**from_file, **overrides}
     if resume is not None:
         run = Run.resume(resume, asked or {})
@@ -74,9 +78,12 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[Classifier, S.Strat
     """The backbone with its head, frozen as the strategy says (``scratch``: random weights, all trained)."""
     scratch = cfg.strategy == "scratch"
     head = {"dropout": cfg.head_dropout, "hidden": cfg.head_hidden, "init": cfg.head_init}
-    model = create_model(cfg.backbone, num_classes, weights="none" if scratch else cfg.weights, head=head,
-                         input_size=cfg.input_size)
-    plan = S.apply_strategy(model, "full" if scratch else cfg.strategy, freeze=cfg.freeze, freeze_layers=cfg.freeze_layers)
+    model = create_model(
+        cfg.backbone, num_classes, weights="none" if scratch else cfg.weights, head=head, input_size=cfg.input_size
+    )
+    plan = S.apply_strategy(
+        model, "full" if scratch else cfg.strategy, freeze=cfg.freeze, freeze_layers=cfg.freeze_layers
+    )
     model.pretrained_bn_stats = cfg.pretrained_bn_stats and not scratch
     if cfg.channels_last:  # the weights in NHWC order too, for the frozen pass and for training
         model.to(memory_format=torch.channels_last)
@@ -89,22 +96,35 @@ def _loaders(cfg: TrainConfig, inputs: dict, ranks: Ranks, labels: list[int]) ->
     out too; evaluation whole (rank 0's)."""
     kw = dict(num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=cfg.num_workers > 0)
     train, val = inputs["training"], inputs["validation"]
-    if len(val) < ranks.world:  # a rank with no validation batch would skip the epoch's sums and leave the others waiting
-        raise ConfigError(f"The validation split has {len(val)} image(s), fewer than the {ranks.world} processes. "
-                          "Use fewer --devices, or more validation images.")
+    if (
+        len(val) < ranks.world
+    ):  # a rank with no validation batch would skip the epoch's sums and leave the others waiting
+        raise ConfigError(
+            f"The validation split has {len(val)} image(s), fewer than the {ranks.world} processes. "
+            "Use fewer --devices, or more validation images."
+        )
     order = EpochSampler(train, cfg.seed, labels if cfg.sampler == "balanced" else None)
     batches = RankBatches(order, cfg.batch_size, ranks.rank, ranks.world)
-    return {"training": DataLoader(train, batch_sampler=batches, **kw),
-            "validation": DataLoader(Subset(val, ranks.share(len(val))), batch_size=math.ceil(cfg.batch_size / ranks.world), **kw),
-            "evaluation": DataLoader(inputs["evaluation"], batch_size=cfg.batch_size, **kw)}
+    return {
+        "training": DataLoader(train, batch_sampler=batches, **kw),
+        "validation": DataLoader(
+            Subset(val, ranks.share(len(val))), batch_size=math.ceil(cfg.batch_size / ranks.world), **kw
+        ),
+        "evaluation": DataLoader(inputs["evaluation"], batch_size=cfg.batch_size, **kw),
+    }
 
 
 def _train(trainer: L.Trainer, module: TransferModule, loaders: dict, run: Run, resume: bool) -> bool:
     """Train (from the run's ``last.ckpt`` when resuming); True when interrupted (Ctrl-C), with a
     ``last.ckpt`` to resume from."""
     try:
-        trainer.fit(module, loaders["training"], loaders["validation"], weights_only=True,
-                    ckpt_path=run.last_checkpoint if resume and run.last_checkpoint.exists() else None)
+        trainer.fit(
+            module,
+            loaders["training"],
+            loaders["validation"],
+            weights_only=True,
+            ckpt_path=run.last_checkpoint if resume and run.last_checkpoint.exists() else None,
+        )
     except SystemExit:
         # On Ctrl-C Lightning stops gracefully, then calls sys.exit(1): a library returns instead.
         if not trainer.interrupted:
@@ -112,8 +132,12 @@ def _train(trainer: L.Trainer, module: TransferModule, loaders: dict, run: Run, 
         if not run.last_checkpoint.exists() and trainer.world_size == 1:  # with ranks, some may be gone already
             trainer.save_checkpoint(run.last_checkpoint)
         if trainer.is_global_zero:
-            log.warning("Interrupted. %s", f"Resume with: headstart train --resume {run.dir}" if run.last_checkpoint.exists()
-                        else "No epoch had finished: nothing to resume.")
+            log.warning(
+                "Interrupted. %s",
+                f"Resume with: headstart train --resume {run.dir}"
+                if run.last_checkpoint.exists()
+                else "No epoch had finished: nothing to resume.",
+            )
         return True
     return False
 
@@ -149,11 +173,20 @@ def _prepare(data, config, config_file, resume, overrides: dict, progress: bool)
         warn_input_size(cfg, model.body.preprocessing.input_size)  # well below the weights' own size?
     ds, store = decoded_images(ds, model.preprocessing, progress=progress and ranks.is_zero)
     run = resumed.check_same_data(ds) if resumed else ranks.on_zero(lambda: Run.create(cfg))
-    inputs, trunk = view_inputs(cfg, model, ds, store, progress, ranks) or training_inputs(cfg, model, ds, store, progress, ranks)
+    inputs, trunk = view_inputs(cfg, model, ds, store, progress, ranks) or training_inputs(
+        cfg, model, ds, store, progress, ranks
+    )
     labels = split_indices(ds)["training"][1]
     loaders = _loaders(cfg, inputs, ranks, labels)
-    module = TransferModule(model, cfg, len(loaders["training"]), {"classes": ds.classes, "strategy_plan": plan.__dict__},
-                            trunk, len(inputs["training"]), loss_weights(cfg, labels, ds.num_classes))
+    module = TransferModule(
+        model,
+        cfg,
+        len(loaders["training"]),
+        {"classes": ds.classes, "strategy_plan": plan.__dict__},
+        trunk,
+        len(inputs["training"]),
+        loss_weights(cfg, labels, ds.num_classes),
+    )
     return Prepared(cfg, ranks, ds, store, inputs, loaders, module, run, resumed is not None)
 
 
@@ -171,12 +204,19 @@ def _evaluate_best(run: Run, trainer: L.Trainer, p: Prepared, setup_seconds: flo
     paths = [str(s.path) for s in ds.split("evaluation")]
     ev = compute(targets, probs, ds.classes, "evaluation", paths, tta)
     rows, weights = run.history, module.train_loss_fn.weight
-    run.metrics = {"best_epoch": best_epoch(rows, run.config.monitor), "epochs": len(rows),
-                   "trainable_params": count_params(module.model, trainable_only=True), "strategy": run.config.strategy,
-                   "backbone": run.config.backbone, "recipe": run.config.recipe, "average": run.config.average,
-                   "skipped_images": len(ds.problems),
-                   "setup_seconds": round(setup_seconds, 2), "train_seconds": round(sum(r["seconds"] for r in rows), 2),
-                   **view_metrics(run.config, p.inputs["training"])}  # augmented views: their K and bytes
+    run.metrics = {
+        "best_epoch": best_epoch(rows, run.config.monitor),
+        "epochs": len(rows),
+        "trainable_params": count_params(module.model, trainable_only=True),
+        "strategy": run.config.strategy,
+        "backbone": run.config.backbone,
+        "recipe": run.config.recipe,
+        "average": run.config.average,
+        "skipped_images": len(ds.problems),
+        "setup_seconds": round(setup_seconds, 2),
+        "train_seconds": round(sum(r["seconds"] for r in rows), 2),
+        **view_metrics(run.config, p.inputs["training"]),
+    }  # augmented views: their K and bytes
     if weights is not None:  # class_weights=auto: what each class's loss was weighted by
         run.metrics["class_weights"] = {c: round(float(w), 4) for c, w in zip(ds.classes, weights.tolist())}
     write_evaluation(run, ev, run.metrics)
@@ -184,9 +224,17 @@ def _evaluate_best(run: Run, trainer: L.Trainer, p: Prepared, setup_seconds: flo
     return ev
 
 
-def fit(data: str | Path | None = None, *, config: TrainConfig | None = None, config_file: str | Path | None = None,
-        resume: str | Path | None = None, progress: bool = False, callbacks: list | None = None, logger: Any = None,
-        **overrides: Any) -> Run:
+def fit(
+    data: str | Path | None = None,
+    *,
+    config: TrainConfig | None = None,
+    config_file: str | Path | None = None,
+    resume: str | Path | None = None,
+    progress: bool = False,
+    callbacks: list | None = None,
+    logger: Any = None,
+    **overrides: Any,
+) -> Run:
     """Train as ``headstart train`` does and return the run. Options as in ``TrainConfig``;
     ``logger``: Lightning loggers of your own, beside ``loggers=["tensorboard", ...]``.
 

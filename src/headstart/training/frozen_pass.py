@@ -43,8 +43,17 @@ def leading_frozen(model: Classifier) -> int:
     return k
 
 
-def frozen_rows(cfg: TrainConfig, model: Classifier, store: ImageStore, idx: list[int], ranks: Ranks, progress: bool,
-                split: str, view: int | None = None, **kw) -> torch.Tensor:
+def frozen_rows(
+    cfg: TrainConfig,
+    model: Classifier,
+    store: ImageStore,
+    idx: list[int],
+    ranks: Ranks,
+    progress: bool,
+    split: str,
+    view: int | None = None,
+    **kw,
+) -> torch.Tensor:
     """What frozen layers make of the images ``idx`` of one split (``extract_features``' options in
     ``kw``), once in total: each rank computes its share of the images on its own device, and every
     rank gets all of them. ``view``: of the images augmented as training augments them in epoch
@@ -55,15 +64,27 @@ def frozen_rows(cfg: TrainConfig, model: Classifier, store: ImageStore, idx: lis
         keys = list(mine) or [0]  # each image's place in the split seeds its augmentation
         images = ImageSet(store, [idx[i] for i in keys], [0] * len(keys), augment=True, seed=cfg.seed, keys=keys)
         images.epoch = view
-    rows = extract_features(model, store, [idx[i] for i in mine], device=ranks.device, progress=progress and ranks.is_zero,
-                            channels_last=cfg.channels_last, split=split, bf16=cfg.precision in ("auto", "bf16-mixed"),
-                            images=images, **kw)
-    log.info("frozen pass, %s: rank %d of %d computed %d of %d images", split, ranks.rank, ranks.world, len(mine), len(idx))
+    rows = extract_features(
+        model,
+        store,
+        [idx[i] for i in mine],
+        device=ranks.device,
+        progress=progress and ranks.is_zero,
+        channels_last=cfg.channels_last,
+        split=split,
+        bf16=cfg.precision in ("auto", "bf16-mixed"),
+        images=images,
+        **kw,
+    )
+    log.info(
+        "frozen pass, %s: rank %d of %d computed %d of %d images", split, ranks.rank, ranks.world, len(mine), len(idx)
+    )
     return ranks.gather_rows(rows, len(idx))
 
 
-def training_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStore, progress: bool,
-                    ranks: Ranks | None = None):
+def training_inputs(
+    cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStore, progress: bool, ranks: Ranks | None = None
+):
     """Per split, what the trainer reads, and the trunk that turns it into pooled features:
 
     - ``features``: pooled features computed once; the trunk is nothing;
@@ -78,8 +99,10 @@ def training_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: Ima
     splits, ranks = split_indices(ds), ranks or Ranks()
 
     def once(**kw) -> dict:
-        out = {s: TensorDataset(frozen_rows(cfg, model, store, idx, ranks, progress, s, **kw), torch.tensor(y))
-               for s, (idx, y) in splits.items()}
+        out = {
+            s: TensorDataset(frozen_rows(cfg, model, store, idx, ranks, progress, s, **kw), torch.tensor(y))
+            for s, (idx, y) in splits.items()
+        }
         model.cpu()
         return out
 
@@ -92,10 +115,15 @@ def training_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: Ima
         log.info("%s: the %d frozen groups are computed once; epochs run the rest", cfg.strategy, k)
         return once(upto=prefix, dtype=CACHE_DTYPE), rest
     if cut is not None:
-        log.warning("%s: augmentation is on, so the frozen layers run every epoch (--aug-views 4 computes 4 augmented "
-                    "views through them once; --no-augment, the plain images once)", cfg.strategy)
-    images = {s: ImageSet(store, idx, y, augment=cfg.augment and s == "training", seed=cfg.seed)
-              for s, (idx, y) in splits.items()}
+        log.warning(
+            "%s: augmentation is on, so the frozen layers run every epoch (--aug-views 4 computes 4 augmented "
+            "views through them once; --no-augment, the plain images once)",
+            cfg.strategy,
+        )
+    images = {
+        s: ImageSet(store, idx, y, augment=cfg.augment and s == "training", seed=cfg.seed)
+        for s, (idx, y) in splits.items()
+    }
     return images, None
 
 
@@ -109,8 +137,16 @@ def mirrored_inputs(cfg: TrainConfig, model: Classifier, loader: DataLoader, ds:
         return DataLoader(ImageSet(store, idx, y, augment=False, flip=True), batch_size=loader.batch_size)
     before = next(model.parameters()).device
     prefix = None if cfg.strategy == "features" else model.split(leading_frozen(model))[0]
-    rows = extract_features(model, store, idx, device=device, upto=prefix, flip=True,
-                            dtype=torch.float32 if prefix is None else CACHE_DTYPE,  # as the frozen pass stored them
-                            channels_last=cfg.channels_last, bf16=cfg.precision in ("auto", "bf16-mixed"))
+    rows = extract_features(
+        model,
+        store,
+        idx,
+        device=device,
+        upto=prefix,
+        flip=True,
+        dtype=torch.float32 if prefix is None else CACHE_DTYPE,  # as the frozen pass stored them
+        channels_last=cfg.channels_last,
+        bf16=cfg.precision in ("auto", "bf16-mixed"),
+    )
     model.to(before)
     return DataLoader(TensorDataset(rows, torch.tensor(y)), batch_size=loader.batch_size)

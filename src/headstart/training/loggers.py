@@ -21,8 +21,9 @@ def loggers(names: list[str], run_dir: Path) -> list:
     made = {
         # logs/csv/metrics.csv, logs/tensorboard/events.*: one folder each, the same on resume
         "csv": lambda: lg.CSVLogger(save_dir=run_dir / "logs", name="csv", version=""),
-        "tensorboard": lambda: lg.TensorBoardLogger(save_dir=run_dir / "logs", name="tensorboard", version="",
-                                                    default_hp_metric=False),
+        "tensorboard": lambda: lg.TensorBoardLogger(
+            save_dir=run_dir / "logs", name="tensorboard", version="", default_hp_metric=False
+        ),
         "mlflow": lambda: _mlflow(lg, run_dir),
         "wandb": lambda: lg.WandbLogger(name=run_dir.name, save_dir=run_dir, offline=True),
     }
@@ -34,5 +35,6 @@ def _mlflow(lg, run_dir: Path):
 
     # A local file store needs no server and works offline; MLflow 3 asks for this to allow it.
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    return lg.MLFlowLogger(experiment_name="headstart", run_name=run_dir.name,
-                           tracking_uri=(run_dir / "mlruns").resolve().as_uri())
+    return lg.MLFlowLogger(
+        experiment_name="headstart", run_name=run_dir.name, tracking_uri=(run_dir / "mlruns").resolve().as_uri()
+    )

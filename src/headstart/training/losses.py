@@ -40,8 +40,10 @@ def loss_weights(cfg: TrainConfig, labels: Sequence[int], num_classes: int) -> t
     if cfg.class_weights == "none":
         return None
     if cfg.sampler == "balanced":
-        log.warning("class_weights=auto with sampler=balanced corrects the imbalance twice: the rare classes "
-                    "are drawn as often as the others and weigh more. Usually one of the two is enough.")
+        log.warning(
+            "class_weights=auto with sampler=balanced corrects the imbalance twice: the rare classes "
+            "are drawn as often as the others and weigh more. Usually one of the two is enough."
+        )
     return class_weights(labels, num_classes)
 
 

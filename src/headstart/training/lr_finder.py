@@ -91,9 +91,11 @@ def valley(losses: list[float]) -> int | None:
 def check_one_process(world: int) -> None:
     """The range test runs in one process: with several, each would find its own rate."""
     if world > 1:
-        raise ConfigError(f"lr_find runs on one device; this run has {world} processes. Find the rate on one device "
-                          "(headstart lr-find DATA, or train --lr-find --devices 1), then pass it as "
-                          "--lr to the run on several devices.")
+        raise ConfigError(
+            f"lr_find runs on one device; this run has {world} processes. Find the rate on one device "
+            "(headstart lr-find DATA, or train --lr-find --devices 1), then pass it as "
+            "--lr to the run on several devices."
+        )
 
 
 def range_test(module, loader, cfg: TrainConfig, steps: int = STEPS, progress: bool = False) -> LRFind:
@@ -114,11 +116,28 @@ def range_test(module, loader, cfg: TrainConfig, steps: int = STEPS, progress: b
     quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
     with tempfile.TemporaryDirectory(prefix="headstart-lr-find-") as tmp, quiet, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")  # on purpose: the sweep only trains
-        trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, precision=precision(cfg.precision), max_epochs=-1, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            default_root_dir=tmp, num_sanity_val_steps=0, deterministic=cfg.deterministic)
-        found = Tuner(trainer).lr_find(module, train_dataloaders=loader, min_lr=MIN_LR, max_lr=MAX_LR,
-                                       num_training=steps, early_stop_threshold=DIVERGED, update_attr=False)
+        trainer = L.Trainer(
+            accelerator=cfg.accelerator,
+            devices=1,
+            precision=precision(cfg.precision),
+            max_epochs=-1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp,
+            num_sanity_val_steps=0,
+            deterministic=cfg.deterministic,
+        )
+        found = Tuner(trainer).lr_find(
+            module,
+            train_dataloaders=loader,
+            min_lr=MIN_LR,
+            max_lr=MAX_LR,
+            num_training=steps,
+            early_stop_threshold=DIVERGED,
+            update_attr=False,
+        )
     lrs, losses = [float(x) for x in found.results["lr"]], [float(x) for x in found.results["loss"]]
     # Lightning (2.6) bias-corrects its moving average at step k by 1 - 0.98^(k+2), the global step having
     # already moved on: the first points read about half the loss, and the curve seems to rise at first.

@@ -30,8 +30,16 @@ log = logging.getLogger(__name__)
 class TransferModule(L.LightningModule):
     """The model, its loss, optimizer and schedule, on images or on what frozen layers made of them."""
 
-    def __init__(self, model: Classifier, cfg: TrainConfig, steps_per_epoch: int, extra: dict, trunk=None,
-                 train_size: int = 0, class_weights: torch.Tensor | None = None):
+    def __init__(
+        self,
+        model: Classifier,
+        cfg: TrainConfig,
+        steps_per_epoch: int,
+        extra: dict,
+        trunk=None,
+        train_size: int = 0,
+        class_weights: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.model, self.cfg, self.train_size = model, cfg, train_size
         # What turns a batch into pooled features: the whole body on images; nothing on cached
@@ -68,7 +76,9 @@ class TransferModule(L.LightningModule):
             self.log("batch_loss", loss, prog_bar=True, logger=False)
         # Epoch sums of our own (loss, correct, count), added up over the ranks at the epoch's end.
         stats = self.epoch_stats[stage]
-        stats += torch.stack([loss.detach().float() * len(y), correct.float(), torch.tensor(float(len(y)), device=y.device)])
+        stats += torch.stack(
+            [loss.detach().float() * len(y), correct.float(), torch.tensor(float(len(y)), device=y.device)]
+        )
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -121,7 +131,9 @@ class TransferModule(L.LightningModule):
         # eval mode. Train mode here (the model keeps its frozen parts in eval mode itself).
         self.model.train()
         if self.cfg.strategy == "gradual":
-            opened = S.unfreeze_top(self.model, min(self.current_epoch // self.cfg.unfreeze_every, len(self.model.groups)))
+            opened = S.unfreeze_top(
+                self.model, min(self.current_epoch // self.cfg.unfreeze_every, len(self.model.groups))
+            )
             if opened:
                 log.info("epoch %d: training the head and %s", self.current_epoch + 1, ", ".join(opened))
 
@@ -129,9 +141,12 @@ class TransferModule(L.LightningModule):
         cfg = self.cfg
         # gradual: every group is in the optimizer from the start; a frozen one has no gradient,
         # so it gets no optimizer state (and no weight decay) until it is opened.
-        groups = S.param_groups(self.model, cfg.lr, cfg.backbone_lr, cfg.lr_decay, include_frozen=cfg.strategy == "gradual")
-        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-                "keras_adam": KerasAdam}[cfg.optimizer]
+        groups = S.param_groups(
+            self.model, cfg.lr, cfg.backbone_lr, cfg.lr_decay, include_frozen=cfg.strategy == "gradual"
+        )
+        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "keras_adam": KerasAdam}[
+            cfg.optimizer
+        ]
         kwargs = {"momentum": 0.9} if cfg.optimizer == "sgd" else {}
         opt = kind(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, self.steps_per_epoch))
@@ -141,8 +156,10 @@ class TransferModule(L.LightningModule):
         # Everything needed to use the model without this code's arguments: how to rebuild it,
         # what its inputs must look like, and what its outputs mean.
         checkpoint["headstart"] = {
-            "model": self.model.config, "preprocessing": self.model.preprocessing.to_dict(),
-            "config": self.cfg.to_dict(), **self.extra,
+            "model": self.model.config,
+            "preprocessing": self.model.preprocessing.to_dict(),
+            "config": self.cfg.to_dict(),
+            **self.extra,
         }
 
 

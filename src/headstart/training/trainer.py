@@ -21,8 +21,17 @@ def _trainer(cfg: TrainConfig, run: Run, ranks: Ranks, progress: bool, callbacks
     from lightning.pytorch.callbacks import EarlyStopping
 
     best = dict(monitor=cfg.monitor, mode=MODE[cfg.monitor])  # val_loss lowest; val_accuracy, val_macro_f1 highest
-    cbs = [_Checkpoint(dirpath=run.checkpoints, filename=BEST, save_last=True, enable_version_counter=False,
-                       save_on_train_epoch_end=True, **best), *callbacks]
+    cbs = [
+        _Checkpoint(
+            dirpath=run.checkpoints,
+            filename=BEST,
+            save_last=True,
+            enable_version_counter=False,
+            save_on_train_epoch_end=True,
+            **best,
+        ),
+        *callbacks,
+    ]
     if cfg.average != "none":  # validation and the checkpoints see the averaged weights
         cbs.insert(0, Averaging(cfg.average))
     if cfg.early_stopping:
@@ -31,9 +40,22 @@ def _trainer(cfg: TrainConfig, run: Run, ranks: Ranks, progress: bool, callbacks
     if bar:
         cbs.append(_Bar())
     return L.Trainer(
-        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=parse_devices(cfg.devices), num_nodes=cfg.num_nodes,
-        strategy="ddp" if ranks.world > 1 else "auto", use_distributed_sampler=False,  # RankBatches shares them out
-        precision=precision(cfg.precision), deterministic=cfg.deterministic, callbacks=cbs, enable_progress_bar=bar,
-        logger=[*loggers(cfg.loggers, run.dir), *(logger if isinstance(logger, (list, tuple)) else [logger] if logger else [])] or False,
-        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(run.dir),
+        max_epochs=cfg.epochs,
+        accelerator=cfg.accelerator,
+        devices=parse_devices(cfg.devices),
+        num_nodes=cfg.num_nodes,
+        strategy="ddp" if ranks.world > 1 else "auto",
+        use_distributed_sampler=False,  # RankBatches shares them out
+        precision=precision(cfg.precision),
+        deterministic=cfg.deterministic,
+        callbacks=cbs,
+        enable_progress_bar=bar,
+        logger=[
+            *loggers(cfg.loggers, run.dir),
+            *(logger if isinstance(logger, (list, tuple)) else [logger] if logger else []),
+        ]
+        or False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(run.dir),
     )

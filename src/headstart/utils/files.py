@@ -57,12 +57,16 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     existing = path
     while not existing.exists():
         if existing.is_symlink():
-            raise ConfigError(f"{what} {path}: {existing} is a link to something that does not exist. "
-                              "Fix or remove the link, or pass another folder.")
+            raise ConfigError(
+                f"{what} {path}: {existing} is a link to something that does not exist. "
+                "Fix or remove the link, or pass another folder."
+            )
         existing = existing.parent
     if not existing.is_dir():
         raise ConfigError(f"{what} {path}: {existing} is a file, not a folder. Pass a folder.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {path}: cannot write in {existing} (read-only, or permission denied). "
-                          "Pass a folder you can write to.")
+        raise ConfigError(
+            f"{what} {path}: cannot write in {existing} (read-only, or permission denied). "
+            "Pass a folder you can write to."
+        )
     return path

@@ -1,0 +1,118 @@
+"""The commands about data: ``inspect``, ``backbones``, ``advise``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from headstart.cli import console as show
+from headstart.cli.app import SHOW, command
+from headstart.cli.console import out
+from headstart.cli.options import (
+    INPUT_SIZE_HELP,
+    AllowOutsideRoot,
+    Data,
+    ForceInputSize,
+    Layout,
+    MaxPixels,
+    Seed,
+    Weights,
+)
+from headstart.config import check_input_size
+from headstart.data.images import MAX_PIXELS
+
+
+@command
+def inspect(
+    data: Data,
+    out_dir: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="Where to write the pictures and inspect.json.", show_default="runs/inspect-<name>"),
+    ] = None,
+    layout: Layout = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of training drawn for validation when the data has none.")
+    ] = 0.2,
+    eval_fraction: Annotated[
+        float, typer.Option(help="Share of training drawn for evaluation when the data has none.")
+    ] = 0.2,
+    seed: Seed = 0,
+    max_pixels: MaxPixels = MAX_PIXELS,
+    allow_outside_root: AllowOutsideRoot = False,
+) -> None:
+    """Counts per split and class, imbalance, image sizes, problems; class_distribution.png and samples.png."""
+    from headstart.data import inspection as inspection
+
+    if out_dir is None:
+        out_dir = Path("runs") / f"inspect-{'demo' if data == 'demo' else Path(data).resolve().name}"
+    summary = inspection.inspect_dataset(
+        data,
+        out_dir,
+        layout=layout,
+        val_fraction=val_fraction,
+        eval_fraction=eval_fraction,
+        seed=seed,
+        max_pixels=max_pixels,
+        progress=SHOW["progress"],
+        allow_outside_root=allow_outside_root,
+    )
+    show.summary(summary)
+    out.print(
+        f"Wrote {out_dir / inspection.DISTRIBUTION_PNG}, {out_dir / inspection.SAMPLES_PNG}, "
+        f"{out_dir / inspection.SUMMARY_JSON}"
+    )
+
+
+@command
+def backbones(
+    name: Optional[str] = typer.Argument(None, help="Show one backbone's groups and preprocessing (any timm name)."),
+    weights: str = typer.Option("none", help="With NAME: load these weights (default, bundled, hub, none, or a file)."),
+    num_classes: int = typer.Option(11, help="With NAME: classes of the head (11 as in Food-11)."),
+) -> None:
+    """List the curated backbones, or show one: parameters, freezable groups, preprocessing."""
+    from headstart.models.factory import REGISTRY, create_model, list_backbones
+
+    if name is None:
+        show.backbones(list_backbones())
+    else:
+        show.backbone(name, create_model(name, num_classes, weights=weights), REGISTRY.get(name))
+
+
+@command
+def advise(
+    data: Data,
+    backbone: Annotated[str, typer.Option(help="The backbone to advise for.")] = "efficientnet_lite0",
+    weights: Weights = "default",
+    input_size: Annotated[Optional[int], typer.Option(help=INPUT_SIZE_HELP, show_default="the weights'")] = None,
+    force_input_size: ForceInputSize = False,
+    sample: Annotated[int, typer.Option(min=5, help="Images per class probed (a bounded sample).")] = 60,
+    seed: Seed = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the advice as JSON.")] = False,
+    layout: Layout = None,
+    allow_outside_root: AllowOutsideRoot = False,
+) -> None:
+    """Measure DATA (size; similarity to the pretraining data): a strategy by the rules, an input size (2-3 probed)."""
+    import json
+
+    from headstart.advice.strategy import advise as run_advise
+    from headstart.data.dataset import load_dataset
+
+    check_input_size(input_size, force_input_size)  # as train checks it
+    source = load_dataset(data, layout, seed=seed, allow_outside_root=True) if allow_outside_root else data
+    a = run_advise(
+        source,
+        backbone,
+        weights,
+        input_size,
+        per_class=sample,
+        seed=seed,
+        progress=SHOW["progress"],
+        layout=layout,
+        resolution=True,
+    )
+    if as_json:
+        out.print_json(json.dumps(a.to_dict()))
+        return
+    show.advice(a, data)

@@ -1,0 +1,16 @@
+"""Callbacks that stop a run where a test wants it stopped."""
+
+from __future__ import annotations
+
+import lightning as L
+
+
+class StopAfter(L.Callback):
+    """Ctrl-C right after epoch ``epoch`` (and its checkpoint) finished."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, module):
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt  # what Ctrl-C does
