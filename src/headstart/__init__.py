@@ -45,6 +45,11 @@ _API = {
     "export": ("headstart.inference.export", "export"),
     "HeadstartError": ("headstart.errors", "HeadstartError"),
     "DataError": ("headstart.errors", "DataError"),
+    "ConfigError": ("headstart.errors", "ConfigError"),
+    "ImageError": ("headstart.errors", "ImageError"),
+    "WeightsError": ("headstart.errors", "WeightsError"),
+    "RunError": ("headstart.errors", "RunError"),
+    "ExportError": ("headstart.errors", "ExportError"),
 }
 __all__ = sorted(_API)
 

@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from headstart.advice import input_size as size
 from headstart.advice import strategy as A
 from headstart.cli.main import app
 from headstart.config import TrainConfig, load_config, resolve_config
@@ -61,15 +62,15 @@ def two_sizes(monkeypatch):
 
 
 def test_candidate_sizes_around_the_photos_and_the_weights():
-    assert A.candidate_sizes(160, 224) == [160, 224]  # close: the photos' own size and the native one
-    assert A.candidate_sizes(128, 224) == [128, 176, 224]  # far apart: one between, on a log scale
-    assert A.candidate_sizes(28, 224) == [32, 80, 224]  # rounded to multiples of 16
-    assert A.candidate_sizes(1000, 224) == [224, 336]  # much larger photos: one above the native size
-    assert A.candidate_sizes(240, 224) == [128, 224]  # the native size itself: is it worth its cost?
-    assert A.candidate_sizes(160, 224, asked=64) == [64, 160, 224]  # the size asked for, measured too
-    assert A.candidate_sizes(5000, 1024) == [608, 1024]  # never above 1024
+    assert size.candidate_sizes(160, 224) == [160, 224]  # close: the photos' own size and the native one
+    assert size.candidate_sizes(128, 224) == [128, 176, 224]  # far apart: one between, on a log scale
+    assert size.candidate_sizes(28, 224) == [32, 80, 224]  # rounded to multiples of 16
+    assert size.candidate_sizes(1000, 224) == [224, 336]  # much larger photos: one above the native size
+    assert size.candidate_sizes(240, 224) == [128, 224]  # the native size itself: is it worth its cost?
+    assert size.candidate_sizes(160, 224, asked=64) == [64, 160, 224]  # the size asked for, measured too
+    assert size.candidate_sizes(5000, 1024) == [608, 1024]  # never above 1024
     for photo in (1, 10, 100, 5000):
-        assert all(16 <= s <= 1024 for s in A.candidate_sizes(photo, 224))
+        assert all(16 <= s <= 1024 for s in size.candidate_sizes(photo, 224))
 
 
 def test_the_smallest_size_within_a_point_of_the_best_is_recommended():
@@ -78,29 +79,29 @@ def test_the_smallest_size_within_a_point_of_the_best_is_recommended():
         176: {"final_knn": 0.756, "probe_seconds": 2.0},
         224: {"final_knn": 0.76, "probe_seconds": 3.1},
     }
-    res = A.choose_size(probes)
+    res = size.choose_size(probes)
     assert res["input_size"] == 176  # 75.6 % is within a point of 76 %, at less cost
     assert res["why"] == "176 px: probe 76% vs 67% at 128 px, 2.0x the time"
     assert (res["reference"], res["gain"], res["time_ratio"]) == (128, 8.6, 2.0)
     probes[176]["final_knn"] = 0.70
-    assert A.choose_size(probes)["input_size"] == 224
+    assert size.choose_size(probes)["input_size"] == 224
     probes[128]["final_knn"] = 0.755  # the smallest is as good: what the best larger one would cost
-    res = A.choose_size(probes)
+    res = size.choose_size(probes)
     assert res["input_size"] == 128 and res["why"] == "128 px: probe 76% vs 76% at 224 px, 0.3x the time"
 
 
 def test_the_warning_below_the_native_size():
-    assert A.input_size_warning(224, 224) is None and A.input_size_warning(None, 224) is None
-    assert A.input_size_warning(192, 224) is None  # above 0.75 x 224
-    plain = A.input_size_warning(128, 224)
+    assert size.input_size_warning(224, 224) is None and size.input_size_warning(None, 224) is None
+    assert size.input_size_warning(192, 224) is None  # above 0.75 x 224
+    plain = size.input_size_warning(128, 224)
     assert "128" in plain and "224 px" in plain and "--input-size auto" in plain and "headstart advise" in plain
     measured = {"resolution": {"sizes": [{"input_size": 128, "knn": 0.67}, {"input_size": 224, "knn": 0.76}]}}
-    assert A.input_size_warning(128, 224, measured) == (
+    assert size.input_size_warning(128, 224, measured) == (
         "features at 128 px scored 9 points under 224 px on the probe; --input-size auto picks the size"
     )
     measured["resolution"]["sizes"][0]["knn"] = 0.755  # measured, and as good: nothing to say
-    assert A.input_size_warning(128, 224, measured) is None
-    for text in (plain, A.input_size_warning(64, 224)):
+    assert size.input_size_warning(128, 224, measured) is None
+    for text in (plain, size.input_size_warning(64, 224)):
         assert "\n" not in text  # one line (make demo trains at 64 px on purpose)
 
 
@@ -154,7 +155,9 @@ def test_train_warns_below_the_native_size_and_not_at_it(tiny, tmp_path, caplog)
 
     with caplog.at_level(logging.WARNING, logger="headstart.advice.strategy"):
         fit(tiny, strategy="features", epochs=1, runs_dir=tmp_path, name="small", **TINY_OPTIONS)
-    assert [r.getMessage() for r in caplog.records if "well below" in r.getMessage()] == [A.input_size_warning(32, 224)]
+    assert [r.getMessage() for r in caplog.records if "well below" in r.getMessage()] == [
+        size.input_size_warning(32, 224)
+    ]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="headstart.advice.strategy"):
         fit(tiny, strategy="features", epochs=1, batch_size=8, runs_dir=tmp_path, name="native")
