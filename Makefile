@@ -14,7 +14,7 @@ demo: install
 
 # Lint first (seconds), then the suite on every core (pytest-xdist): under 5 minutes on 2 cores.
 test: lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --dist worksteal
 
 # ruff: pyflakes, pycodestyle, import order, bugbear; and the formatter's check (pyproject.toml).
 lint: install

@@ -1,4 +1,7 @@
-"""Shared test helpers: small datasets made of real photos (scikit-image's), in every layout."""
+"""Shared fixtures: the tiny dataset and the runs several tests read, one image cache per test process.
+
+Shared helpers (datasets, broken data, the browser, ports) are in ``tests/helpers/``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,12 @@ import pytest
 from helpers.datasets import TINY, TINY_OPTIONS, make_food11, make_messy_food11
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup here hangs ~45 s before failing
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    # One core a test process (make test runs one per core): torch's own threads would make them contend.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

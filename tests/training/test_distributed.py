@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.ports import free_port_env
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="process groups and SIGINT")
 
 
@@ -50,7 +52,7 @@ def _command(tiny: Path, runs: Path, name: str, devices: int, *extra: str, batch
 
 
 def _run(command: list[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=free_port_env())
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -107,7 +109,7 @@ def test_an_interrupted_two_rank_run_resumes(tiny, tmp_path: Path):
     runs = tmp_path / "runs"
     command = _command(tiny, runs, "r", 2, "--strategy", "features", "--epochs", "60", "--early-stopping", "0")
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=free_port_env()
     )  # its own process group: Ctrl-C reaches every rank
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:

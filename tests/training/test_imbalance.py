@@ -29,6 +29,7 @@ from headstart.training.fit import fit
 from headstart.training.losses import class_weights
 from headstart.training.module import TransferModule
 from helpers.datasets import TINY_OPTIONS, make_food11
+from helpers.ports import free_port_env
 
 COUNTS = [12, 4, 2]  # training images per class: 6 : 1, about Food-11's 5.4 : 1
 LABELS = [c for c, n in enumerate(COUNTS) for _ in range(n)]
@@ -283,7 +284,7 @@ def test_two_ranks_weighted_and_balanced_train_as_one_process(imbalanced, tmp_pa
             "--name",
             name,
         ]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=free_port_env())
         assert done.returncode == 0, done.stderr[-3000:]
         return _history(tmp_path / name / name)
 

@@ -213,9 +213,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None, tta: bool = F
     def predict(
         file: Annotated[list[UploadFile], File(description="One or several images.")],
         top_k: Annotated[int | None, Query(ge=1, description="How many classes per image [server's default].")] = None,
-        tta: Annotated[
-            bool | None, Query(description="Average each image with its mirror [server's default].")
-        ] = None,
+        tta: Annotated[bool | None, Query(description="Average each image with its mirror [server's default].")] = None,
     ) -> dict:
         if len(file) > limits.max_files:
             raise UploadError(413, f"{len(file)} files in one request; at most {limits.max_files}.")
