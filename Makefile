@@ -29,7 +29,8 @@ format: install
 # The dependencies once per pyproject.toml; this checkout every time (cheap), so a VENV shared by
 # several clones (CI's) always runs the code of the clone at hand.
 install: $(STAMP)
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -c "import headstart, sys; sys.exit(not headstart.__file__.startswith('$(CURDIR)/src/'))" 2>/dev/null \
+		|| $(PY) -m pip install --quiet --no-deps -e .
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)

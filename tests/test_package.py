@@ -249,7 +249,7 @@ def test_no_test_file_imports_another():
 
 def test_tests_are_laid_out_like_the_package():
     tests = Path(__file__).parent
-    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name not in ("helpers", "__pycache__")}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name not in ("helpers", "fixtures", "__pycache__")}
     packages = {p.parent.name for p in SRC.glob("*/__init__.py")}
     assert folders <= packages, folders - packages
 
