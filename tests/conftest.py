@@ -26,10 +26,18 @@ def messy(tmp_path: Path) -> Path:
     return make_messy_food11(tmp_path / "messy")
 
 
+def _shared(tmp_path_factory) -> Path:
+    """A folder every test process of this session sees (with pytest-xdist each has a folder of its own
+    below it): what one process computed, the others read."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory):
-    """One decoded-image cache for the whole session, outside the runs and the user's home."""
-    os.environ["HEADSTART_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+    """One decoded-image cache for the whole session, outside the runs and the user's home (its own lock
+    lets one process build an entry while the others wait)."""
+    os.environ["HEADSTART_CACHE"] = str(_shared(tmp_path_factory) / "cache")
 
 
 @pytest.fixture(scope="session")
@@ -50,9 +58,15 @@ def tiny_run(tiny, tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """A features run on the demo data (64 px), shared by the tests that need a model that has
-    learnt something: it is the one accuracy claim of the timed suite."""
+    learnt something: it is the one accuracy claim of the timed suite. Trained once for all the test
+    processes: the first trains it, the others wait and read it."""
+    from filelock import FileLock
+
+    from headstart.runs.folder import Run
     from headstart.training.fit import fit
 
-    return fit(
-        "demo", strategy="features", epochs=6, input_size=64, runs_dir=tmp_path_factory.mktemp("runs"), name="demo"
-    )
+    shared = _shared(tmp_path_factory)
+    with FileLock(str(shared / "demo_run.lock")):
+        if (shared / "runs" / "demo" / "metrics.json").is_file():
+            return Run.load(shared / "runs" / "demo")
+        return fit("demo", strategy="features", epochs=6, input_size=64, runs_dir=shared / "runs", name="demo")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from headstart.training.fit import fit
 from helpers.ports import free_port_env
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="process groups and SIGINT")
@@ -67,7 +68,22 @@ def _history(run: Path) -> list[dict]:
 def test_two_ranks_train_as_one_process_does(tiny, tmp_path: Path, strategy: str, batch: int):
     extra = ["--strategy", strategy, "--epochs", "3", "--no-augment"]
     two = _run(_command(tiny, tmp_path / "runs", "two", 2, *extra, batch=batch))
-    _run(_command(tiny, tmp_path / "single", "one", 1, *extra, batch=batch))
+    # The reference in this process, with the options the command line gave the two ranks.
+    (tmp_path / "single").mkdir()
+    (tmp_path / "single" / "nodropout.yaml").write_text("head_dropout: 0.0\n")
+    fit(
+        tiny,
+        config_file=tmp_path / "single" / "nodropout.yaml",
+        accelerator="cpu",
+        devices="1",
+        input_size=32,
+        batch_size=batch,
+        strategy=strategy,
+        epochs=3,
+        augment=False,
+        runs_dir=tmp_path / "single",
+        name="one",
+    )
     # One run folder; every file written by one rank, once (history.csv: once an epoch).
     assert sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()) == ["two"]
     written = Counter(Path(p).name for p in re.findall(r"wrote (\S+)", two.stderr))

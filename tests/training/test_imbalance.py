@@ -288,7 +288,23 @@ def test_two_ranks_weighted_and_balanced_train_as_one_process(imbalanced, tmp_pa
         assert done.returncode == 0, done.stderr[-3000:]
         return _history(tmp_path / name / name)
 
-    two, one = train(2, "two"), train(1, "one")
+    two = train(2, "two")
+    # The reference in this process: the same options as one rank would take them.
+    fit(
+        imbalanced,
+        config_file=tmp_path / "nodropout.yaml",
+        accelerator="cpu",
+        devices="1",
+        input_size=32,
+        batch_size=7,
+        epochs=2,
+        class_weights="auto",
+        sampler="balanced",
+        monitor="val_macro_f1",
+        runs_dir=tmp_path / "one",
+        name="one",
+    )
+    one = _history(tmp_path / "one" / "one")
     for a, b in zip(two, one):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), (key, a, b)
