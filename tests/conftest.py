@@ -56,6 +56,24 @@ def tiny_run(tiny, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def toy_run(tiny, tmp_path_factory):
+    """A run of timm's smallest test network (random weights): for the mechanics that do not care what the
+    model is (a broken export caught), at a fraction of the default backbone's cost."""
+    from headstart.training.fit import fit
+
+    return fit(
+        tiny,
+        backbone="test_efficientnet",
+        weights="none",
+        strategy="features",
+        epochs=1,
+        runs_dir=tmp_path_factory.mktemp("runs"),
+        name="toy",
+        **TINY_OPTIONS,
+    )
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """A features run on the demo data (64 px), shared by the tests that need a model that has
     learnt something: it is the one accuracy claim of the timed suite. Trained once for all the test

@@ -56,7 +56,7 @@ def test_torchscript_export_from_the_cli(tiny_run, tmp_path: Path):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_a_broken_export_is_caught_and_nothing_is_kept(tiny_run, tmp_path: Path, monkeypatch, fmt):
+def test_a_broken_export_is_caught_and_nothing_is_kept(toy_run, tmp_path: Path, monkeypatch, fmt):
     def broken(predictor):
         graph = copy.deepcopy(hs_export.WithSoftmax(predictor.model)).eval()
         with torch.no_grad():
@@ -67,10 +67,10 @@ def test_a_broken_export_is_caught_and_nothing_is_kept(tiny_run, tmp_path: Path,
     monkeypatch.setattr(hs_export, "_graph", broken)
     out = tmp_path / f"model{hs_export.FORMATS[fmt]}"
     with pytest.raises(ExportError, match="does not match PyTorch: probabilities differ by up to"):
-        hs_export.export(tiny_run.dir, fmt, out)
+        hs_export.export(toy_run.dir, fmt, out)
     assert list(tmp_path.iterdir()) == []
     if fmt == "torchscript":  # the CLI says so with exit 1 (the input was fine; the file was not)
-        res = CliRunner().invoke(app, ["export", str(tiny_run.dir), "--format", fmt, "--out", str(out)])
+        res = CliRunner().invoke(app, ["export", str(toy_run.dir), "--format", fmt, "--out", str(out)])
         assert res.exit_code == 1 and "does not match PyTorch" in res.output and not out.exists()
 
 
