@@ -1,4 +1,4 @@
-"""Resolution advice (issue 16): the k-NN probe at several input sizes, --input-size auto, the warning
+"""Resolution advice: the k-NN probe at several input sizes, --input-size auto, the warning
 below the weights' native size."""
 
 from __future__ import annotations

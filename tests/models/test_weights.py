@@ -145,7 +145,7 @@ def test_keras_h5_loads_into_vgg16_and_matches_an_independent_computation(tmp_pa
 
 @pytest.mark.parametrize("layout", ["keras1", "keras2", "model"])
 def test_keras_h5_layouts_load_the_same_weights_as_torchvisions_vgg16(tmp_path: Path, layout: str, caplog):
-    """Issue 15: the tutorial's own file (Keras 1 names, ``block1_conv1_W_1:0``) loads, as do Keras 2's
+    """The tutorial's own file (Keras 1 names, ``block1_conv1_W_1:0``) loads, as do Keras 2's
     save_weights and model.save files: the weights land exactly, the features equal torchvision's VGG16."""
     import h5py
 

@@ -1,4 +1,4 @@
-"""Augmented views (issue 16): computed once through the frozen layers, one per image per epoch, a
+"""Augmented views: computed once through the frozen layers, one per image per epoch, a
 different one each epoch, seeded, in fp16 within a stated budget (memory, or a memory map)."""
 
 from __future__ import annotations

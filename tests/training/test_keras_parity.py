@@ -1,4 +1,4 @@
-"""The seed recipe against the tutorial's Keras code, step for step (issue 17).
+"""The seed recipe against the tutorial's Keras code, step for step.
 
 Keras itself (3.x, on its PyTorch backend: the dev extra installs it) builds the tutorial's model,
 ``VGG16(include_top=False)`` -> GlobalAveragePooling2D -> Dropout -> Dense(100, relu) ->

@@ -1,4 +1,4 @@
-"""The learning-rate finder (issue 16): the suggestion rule, a known-good rate on a toy problem, and
+"""The learning-rate finder: the suggestion rule, a known-good rate on a toy problem, and
 ``--lr-find`` through training, the run folder, the report and the CLI."""
 
 from __future__ import annotations

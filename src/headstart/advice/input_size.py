@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 # time at every epoch and every prediction).
 SIZE_MARGIN = 0.01
 # A size below this share of the weights' native one is "well below": train and compare say what it
-# costs (issue 16: 128 px instead of 224 cost EfficientNet-Lite0 ten points on 160 px food photos).
+# costs (128 px instead of 224 cost EfficientNet-Lite0 7.9 points on 160 px food photos: docs/benchmarks.md).
 SMALL_SIZE_SHARE = 0.75
 
 

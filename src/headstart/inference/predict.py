@@ -178,9 +178,9 @@ def tta_views(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The views test-time augmentation averages over: an (N, C, H, W) batch and its mirror image.
 
     Only the horizontal flip: a mirrored photo is as natural as the photo (training's augmentation
-    flips too), and it costs one pass more. It gave +0.6 to +1.4 points on food photos (issue 16's
-    measurement, features at 224 and 128 px). Crops are not used: each costs one more pass and cuts
-    off part of a photo that is usually framed on its subject.
+    flips too), and it costs one pass more. It gave +0.6 to +1.4 points on food photos (``features`` at
+    224 and 128 px; docs/benchmarks.md, "Food photos"). Crops are not used: each costs one more pass and
+    cuts off part of a photo that is usually framed on its subject.
     """
     return x, x.flip(-1)
 
