@@ -111,10 +111,10 @@ def plan(name: str, quick: bool) -> tuple[str, dict, str]:
 
 def warm_cache(data: str, sizes: list[int | None]) -> None:
     """Decode the photos into headstart's image cache at each size, before anything is timed."""
+    from headstart import create_model
     from headstart.config import resolve_config
     from headstart.data.cache import decoded_images
     from headstart.data.dataset import load_dataset_for
-    from headstart.models.factory import create_model
 
     for size in sizes:
         cfg = resolve_config(overrides={"data": data, "input_size": size})
@@ -126,20 +126,20 @@ def warm_cache(data: str, sizes: list[int | None]) -> None:
 def warm_up(data: str, runs_dir: Path) -> None:
     """One small untimed run first: the first run of a process pays one-time costs (loading the
     weights, starting Lightning, PyTorch's first kernels) that would count against the first row."""
-    from headstart.training.fit import fit
+    from headstart import fit
 
     fit(data, strategy="features", epochs=1, input_size=32, runs_dir=runs_dir, name="warm-up")
 
 
 def native_size(backbone: str) -> int:
-    from headstart.models.factory import create_model
+    from headstart import create_model
 
     return create_model(backbone, 2, weights="none").preprocessing.input_size
 
 
 def measure(data: str, name: str, strategy: str, options: dict, seed: int, runs_dir: Path) -> dict:
     """One `headstart.fit` run: its accuracy (plain, and TTA where on) and wall time."""
-    from headstart.training.fit import fit
+    from headstart import fit
 
     start = time.perf_counter()
     run = fit(data, strategy=strategy, seed=seed, runs_dir=runs_dir, name=f"{Path(data).name}-{name}-{seed}", **options)

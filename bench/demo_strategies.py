@@ -11,7 +11,7 @@ import argparse
 import tempfile
 import time
 
-from headstart.training.fit import fit
+from headstart import fit
 
 
 def main() -> None:

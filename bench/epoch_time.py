@@ -44,11 +44,10 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
+from headstart import create_model, fit
 from headstart.config import resolve_config
 from headstart.data.dataset import load_dataset, split_indices
 from headstart.models import strategies as S
-from headstart.models.factory import create_model
-from headstart.training.fit import fit
 from headstart.training.schedule import lr_lambda
 
 

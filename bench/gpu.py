@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from headstart import create_model
 from headstart.config import resolve_config
 from headstart.data.cache import ImageStore
-from headstart.models.factory import create_model
 from headstart.models.features import extract_features
 from headstart.models.strategies import apply_strategy
 from headstart.training.module import TransferModule

@@ -1,16 +1,6 @@
-"""The run folder: the one place that knows its layout, and how to read a run back.
-
-A run is ``<runs_dir>/<name>/``, a folder a person can browse::
-
-    config.yaml               the resolved TrainConfig: enough to run it again
-    data.json                 what was read: root, layout, classes, counts, fingerprint, problems
-    history.csv               one row an epoch
-    checkpoints/best.ckpt     the best epoch by validation loss, or by ``monitor`` (and last.ckpt, to resume)
-    metrics.json              the evaluation split at the best checkpoint (metrics-<split>.json for others)
-    confusion_matrix.csv/.png
-    curves.png, misclassified.png, report.html
-    lr_find.csv, lr_find.png  with lr_find: the learning-rate finder's curve (rate, smoothed loss)
-    .lock                     held by the process that trains the run (one at a time)
+"""A run: its folder (``<runs_dir>/<name>/``, laid out as ``headstart.runs.layout`` says), made when
+nothing can fail on bad input any more, held by one training process at a time, resumed, and read
+back with its config, history and metrics.
 
 >>> run = Run.load("runs/efficientnet_lite0-features-...")                 # doctest: +SKIP
 >>> run.metrics["accuracy"], run.best_checkpoint                          # doctest: +SKIP
