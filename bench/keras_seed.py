@@ -54,8 +54,8 @@ from headstart.data.dataset import (
     load_dataset_for,  # noqa: E402
     split_indices,  # noqa: E402
 )
+from headstart.data.preprocessing import CAFFE  # noqa: E402
 from headstart.data.samplers import seed_of
-from headstart.models import weights as W  # noqa: E402
 from headstart.training.fit import fit  # noqa: E402
 
 COLUMNS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -164,7 +164,7 @@ def main() -> None:
         cfg = resolve_config("seed", overrides=options)
         # The demo photos as headstart splits and decodes them, for Keras too.
         ds = load_dataset_for(cfg)
-        ds, store = decoded_images(ds, dataclasses.replace(W.CAFFE, input_size=args.input_size), progress=False)
+        ds, store = decoded_images(ds, dataclasses.replace(CAFFE, input_size=args.input_size), progress=False)
         data = {}
         for split, (idx, labels) in split_indices(ds).items():
             pixels = np.stack([np.asarray(store[i], dtype=np.float32) for i in idx])  # RGB 0-255

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from headstart import comparison as comparison
 from headstart.cli.main import app
-from headstart.comparison import compare
+from headstart.comparison import compare, reading
 from headstart.errors import ConfigError
 from headstart.runs.folder import Run
 from helpers.browser import render_report
@@ -131,3 +131,15 @@ def test_one_comparison_shows_a_lever_side_by_side(tiny, tmp_path: Path):
         with pytest.raises(ConfigError, match=re.escape(said)):
             compare(tiny, ["features", bad], runs_dir=str(tmp_path / "bad"))
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_reading_of_a_comparison_of_one_run_or_only_scratch_runs():
+    row = {
+        "strategy": "scratch",
+        "accuracy": 0.2,
+        "correct": 1,
+        "total": 5,
+        "total_seconds": 1.0,
+        "seconds_per_epoch": 1.0,
+    }
+    assert reading([row]) == "scratch reached the best evaluation accuracy, 20.0% (1 of 5 images)."

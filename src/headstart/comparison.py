@@ -74,7 +74,7 @@ def _row(strategy: str, run: Run) -> dict:
         "total": m["total"],
         "seconds_per_epoch": m["train_seconds"] / max(m["epochs"], 1),
         "total_seconds": m["setup_seconds"] + m["train_seconds"],
-        "report": f"{strategy}/{REPORT_HTML}",
+        "report": f"{strategy}/{run.report.name}",
         **({"tta_accuracy": m["tta_accuracy"]} if "tta_accuracy" in m else {}),
     }
 
@@ -115,7 +115,8 @@ def reading(rows: list[dict]) -> str:
             f" The same network from random weights reached {s['accuracy']:.1%}: starting from pretrained "
             f"weights is worth {100 * (best['accuracy'] - s['accuracy']):.1f} points here."
         )
-    if best["accuracy"] - min(r["accuracy"] for r in rows if r["strategy"] != "scratch") < 0.01:
+    pretrained = [r["accuracy"] for r in rows if r["strategy"] != "scratch"]
+    if len(pretrained) > 1 and best["accuracy"] - min(pretrained) < 0.01:
         text += " The pretrained strategies are within a point of each other: prefer the cheapest."
     return text
 
@@ -196,8 +197,10 @@ def _advise(cfg: TrainConfig, plans: dict, options: dict, ranks, progress: bool)
             resolution=auto_size,
         )
     )
+    # "auto" takes the advised strategy's name, unless a run of that name is asked for too (both are kept).
+    rename = advice.strategy not in plans
     plans = {
-        (advice.strategy if label == "auto" else label): (advice.strategy if s == "auto" else s, own)
+        (advice.strategy if label == "auto" and rename else label): (advice.strategy if s == "auto" else s, own)
         for label, (s, own) in plans.items()
     }
     if auto_size:
@@ -222,10 +225,12 @@ def _write(out: Path, runs: dict[str, Run], advice, data_name: str) -> tuple[lis
     rows = [_row(label, r) for label, r in runs.items()]
     text = reading(rows) + (" " + advice_outcome(advice, rows) if advice else "")
     buf = io.StringIO()
-    tta = ["tta_accuracy"] if "tta_accuracy" in rows[0] else []  # with --tta: the accuracy with test-time augmentation
+    tta = (
+        ["tta_accuracy"] if any("tta_accuracy" in r for r in rows) else []
+    )  # with --tta: the accuracy with test-time augmentation
     w = csv.DictWriter(buf, COLUMNS + tta, extrasaction="ignore")
     w.writeheader()
-    w.writerows([{**r, "advised": advice is not None and r["strategy"] == advice.strategy} for r in rows])
+    w.writerows([{**r, "advised": advice is not None and r["strategy"].split("+")[0] == advice.strategy} for r in rows])
     write_text(out / "comparison.csv", buf.getvalue())
     if advice:
         write_text(out / "advice.json", json.dumps(advice.to_dict(), indent=2) + "\n")

@@ -39,7 +39,7 @@ class TrainConfig:
     backbone: str = "efficientnet_lite0"  # bundled weights: works offline
     weights: str = "default"
     input_size: int | str | None = None  # None: the size the weights were trained at; else 16-1024 (INPUT_SIZES);
-    # "auto": the size headstart.advice.strategy recommends, measured before the run (its config.yaml has the number)
+    # "auto": the size headstart.advice.input_size recommends, measured before the run (its config.yaml has the number)
     force_input_size: bool = False  # an input_size outside 16-1024, on purpose
     head_dropout: float = 0.2  # the tutorial's head
     head_hidden: int = 100
@@ -85,7 +85,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the forward pass: pays on long GPU runs, costs minutes up front
     runs_dir: str = "runs"
     name: str | None = None  # default: <backbone>-<strategy>-<time>
-    advice: dict | None = None  # with --strategy auto: what headstart.advice.strategy measured and recommended
+    advice: dict | None = None  # with --strategy auto or --input-size auto: what headstart.advice measured
     # --- test-time augmentation
     # The evaluation at the end of training also averages each image with its mirror image; the
     # plain figure stays in "accuracy", this one goes beside it ("tta_accuracy"). Off: it doubles
@@ -117,7 +117,7 @@ class TrainConfig:
 # The tutorial's recipe, in Keras' numerics: Keras' Adam (epsilon 1e-7), lr 1e-5 for everything,
 # batch 32, 10 epochs, no augmentation, a head initialised as Keras' Dense layers, Keras'
 # categorical cross-entropy, the best weights by validation loss kept, no early stopping.
-# tests/test_keras_parity.py checks it step for step against Keras; the data order differs.
+# tests/training/test_keras_parity.py checks it step for step against Keras; the data order differs.
 SEED = dict(
     recipe="seed",
     epochs=10,

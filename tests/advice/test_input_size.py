@@ -142,7 +142,7 @@ def test_compare_input_size_auto_and_one_warning_for_all_its_runs(striped, tiny,
     assert json.loads((result.dir / "advice.json").read_text())["resolution"]["input_size"] == LARGE
     assert f"Input size: {LARGE} px" in (result.dir / "report.html").read_text()
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="headstart.advice.strategy"):
+    with caplog.at_level(logging.WARNING, logger="headstart.advice.input_size"):
         compare(
             tiny, ["features", "half"], epochs=1, advise=False, runs_dir=str(tmp_path), name="small", **TINY_OPTIONS
         )
@@ -153,13 +153,13 @@ def test_compare_input_size_auto_and_one_warning_for_all_its_runs(striped, tiny,
 def test_train_warns_below_the_native_size_and_not_at_it(tiny, tmp_path, caplog):
     from headstart.training.fit import fit
 
-    with caplog.at_level(logging.WARNING, logger="headstart.advice.strategy"):
+    with caplog.at_level(logging.WARNING, logger="headstart.advice.input_size"):
         fit(tiny, strategy="features", epochs=1, runs_dir=tmp_path, name="small", **TINY_OPTIONS)
     assert [r.getMessage() for r in caplog.records if "well below" in r.getMessage()] == [
         size.input_size_warning(32, 224)
     ]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="headstart.advice.strategy"):
+    with caplog.at_level(logging.WARNING, logger="headstart.advice.input_size"):
         fit(tiny, strategy="features", epochs=1, batch_size=8, runs_dir=tmp_path, name="native")
     assert not [r for r in caplog.records if "well below" in r.getMessage() or "under" in r.getMessage()]
 

@@ -32,7 +32,8 @@ SHARED = [
 ]
 # Where a command's own meaning differs, and why: advise probes one int size and backbone (no "auto", no
 # None); backbones' --weights and --name are about the table; predict's batch is a forward pass; predict
-# and serve's --tta has no figure to record; train's DATA may come from --resume; evaluate's --data is other data.
+# and serve's --tta has no figure to record; train's DATA may come from --resume; evaluate's --data is other data,
+# and its --allow-outside-root defaults to the run's; lr-find's batch is on one device.
 OWN = {
     ("advise", "input_size"),
     ("advise", "backbone"),
@@ -40,6 +41,8 @@ OWN = {
     ("backbones", "name"),
     ("train", "data"),
     ("evaluate", "data"),
+    ("evaluate", "allow_outside_root"),
+    ("lr_find", "batch_size"),
 }
 
 

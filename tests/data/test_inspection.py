@@ -117,7 +117,7 @@ def test_all_images_of_a_split_broken_is_an_empty_split(tmp_path: Path):
 
 @pytest.mark.parametrize("case", LAYOUT_ERRORS + DATA_ERRORS, ids=lambda case: case.__name__)
 def test_unusable_data_exits_2_with_the_message_and_writes_nothing(tmp_path: Path, case):
-    """Every refusal of test_layouts.py and test_data.py, through the CLI."""
+    """Every refusal of tests/data/test_layouts.py and tests/data/test_dataset.py, through the CLI."""
     out = tmp_path / "out"
 
     def check(dataset: Path, *needles: str, val_fraction: float = 0.2, eval_fraction: float = 0.2) -> None:

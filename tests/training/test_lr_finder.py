@@ -135,6 +135,11 @@ def test_train_lr_find_records_the_rate_found_and_the_report_shows_the_curve(tin
     html = (run / "report.html").read_text()
     assert "Learning-rate finder" in html and f"{config['lr']:.3g}" in html
     assert f"Learning rate found by the range test: {config['lr']:.3g}" in ok.output
+    # A run interrupted before its report (headstart 0.1.0 drew the curve only there) gets it from its CSV.
+    (run / "lr_find.png").unlink()
+    (run / "report.html").unlink()
+    again = fit(resume=run)
+    assert (run / "lr_find.png").is_file() and "Learning-rate finder" in again.report.read_text()
     # A run without the finder has no such section, and its config says so.
     plain = fit(tiny, epochs=1, runs_dir=tmp_path, name="plain", **TINY_OPTIONS)
     assert plain.config.lr_find is False and "Learning-rate finder" not in plain.report.read_text()
@@ -154,6 +159,9 @@ def test_lr_find_command_prints_the_suggestion_and_writes_the_plot(tiny, tmp_pat
 def test_find_lr_writes_nothing_and_several_devices_are_refused(tiny, tmp_path: Path):
     found = find_lr(tiny, runs_dir=tmp_path, **TINY_OPTIONS)
     assert isinstance(found, LRFind) and found.suggestion and not any(tmp_path.iterdir())
+    (tmp_path / "a-file").write_text("")  # no runs folder can be made under it: the finder alone needs none
+    assert find_lr(tiny, runs_dir=tmp_path / "a-file" / "runs", **TINY_OPTIONS).suggestion
+    (tmp_path / "a-file").unlink()
     with pytest.raises(ConfigError, match="lr_find runs on one device"):
         fit(tiny, lr_find=True, accelerator="cpu", devices="2", runs_dir=tmp_path, **TINY_OPTIONS)
     refused = CliRunner().invoke(

@@ -1,4 +1,5 @@
-"""What the CLI prints: the consoles, and the tables of a dataset summary, an evaluation and a comparison."""
+"""What the CLI prints: the consoles, and the tables of a dataset summary, a training run, an evaluation,
+a comparison, advice, predictions and backbones."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ AllowOutsideRoot = Annotated[
     ),
 ]
 MaxPixels = Annotated[int, typer.Option(min=1, help="Refuse images with more pixels (decompression bombs).")]
-Seed = Annotated[Optional[int], typer.Option(help="Random seed (drawn splits, sampling, training).", show_default="0")]
+Seed = Annotated[Optional[int], typer.Option(help="Random seed.", show_default="0")]
 
 # --- the model ----------------------------------------------------------------------------------------------
 Backbone = Annotated[

@@ -156,7 +156,14 @@ def evaluate(
     ] = None,
     split: Annotated[SplitName, typer.Option(help="The split to evaluate.")] = "evaluation",
     device: Device = "auto",
-    allow_outside_root: AllowOutsideRoot = False,
+    allow_outside_root: Annotated[
+        bool,
+        typer.Option(
+            "--allow-outside-root",
+            help="Let a CSV manifest list images outside its own folder.",
+            show_default="the run's",
+        ),
+    ] = False,
     tta: Tta = False,
 ) -> None:
     """Accuracy, number correct, confusion matrix, per-class scores and top-k of a run's best checkpoint."""
@@ -264,7 +271,7 @@ def lr_find(
     recipe: Recipe = None,
     input_size: InputSize = None,
     force_input_size: ForceInputSize = None,
-    batch_size: BatchSize = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size, as training's.", show_default="32")] = None,
     seed: Seed = None,
     accelerator: Accelerator = None,
     layout: Layout = None,

@@ -1,1 +1,2 @@
-"""The photos: dataset layouts, image decoding, the decode-once cache, inspection, preprocessing, samplers."""
+"""The photos: dataset layouts and manifests, image decoding, datasets and their splits, the decode-once
+cache, what training reads (image sets, samplers), preprocessing, inspection."""

@@ -1,4 +1,5 @@
-"""Backbones: any timm model, VGG16 as in the tutorial, one factory over one contract.
+"""The backbone registry and the one factory: any timm model, VGG16 as in the tutorial, built into a
+``headstart.models.classifier.Classifier`` with its weights and their preprocessing.
 
 >>> model = create_model("efficientnet_lite0", num_classes=11)   # bundled ImageNet weights
 >>> [g.name for g in model.groups][:3]
@@ -6,12 +7,8 @@
 >>> model.preprocessing.input_size
 224
 
-Every model is a ``Classifier``: ``body`` (the pretrained network, pooled to one feature
-vector per image; every body honours the contract in ``headstart.models.backbone``), ``head`` (the
-tutorial's: Dropout(0.2) -> Linear(100) -> ReLU -> Linear(C)), ``groups`` (the body's freezable
-parts in input-to-output order: stem, stages, final layers) and ``preprocessing`` (what its
-weights expect). It takes RGB floats in [0, 1] and normalises them itself, so a saved model
-always gets the inputs it was trained on.
+``REGISTRY`` holds the curated backbones (hub tag, preprocessing, notes; ``list_backbones`` is the
+table ``headstart backbones`` prints); any other name is looked up in timm (``resolve``).
 """
 
 from __future__ import annotations

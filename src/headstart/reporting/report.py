@@ -1,7 +1,7 @@
 """One self-contained HTML page per run or comparison: pictures inline, no network needed.
 
 The pictures are also kept as PNG files beside the page (a run's: ``curves.png``,
-``confusion_matrix.png``, ``misclassified.png``; where, ``headstart.runs.folder`` says).
+``confusion_matrix.png``, ``misclassified.png``, ``lr_find.png``; where, ``headstart.runs.layout`` says).
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ def draw_run_pictures(run, ev, images) -> dict[str, Path]:
         "curves": plots.plot_history(run.history, run.picture("curves"), run.metrics.get("best_epoch", 0)),
         "confusion": run.confusion_file(ev.split, "png"),
     }
-    lr_curve = run.picture(run.lr_find_file.stem)  # the curve that chose the head's lr, drawn when it was found
-    if run.config.lr_find and lr_curve.is_file():
-        out["lr_find"] = lr_curve
+    if run.config.lr_find and run.lr_find_picture.is_file():  # the curve that chose the head's lr
+        out["lr_find"] = run.lr_find_picture
     wrong = ev.wrong_by_confidence(16)
     if wrong:
         pictures = [Image.fromarray(np.asarray(images[i])) for i in wrong]

@@ -80,8 +80,12 @@ class Run:
     def lr_find_file(self) -> Path:
         return self.dir / f"{LR_FIND}.csv"
 
+    @property
+    def lr_find_picture(self) -> Path:
+        return self.picture(LR_FIND)
+
     def picture(self, name: str) -> Path:
-        """``curves``, ``misclassified``, ``confusion_matrix`` (``-<split>`` for other splits): a PNG."""
+        """``curves``, ``misclassified``, ``confusion_matrix`` (``-<split>`` for other splits), ``lr_find``: a PNG."""
         return self.dir / f"{name}.png"
 
     def metrics_file(self, split: str = "evaluation") -> Path:

@@ -12,7 +12,7 @@ a file under ``<cache dir>/views`` above it (deleted when the run ends); if K vi
 than ``aug_views_budget_gb`` (or the free disk), K is lowered to fit, with a warning naming both.
 The run's ``metrics.json`` records the K used (``aug_views``) and their size (``aug_views_bytes``).
 
->>> fit("demo", strategy="half", aug_views=4)                 # doctest: +SKIP
+>>> headstart.fit("demo", strategy="half", aug_views=4)       # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class ViewSet(torch.utils.data.Dataset):
 
 
 def view_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStore, progress: bool, ranks: Ranks):
-    """``frozen.training_inputs`` with augmented views: validation and evaluation computed once as
+    """``frozen_pass.training_inputs`` with augmented views: validation and evaluation computed once as
     without augmentation, training as ``ViewSet``; and the trunk. None where views are off or cannot
     be used (no frozen prefix, or not one view within the budget): then ``training_inputs`` instead."""
     if not cfg.aug_views:

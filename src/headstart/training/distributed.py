@@ -8,8 +8,8 @@ cluster environments read their variables). ``launch`` does that once per proces
 of a run, so that the work before training can be shared out: the frozen pass is computed once
 in total, each rank its share of the images (``gather_rows`` puts them together).
 
->>> ranks = launch(cfg)                  # doctest: +SKIP
->>> ranks.rank, ranks.world, ranks.device
+>>> ranks = launch("cpu", 1, num_nodes=1)                  # doctest: +SKIP
+>>> ranks.rank, ranks.world, ranks.device                   # doctest: +SKIP
 (0, 1, device(type='cpu'))
 """
 
@@ -146,7 +146,8 @@ def parse_devices(devices: str) -> str | int | list[int]:
 
 
 def precision(name: str = "auto") -> str:
-    """Lightning's precision for ``--precision``: "auto" is bf16 mixed where it pays (a GPU), 32-bit elsewhere."""
+    """Lightning's precision for the ``precision`` option (a config key): "auto" is bf16 mixed where it
+    pays (a GPU), 32-bit elsewhere."""
     if name != "auto":
         return name
     return "bf16-mixed" if torch.cuda.is_available() else "32-true"

@@ -158,10 +158,12 @@ class Prepared:
     resumed: bool
 
 
-def _prepare(data, config, config_file, resume, overrides: dict, progress: bool) -> Prepared:
-    """Everything that can fail on bad input happens here, before the run folder is made."""
+def _prepare(data, config, config_file, resume, overrides: dict, progress: bool, writes: bool = True) -> Prepared:
+    """Everything that can fail on bad input happens here, before the run folder is made (``writes``:
+    a run will be written; the learning-rate finder alone writes nothing)."""
     cfg, asked, resumed = _config(data, config, config_file, resume, overrides)
-    check_writable_dir(resumed.dir if resumed else cfg.runs_dir, "The run folder" if resumed else "--runs-dir")
+    if writes:
+        check_writable_dir(resumed.dir if resumed else cfg.runs_dir, "The run folder" if resumed else "--runs-dir")
     ranks = launch(cfg.accelerator, parse_devices(cfg.devices), cfg.num_nodes)  # one process per device
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ds = load_dataset_for(cfg)
@@ -249,9 +251,9 @@ def fit(
     run = p.run
     # Rank 0 makes and claims the folder (its name may change if another run took it meanwhile).
     data_info, run.dir = p.ranks.on_zero(lambda: (run.start(p.ds, p.resumed), run.dir))
-    if found is not None:
-        found.save(run.lr_find_file, run.picture(run.lr_find_file.stem))  # the curve, for the report
     try:
+        if p.ranks.is_zero:
+            _save_lr_curve(run, found)  # the finder's curve, for the report
         setup_seconds = time.perf_counter() - started
         # 2. Train, keeping the best epoch by the monitored validation figure (val_loss by default).
         history = History(run, lines=progress and not in_terminal(), label=p.cfg.name or "")
@@ -268,6 +270,15 @@ def fit(
         run.release()  # the folder is free for a --resume
 
 
+def _save_lr_curve(run: Run, found: LRFind | None) -> None:
+    """The finder's curve beside the run, as CSV and picture. A run that found its rate earlier (resumed;
+    or written by headstart 0.1.0, whose report drew the picture) gets its picture from its CSV."""
+    if found is None and run.config.lr_find and run.lr_find_file.is_file() and not run.lr_find_picture.is_file():
+        found = LRFind.read(run.lr_find_file, run.config.lr)
+    if found is not None:
+        found.save(run.lr_find_file, run.lr_find_picture)
+
+
 def _find_lr(p: Prepared, progress: bool) -> LRFind:
     """The range test on the model and batches the run trains with; the run then trains the head at its rate."""
     found, p.cfg = tune(p.module, p.loaders["training"], p.ranks.world, progress)
@@ -278,4 +289,4 @@ def _find_lr(p: Prepared, progress: bool) -> LRFind:
 def find_lr(data: str | Path | None = None, *, progress: bool = False, **options: Any) -> LRFind:
     """``headstart lr-find``: the learning-rate range test (``headstart.training.lr_finder.LRFind``) on the
     model and batches ``fit`` would train with these options; nothing is written."""
-    return _find_lr(_prepare(data, None, None, None, {**options, "lr_find": True}, progress), progress)
+    return _find_lr(_prepare(data, None, None, None, {**options, "lr_find": True}, progress, writes=False), progress)

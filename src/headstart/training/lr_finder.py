@@ -53,9 +53,10 @@ class LRFind:
 
     def save(self, path: Path, picture: Path | None = None) -> Path:
         """The curve as CSV at ``path``, and drawn at ``picture`` (the run report shows it)."""
+        written = write_text(Path(path), self.to_csv())
         if picture is not None:
             plot_lr_find(self, picture)
-        return write_text(Path(path), self.to_csv())
+        return written
 
     @classmethod
     def read(cls, path: Path, suggestion: float | None) -> "LRFind":

@@ -46,7 +46,7 @@ class TransferModule(L.LightningModule):
         # features; the layers after the frozen prefix on its cached activations.
         self.trunk = trunk or model.forward_features
         self.steps_per_epoch, self.extra = steps_per_epoch, extra
-        # Class weights (imbalance.class_weights) scale each image's loss; the batch's loss is the mean
+        # Class weights (headstart.training.losses.class_weights) scale each image's loss; the batch's loss is the mean
         # over its images, as Keras' class_weight does (not over their weights, as PyTorch's "mean"):
         # each rank's share is then a plain mean, and training_step's weighing by share size holds.
         self.train_loss_fn = train_loss(cfg.loss, class_weights, cfg.label_smoothing)  # torch's, or Keras' (seed)
