@@ -34,7 +34,7 @@ LAYERS = [
     ("headstart.training",),
     ("headstart.comparison",),
     ("headstart.cli",),
-    ("headstart.__main__",),
+    ("headstart.__main__", "headstart.backbones"),  # the command; 0.1.0's import path, kept for users' scripts
 ]
 
 
@@ -264,3 +264,11 @@ def test_the_top_level_steps_stay_short(where):
     fn = ast.parse(inspect.getsource(getattr(importlib.import_module(module), name)).lstrip()).body[0]
     body = fn.body[1:] if ast.get_docstring(fn) else fn.body
     assert body[-1].end_lineno - body[0].lineno + 1 <= 40
+
+
+def test_the_old_import_path_of_the_readme_still_works_and_says_where_to_go():
+    import headstart.backbones as old
+
+    for name in ("save_model", "load_saved_model", "Preprocessing"):
+        with pytest.warns(DeprecationWarning, match=f"from headstart import {name}"):
+            assert getattr(old, name) is getattr(headstart, name)
