@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from headstart.config import TrainConfig, as_trained, check_input_size, load_config, resolve_config, save_config
+from headstart.checks import check_input_size
+from headstart.config import TrainConfig, as_trained, load_config, resolve_config, save_config
 from headstart.errors import ConfigError
 from headstart.models.factory import create_model
 from headstart.models.strategies import apply_strategy
@@ -215,3 +216,50 @@ def test_a_config_yaml_written_before_the_checks_loads_as_its_run_trained(tmp_pa
     path.write_text(yaml.safe_dump({**old, "early_stopping": -1}))
     with pytest.raises(ConfigError, match=f"{path}: early_stopping must be at least 0"):
         load_config(path)
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/abs", "a/b", "..", ".", ""])
+def test_a_run_name_stays_inside_the_runs_folder(tmp_path: Path, name: str):
+    from typer.testing import CliRunner
+
+    from headstart.cli.main import app
+
+    runs = tmp_path / "deep" / "runs"
+    for command in (["train", "demo", "--name", name], ["compare", "demo", "--strategies", "features", "--name", name]):
+        result = CliRunner().invoke(app, [*command, "--runs-dir", str(runs), "--epochs", "1"])
+        assert result.exit_code == 2 and "one folder inside --runs-dir" in result.output, (command, result.output)
+    (tmp_path / "named.yaml").write_text(f"name: {name!r}\n")
+    with pytest.raises(ConfigError, match="one folder inside --runs-dir"):
+        resolve_config(yaml_path=tmp_path / "named.yaml")
+    assert not any(tmp_path.rglob("config.yaml"))  # nothing written, here or above
+
+
+@pytest.mark.parametrize("text, where", [("epochs: [1\n", "line 2, column 1"), ("a: b: c\n", "line 1, column 5")])
+def test_malformed_yaml_names_the_file_line_and_column(tmp_path: Path, text: str, where: str):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=f"bad.yaml, {where}: not valid YAML"):
+        resolve_config(yaml_path=bad)
+
+
+@pytest.mark.parametrize("value", ["maybe", "ture", 2, "", [True]])
+def test_a_yes_no_option_takes_true_or_false_only(tmp_path: Path, value):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"augment": value}))
+    with pytest.raises(ConfigError, match="augment is true or false. Received: augment="):
+        resolve_config(yaml_path=tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match="tta is true or false"):
+        resolve_config(overrides={"tta": value})
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(True, True), ("yes", True), ("On", True), (1, True), ("false", False), ("no", False), (0, False)],
+)
+def test_the_yes_no_spellings_yaml_and_flags_use(value, expected):
+    assert resolve_config(overrides={"augment": value}).augment is expected
+
+
+def test_augmented_views_have_a_documented_maximum():
+    with pytest.raises(ConfigError, match=r"aug_views must be between 0 and 64.*Received: aug_views=10000"):
+        resolve_config(overrides={"aug_views": 10000})
+    assert resolve_config(overrides={"aug_views": 64}).aug_views == 64

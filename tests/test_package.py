@@ -25,7 +25,7 @@ MODULES = {_name(p): p for p in sorted(SRC.rglob("*.py"))}
 # The layers, bottom up: a module may import its own layer and the layers below, never one above.
 LAYERS = [
     ("headstart._version", "headstart.errors", "headstart.utils"),
-    ("headstart.config", "headstart.reporting"),
+    ("headstart.checks", "headstart.config", "headstart.reporting"),
     ("headstart.data",),
     ("headstart.models",),
     ("headstart.advice", "headstart.runs"),

@@ -23,6 +23,7 @@ import yaml
 
 from headstart.advice.input_size import said_once
 from headstart.advice.strategy import advise as measure
+from headstart.checks import check_run_name
 from headstart.config import STRATEGIES, TrainConfig, coerce, resolve_config
 from headstart.data.dataset import load_dataset_for
 from headstart.errors import ConfigError, RunError
@@ -267,6 +268,7 @@ def compare(
     which strategy the rules predicted; ``"auto"`` among the strategies trains that one.
     """
     cfg, plans = _plans(data, strategies, options)
+    check_run_name(name)
     check_writable_dir(runs_dir, "--runs-dir")
     data_name = "demo" if str(data) == "demo" else Path(data).resolve().name
     ranks = launch(cfg.accelerator, parse_devices(cfg.devices), cfg.num_nodes)  # before any work: it is shared out
@@ -279,7 +281,8 @@ def compare(
     runs = {}
     for label, (strategy, own) in plans.items():
         options_of_run = {**_own_options(strategy, options), **own}
-        runs[label] = fit(data, strategy=strategy, runs_dir=str(out), name=label, progress=progress, **options_of_run)
+        folder = label.replace("/", "_").replace("\\", "_")  # +weights=a/b.h5: still one folder
+        runs[label] = fit(data, strategy=strategy, runs_dir=str(out), name=folder, progress=progress, **options_of_run)
         if runs[label].interrupted:
             return Comparison(out, [], runs, "", advice, interrupted=True)
     if not ranks.is_zero:  # rank 0 writes the comparison

@@ -12,9 +12,6 @@ among the known ones, a number in its range (``RANGES``), nothing the strategy w
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import math
-import numbers
 import os
 from collections.abc import Container
 from dataclasses import dataclass, field, fields
@@ -23,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from headstart.checks import INPUT_SIZES, RANGES, boolean, check_input_size, check_loggers, check_number, check_run_name
 from headstart.errors import ConfigError
 from headstart.utils.files import write_text
 
@@ -148,93 +146,7 @@ CLASS_WEIGHTS = ("none", "auto")
 SAMPLERS = ("random", "balanced")
 MONITORS = ("val_loss", "val_accuracy", "val_macro_f1")  # val_loss is lowest best, the others highest
 AVERAGES = ("none", "ema", "swa")  # weight averaging: none, exponential moving average, stochastic weight averaging
-
-
-@dataclass(frozen=True)
-class Range:
-    """The values a numeric option takes: ``low`` to ``high``, each end included unless it is open."""
-
-    low: float
-    high: float = math.inf
-    low_open: bool = False
-    high_open: bool = False
-    whole: bool = True  # an int
-    note: str = ""  # what the ends mean
-
-    def __contains__(self, x: float) -> bool:
-        above = x > self.low if self.low_open else x >= self.low
-        below = x < self.high if self.high_open else x <= self.high
-        return above and below
-
-    def __str__(self) -> str:
-        low, high = (str(int(x)) if float(x).is_integer() else f"{x:g}" for x in (self.low, self.high))
-        above = f"{'greater than' if self.low_open else 'at least'} {low}"
-        below = f"{'below' if self.high_open else 'at most'} {high}"
-        if math.isinf(self.high):
-            text = above
-        elif self.low_open or self.high_open:
-            text = f"{above} and {below}"
-        else:
-            text = f"between {low} and {high}"
-        return f"{text} ({self.note})" if self.note else text
-
-
-# Every numeric option of TrainConfig but input_size (check_input_size), with its range.
-RANGES: dict[str, Range] = {
-    "val_fraction": Range(0, 1, high_open=True, whole=False, note="a share of training"),
-    "eval_fraction": Range(0, 1, high_open=True, whole=False, note="a share of training"),
-    "head_dropout": Range(0, 1, high_open=True, whole=False, note="1 would drop every feature"),
-    "head_hidden": Range(0, note="0: a single linear layer"),
-    "freeze_layers": Range(0),
-    "unfreeze_every": Range(1),
-    "epochs": Range(1),
-    "batch_size": Range(1),
-    "lr": Range(0, low_open=True, whole=False),
-    "backbone_lr": Range(0, low_open=True, whole=False),
-    "lr_decay": Range(0, 1, low_open=True, whole=False, note="each lower group's rate is the one above times this"),
-    "weight_decay": Range(0, whole=False),
-    "warmup_epochs": Range(0, whole=False),
-    "label_smoothing": Range(0, 1, high_open=True, whole=False),
-    "early_stopping": Range(0, note="0 = off"),
-    "seed": Range(0, 2**32 - 1, note="the seeds numpy takes"),
-    "num_nodes": Range(1),
-    "num_workers": Range(0, note="0: load in the training process"),
-    "aug_views": Range(0, note="augmented views per training image; 0 = off"),
-    "aug_views_budget_gb": Range(0, low_open=True, whole=False, note="GB the views may take"),
-}
-# Below 16 pixels a backbone sees next to nothing; above 1024 every decoded image takes over 3 MB
-# of cache and memory (100,000 once asked for a 360 GB cache file). force_input_size lifts both.
-INPUT_SIZES = Range(16, 1024, note="pixels")
 UNFREEZES = ("gradual",)  # the strategies that open groups as they go (auto never advises one)
-
-
-def check_number(name: str, value: Any, allowed: Range) -> None:
-    """A ConfigError naming ``name``, the value received and the allowed range, unless ``value`` is in it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral if allowed.whole else numbers.Real):
-        kind = "a whole number" if allowed.whole else "a number"
-        raise ConfigError(f"{name} must be {kind}, {allowed}. Received: {name}={value!r}")
-    if not (math.isfinite(value) and value in allowed):
-        raise ConfigError(f"{name} must be {allowed}. Received: {name}={value!r}")
-
-
-def check_input_size(size: int | str | None, force: bool = False) -> None:
-    """None (the weights' own size), "auto" (measured), or a size in pixels: 16-1024 unless ``force``, never below 1."""
-    if size is None or size == "auto":
-        return
-    if isinstance(size, str):
-        raise ConfigError(
-            f"input_size must be a whole number {INPUT_SIZES}, or auto (measured by headstart "
-            f"advise). Received: input_size={size!r}"
-        )
-    allowed = Range(1, note="pixels") if force else INPUT_SIZES
-    if isinstance(size, numbers.Integral) and not isinstance(size, bool) and size not in allowed:
-        fix = (
-            "Leave it out for the size the weights were trained at"
-            if size < 1
-            else "To use it anyway, pass --force-input-size (force_input_size=True)"
-        )
-        raise ConfigError(f"input_size must be {allowed}. Received: input_size={size}. {fix}.")
-    check_number("input_size", size, allowed)  # a whole number
 
 
 def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
@@ -271,6 +183,7 @@ def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
             f"Received: {cfg.val_fraction} + {cfg.eval_fraction}"
         )
     check_input_size(cfg.input_size, cfg.force_input_size)
+    check_run_name(cfg.name)
     if cfg.lr_find and (cfg.num_nodes > 1 or (cfg.devices != "auto" and _device_count(cfg.devices) > 1)):
         raise ConfigError(
             f"lr_find runs on one device; received devices={cfg.devices!r}, num_nodes={cfg.num_nodes}. "
@@ -347,8 +260,8 @@ def coerce(name: str, value: Any) -> Any:
         except ValueError:
             return value  # check_input_size says what it takes
     default = TrainConfig.__dataclass_fields__[name].default
-    if isinstance(default, bool) and isinstance(value, str):
-        return value.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, bool):
+        return boolean(name, value)
     if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
         try:
             return type(default)(value)
@@ -365,7 +278,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file '{path}' does not exist.")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem}). Write one option a line: key: value.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file (UTF-8). A config file holds lines of key: value.") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path} must hold a mapping of options (key: value); it holds a {type(loaded).__name__}.")
     return loaded
@@ -434,16 +355,3 @@ def _as_it_trained(values: dict[str, Any]) -> dict[str, Any]:
     if strategy == "scratch":
         values.pop("weights", None)
     return values
-
-
-# The experiment trackers --logger takes, and what pip installs for each (the module has the logger's name).
-LOGGERS = {"csv": None, "tensorboard": "tensorboard", "mlflow": "'headstart[mlflow]'", "wandb": "'headstart[wandb]'"}
-
-
-def check_loggers(names: list[str]) -> None:
-    """Unknown names, or a logger whose package is missing, as a ConfigError that says what to install."""
-    for name in names:
-        if name not in LOGGERS:
-            raise ConfigError(f"Unknown logger '{name}'. Choose from: {', '.join(LOGGERS)}.")
-        if LOGGERS[name] and importlib.util.find_spec(name) is None:
-            raise ConfigError(f"--logger {name} needs the package {name}: pip install {LOGGERS[name]}")

@@ -197,3 +197,10 @@ def test_strategy_auto_keeps_the_views_where_the_advised_strategy_can_use_them(
     cfg = advice.advised_config(TrainConfig(strategy="auto", aug_views=3), None, {"aug_views": 3}, progress=False)
     assert (cfg.strategy, cfg.aug_views, cfg.augment) == (advised["strategy"], views_left, True)
     assert ("no frozen layers" in caplog.text) == (views_left == 0)
+
+
+def test_no_more_views_than_the_epochs_can_read(tiny, tmp_path: Path, caplog):
+    with caplog.at_level(logging.WARNING, logger="headstart.training.augmented_views"):
+        run = fit(tiny, strategy="features", aug_views=4, epochs=2, runs_dir=tmp_path, name="v", **TINY_OPTIONS)
+    assert run.metrics["aug_views"] == 2
+    assert "4 views, but the run's 2 epochs read 2 at most: computing 2" in caplog.text

@@ -486,3 +486,15 @@ def test_train_and_compare_cli_tta(tiny, tmp_path: Path):
     tta = json.loads((tmp_path / "cmp" / "features" / "metrics.json").read_text())["tta_accuracy"]
     assert float(row["tta_accuracy"]) == tta
     assert "with test-time augmentation" in (tmp_path / "cmp" / "report.html").read_text()
+
+
+def test_paths_and_names_are_checked_before_any_decoding(tiny, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cold-cache"))  # decoding would show and fill it
+    runner = CliRunner()
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    taken = runner.invoke(app, ["train", str(tiny), "--runs-dir", str(tmp_path / "runs"), "--name", "taken"])
+    assert taken.exit_code == 2 and "already exists" in taken.output
+    if Path("/sys").is_dir():  # a folder the permission bits call writable that is not (sysfs)
+        sysfs = runner.invoke(app, ["train", str(tiny), "--runs-dir", "/sys/headstart-runs"])
+        assert sysfs.exit_code == 2 and "cannot write in /sys" in sysfs.output, sysfs.output
+    assert not (tmp_path / "cold-cache").exists()

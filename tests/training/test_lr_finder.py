@@ -215,3 +215,12 @@ def test_the_api_has_find_lr():
     import headstart
 
     assert headstart.find_lr is find_lr and headstart.LRFind is LRFind
+
+
+@pytest.mark.parametrize("out", ["lr.jpg", "a-file/lr.png", "folder"])
+def test_lr_find_checks_where_the_plot_goes_before_the_sweep(tiny, tmp_path: Path, out: str):
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "folder").mkdir()
+    result = CliRunner().invoke(app, ["lr-find", str(tiny), "--input-size", "32", "--out", str(tmp_path / out)])
+    assert result.exit_code == 2 and "--out" in result.output, result.output
+    assert "Suggested" not in result.output and not (tmp_path / "lr.jpg").exists()

@@ -12,7 +12,8 @@ import logging
 import numpy as np
 from PIL import Image
 
-from headstart.config import INPUT_SIZES, TrainConfig
+from headstart.checks import INPUT_SIZES
+from headstart.config import TrainConfig
 from headstart.data.dataset import Dataset
 from headstart.models.factory import create_model
 

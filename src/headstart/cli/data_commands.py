@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from headstart.checks import check_input_size
 from headstart.cli import console as show
 from headstart.cli.app import SHOW, command
 from headstart.cli.console import out
@@ -20,7 +21,6 @@ from headstart.cli.options import (
     Seed,
     Weights,
 )
-from headstart.config import check_input_size
 from headstart.data.images import MAX_PIXELS
 
 

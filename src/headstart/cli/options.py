@@ -12,7 +12,8 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from headstart.config import ACCELERATORS, AVERAGES, CLASS_WEIGHTS, INPUT_SIZES, MONITORS, RECIPES, SAMPLERS, STRATEGIES
+from headstart.checks import INPUT_SIZES
+from headstart.config import ACCELERATORS, AVERAGES, CLASS_WEIGHTS, MONITORS, RECIPES, SAMPLERS, STRATEGIES
 from headstart.data.layouts import LAYOUTS, SPLITS
 
 StrategyName = Literal[(*STRATEGIES, "auto")]

@@ -37,6 +37,7 @@ from headstart.cli.options import (
     Tta,
     Weights,
 )
+from headstart.utils.files import check_writable_dir
 
 
 @command
@@ -283,6 +284,9 @@ def lr_find(
     from headstart.reporting.plots import plot_lr_find
     from headstart.training.fit import find_lr
 
+    if out_file.suffix.lower() not in (".png", ".svg") or out_file.is_dir():
+        raise _fail(f"--out is the plot's file: a .png or .svg. Received: --out {out_file}")
+    check_writable_dir(out_file.parent, "--out")  # before the sweep, not after it
     options = {k: v for k, v in ctx.params.items() if k not in ("data", "out_file") and v is not None}
     found = find_lr(data, progress=SHOW["progress"], devices="1", **options)
     plot_lr_find(found, out_file)

@@ -139,7 +139,16 @@ def _storage(cfg: TrainConfig, n: int, shape: tuple[int, ...]) -> np.ndarray | N
     the free disk, for a memory map), with a warning; None (and a warning) where not one fits."""
     one = n * math.prod(shape) * np.dtype(VIEW_DTYPE).itemsize  # bytes of one view of every image
     room, why = cfg.aug_views_budget_gb * 1e9, f"the budget of {cfg.aug_views_budget_gb:g} GB (--aug-views-budget-gb)"
-    k = min(cfg.aug_views, int(room // one))
+    wanted = min(cfg.aug_views, cfg.epochs)  # an epoch reads one view an image: more are never read
+    if wanted < cfg.aug_views:
+        log.warning(
+            "aug_views: %d views, but the run's %d epochs read %d at most: computing %d",
+            cfg.aug_views,
+            cfg.epochs,
+            wanted,
+            wanted,
+        )
+    k = min(wanted, int(room // one))
     folder = cache_dir() / "views"
     if k * one > RAM_LIMIT:
         folder.mkdir(parents=True, exist_ok=True)
@@ -147,8 +156,8 @@ def _storage(cfg: TrainConfig, n: int, shape: tuple[int, ...]) -> np.ndarray | N
         if free < k * one:
             room, why = free, f"the {free / 1e9:.1f} GB free in {folder}"
             k = min(k, int(room // one))
-    if k < cfg.aug_views:
-        asked = f"aug_views: {cfg.aug_views} views of the {n} training images take {cfg.aug_views * one / 1e9:.2f} GB"
+    if k < wanted:
+        asked = f"aug_views: {wanted} views of the {n} training images take {wanted * one / 1e9:.2f} GB"
         if k == 0:
             log.warning(
                 "%s, and one view more than %s: no views, augmentation reruns the frozen layers every epoch", asked, why

@@ -164,6 +164,8 @@ def _prepare(data, config, config_file, resume, overrides: dict, progress: bool,
     cfg, asked, resumed = _config(data, config, config_file, resume, overrides)
     if writes:
         check_writable_dir(resumed.dir if resumed else cfg.runs_dir, "The run folder" if resumed else "--runs-dir")
+        if not resumed and cfg.name:
+            Run.create(cfg)  # a --name already taken is refused now, not after the decoding
     ranks = launch(cfg.accelerator, parse_devices(cfg.devices), cfg.num_nodes)  # one process per device
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ds = load_dataset_for(cfg)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from headstart.config import check_loggers
+from headstart.checks import check_loggers
 
 
 def loggers(names: list[str], run_dir: Path) -> list:

@@ -64,9 +64,14 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise ConfigError(f"{what} {path}: {existing} is a file, not a folder. Pass a folder.")
+    denied = ConfigError(
+        f"{what} {path}: cannot write in {existing} (read-only, or permission denied). Pass a folder you can write to."
+    )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"{what} {path}: cannot write in {existing} (read-only, or permission denied). "
-            "Pass a folder you can write to."
-        )
+        raise denied
+    try:  # what the permission bits do not tell (a read-only mount, /sys, /proc): a file made and gone at once
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError:
+        raise denied from None
     return path
