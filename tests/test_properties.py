@@ -363,3 +363,76 @@ def test_damaged_images_decode_or_raise_an_image_error(tmp_path_factory, fmt, cu
         path = folder / f"image.{fmt.lower()}"
         path.write_bytes(bytes(data))
         decodes_or_refuses(lambda: decode_image(path, MAX_PIXELS))
+
+
+# What a checkpoint or a run's config.yaml may claim: any value, for any key they hold.
+ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.lists(st.integers(-5, 5), max_size=4),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+CHECKPOINT_KEYS = [
+    ("preprocessing", k) for k in ("input_size", "resize", "interpolation", "mean", "std", "channels")
+] + [("model", k) for k in ("num_classes", "input_size", "head", "backbone", "weights")]
+
+
+@pytest.fixture(scope="module")
+def toy_checkpoint(toy_run):
+    import torch
+
+    return torch.load(toy_run.best_checkpoint, weights_only=True, map_location="cpu")
+
+
+@FEW
+@given(where=st.sampled_from(CHECKPOINT_KEYS), value=ANY_VALUE)
+@example(where=("preprocessing", "input_size"), value=60000)
+@example(where=("model", "input_size"), value=-5)
+@example(where=("model", "num_classes"), value=10**9)
+def test_a_checkpoints_claims_are_checked_before_anything_is_allocated(toy_checkpoint, tmp_path_factory, where, value):
+    import copy
+
+    import torch
+
+    import headstart
+
+    ckpt = copy.deepcopy(toy_checkpoint)
+    section, key = where
+    ckpt["headstart"][section][key] = value
+    with fresh_folder(tmp_path_factory) as tmp:
+        path = tmp / "hostile.ckpt"
+        torch.save(ckpt, path)
+        try:
+            predictor = headstart.load(path)
+        except HeadstartError:
+            event("refused")
+            return
+        event("loaded")
+        size = predictor.model.preprocessing.input_size
+        assert 1 <= size <= 4096 and 2 <= len(predictor.classes) <= 100_000
+
+
+@FEW
+@given(
+    key=st.sampled_from(["epochs", "augment", "tta", "input_size", "name", "aug_views", "batch_size", "lr"]),
+    value=ANY_VALUE,
+)
+def test_a_runs_config_yaml_is_checked_as_the_command_line_is(tmp_path_factory, key, value):
+    import yaml
+
+    from headstart.config import load_config
+
+    with fresh_folder(tmp_path_factory) as tmp:
+        path = tmp / "config.yaml"
+        try:
+            path.write_text(yaml.safe_dump({"data": "demo", key: value}))
+        except (yaml.YAMLError, UnicodeEncodeError):
+            return
+        try:
+            cfg = load_config(path)
+        except HeadstartError:
+            return
+        assert cfg.epochs >= 1 and cfg.aug_views <= 64 and isinstance(cfg.augment, bool) and isinstance(cfg.tta, bool)

@@ -74,6 +74,13 @@ RANGES: dict[str, Range] = {
 # Below 16 pixels a backbone sees next to nothing; above 1024 every decoded image takes over 3 MB
 # of cache and memory (100,000 once asked for a 360 GB cache file). force_input_size lifts both.
 INPUT_SIZES = Range(16, 1024, note="pixels")
+# Bounds on what no option, config or checkpoint may exceed, forced or not: they decide allocations
+# (an image at 4096 px is 200 MB as floats; a head of 100,000 classes, 100 hidden units, 40 MB).
+MAX_INPUT_SIZE = 4096
+ANY_INPUT_SIZE = Range(1, MAX_INPUT_SIZE, note="pixels")
+CLASSES = Range(2, 100_000, note="classes")
+HEAD_HIDDEN = Range(0, 65_536, note="units of the hidden layer; 0: a single linear layer")
+HEAD_DROPOUT = Range(0, 1, high_open=True, whole=False, note="1 would drop every feature")
 
 
 def check_number(name: str, value: Any, allowed: Range) -> None:
@@ -105,7 +112,7 @@ def check_input_size(size: int | str | None, force: bool = False) -> None:
             f"input_size must be a whole number {INPUT_SIZES}, or auto (measured by headstart "
             f"advise). Received: input_size={size!r}"
         )
-    allowed = Range(1, note="pixels") if force else INPUT_SIZES
+    allowed = ANY_INPUT_SIZE if force else INPUT_SIZES
     if isinstance(size, numbers.Integral) and not isinstance(size, bool) and size not in allowed:
         fix = (
             "Leave it out for the size the weights were trained at"

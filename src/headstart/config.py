@@ -248,6 +248,9 @@ def _device_count(devices: str) -> int:
 
 def coerce(name: str, value: Any) -> Any:
     """YAML and flags give strings or numbers; match the field's type (int for epochs, ...)."""
+    default = TrainConfig.__dataclass_fields__[name].default
+    if isinstance(default, bool):
+        return boolean(name, value)
     if value is None:
         return None
     if name == "loggers":
@@ -259,9 +262,6 @@ def coerce(name: str, value: Any) -> Any:
             return int(value)
         except ValueError:
             return value  # check_input_size says what it takes
-    default = TrainConfig.__dataclass_fields__[name].default
-    if isinstance(default, bool):
-        return boolean(name, value)
     if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
         try:
             return type(default)(value)
@@ -334,7 +334,7 @@ def load_config(path: Path) -> TrainConfig:
     if "force_input_size" not in values:
         values = _as_it_trained(values)
     try:
-        return TrainConfig(**values)
+        return TrainConfig(**{k: coerce(k, v) for k, v in values.items()})
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 

@@ -150,3 +150,15 @@ def test_predict_cli_tta(tiny_run, tmp_path: Path):
         got = [p["top"] for p in json.loads(res.stdout)["predictions"]]
         assert got == [[{"class": c, "probability": pytest.approx(q, abs=1e-6)} for c, q in r.top] for r in want]
     assert expected["--tta"][0].top != expected[""][0].top
+
+
+@pytest.mark.parametrize("claim", [("preprocessing", "input_size", 60000), ("model", "input_size", -5)])
+def test_a_checkpoint_claiming_an_impossible_size_is_refused_before_any_allocation(toy_run, tmp_path: Path, claim):
+    import torch
+
+    ckpt = torch.load(toy_run.best_checkpoint, weights_only=True, map_location="cpu")
+    section, key, value = claim
+    ckpt["headstart"][section][key] = value
+    torch.save(ckpt, tmp_path / "hostile.ckpt")
+    res = CliRunner().invoke(app, ["predict", str(tmp_path / "hostile.ckpt"), str(demo_root() / "evaluation")])
+    assert res.exit_code == 2 and "input_size must be between 1 and 4096" in res.output, res.output

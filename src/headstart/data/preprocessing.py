@@ -11,7 +11,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from headstart.checks import ANY_INPUT_SIZE, Range, check_number
 from headstart.errors import ConfigError
+
+RESIZES = ("squash", "center_crop")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+MEAN = Range(-10, 10, whole=False, note="in [0, 1] units")
+STD = Range(0, 10, low_open=True, whole=False, note="in [0, 1] units")
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,22 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     channels: str = "RGB"  # "BGR" for Caffe-style weights (Keras VGG16)
+
+    def __post_init__(self) -> None:
+        # Checked when made: a checkpoint's or a saved model's metadata is a claim, not a fact.
+        check_number("preprocessing input_size", self.input_size, ANY_INPUT_SIZE)
+        for name, value, choices in (
+            ("resize", self.resize, RESIZES),
+            ("interpolation", self.interpolation, INTERPOLATIONS),
+            ("channels", self.channels, ("RGB", "BGR")),
+        ):
+            if value not in choices:
+                raise ConfigError(f"preprocessing {name} must be one of: {', '.join(choices)}. Received: {value!r}")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if not (isinstance(values, tuple) and len(values) == 3):
+                raise ConfigError(f"preprocessing {name} is 3 numbers, one a channel. Received: {values!r}")
+            for v in values:
+                check_number(f"preprocessing {name}", v, STD if name == "std" else MEAN)
 
     def resize_image(self, image: Image.Image) -> Image.Image:
         """An RGB image at the model's input size."""

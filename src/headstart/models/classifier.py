@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from headstart.checks import HEAD_DROPOUT, HEAD_HIDDEN, check_number
 from headstart.data.preprocessing import Preprocessing
 from headstart.errors import ConfigError
 from headstart.models.backbone import Body, Group
@@ -24,6 +25,10 @@ class HeadConfig:
     dropout: float = 0.2  # the tutorial's Dropout(0.2)
     hidden: int = 100  # its Dense(100, relu); 0 means a single linear layer
     init: str = "torch"  # "keras": Glorot-uniform kernels and zero biases, as its Dense layers start
+
+    def __post_init__(self) -> None:
+        check_number("head dropout", self.dropout, HEAD_DROPOUT)
+        check_number("head hidden", self.hidden, HEAD_HIDDEN)
 
     def build(self, in_features: int, num_classes: int) -> nn.Sequential:
         layers: list[nn.Module] = [nn.Dropout(self.dropout)] if self.dropout > 0 else []

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from headstart.checks import ANY_INPUT_SIZE, CLASSES, check_number
 from headstart.data.preprocessing import IMAGENET, INCEPTION
 from headstart.errors import ConfigError, WeightsError
 from headstart.models.backbone import BackboneInfo
@@ -126,8 +127,10 @@ def create_model(
     """
     info = resolve(backbone)
     source = _weights_source(info, weights)
-    if not isinstance(num_classes, int) or num_classes < 2 and head != "pretrained":
-        raise ConfigError(f"num_classes must be an integer >= 2. Received: num_classes={num_classes!r}")
+    # Checked before anything is allocated: a checkpoint's metadata comes here as a user's call does.
+    check_number("num_classes", num_classes, CLASSES)
+    if input_size is not None:
+        check_number("input_size", input_size, ANY_INPUT_SIZE)
     if head == "pretrained" and not info.adapter.has_pretrained_head:  # said before any weights are fetched
         raise ConfigError(
             f"{backbone} has no pretrained classifier to keep (vgg16 here is the convolutional part "
