@@ -41,6 +41,8 @@ def test_compare_table_matches_the_runs_and_renders(messy: Path, tmp_path: Path)
     assert page["errors"] == [] and len(page["images"]) == 2
     assert all(ok and w > 300 for _, ok, w, _ in page["images"])
     assert result.reading[:40] in page["text"]
+    # The title names the data (not the last strategy): the messy dataset's folder.
+    assert page["text"].startswith(f"efficientnet_lite0 on {messy.name}: features, full, scratch"), page["text"][:80]
 
 
 def test_compare_gives_a_freeze_point_only_to_the_strategies_that_have_one(messy: Path, tmp_path: Path):
@@ -143,3 +145,10 @@ def test_the_reading_of_a_comparison_of_one_run_or_only_scratch_runs():
         "seconds_per_epoch": 1.0,
     }
     assert reading([row]) == "scratch reached the best evaluation accuracy, 20.0% (1 of 5 images)."
+
+
+def test_the_reading_of_two_runs_of_one_strategy_names_no_speed_up():
+    row = dict(correct=1, total=5, total_seconds=1.0, seconds_per_epoch=0.2)
+    rows = [{**row, "strategy": "features", "accuracy": 0.6}, {**row, "strategy": "features+lr=0.01", "accuracy": 0.8}]
+    text = reading(rows)
+    assert text.startswith("features+lr=0.01 reached the best evaluation accuracy, 80.0%") and "faster" not in text

@@ -103,7 +103,7 @@ def reading(rows: list[dict]) -> str:
             f" It trains only a new head on features computed once, so its epochs are {speed:.0f}× faster "
             f"than {slow['strategy']}'s: on this data, fine-tuning the backbone does not pay."
         )
-    if "features" in by and best["strategy"] != "features":
+    if "features" in by and best["strategy"].split("+")[0] != "features":  # features+lr=0.01 is features too
         f = by["features"]
         speed = best["seconds_per_epoch"] / max(f["seconds_per_epoch"], 1e-9)
         text += (

@@ -184,3 +184,10 @@ def test_force_input_size_reaches_the_config(monkeypatch, tmp_path):
     assert result.exit_code == 130 and asked["force_input_size"] is True
     assert resolve_config(overrides=asked).input_size == 2048
     assert "--force-input-size" in _help("train") and "16-1024" in _help("train")
+
+
+def test_shell_completion_is_offered():
+    top = runner.invoke(app, ["--help"]).output
+    assert "--install-completion" in top and "--show-completion" in top
+    shown = runner.invoke(app, ["--show-completion", "bash"])
+    assert shown.exit_code == 0 and "complete" in shown.output and "headstart" in shown.output.lower()

@@ -23,7 +23,7 @@ app = typer.Typer(
     name="headstart",
     help="Transfer learning for image classification: inspect data, train, compare, report.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
 )
 
