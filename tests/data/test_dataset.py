@@ -212,3 +212,23 @@ def test_evaluate_on_other_data_outside_its_folder(tiny_run, outside: Path):
     # Read with the flag: then its classes (cat, coffee, astronaut) are not the run's, the next check.
     allowed = runner.invoke(app, [*args, "--allow-outside-root"])
     assert allowed.exit_code == 2 and "are not the run's" in " ".join(allowed.output.split()), allowed.output
+
+
+def test_a_split_drawn_empty_from_a_short_manifest_says_what_to_change(tmp_path: Path):
+    root = make_food11(tmp_path / "d", {"training": [1, 1, 1], "validation": [0, 0, 0], "evaluation": [1, 1, 1]})
+    rows = ["path,label,split"] + [
+        f"{p.relative_to(root)},{p.name.split('_')[0]},{p.parent.name}" for p in sorted(root.rglob("*.jpg"))
+    ]
+    (root / "classes.txt").write_text("cat\ncoffee\nastronaut\n")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError) as refused:
+        load_dataset(root / "manifest.csv")
+    assert "remove the folder" not in str(refused.value)
+    assert "drawn from training, which is too small" in str(refused.value) or "give no row" in str(refused.value)
+
+
+def test_a_class_without_validation_images_is_warned_about(tmp_path: Path, caplog):
+    root = make_food11(tmp_path / "d", {"training": [3, 3, 3], "validation": [1, 1, 0], "evaluation": [1, 1, 1]})
+    with caplog.at_level(logging.WARNING, logger="headstart.data.dataset"):
+        load_dataset(root)
+    assert "1 class(es) have no validation image" in caplog.text

@@ -199,3 +199,17 @@ def test_image_errors_say_what_kind_of_problem(tmp_path: Path, content, kind: st
     with pytest.raises(ImageError) as raised:
         decode_bytes(data)
     assert raised.value.kind == kind
+
+
+def test_a_bomb_caught_by_pillow_is_said_once_with_our_limit(tmp_path: Path, monkeypatch):
+    photo(0, (64, 48)).save(tmp_path / "a.png")
+
+    def bomb(*args, **kwargs):
+        raise Image.DecompressionBombError("Image size (9 pixels) exceeds limit of 4 pixels, could be ... attack.")
+
+    monkeypatch.setattr(Image, "open", bomb)
+    with pytest.raises(ImageError) as refused:
+        load_image(tmp_path / "a.png", max_pixels=5000)
+    message = str(refused.value)
+    assert "over the limit of 5,000 pixels (a decompression bomb?)" in message
+    assert "attack" not in message and ".." not in message and "4 pixels" not in message

@@ -199,3 +199,13 @@ def test_run_files_are_as_readable_as_the_umask_allows(tiny, tmp_path: Path):
         os.umask(old)
     modes = {p.relative_to(run.dir).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in run.dir.rglob("*") if p.is_file()}
     assert modes and set(modes.values()) == {0o644}, modes
+
+
+def test_an_empty_checkpoint_is_called_empty(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from headstart.cli.main import app
+
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "empty.ckpt"), str(tmp_path)])
+    assert result.exit_code == 2 and "the file is empty: 0 bytes" in result.output and "mmap" not in result.output

@@ -9,7 +9,7 @@ import typer
 
 from headstart.cli import console as show
 from headstart.cli.app import SHOW, _fail, command
-from headstart.cli.console import err, out
+from headstart.cli.console import out
 from headstart.cli.options import (
     DATA_HELP,
     Accelerator,
@@ -142,9 +142,7 @@ def train(
     run = fit(data, config_file=config, resume=resume, progress=SHOW["progress"], **options)
     if not is_main_process():  # the other ranks of a distributed run: rank 0 reports
         return
-    if run.interrupted:
-        if run.last_checkpoint.exists():
-            err.print(f"[yellow]Interrupted.[/] Resume with: headstart train --resume {run.dir}")
+    if run.interrupted:  # fit said how to resume
         raise typer.Exit(130)
     show.training(run)
 

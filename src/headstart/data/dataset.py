@@ -137,10 +137,16 @@ def check_splits(ds: Dataset) -> None:
     for split in SPLITS:
         if sum(counts[split]) == 0:
             where = ds.sources.get(split, ds.root)
-            raise DataError(
-                f"The {split} split is empty: no usable images in {where}. Add images there"
-                + (", or remove the folder to draw it from training." if split != "training" else ".")
-            )
+            if split == "training":
+                fix = "."
+            elif split in ds.drawn:
+                share = "val_fraction" if split == "validation" else "eval_fraction"
+                fix = f" (it was drawn from training, which is too small). Add images, or raise {share}."
+            elif ds.layout == "csv":
+                fix = f", or give no row the split {split} to draw it from training."
+            else:
+                fix = ", or remove the folder to draw it from training."
+            raise DataError(f"The {split} split is empty: no usable images in {where}. Add images there{fix}")
     empty = [i for i, n in enumerate(counts["training"]) if n == 0]
     if empty:
         i = empty[0]
@@ -148,6 +154,15 @@ def check_splits(ds: Dataset) -> None:
         raise DataError(
             f"Class {i} '{ds.classes[i]}' has no training images in {ds.sources.get('training', ds.root)}. "
             f"Add some, or remove the class from {names_from}."
+        )
+    unseen = [c for c, n in zip(ds.classes, counts["validation"]) if n == 0]
+    if unseen:  # training goes on, but the best epoch is chosen without them
+        log.warning(
+            "%d class(es) have no validation image (%s): the best epoch and early stopping cannot see them. "
+            "Add some to %s.",
+            len(unseen),
+            ", ".join(unseen[:5]) + (", ..." if len(unseen) > 5 else ""),
+            ds.sources.get("validation", ds.root),
         )
 
 

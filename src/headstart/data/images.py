@@ -206,9 +206,11 @@ def _decode(source, path: Path, max_pixels: int) -> tuple[Image.Image, ImageInfo
                 rgb = to_rgb(ImageOps.exif_transpose(im))
     except ImageError:
         raise
-    except Image.DecompressionBombError as e:  # a frame or tile over max_pixels (twice it, as Pillow counts)
+    except Image.DecompressionBombError:  # a frame or tile over max_pixels (twice it, as Pillow counts)
         raise ImageError(
-            f"refused as a decompression bomb (over the limit of {max_pixels:,} pixels): {e}", "too_large"
+            f"a frame or tile is over the limit of {max_pixels:,} pixels (a decompression bomb?); "
+            "raise max_pixels if the image is genuine",
+            "too_large",
         ) from None
     except UnidentifiedImageError:
         raise ImageError("cannot decode: not an image Pillow recognises (bad or missing header)", "not_image") from None

@@ -21,6 +21,8 @@ from headstart.runs.layout import BEST, CHECKPOINTS, CONFIG, LAST
 def read_checkpoint(path: str | Path) -> dict:
     """A checkpoint's contents, tensors and plain data only (``weights_only=True``: nothing in the
     file can run code), memory-mapped; a RunError naming the file when it is damaged or unsafe."""
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise _damaged(path, ValueError("the file is empty: 0 bytes"))
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
