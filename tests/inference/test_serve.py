@@ -284,6 +284,11 @@ def test_a_real_server_answers_a_slow_or_oversized_body_and_closes_the_connectio
         assert b"connection: close" in response.lower() and message in response
 
 
+def test_a_real_server_closes_a_connection_that_sends_nothing(predictor):
+    with _serving(predictor, Limits(keep_alive_timeout=1)) as port:
+        assert _exchange(port, b"") == b""  # closed by the server, with nothing said (else it fails at 30 s)
+
+
 def test_a_real_server_answers_503_beyond_its_concurrency_limit(predictor):
     with _serving(predictor, Limits(limit_concurrency=2)) as port:
         with socket.create_connection(("127.0.0.1", port)) as idle:

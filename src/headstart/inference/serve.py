@@ -255,7 +255,24 @@ def uvicorn_options(limits: Limits) -> dict:
         "log_level": "warning",
         "limit_concurrency": limits.limit_concurrency,
         "timeout_keep_alive": limits.keep_alive_timeout,
+        "http": _idle_closing_protocol(),
     }
+
+
+def _idle_closing_protocol() -> type:
+    """uvicorn's HTTP protocol (httptools' or h11's, as it would pick), with its keep-alive timeout running
+    from the moment a client connects: uvicorn starts it only after a response, so a client that connects
+    and sends nothing would hold its connection (and a place under --limit-concurrency) for ever."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class IdleClosing(AutoHTTPProtocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    return IdleClosing
 
 
 def _declared_pixels(file) -> int:
