@@ -14,3 +14,14 @@ class StopAfter(L.Callback):
     def on_train_epoch_start(self, trainer, module):
         if trainer.current_epoch == self.epoch:
             raise KeyboardInterrupt  # what Ctrl-C does
+
+
+class StopMidEpoch(L.Callback):
+    """Ctrl-C in the middle of epoch ``epoch``, before batch ``batch``."""
+
+    def __init__(self, epoch: int = 0, batch: int = 1):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            raise KeyboardInterrupt

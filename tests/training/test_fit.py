@@ -498,3 +498,22 @@ def test_paths_and_names_are_checked_before_any_decoding(tiny, tmp_path: Path, m
         sysfs = runner.invoke(app, ["train", str(tiny), "--runs-dir", "/sys/headstart-runs"])
         assert sysfs.exit_code == 2 and "cannot write in /sys" in sysfs.output, sysfs.output
     assert not (tmp_path / "cold-cache").exists()
+
+
+def test_ctrl_c_in_the_first_epoch_then_resume_starts_over_in_place(tiny, tmp_path: Path):
+    import time
+    import warnings
+
+    from helpers.training import StopMidEpoch
+
+    opts = dict(strategy="features", epochs=2, early_stopping=0, runs_dir=tmp_path, name="r", **TINY_OPTIONS)
+    stopped = fit(tiny, callbacks=[StopMidEpoch(0, 1)], **opts)
+    assert stopped.interrupted and not stopped.last_checkpoint.exists()
+    started = time.perf_counter()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        resumed = fit(resume=stopped.dir)
+    took = time.perf_counter() - started
+    assert resumed.dir == stopped.dir and [r["epoch"] for r in resumed.history] == [1, 2]
+    assert all(0 < r["seconds"] <= took for r in resumed.history)  # each epoch's own time
+    assert not [w for w in seen if "resumable" in str(w.message).lower()]

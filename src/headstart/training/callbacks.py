@@ -30,6 +30,9 @@ class History(L.Callback):
         self.run, self.lines, self.rows, self._start = run, lines, [], 0.0
         self.prefix = f"{label}: " if label else ""
 
+    def on_train_start(self, trainer, module) -> None:
+        self._start = time.perf_counter()  # an epoch restored part-way has no epoch start of its own
+
     def on_train_epoch_start(self, trainer, module) -> None:
         self._start = time.perf_counter()
 

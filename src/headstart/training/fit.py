@@ -115,8 +115,9 @@ def _loaders(cfg: TrainConfig, inputs: dict, ranks: Ranks, labels: list[int]) ->
 
 
 def _train(trainer: L.Trainer, module: TransferModule, loaders: dict, run: Run, resume: bool) -> bool:
-    """Train (from the run's ``last.ckpt`` when resuming); True when interrupted (Ctrl-C), with a
-    ``last.ckpt`` to resume from."""
+    """Train (from the run's ``last.ckpt`` when resuming); True when interrupted (Ctrl-C). A run stopped
+    in its first epoch has no ``last.ckpt``: resuming it starts it over, in place (a checkpoint from the
+    middle of an epoch would resume a loader that cannot be resumed)."""
     try:
         trainer.fit(
             module,
@@ -129,14 +130,12 @@ def _train(trainer: L.Trainer, module: TransferModule, loaders: dict, run: Run, 
         # On Ctrl-C Lightning stops gracefully, then calls sys.exit(1): a library returns instead.
         if not trainer.interrupted:
             raise
-        if not run.last_checkpoint.exists() and trainer.world_size == 1:  # with ranks, some may be gone already
-            trainer.save_checkpoint(run.last_checkpoint)
         if trainer.is_global_zero:
             log.warning(
                 "Interrupted. %s",
                 f"Resume with: headstart train --resume {run.dir}"
                 if run.last_checkpoint.exists()
-                else "No epoch had finished: nothing to resume.",
+                else f"No epoch had finished: headstart train --resume {run.dir} starts the run over, in place.",
             )
         return True
     return False
