@@ -85,7 +85,7 @@ BAD = [
     ),
     (
         dict(input_size=-32, force_input_size=True),
-        r"input_size must be at least 1 \(pixels\)\. Received: input_size=-32",
+        r"input_size must be between 1 and 4096 \(pixels\)\. Received: input_size=-32",
     ),
     (dict(input_size=64.5), r"input_size must be a whole number.*Received: input_size=64.5"),
     (dict(early_stopping=-1), r"early_stopping must be at least 0 \(0 = off\)\. Received: early_stopping=-1"),

@@ -129,7 +129,7 @@ def test_over_the_ram_limit_views_are_memory_mapped_under_the_cache(monkeypatch,
 @pytest.mark.parametrize(
     "options, named",
     [
-        (dict(aug_views=-1), ["aug_views must be at least 0", "aug_views=-1"]),
+        (dict(aug_views=-1), ["aug_views must be between 0 and 64", "aug_views=-1"]),
         (
             dict(aug_views=2, aug_views_budget_gb=0),
             ["aug_views_budget_gb must be greater than 0", "aug_views_budget_gb=0"],
