@@ -122,7 +122,10 @@ BAD_OPTIONS = [
     ),
     (["train", "demo", "--input-size", "1"], ["input_size", "between 16 and 1024", "input_size=1."]),
     (["train", "demo", "--input-size", "0"], ["input_size", "input_size=0", "Leave it out"]),
-    (["train", "demo", "--input-size", "-5", "--force-input-size"], ["input_size", "between 1 and 4096", "input_size=-5"]),
+    (
+        ["train", "demo", "--input-size", "-5", "--force-input-size"],
+        ["input_size", "between 1 and 4096", "input_size=-5"],
+    ),
     (["train", "demo", "--early-stopping", "-1"], ["early_stopping", "at least 0", "early_stopping=-1"]),
     (["train", "demo", "--epochs", "0"], ["epochs", "at least 1", "epochs=0"]),
     (["train", "demo", "--batch-size", "0"], ["batch_size", "at least 1", "batch_size=0"]),
