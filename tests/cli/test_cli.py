@@ -192,5 +192,10 @@ def test_force_input_size_reaches_the_config(monkeypatch, tmp_path):
 def test_shell_completion_is_offered():
     top = runner.invoke(app, ["--help"]).output
     assert "--install-completion" in top and "--show-completion" in top
-    shown = runner.invoke(app, ["--show-completion", "bash"], prog_name="headstart")
-    assert shown.exit_code == 0 and "complete" in shown.output and "headstart" in shown.output.lower()
+    import subprocess
+    import sys
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "headstart", "--show-completion", "bash"], capture_output=True, text=True
+    )
+    assert shown.returncode == 0 and "complete" in shown.stdout and "headstart" in shown.stdout, shown.stderr

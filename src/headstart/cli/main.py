@@ -13,7 +13,7 @@ from headstart.cli.app import app
 
 
 def main() -> None:
-    app()
+    app(prog_name="headstart")  # the same name under python -m headstart (usage lines, completion)
 
 
 if __name__ == "__main__":
