@@ -155,8 +155,12 @@ def check_splits(ds: Dataset) -> None:
             f"Class {i} '{ds.classes[i]}' has no training images in {ds.sources.get('training', ds.root)}. "
             f"Add some, or remove the class from {names_from}."
         )
-    unseen = [c for c, n in zip(ds.classes, counts["validation"]) if n == 0]
-    if unseen:  # training goes on, but the best epoch is chosen without them
+
+
+def _warn_unseen(ds: Dataset) -> None:
+    """Classes without a validation image train, but the best epoch and early stopping cannot see them."""
+    unseen = [c for c, n in zip(ds.classes, ds.counts()["validation"]) if n == 0]
+    if unseen:
         log.warning(
             "%d class(es) have no validation image (%s): the best epoch and early stopping cannot see them. "
             "Add some to %s.",
@@ -210,6 +214,7 @@ def load_dataset(
         samples = _draw_splits(samples, drawn, seed)
     ds = Dataset(root, found.layout, found.classes, samples, found.ignored, found.problems, tuple(drawn), sources)
     check_splits(ds)
+    _warn_unseen(ds)
     return ds
 
 
