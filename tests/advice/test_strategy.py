@@ -114,7 +114,11 @@ def test_size_decides_between_the_cases(monkeypatch, photos, shuffled):
     )
 
 
-def test_advise_cli_table_and_json(photos):
+def test_advise_cli_table_and_json(photos, monkeypatch):
+    # One measurement, printed both ways: the second call gets the first call's advice.
+    measured = {}
+    real = A.advise
+    monkeypatch.setattr(A, "advise", lambda *a, **k: measured.setdefault("advice", real(*a, **k)))
     runner = CliRunner()
     res = runner.invoke(app, ["advise", str(photos), "--input-size", str(SIZE)])
     assert res.exit_code == 0, res.output
