@@ -26,7 +26,7 @@ MODULES = {_name(p): p for p in sorted(SRC.rglob("*.py"))}
 LAYERS = [
     ("headstart._version", "headstart.errors", "headstart.utils"),
     ("headstart.checks", "headstart.config", "headstart.reporting"),
-    ("headstart.data",),
+    ("headstart.data", "headstart.engines"),
     ("headstart.models",),
     ("headstart.advice", "headstart.runs"),
     ("headstart.inference",),

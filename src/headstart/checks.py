@@ -68,9 +68,28 @@ RANGES: dict[str, Range] = {
     "num_workers": Range(0, note="0: load in the training process"),
     # Each epoch reads one view an image, so more views than epochs are never read (a run lowers K to its
     # epochs); 64 bounds the frozen pass a run may ask for up front (64 passes over the training images).
-    "aug_views": Range(0, MAX_AUG_VIEWS := 64, note="augmented views per training image; 0 = off"),
+    "aug_views": Range(0, MAX_AUG_VIEWS := 64, note="augmented views per training image; 0 = off; or auto"),
     "aug_views_budget_gb": Range(0, low_open=True, whole=False, note="GB the views may take"),
 }
+# The engines that run frozen layers and trained models for inference (headstart.engines), and their precisions.
+ENGINES = ("auto", "torch", "onnxruntime", "openvino")
+ENGINE_PRECISIONS = ("fp32", "bf16")
+
+
+def check_engine(engine: str, precision: str) -> None:
+    """A known engine at a precision it runs: bf16 is OpenVINO's (the CPU's bf16 units)."""
+    if engine not in ENGINES:
+        raise ConfigError(f"Unknown engine '{engine}'. Choose one of: {', '.join(ENGINES)}.")
+    if precision not in ENGINE_PRECISIONS:
+        raise ConfigError(f"Unknown engine precision '{precision}'. Choose one of: {', '.join(ENGINE_PRECISIONS)}.")
+    if precision == "bf16" and engine in ("torch", "onnxruntime"):
+        raise ConfigError(
+            f"--engine-precision bf16 is OpenVINO's (the CPU's bf16 units); {engine} runs fp32 here. "
+            f"Received: --engine {engine} --engine-precision bf16. Use --engine openvino or auto, or leave "
+            "the precision out."
+        )
+
+
 # Below 16 pixels a backbone sees next to nothing; above 1024 every decoded image takes over 3 MB
 # of cache and memory (100,000 once asked for a 360 GB cache file). force_input_size lifts both.
 INPUT_SIZES = Range(16, 1024, note="pixels")

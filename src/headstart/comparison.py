@@ -196,6 +196,8 @@ def _advise(cfg: TrainConfig, plans: dict, options: dict, ranks, progress: bool)
             progress=progress,
             decode_all=not auto_size,
             resolution=auto_size,
+            engine=cfg.engine,
+            engine_precision=cfg.engine_precision,
         )
     )
     # "auto" takes the advised strategy's name, unless a run of that name is asked for too (both are kept).

@@ -20,7 +20,16 @@ from typing import Any
 
 import yaml
 
-from headstart.checks import INPUT_SIZES, RANGES, boolean, check_input_size, check_loggers, check_number, check_run_name
+from headstart.checks import (
+    INPUT_SIZES,
+    RANGES,
+    boolean,
+    check_engine,
+    check_input_size,
+    check_loggers,
+    check_number,
+    check_run_name,
+)
 from headstart.errors import ConfigError
 from headstart.utils.files import write_text
 
@@ -80,6 +89,11 @@ class TrainConfig:
     num_workers: int = 0  # decoded images come from a memory-mapped cache: loading is cheap
     channels_last: bool = True  # NHWC tensors: faster convolutions on CPUs and GPUs (1.35x, lite0 on CPU)
     loggers: list[str] = field(default_factory=list)  # csv, tensorboard, mlflow, wandb: written in the run folder
+    # What runs the layers that only infer (the frozen pass, TTA's mirrored pass; evaluate, predict, serve):
+    # auto is the fastest installed engine that matches PyTorch on a CPU (OpenVINO, ONNX Runtime), PyTorch on
+    # a GPU (headstart.engines). What trains always runs in PyTorch.
+    engine: str = "auto"
+    engine_precision: str = "fp32"  # bf16: OpenVINO on a CPU with bf16 units (AMX, AVX-512 BF16)
     compile: bool = False  # torch.compile the forward pass: pays on long GPU runs, costs minutes up front
     runs_dir: str = "runs"
     name: str | None = None  # default: <backbone>-<strategy>-<time>
@@ -97,7 +111,9 @@ class TrainConfig:
     # features, partial, half: K augmented views of every training image go through the frozen layers
     # once, before training (fp16; in memory up to 512 MB, else memory-mapped under the cache folder);
     # each epoch reads one view per image. 0 = off: augmentation reruns the frozen layers every epoch.
-    aug_views: int = 0
+    # auto: partial and half with augmentation take AUTO_VIEWS (at most the epochs; at least
+    # AUTO_MIN_VIEWS within the budget, else none); features stays plain (its features computed once).
+    aug_views: int | str = "auto"
     aug_views_budget_gb: float = 4.0  # the most the views may take (memory or disk); K is lowered to fit
     # --- learning-rate finder (headstart.training.lr_finder)
     # A range test before training sets the head's lr to its suggestion; config.yaml records the rate found.
@@ -163,6 +179,7 @@ def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
     if cfg.accelerator not in ACCELERATORS:
         raise ConfigError(f"Unknown accelerator '{cfg.accelerator}'. Choose one of: {', '.join(ACCELERATORS)}.")
     check_loggers(cfg.loggers)
+    check_engine(cfg.engine, cfg.engine_precision)
     for name, choices in (
         ("class_weights", CLASS_WEIGHTS),
         ("sampler", SAMPLERS),
@@ -175,7 +192,7 @@ def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
             raise ConfigError(f"{name} must be one of: {', '.join(choices)}. Received: {name}={getattr(cfg, name)!r}")
     for name, allowed in RANGES.items():
         value = getattr(cfg, name)
-        if not (name == "freeze_layers" and value is None):  # None: freeze by groups
+        if not (name == "freeze_layers" and value is None) and not (name == "aug_views" and value == "auto"):
             check_number(name, value, allowed)
     if cfg.val_fraction + cfg.eval_fraction >= 1:
         raise ConfigError(
@@ -217,9 +234,21 @@ def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
 VIEW_STRATEGIES = ("features", "partial", "half")
 
 
+# aug_views=auto: views for partial and half with augmentation; K at most the epochs, and at least
+# AUTO_MIN_VIEWS must fit the budget (fewer would repeat each view too often), else none.
+AUTO_VIEWS, AUTO_MIN_VIEWS = 8, 4
+
+
+def views_asked(cfg: TrainConfig) -> int:
+    """The augmented views a config asks for: its number, or what ``auto`` means for its strategy."""
+    if cfg.aug_views != "auto":
+        return cfg.aug_views
+    return AUTO_VIEWS if cfg.strategy in ("partial", "half") and cfg.augment and cfg.cache_frozen else 0
+
+
 def check_views(cfg: TrainConfig) -> None:
     """Augmented views need frozen layers to compute once and augmentation to draw them with."""
-    if not cfg.aug_views:
+    if not cfg.aug_views or cfg.aug_views == "auto":
         return
     received = f"Received: aug_views={cfg.aug_views}"
     if cfg.strategy not in (*VIEW_STRATEGIES, "auto"):
@@ -257,10 +286,12 @@ def coerce(name: str, value: Any) -> Any:
         return [value] if isinstance(value, str) else list(value)
     if isinstance(value, os.PathLike):
         return str(value)
-    if name == "input_size" and isinstance(value, str) and value != "auto":  # a flag: "224", or "auto"
+    if name in ("input_size", "aug_views") and isinstance(value, str) and value != "auto":  # a flag: "224", or "auto"
         try:
             return int(value)
         except ValueError:
+            if name == "aug_views":
+                raise ConfigError(f"aug_views must be a whole number or auto. Received: aug_views={value!r}") from None
             return value  # check_input_size says what it takes
     if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
         try:
@@ -316,7 +347,7 @@ def as_trained(cfg: TrainConfig) -> TrainConfig:
     """The config as the run really trains: ``features`` computes the backbone once, so it never augments
     (but on augmented views computed once, ``aug_views``). Checked once more: a config changed after it
     was made (``cfg.epochs = 0``) fails here, before the run."""
-    plain = cfg.strategy == "features" and cfg.augment and not cfg.aug_views
+    plain = cfg.strategy == "features" and cfg.augment and not views_asked(cfg)
     return check(dataclasses.replace(cfg, augment=False) if plain else cfg)
 
 

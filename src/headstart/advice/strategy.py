@@ -47,6 +47,7 @@ from headstart.advice.input_size import candidate_sizes, choose_size, native_siz
 from headstart.config import VIEW_STRATEGIES, TrainConfig
 from headstart.data.cache import decoded_images
 from headstart.data.dataset import Dataset, load_dataset
+from headstart.engines.choice import Engine
 from headstart.errors import ConfigError, DataError
 from headstart.models.factory import create_model
 from headstart.models.features import extract_features
@@ -180,6 +181,7 @@ def measure_similarity(
     seed: int = 0,
     progress: bool = False,
     decode_all: bool = False,
+    engine: Engine | None = None,
 ) -> dict:
     """Probe the frozen backbone on a bounded sample: k-NN accuracy of the final and of an earlier
     layer's pooled features, and the ImageNet classifier's confidence where there is one.
@@ -214,19 +216,22 @@ def measure_similarity(
         "native_size": model.body.preprocessing.input_size,
     }
     model.forward_features(torch.zeros(1, 3, model.preprocessing.input_size, model.preprocessing.input_size))  # warm-up
-    started = time.perf_counter()  # the forward pass: what a size costs at every epoch and prediction
+    engine = engine or Engine("torch")
+    # The forward pass: what a size costs at every epoch and prediction (an engine's one-time conversion aside).
+    started, converting = time.perf_counter(), engine.setup_seconds
     cut = model.split(mid)
     if cut is not None:  # one pass: the earlier activations, then the rest of the body on them
         prefix, rest = cut
-        act = extract_features(model, store, indices, upto=prefix, progress=progress)
+        act = extract_features(model, store, indices, upto=prefix, progress=progress, engine=engine)
         final = torch.cat([rest(act[i : i + 64]) for i in range(0, len(act), 64)])
         earlier = act.float().mean((2, 3)) if act.dim() == 4 else act.float().mean(1)
         out["earlier_layer"] = model.groups[mid - 1].name
         out["earlier_knn"] = knn_accuracy(earlier, labels)
         out["earlier_separability"] = separability(out["earlier_knn"], ds.num_classes)
     else:
-        final = extract_features(model, store, indices, progress=progress)
-    out["probe_seconds"] = round(time.perf_counter() - started, 3)
+        final = extract_features(model, store, indices, progress=progress, engine=engine)
+    out["probe_seconds"] = round(time.perf_counter() - started - (engine.setup_seconds - converting), 3)
+    out["engine"] = engine.used
     out["final_knn"] = knn_accuracy(final, labels)
     out["final_separability"] = separability(out["final_knn"], ds.num_classes)
     if model.config.get("head") == "pretrained":
@@ -275,13 +280,18 @@ def advise(
     layout: str | None = None,
     resolution: bool | None = None,
     sizes: list[int] | None = None,
+    engine: str = "auto",
+    engine_precision: str = "fp32",
 ) -> Advice:
     """Measure ``data`` and apply the rules: the case, the rule quoted, and a recommendation.
 
     ``resolution`` (None: when no ``input_size`` is given): probe two or three input sizes too
     (``candidate_sizes``, or these ``sizes`` and ``input_size``) and recommend one (``choose_size``);
     the case is measured at ``input_size`` if given, else at the recommended size. ``decode_all``: decode
-    the whole dataset into the image cache at ``input_size`` (when training follows at it)."""
+    the whole dataset into the image cache at ``input_size`` (when training follows at it). ``engine``:
+    what runs the probe's frozen pass (``headstart.engines``)."""
+    runs = Engine(engine, engine_precision)
+    runs.candidates(torch.device("cpu"))  # not installed, or bf16 without bf16 units: said now
     ds = data if isinstance(data, Dataset) else load_dataset(data, layout, seed=seed)
     if ds.num_classes < 2:
         raise DataError(f"advise needs at least 2 classes; {ds.root} has {ds.num_classes}.")
@@ -294,7 +304,7 @@ def advise(
         "imbalance": round(max(train) / max(min(train), 1), 2),
     }
     probe = functools.partial(
-        measure_similarity, ds, backbone, weights, per_class=per_class, seed=seed, progress=progress
+        measure_similarity, ds, backbone, weights, per_class=per_class, seed=seed, progress=progress, engine=runs
     )
     res = None
     if resolution or resolution is None and not input_size:
@@ -365,12 +375,16 @@ def advised_config(cfg: TrainConfig, ds: Dataset, asked: dict | None, progress: 
             progress=progress,
             resolution=auto_size,
             decode_all=not auto_size,
+            engine=cfg.engine,
+            engine_precision=cfg.engine_precision,
         )  # training reads the same cache next (the size known)
     wanted = {"strategy"} if cfg.strategy == "auto" else set()
     wanted |= {"input_size"} if auto_size else set()
     take_all = cfg.strategy == "auto" and asked is not None and cfg.recipe != "seed"
     chosen = {k: v for k, v in advice.overrides().items() if k in wanted or (take_all and k not in asked)}
-    if cfg.aug_views:  # views asked for: they need augmentation, and frozen layers to go through
+    if (
+        cfg.aug_views and cfg.aug_views != "auto"
+    ):  # views asked for: they need augmentation, and frozen layers to go through
         chosen.pop("augment", None)
         if chosen.get("strategy", cfg.strategy) not in VIEW_STRATEGIES:
             log.warning(

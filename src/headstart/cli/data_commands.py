@@ -15,6 +15,8 @@ from headstart.cli.options import (
     INPUT_SIZE_HELP,
     AllowOutsideRoot,
     Data,
+    EngineOption,
+    EnginePrecision,
     ForceInputSize,
     Layout,
     MaxPixels,
@@ -92,6 +94,8 @@ def advise(
     as_json: Annotated[bool, typer.Option("--json", help="Print the advice as JSON.")] = False,
     layout: Layout = None,
     allow_outside_root: AllowOutsideRoot = False,
+    engine: EngineOption = "auto",
+    engine_precision: EnginePrecision = "fp32",
 ) -> None:
     """Measure DATA (size; similarity to the pretraining data): a strategy by the rules, an input size (2-3 probed)."""
     import json
@@ -111,6 +115,8 @@ def advise(
         progress=SHOW["progress"],
         layout=layout,
         resolution=True,
+        engine=engine,
+        engine_precision=engine_precision,
     )
     if as_json:
         out.print_json(json.dumps(a.to_dict()))

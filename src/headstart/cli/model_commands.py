@@ -10,7 +10,7 @@ import typer
 from headstart.cli import console as show
 from headstart.cli.app import command
 from headstart.cli.console import err, out
-from headstart.cli.options import TTA_HELP, Device, PrintFormat, RunSource, TopK
+from headstart.cli.options import TTA_HELP, Device, EngineOption, EnginePrecision, PrintFormat, RunSource, TopK
 from headstart.data.images import MAX_PIXELS
 
 
@@ -23,11 +23,14 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
     device: Device = "auto",
     tta: Annotated[bool, typer.Option("--tta", help=TTA_HELP + " Twice the compute.")] = False,
+    engine: EngineOption = "auto",
+    engine_precision: EnginePrecision = "fp32",
 ) -> None:
     """Classify images with a trained model. Exit 0 if every image was read, 1 if some were not."""
     from headstart.inference.predict import load
 
-    results = load(run, device=device).predict(images, top_k=top_k, batch_size=batch_size, tta=tta)
+    predictor = load(run, device=device, engine=engine, engine_precision=engine_precision)
+    results = predictor.predict(images, top_k=top_k, batch_size=batch_size, tta=tta)
     show.predictions(results, top_k, format)
     failed = [r for r in results if r.error]
     if failed:
@@ -115,6 +118,8 @@ def serve(
     tta: Annotated[
         bool, typer.Option("--tta", help=TTA_HELP + " Unless a request asks (?tta=false); twice the compute.")
     ] = False,
+    engine: EngineOption = "auto",
+    engine_precision: EnginePrecision = "fp32",
 ) -> None:
     """Serve the model over HTTP: POST /predict, GET /healthz, and a page at / to try photos.
 
@@ -135,7 +140,8 @@ def serve(
         top_k=top_k,
         **({"max_decodes": max_decodes} if max_decodes else {}),
     )  # checked before the model loads
-    predictor = load(run, max_pixels=max_pixels, device=device)
+    predictor = load(run, max_pixels=max_pixels, device=device, engine=engine, engine_precision=engine_precision)
+    predictor.warm_up()  # converted and checked now, not on the first request
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]Binding to {host}: anyone who can reach this machine can use the model.[/]")
     import uvicorn

@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from headstart.checks import INPUT_SIZES
+from headstart.checks import ENGINE_PRECISIONS, ENGINES, INPUT_SIZES
 from headstart.config import ACCELERATORS, AVERAGES, CLASS_WEIGHTS, MONITORS, RECIPES, SAMPLERS, STRATEGIES
 from headstart.data.layouts import LAYOUTS, SPLITS
 
@@ -125,6 +125,31 @@ Tta = Annotated[
     Optional[bool], typer.Option("--tta", help=TTA_HELP + " Both accuracies are recorded.", show_default="off")
 ]
 LrFind = Annotated[Optional[bool], typer.Option("--lr-find", help=LR_FIND_HELP, show_default="off")]
+
+# --- what runs the layers that only infer (headstart.engines) ---------------------------------------------
+EngineOption = Annotated[
+    Optional[Literal[ENGINES]],
+    typer.Option(
+        "--engine",
+        help="What runs the layers that only infer (frozen pass, evaluation, prediction): auto (on a CPU the fastest "
+        "installed engine that matches PyTorch: OpenVINO, ONNX Runtime; PyTorch on a GPU), torch, onnxruntime or "
+        "openvino. Training always runs in PyTorch.",
+        show_default="auto",
+    ),
+]
+EnginePrecision = Annotated[
+    Optional[Literal[ENGINE_PRECISIONS]],
+    typer.Option(help="fp32, or bf16: OpenVINO on a CPU with bf16 units (AMX, AVX-512 BF16).", show_default="fp32"),
+]
+AugViews = Annotated[
+    Optional[str],
+    typer.Option(
+        help="features, partial, half: K augmented views of each training image through the frozen layers once "
+        "(fp16); each epoch reads one. auto: partial and half with augmentation take up to 8 that fit the budget "
+        "(at least 4); 0: off.",
+        show_default="auto",
+    ),
+]
 
 # --- using a model ------------------------------------------------------------------------------------------
 Device = Annotated[str, typer.Option(help="auto (a GPU where there is one), cpu, gpu or cuda:N.")]

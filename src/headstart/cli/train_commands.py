@@ -14,6 +14,7 @@ from headstart.cli.options import (
     DATA_HELP,
     Accelerator,
     AllowOutsideRoot,
+    AugViews,
     Average,
     Backbone,
     BatchSize,
@@ -21,6 +22,8 @@ from headstart.cli.options import (
     Data,
     Device,
     Devices,
+    EngineOption,
+    EnginePrecision,
     Epochs,
     ForceInputSize,
     FreezeLayers,
@@ -119,14 +122,9 @@ def train(
         Optional[Path], typer.Option(help="Continue an interrupted run (runs/NAME) where it stopped.")
     ] = None,
     tta: Tta = None,
-    aug_views: Annotated[
-        Optional[int],
-        typer.Option(
-            help="features, partial, half: K augmented views of each training image through the frozen layers once "
-            "(fp16); each epoch reads one.",
-            show_default="0: off",
-        ),
-    ] = None,
+    aug_views: AugViews = None,
+    engine: EngineOption = None,
+    engine_precision: EnginePrecision = None,
     aug_views_budget_gb: Annotated[
         Optional[float],
         typer.Option(help="The most --aug-views may take, memory or disk; K is lowered to fit.", show_default="4.0"),
@@ -164,6 +162,8 @@ def evaluate(
         ),
     ] = False,
     tta: Tta = False,
+    engine: EngineOption = "auto",
+    engine_precision: EnginePrecision = "fp32",
 ) -> None:
     """Accuracy, number correct, confusion matrix, per-class scores and top-k of a run's best checkpoint."""
     from headstart.evaluation.evaluate import evaluate
@@ -172,7 +172,16 @@ def evaluate(
     folder = Run.load(run)
     if allow_outside_root:
         folder.config.allow_outside_root = True
-    ev = evaluate(folder, data, split, progress=SHOW["progress"], device=device, tta=tta)
+    ev = evaluate(
+        folder,
+        data,
+        split,
+        progress=SHOW["progress"],
+        device=device,
+        tta=tta,
+        engine=engine,
+        engine_precision=engine_precision,
+    )
     show.evaluation(ev)
     out.print(
         f"Wrote {folder.metrics_file(split)}, {folder.confusion_file(split)}, {folder.confusion_file(split, 'png')}"
@@ -218,6 +227,8 @@ def compare(
     ] = True,
     tta: Tta = None,
     lr_find: LrFind = None,
+    engine: EngineOption = None,
+    engine_precision: EnginePrecision = None,
 ) -> None:
     """Train several strategies on the same data and seed; one report compares them."""
     from headstart.comparison import compare as run_compare
@@ -244,6 +255,8 @@ def compare(
             allow_outside_root=allow_outside_root or None,
             tta=tta or None,
             lr_find=lr_find or None,
+            engine=engine,
+            engine_precision=engine_precision,
         ).items()
         if v is not None
     }

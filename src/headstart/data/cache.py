@@ -29,15 +29,10 @@ from headstart.data.images import MAX_PIXELS, decode_image
 from headstart.data.layouts import Problem, Sample
 from headstart.data.preprocessing import Preprocessing
 from headstart.errors import DataError, ImageError
-from headstart.utils.files import check_writable_dir
+from headstart.utils.files import cache_dir, check_writable_dir
 from headstart.utils.progress import track
 
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    """``$HEADSTART_CACHE``, else ``~/.cache/headstart``."""
-    return Path(os.environ.get("HEADSTART_CACHE") or Path.home() / ".cache" / "headstart")
 
 
 def cache_key(samples: list[Sample], pre: Preprocessing) -> str:
@@ -92,8 +87,12 @@ def _build(samples: list[Sample], pre: Preprocessing, npy: Path, index: Path, pr
 class ImageStore:
     """Decoded images by sample index: ``store[i]`` is sample i's (size, size, 3) uint8 pixels."""
 
-    def __init__(self, array: np.ndarray, rows: np.ndarray):
-        self.array, self.rows = array, rows
+    def __init__(self, array: np.ndarray, rows: np.ndarray, key: str = ""):
+        self.array, self.rows, self.key = (
+            array,
+            rows,
+            key,
+        )  # key: the cache's (``cache_key``); "" for an array of one's own
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -130,4 +129,4 @@ def decoded_images(
         ds = ds.without(bad)
         if check:
             check_splits(ds)
-    return ds, ImageStore(array, rows)
+    return ds, ImageStore(array, rows, key)

@@ -34,6 +34,7 @@ from torchmetrics.functional.classification import (
 from headstart.data.cache import decoded_images
 from headstart.data.dataset import load_dataset_for
 from headstart.data.layouts import SPLITS
+from headstart.engines.choice import Engine
 from headstart.errors import ConfigError, DataError
 from headstart.inference.predict import predict_views
 from headstart.reporting.plots import plot_confusion
@@ -166,14 +167,19 @@ def evaluate(
     progress: bool = False,
     device: str = "auto",
     tta: bool = False,
+    engine: str = "auto",
+    engine_precision: str = "fp32",
 ) -> Evaluation:
     """Evaluate a run's best checkpoint on a split of its data (or of ``data``, with the same
     classes), as ``headstart evaluate`` does, on ``device`` (``auto``: a GPU where there is one);
-    write the results into the run folder. ``tta``: also with test-time augmentation (flip)."""
+    write the results into the run folder. ``tta``: also with test-time augmentation (flip); ``engine``:
+    what runs the model (``headstart.engines``; recorded in the metrics as ``engine``)."""
     run = run if isinstance(run, Run) else Run.load(run)
     if split not in SPLITS:
         raise ConfigError(f"Unknown split '{split}'. Choose one of: {', '.join(SPLITS)}.")
     check_writable_dir(run.dir, "The run folder")  # the results are written there, after minutes of work
+    runs = Engine(engine, engine_precision)
+    runs.candidates(pick_device(device))  # not installed, or bf16 without bf16 units: said now
     model, meta = load_checkpoint(run.finished_checkpoint())
     model.to(pick_device(device))
     ds = load_dataset_for(run.config, data)
@@ -184,7 +190,7 @@ def evaluate(
         )
     ds, store = decoded_images(ds, model.preprocessing, progress=progress)
     idx = [i for i, s in enumerate(ds.samples) if s.split == split]
-    views = predict_views(model, [store[i] for i in idx], tta=tta)  # the plain view first
+    views = predict_views(model, [store[i] for i in idx], tta=tta, engine=runs)  # the plain view first
     ev = compute(
         np.array([ds.samples[i].label for i in idx]),
         views[0],
@@ -196,5 +202,5 @@ def evaluate(
     old = run.metrics if split == "evaluation" else {}  # what training recorded beside the metrics
     # An earlier TTA figure would sit beside numbers it was not measured with: only this evaluation's.
     stale = {*ev.to_dict(), "tta_accuracy", "tta_correct"}
-    write_evaluation(run, ev, {k: v for k, v in old.items() if k not in stale})
+    write_evaluation(run, ev, {**{k: v for k, v in old.items() if k not in stale}, "engine": runs.used})
     return ev

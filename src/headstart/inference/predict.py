@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageOps
 
 from headstart.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, decode_image, files_under, is_image_file, to_rgb
+from headstart.engines.choice import Engine
 from headstart.errors import ConfigError, ImageError
 from headstart.models.classifier import Classifier
 from headstart.runs.checkpoints import load_model
@@ -72,11 +73,13 @@ class Predictor:
         source: str = "",
         max_pixels: int = MAX_PIXELS,
         run_dir: Path | None = None,
+        engine: Engine | None = None,
     ):
         if len(classes) != model.config["num_classes"]:
             raise ConfigError(f"{len(classes)} class names for a model with {model.config['num_classes']} outputs.")
         self.model, self.classes, self.source, self.max_pixels = model.eval(), list(classes), source, max_pixels
         self.run_dir = run_dir
+        self.engine = engine  # what runs the model (headstart.engines; None: PyTorch)
 
     @property
     def preprocessing(self):
@@ -88,7 +91,13 @@ class Predictor:
 
     def probabilities(self, images: list[np.ndarray], batch_size: int = 32, tta: bool = False) -> np.ndarray:
         """(N, classes) softmax probabilities of prepared images (``tta``: averaged with their mirror images)."""
-        return predict_probs(self.model, images, batch_size, tta)
+        return predict_probs(self.model, images, batch_size, tta, self.engine)
+
+    def warm_up(self) -> None:
+        """Decide what runs the model now, for a long run of requests (``serve``): with ``engine`` auto on a
+        CPU the model is converted and checked here, not on the first request."""
+        size = self.preprocessing.input_size
+        predict_views(self.model, [np.zeros((size, size, 3), np.uint8)], engine=self.engine, passes=10**9)
 
     def top(self, probs: np.ndarray, k: int) -> list[tuple[str, float]]:
         """The k most probable classes of one probability vector, most probable first."""
@@ -164,14 +173,23 @@ def _as_uint8(a: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(a * 255 if a.max() <= 1.0 else a), 0, 255).astype(np.uint8)
 
 
-def load(source: str | os.PathLike, max_pixels: int = MAX_PIXELS, device: str = "auto") -> Predictor:
+def load(
+    source: str | os.PathLike,
+    max_pixels: int = MAX_PIXELS,
+    device: str = "auto",
+    engine: str = "auto",
+    engine_precision: str = "fp32",
+) -> Predictor:
     """A predictor from a run folder (its best checkpoint), a ``.ckpt`` checkpoint, or a model
     written by ``headstart.models.saving.save_model`` (``.safetensors`` with class names), on
-    ``device`` (``auto``: a GPU where there is one)."""
+    ``device`` (``auto``: a GPU where there is one), run by ``engine`` (``headstart.engines``: on a
+    CPU, ``auto`` converts the model once a pass is long enough to pay for it)."""
+    runs = Engine(engine, engine_precision)
+    runs.candidates(pick_device(device))  # not installed, or bf16 without bf16 units: said now
     model, meta, run_dir = load_model(source)
     model.to(pick_device(device))
     classes = meta.get("classes") or [str(i) for i in range(model.config["num_classes"])]
-    return Predictor(model, classes, str(source), max_pixels, run_dir)
+    return Predictor(model, classes, str(source), max_pixels, run_dir, runs)
 
 
 def tta_views(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -186,20 +204,39 @@ def tta_views(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 @torch.inference_mode()
-def predict_views(model: Classifier, images, batch_size: int = 64, tta: bool = False) -> np.ndarray:
+def predict_views(
+    model: Classifier,
+    images,
+    batch_size: int = 64,
+    tta: bool = False,
+    engine: Engine | None = None,
+    passes: int | None = None,
+) -> np.ndarray:
     """(views, N, classes) softmax probabilities for a sequence of (H, W, 3) uint8 arrays at the
-    model's input size: one view, the images; with ``tta``, each of ``tta_views``."""
+    model's input size: one view, the images; with ``tta``, each of ``tta_views``. ``engine``: what
+    runs the model (None: PyTorch); ``passes``: the images it will run in all (default: these)."""
     device = next(model.parameters()).device
-    out = []
+    out, run = [], None
     for start in range(0, len(images), batch_size):
         batch = np.stack([np.asarray(images[i]) for i in range(start, min(start + batch_size, len(images)))])
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255).to(device)
-        out.append(np.stack([model(v).float().softmax(1).cpu().numpy() for v in (tta_views(x) if tta else (x,))]))
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255)
+        if run is None:
+            passes = passes or len(images) * (2 if tta else 1)
+            run = engine.runner(model, x, _on(model, device), repr(model.preprocessing), passes) if engine else None
+            run = run or _on(model, device)
+        out.append(np.stack([run(v).float().softmax(1).cpu().numpy() for v in (tta_views(x) if tta else (x,))]))
     views = 2 if tta else 1
     return np.concatenate(out, 1) if out else np.zeros((views, 0, model.config["num_classes"]), dtype=np.float32)
 
 
-def predict_probs(model: Classifier, images, batch_size: int = 64, tta: bool = False) -> np.ndarray:
+def _on(model: Classifier, device: torch.device):
+    """PyTorch's forward pass of a CPU batch on ``device``."""
+    return lambda x: model(x.to(device))
+
+
+def predict_probs(
+    model: Classifier, images, batch_size: int = 64, tta: bool = False, engine: Engine | None = None
+) -> np.ndarray:
     """(N, classes) softmax probabilities of (H, W, 3) uint8 arrays at the model's input size;
     ``tta``: the mean over the test-time views (``tta_views``)."""
-    return predict_views(model, images, batch_size, tta).mean(0)
+    return predict_views(model, images, batch_size, tta, engine).mean(0)

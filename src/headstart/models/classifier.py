@@ -90,6 +90,11 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
 
+    def features_module(self) -> nn.Module:
+        """``forward_features`` as a module of its own (the body, normalising first): what the frozen
+        pass of ``features`` runs, and exports to an inference engine."""
+        return _Normalized(self, self.body)
+
     def split(self, k: int) -> tuple[nn.Module, nn.Module] | None:
         """The forward pass cut after the first ``k`` groups: ``(prefix, rest)`` with
         ``rest(prefix(x)) == forward_features(x)``, or None when this architecture cannot be cut there.

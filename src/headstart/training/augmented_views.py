@@ -27,10 +27,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from headstart.config import TrainConfig
+from headstart.config import AUTO_MIN_VIEWS, TrainConfig, views_asked
 from headstart.data.cache import ImageStore, cache_dir
 from headstart.data.dataset import Dataset, split_indices
 from headstart.data.samplers import seed_of
+from headstart.engines.choice import Engine
 from headstart.models.classifier import Classifier
 from headstart.training.distributed import Ranks
 from headstart.training.frozen_pass import CACHE_DTYPE, frozen_rows, leading_frozen
@@ -77,11 +78,19 @@ class ViewSet(torch.utils.data.Dataset):
         return torch.from_numpy(np.array(self.views[v, i])), self.labels[i]  # a copy: a memory map is read-only here
 
 
-def view_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStore, progress: bool, ranks: Ranks):
+def view_inputs(
+    cfg: TrainConfig,
+    model: Classifier,
+    ds: Dataset,
+    store: ImageStore,
+    progress: bool,
+    ranks: Ranks,
+    engine: Engine | None = None,
+):
     """``frozen_pass.training_inputs`` with augmented views: validation and evaluation computed once as
     without augmentation, training as ``ViewSet``; and the trunk. None where views are off or cannot
     be used (no frozen prefix, or not one view within the budget): then ``training_inputs`` instead."""
-    if not cfg.aug_views:
+    if not views_asked(cfg):
         return None
     if cfg.strategy == "features":
         prefix, trunk = None, nn.Identity()
@@ -100,7 +109,7 @@ def view_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageSt
     kw = {} if prefix is None else {"upto": prefix, "dtype": CACHE_DTYPE}
     splits = split_indices(ds)
     out = {
-        s: TensorDataset(frozen_rows(cfg, model, store, idx, ranks, progress, s, **kw), torch.tensor(y))
+        s: TensorDataset(frozen_rows(cfg, model, store, idx, ranks, progress, s, engine=engine, **kw), torch.tensor(y))
         for s, (idx, y) in splits.items()
         if s != "training"
     }
@@ -120,6 +129,7 @@ def view_inputs(cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageSt
             progress,
             f"training, view {v + 1} of {len(views)}",
             view=v,
+            engine=engine,
             upto=prefix,
             dtype=CACHE_DTYPE,
         ).numpy()
@@ -139,11 +149,12 @@ def _storage(cfg: TrainConfig, n: int, shape: tuple[int, ...]) -> np.ndarray | N
     the free disk, for a memory map), with a warning; None (and a warning) where not one fits."""
     one = n * math.prod(shape) * np.dtype(VIEW_DTYPE).itemsize  # bytes of one view of every image
     room, why = cfg.aug_views_budget_gb * 1e9, f"the budget of {cfg.aug_views_budget_gb:g} GB (--aug-views-budget-gb)"
-    wanted = min(cfg.aug_views, cfg.epochs)  # an epoch reads one view an image: more are never read
-    if wanted < cfg.aug_views:
+    asked = views_asked(cfg)
+    wanted = min(asked, cfg.epochs)  # an epoch reads one view an image: more are never read
+    if wanted < asked and cfg.aug_views != "auto":
         log.warning(
             "aug_views: %d views, but the run's %d epochs read %d at most: computing %d",
-            cfg.aug_views,
+            asked,
             cfg.epochs,
             wanted,
             wanted,
@@ -156,7 +167,19 @@ def _storage(cfg: TrainConfig, n: int, shape: tuple[int, ...]) -> np.ndarray | N
         if free < k * one:
             room, why = free, f"the {free / 1e9:.1f} GB free in {folder}"
             k = min(k, int(room // one))
-    if k < wanted:
+    if cfg.aug_views == "auto" and k < wanted:  # as many as fit, but not so few that each repeats too often
+        if k < min(AUTO_MIN_VIEWS, wanted):
+            log.warning(
+                "aug_views auto: %d view(s) of the %d training images fit %s, fewer than %d: no views, "
+                "augmentation reruns the frozen layers every epoch",
+                k,
+                n,
+                why,
+                AUTO_MIN_VIEWS,
+            )
+            return None
+        log.info("aug_views auto: %d views fit %s", k, why)
+    elif k < wanted:
         asked = f"aug_views: {wanted} views of the {n} training images take {wanted * one / 1e9:.2f} GB"
         if k == 0:
             log.warning(
@@ -172,7 +195,7 @@ def _storage(cfg: TrainConfig, n: int, shape: tuple[int, ...]) -> np.ndarray | N
 
 def view_metrics(cfg: TrainConfig, training) -> dict:
     """What a run records of its views: the K used (0: none after all) and the bytes they take."""
-    if not cfg.aug_views:
+    if not views_asked(cfg):
         return {}
     views = isinstance(training, ViewSet)
     return {"aug_views": training.k if views else 0, "aug_views_bytes": training.nbytes if views else 0}

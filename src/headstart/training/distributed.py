@@ -60,6 +60,12 @@ class Ranks:
             raise error
         return result
 
+    def all(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank (each may see its own disk)."""
+        if self.fabric is None:
+            return flag
+        return bool(self.fabric.all_gather(torch.tensor([int(flag)], device=self.device)).min())
+
     def share(self, n: int) -> range:
         """The indices of ``n`` rows this rank computes: every world-th, from its rank on."""
         return range(self.rank, n, self.world)

@@ -29,6 +29,7 @@ from headstart.config import TrainConfig, as_trained, read_yaml, resolve_config
 from headstart.data.cache import decoded_images
 from headstart.data.dataset import Dataset, load_dataset_for, split_indices
 from headstart.data.samplers import EpochSampler, RankBatches
+from headstart.engines.choice import Engine
 from headstart.errors import ConfigError
 from headstart.evaluation.evaluate import compute, write_evaluation
 from headstart.evaluation.metrics import best_epoch
@@ -155,6 +156,7 @@ class Prepared:
     module: TransferModule
     run: Run
     resumed: bool
+    engine: Engine  # what ran the frozen pass (``engine.used``)
 
 
 def _prepare(data, config, config_file, resume, overrides: dict, progress: bool, writes: bool = True) -> Prepared:
@@ -171,13 +173,15 @@ def _prepare(data, config, config_file, resume, overrides: dict, progress: bool,
     if "auto" in (cfg.strategy, cfg.input_size):  # measured once, on rank 0
         cfg = ranks.on_zero(lambda: advised_config(cfg, ds, asked, progress))
     cfg = as_trained(cfg)
+    engine = Engine(cfg.engine, cfg.engine_precision)
+    engine.candidates(ranks.device)  # an engine that is not installed, or bf16 without bf16 units: now, not later
     model, plan = build_model(cfg, ds.num_classes)
     if ranks.is_zero:
         warn_input_size(cfg, model.body.preprocessing.input_size)  # well below the weights' own size?
     ds, store = decoded_images(ds, model.preprocessing, progress=progress and ranks.is_zero)
     run = resumed.check_same_data(ds) if resumed else ranks.on_zero(lambda: Run.create(cfg))
-    inputs, trunk = view_inputs(cfg, model, ds, store, progress, ranks) or training_inputs(
-        cfg, model, ds, store, progress, ranks
+    inputs, trunk = view_inputs(cfg, model, ds, store, progress, ranks, engine) or training_inputs(
+        cfg, model, ds, store, progress, ranks, engine
     )
     labels = split_indices(ds)["training"][1]
     loaders = _loaders(cfg, inputs, ranks, labels)
@@ -190,7 +194,7 @@ def _prepare(data, config, config_file, resume, overrides: dict, progress: bool,
         len(inputs["training"]),
         loss_weights(cfg, labels, ds.num_classes),
     )
-    return Prepared(cfg, ranks, ds, store, inputs, loaders, module, run, resumed is not None)
+    return Prepared(cfg, ranks, ds, store, inputs, loaders, module, run, resumed is not None, engine)
 
 
 def _evaluate_best(run: Run, trainer: L.Trainer, p: Prepared, setup_seconds: float):
@@ -202,7 +206,9 @@ def _evaluate_best(run: Run, trainer: L.Trainer, p: Prepared, setup_seconds: flo
     probs, targets = _predict(module, loader)
     tta = None
     if run.config.tta:
-        mirrored = mirrored_inputs(run.config, module.model, loader, ds, p.store, trainer.strategy.root_device)
+        mirrored = mirrored_inputs(
+            run.config, module.model, loader, ds, p.store, trainer.strategy.root_device, p.engine
+        )
         tta = np.stack([probs, _predict(module, mirrored)[0]]).mean(0)  # as headstart.inference.predict.predict_probs
     paths = [str(s.path) for s in ds.split("evaluation")]
     ev = compute(targets, probs, ds.classes, "evaluation", paths, tta)
@@ -218,8 +224,9 @@ def _evaluate_best(run: Run, trainer: L.Trainer, p: Prepared, setup_seconds: flo
         "skipped_images": len(ds.problems),
         "setup_seconds": round(setup_seconds, 2),
         "train_seconds": round(sum(r["seconds"] for r in rows), 2),
-        **view_metrics(run.config, p.inputs["training"]),
-    }  # augmented views: their K and bytes
+        **view_metrics(run.config, p.inputs["training"]),  # augmented views: their K and bytes
+        **({"frozen_pass": p.engine.used} if p.engine.used else {}),  # the engine that ran it, parity error
+    }
     if weights is not None:  # class_weights=auto: what each class's loss was weighted by
         run.metrics["class_weights"] = {c: round(float(w), 4) for c, w in zip(ds.classes, weights.tolist())}
     write_evaluation(run, ev, run.metrics)

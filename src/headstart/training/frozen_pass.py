@@ -26,8 +26,16 @@ from headstart.config import TrainConfig
 from headstart.data.cache import ImageStore
 from headstart.data.dataset import Dataset, split_indices
 from headstart.data.image_set import ImageSet
+from headstart.engines.choice import Engine
 from headstart.models.classifier import Classifier
-from headstart.models.features import extract_features
+from headstart.models.features import (
+    extract_features,
+    frozen_fingerprint,
+    frozen_key,
+    is_kept,
+    load_frozen,
+    save_frozen,
+)
 from headstart.training.distributed import Ranks
 
 log = logging.getLogger(__name__)
@@ -52,12 +60,24 @@ def frozen_rows(
     progress: bool,
     split: str,
     view: int | None = None,
+    engine: Engine | None = None,
     **kw,
 ) -> torch.Tensor:
     """What frozen layers make of the images ``idx`` of one split (``extract_features``' options in
     ``kw``), once in total: each rank computes its share of the images on its own device, and every
     rank gets all of them. ``view``: of the images augmented as training augments them in epoch
-    ``view`` (an augmented view, ``headstart.training.augmented_views``), whichever rank computes them."""
+    ``view`` (an augmented view, ``headstart.training.augmented_views``), whichever rank computes them.
+    ``engine`` runs the frozen layers; what an earlier run computed the same way is read from disk
+    (``headstart.models.features.frozen_key``), when every rank finds it."""
+    engine = engine or Engine(cfg.engine, cfg.engine_precision)
+    bf16 = cfg.precision in ("auto", "bf16-mixed")
+    how = f"flip={kw.get('flip', False)}" + (f"|view={view}|seed={cfg.seed}" if view is not None else "")
+    dtype, frozen = kw.get("dtype", torch.float32), frozen_fingerprint(model, kw.get("upto"))
+    for label in dict.fromkeys([engine.expected(ranks.device, bf16), engine.torch_label(ranks.device, bf16)]):
+        key = frozen_key(store, idx, frozen, label, dtype, how)
+        if ranks.all(is_kept(key)) and (kept := load_frozen(key)) is not None and len(kept[0]) == len(idx):
+            engine.used = {**kept[1], "kept": True}  # computed by an earlier run, read from disk
+            return kept[0]
     mine = ranks.share(len(idx))
     images = None
     if view is not None:
@@ -72,18 +92,28 @@ def frozen_rows(
         progress=progress and ranks.is_zero,
         channels_last=cfg.channels_last,
         split=split,
-        bf16=cfg.precision in ("auto", "bf16-mixed"),
+        bf16=bf16,
         images=images,
+        engine=engine,
         **kw,
     )
     log.info(
         "frozen pass, %s: rank %d of %d computed %d of %d images", split, ranks.rank, ranks.world, len(mine), len(idx)
     )
-    return ranks.gather_rows(rows, len(idx))
+    rows = ranks.gather_rows(rows, len(idx))
+    if ranks.is_zero:
+        save_frozen(frozen_key(store, idx, frozen, engine.actual(ranks.device, bf16), dtype, how), rows, engine.used)
+    return rows
 
 
 def training_inputs(
-    cfg: TrainConfig, model: Classifier, ds: Dataset, store: ImageStore, progress: bool, ranks: Ranks | None = None
+    cfg: TrainConfig,
+    model: Classifier,
+    ds: Dataset,
+    store: ImageStore,
+    progress: bool,
+    ranks: Ranks | None = None,
+    engine: Engine | None = None,
 ):
     """Per split, what the trainer reads, and the trunk that turns it into pooled features:
 
@@ -100,7 +130,9 @@ def training_inputs(
 
     def once(**kw) -> dict:
         out = {
-            s: TensorDataset(frozen_rows(cfg, model, store, idx, ranks, progress, s, **kw), torch.tensor(y))
+            s: TensorDataset(
+                frozen_rows(cfg, model, store, idx, ranks, progress, s, engine=engine, **kw), torch.tensor(y)
+            )
             for s, (idx, y) in splits.items()
         }
         model.cpu()
@@ -116,7 +148,7 @@ def training_inputs(
         return once(upto=prefix, dtype=CACHE_DTYPE), rest
     if cut is not None:
         log.warning(
-            "%s: augmentation is on, so the frozen layers run every epoch (--aug-views 4 computes 4 augmented "
+            "%s: augmentation is on, so the frozen layers run every epoch (--aug-views auto computes augmented "
             "views through them once; --no-augment, the plain images once)",
             cfg.strategy,
         )
@@ -127,7 +159,9 @@ def training_inputs(
     return images, None
 
 
-def mirrored_inputs(cfg: TrainConfig, model: Classifier, loader: DataLoader, ds: Dataset, store, device) -> DataLoader:
+def mirrored_inputs(
+    cfg: TrainConfig, model: Classifier, loader: DataLoader, ds: Dataset, store, device, engine: Engine | None = None
+) -> DataLoader:
     """The evaluation split's mirror images as training reads them, for test-time augmentation:
     images mirrored as they are read; where training reads what frozen layers made of the images
     (features, frozen-prefix activations), those layers' output on the mirror images, computed
@@ -137,16 +171,19 @@ def mirrored_inputs(cfg: TrainConfig, model: Classifier, loader: DataLoader, ds:
         return DataLoader(ImageSet(store, idx, y, augment=False, flip=True), batch_size=loader.batch_size)
     before = next(model.parameters()).device
     prefix = None if cfg.strategy == "features" else model.split(leading_frozen(model))[0]
-    rows = extract_features(
+    dtype = torch.float32 if prefix is None else CACHE_DTYPE  # as the frozen pass stored them
+    rows = frozen_rows(
+        cfg,
         model,
         store,
         idx,
-        device=device,
+        Ranks(device=torch.device(device)),
+        False,
+        "evaluation",
+        engine=engine,
         upto=prefix,
         flip=True,
-        dtype=torch.float32 if prefix is None else CACHE_DTYPE,  # as the frozen pass stored them
-        channels_last=cfg.channels_last,
-        bf16=cfg.precision in ("auto", "bf16-mixed"),
+        dtype=dtype,
     )
     model.to(before)
     return DataLoader(TensorDataset(rows, torch.tensor(y)), batch_size=loader.batch_size)

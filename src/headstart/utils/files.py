@@ -11,6 +11,12 @@ from typing import BinaryIO, Callable
 log = logging.getLogger(__name__)
 
 
+def cache_dir() -> Path:
+    """Where decoded images, frozen outputs and converted networks are kept: ``$HEADSTART_CACHE``,
+    else ``~/.cache/headstart``."""
+    return Path(os.environ.get("HEADSTART_CACHE") or Path.home() / ".cache" / "headstart")
+
+
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, then rename it into place.
 

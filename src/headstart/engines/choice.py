@@ -1,0 +1,196 @@
+"""Which engine runs a module that only infers, checked against PyTorch before it is used.
+
+``Engine("auto")`` on a CPU takes the fastest installed engine (OpenVINO, then ONNX Runtime: measured,
+docs/benchmarks.md "Inference engines") whose first batch matches PyTorch's; on a GPU it stays with
+PyTorch (bf16 there, as training). ``torch``, ``onnxruntime`` and ``openvino`` ask for one engine.
+
+Parity before use: the first batch through the engine is compared with PyTorch on the same batch;
+the largest difference, relative to the largest PyTorch output, must be within ``PARITY`` for the
+precision (fp32: 1e-4). Otherwise the pass runs in PyTorch, with one warning naming the engine and
+the error. ``used`` says what ran (engine, precision, the error measured), for ``metrics.json`` and
+for the keys of cached outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from headstart.checks import check_engine
+from headstart.engines.onnx_files import converted, fingerprint, is_converted
+from headstart.engines.runtimes import RUNTIMES, bf16_capable, installed, require
+from headstart.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# The largest difference allowed against PyTorch fp32, relative to the largest output: fp32 engines
+# reorder sums (1e-6 seen); bf16 keeps 8 bits of mantissa (8e-2 seen on AMX for EfficientNet-Lite0).
+PARITY = {"fp32": 1e-4, "bf16": 1.5e-1}
+# auto converts a module (a one-time export, about 10 s for EfficientNet-Lite0) only for a pass PyTorch would
+# take longer than this over (an engine saves about two thirds of it), or when it was converted before.
+WORTH_CONVERTING_SECONDS = 20.0
+# Fastest first on a CPU, measured interleaved (docs/benchmarks.md, "Inference engines").
+CPU_ORDER = ("openvino", "onnxruntime")
+
+
+class Mismatch(Exception):
+    """An engine's output that is not PyTorch's (caught here: PyTorch runs instead)."""
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """The largest absolute difference, relative to the largest absolute value PyTorch gave."""
+    got, expected = got.float(), expected.float()
+    if got.shape != expected.shape:
+        raise Mismatch(f"it gives outputs of shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
+    if not torch.isfinite(got).all():
+        return float("inf")
+    return float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+
+
+@dataclass
+class Runner:
+    """A module's forward pass on a CPU batch, in one engine."""
+
+    engine: str
+    precision: str
+    run: Callable[[torch.Tensor], torch.Tensor]
+    parity_rel_error: float | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)
+
+    def describe(self) -> dict:
+        out = {"engine": self.engine, "precision": self.precision}
+        if self.parity_rel_error is not None:
+            out["parity_rel_error"] = float(f"{self.parity_rel_error:.3g}")
+        return out
+
+
+class Engine:
+    """The engine asked for (``ENGINES``) at a precision (``ENGINE_PRECISIONS``), and what it chose for each module."""
+
+    def __init__(self, name: str = "auto", precision: str = "fp32"):
+        check_engine(name, precision)
+        self.name, self.precision = name, precision
+        self.used: dict = {}
+        self.setup_seconds = 0.0  # spent converting and checking engines (once per module)
+        self._runners: dict[str, Runner] = {}
+        self._failed: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"Engine({self.name!r}, {self.precision!r})"
+
+    def candidates(self, device: torch.device) -> list[str]:
+        """The engines to try, in order, for a module PyTorch would run on ``device`` (none: PyTorch)."""
+        if self.name == "torch" or (self.name == "auto" and device.type != "cpu" and self.precision == "fp32"):
+            return []
+        if self.name != "auto":
+            require(self.name)
+            found = [self.name]
+        else:
+            found = [e for e in CPU_ORDER if installed(e) and (self.precision == "fp32" or e == "openvino")]
+        if self.precision == "bf16":
+            if not found:
+                require("openvino")
+            if not bf16_capable():
+                raise ConfigError(
+                    "--engine-precision bf16: this CPU has no bf16 units (AMX or AVX-512 BF16) that OpenVINO "
+                    "can use, so bf16 would be slower than fp32 here. Leave --engine-precision out (fp32)."
+                )
+        return [e for e in found if e not in self._failed]
+
+    def expected(self, device: torch.device, autocast: bool = False) -> str:
+        """What would compute on ``device`` (before the parity check): "openvino-fp32", "torch-cpu", ...;
+        ``autocast``: PyTorch on a GPU computes in bf16. A part of the keys of kept outputs."""
+        names = self.candidates(device)
+        return f"{names[0]}-{self.precision}" if names else self.torch_label(device, autocast)
+
+    def actual(self, device: torch.device, autocast: bool = False) -> str:
+        """What did compute, in ``expected``'s words (after a fallback: PyTorch)."""
+        if self.used.get("engine", "torch") == "torch":
+            return self.torch_label(device, autocast)
+        return f"{self.used['engine']}-{self.used['precision']}"
+
+    @staticmethod
+    def torch_label(device: torch.device, autocast: bool) -> str:
+        return f"torch-{device.type}" + ("-bf16" if autocast and device.type == "cuda" else "")
+
+    def runner(
+        self,
+        module: nn.Module,
+        first: torch.Tensor,
+        torch_run: Callable[[torch.Tensor], torch.Tensor],
+        extra: str = "",
+        images: int = 0,
+    ) -> Runner:
+        """How to run ``module`` (in eval mode) on CPU batches like ``first``: the first candidate engine
+        whose output on ``first`` matches ``torch_run``'s (PyTorch's) within ``PARITY``, else PyTorch.
+        ``extra``: what the module's output depends on besides its weights (its preprocessing);
+        ``images``: how many the pass runs (``auto`` converts only where that pays)."""
+        device = next(module.parameters(), torch.empty(0)).device
+        names = self.candidates(device)
+        runner = Runner("torch", "fp32" if device.type == "cpu" else "auto", torch_run)
+        if names:
+            key = fingerprint(module, extra)
+            if key not in self._runners:  # decided once per module
+                worth_it = self._worth_it(key, first, torch_run, images)
+                self._runners[key] = (worth_it and self._checked(module, first, torch_run, key, names)) or runner
+            runner = self._runners[key]
+        self.used = runner.describe()
+        return runner
+
+    def _worth_it(self, key: str, first: torch.Tensor, torch_run, images: int) -> bool:
+        """Asked for by name, converted before, or a pass long enough to pay for converting: PyTorch's
+        time on the first batch, times the batches, over ``WORTH_CONVERTING_SECONDS``."""
+        if self.name != "auto" or is_converted(key, first):
+            return True
+        started = time.perf_counter()
+        with torch.inference_mode():
+            torch_run(first)
+        estimate = (time.perf_counter() - started) * images / max(len(first), 1)
+        log.info(
+            "the frozen pass would take PyTorch about %.0f s: %s",
+            estimate,
+            "converting" if estimate >= WORTH_CONVERTING_SECONDS else "PyTorch runs it",
+        )
+        return estimate >= WORTH_CONVERTING_SECONDS
+
+    def _checked(self, module, first, torch_run, key: str, names: list[str]) -> Runner | None:
+        started = time.perf_counter()
+        try:
+            return self._first_that_matches(module, first, torch_run, key, names)
+        finally:
+            self.setup_seconds += time.perf_counter() - started
+
+    def _first_that_matches(self, module, first, torch_run, key: str, names: list[str]) -> Runner | None:
+        with torch.inference_mode():
+            expected = torch_run(first).float().cpu()
+        for name in names:
+            try:
+                path, _ = converted(module, first, key)
+                run = RUNTIMES[name](path, self.precision)
+                error = relative_error(run(first), expected)
+                if not error <= PARITY[self.precision]:
+                    raise Mismatch(
+                        f"its output differs from PyTorch's by {error:.3g} (relative), over the "
+                        f"{PARITY[self.precision]:g} allowed at {self.precision}"
+                    )
+            except ConfigError:
+                raise
+            except Exception as e:  # a converter or runtime that cannot take this module
+                self._failed.add(name)
+                log.warning("%s failed its check against PyTorch, which runs instead: %s", name, _short(e))
+                continue
+            log.info("frozen layers run by %s (%s), relative error %.2g against PyTorch", name, self.precision, error)
+            return Runner(name, self.precision, run, error)
+        return None
+
+
+def _short(e: Exception) -> str:
+    text = str(e) if isinstance(e, Mismatch) else f"{type(e).__name__}: {e}"
+    return text.splitlines()[0][:300] if text else type(e).__name__
