@@ -91,6 +91,7 @@ def test_each_epoch_reads_one_view_per_image_a_different_one_than_the_epoch_befo
 def test_half_with_augmentation_runs_from_the_views_computed_once(tiny, tmp_path: Path, monkeypatch, caplog):
     """The frozen stem runs once per view and image, whatever the epochs; no 'every epoch' warning;
     the views memory-mapped when over the RAM limit; K and their size recorded."""
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))  # nothing kept by an earlier run
     stem_images = count_stem_images(monkeypatch)
     monkeypatch.setattr(views, "RAM_LIMIT", 0)  # memory-mapped, as a large dataset's views would be
     with caplog.at_level(logging.INFO):

@@ -90,10 +90,11 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny, tmp_path: Path, stra
         return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
     assert strip(resumed.history) == strip(whole.history)
-    timing = ("setup_seconds", "train_seconds")
+    timing = ("setup_seconds", "train_seconds", "frozen_pass")  # the resumed run reads the frozen pass from disk
     assert {k: v for k, v in resumed.metrics.items() if k not in timing} == {
         k: v for k, v in whole.metrics.items() if k not in timing
     }
+    assert resumed.metrics["frozen_pass"] == {**whole.metrics["frozen_pass"], "kept": True}
     with pytest.raises(RunError, match="its config differs \\(epochs: the run has 4, asked 6\\)"):
         fit(resume=moved, epochs=6)
 

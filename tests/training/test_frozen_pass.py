@@ -18,6 +18,7 @@ from helpers.datasets import TINY_IMAGES, TINY_OPTIONS, count_stem_images
 
 
 def test_features_run_the_backbone_once_per_image(tiny, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))  # no features kept by an earlier run
     seen = []
     forward = TimmBody.forward
     monkeypatch.setattr(TimmBody, "forward", lambda self, x: (seen.append(len(x)), forward(self, x))[1])
@@ -26,6 +27,7 @@ def test_features_run_the_backbone_once_per_image(tiny, tmp_path: Path, monkeypa
 
 
 def test_frozen_prefix_is_computed_once_and_matches_the_uncached_path(tiny, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))  # no activations kept by an earlier run
     stem_images = count_stem_images(monkeypatch)
     opts = dict(strategy="half", epochs=3, augment=False, deterministic=True, runs_dir=tmp_path, **TINY_OPTIONS)
     cached = fit(tiny, name="cached", **opts)

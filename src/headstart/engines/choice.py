@@ -128,53 +128,59 @@ class Engine:
         extra: str = "",
         images: int = 0,
     ) -> Runner:
-        """How to run ``module`` (in eval mode) on CPU batches like ``first``: the first candidate engine
-        whose output on ``first`` matches ``torch_run``'s (PyTorch's) within ``PARITY``, else PyTorch.
-        ``extra``: what the module's output depends on besides its weights (its preprocessing);
-        ``images``: how many the pass runs (``auto`` converts only where that pays)."""
+        """How to run ``module`` (in eval mode) on CPU batches like ``first`` (``start`` without its output)."""
+        return self.start(module, first, torch_run, extra, images)[0]
+
+    def start(
+        self,
+        module: nn.Module,
+        first: torch.Tensor,
+        torch_run: Callable[[torch.Tensor], torch.Tensor],
+        extra: str = "",
+        images: int = 0,
+    ) -> tuple[Runner, torch.Tensor]:
+        """How to run ``module`` (in eval mode) on CPU batches like ``first``, and its output on ``first``:
+        the first candidate engine whose output on ``first`` matches ``torch_run``'s (PyTorch's) within
+        ``PARITY``, else PyTorch. Decided once per module (by its weights). ``extra``: what the module's
+        output depends on besides its weights (its preprocessing); ``images``: how many the pass runs
+        (``auto`` converts only where that pays: PyTorch's time on ``first``, times the batches, over
+        ``WORTH_CONVERTING_SECONDS``, or the module converted before). No batch runs twice in PyTorch."""
         device = next(module.parameters(), torch.empty(0)).device
         names = self.candidates(device)
-        runner = Runner("torch", "fp32" if device.type == "cpu" else "auto", torch_run)
-        if names:
-            key = fingerprint(module, extra)
-            if key not in self._runners:  # decided once per module
-                worth_it = self._worth_it(key, first, torch_run, images)
-                self._runners[key] = (worth_it and self._checked(module, first, torch_run, key, names)) or runner
-            runner = self._runners[key]
+        key = fingerprint(module, extra) if names else None
+        expected = None
+        if key is not None and key not in self._runners:
+            started = time.perf_counter()
+            with torch.inference_mode():
+                expected = torch_run(first)
+            estimate = (time.perf_counter() - started) * images / max(len(first), 1)
+            worth_it = self.name != "auto" or is_converted(key, first) or estimate >= WORTH_CONVERTING_SECONDS
+            if self.name == "auto" and not is_converted(key, first):
+                log.info(
+                    "the pass would take PyTorch about %.0f s: %s", estimate, "converting" if worth_it else "PyTorch"
+                )
+            self._runners[key] = self._checked(module, first, expected, key, names) if worth_it else None
+        runner = self._runners.get(key) or Runner("torch", "fp32" if device.type == "cpu" else "auto", torch_run)
         self.used = runner.describe()
-        return runner
-
-    def _worth_it(self, key: str, first: torch.Tensor, torch_run, images: int) -> bool:
-        """Asked for by name, converted before, or a pass long enough to pay for converting: PyTorch's
-        time on the first batch, times the batches, over ``WORTH_CONVERTING_SECONDS``."""
-        if self.name != "auto" or is_converted(key, first):
-            return True
-        started = time.perf_counter()
+        if runner.engine == "torch" and expected is not None:
+            return runner, expected
         with torch.inference_mode():
-            torch_run(first)
-        estimate = (time.perf_counter() - started) * images / max(len(first), 1)
-        log.info(
-            "the frozen pass would take PyTorch about %.0f s: %s",
-            estimate,
-            "converting" if estimate >= WORTH_CONVERTING_SECONDS else "PyTorch runs it",
-        )
-        return estimate >= WORTH_CONVERTING_SECONDS
+            return runner, runner(first)
 
-    def _checked(self, module, first, torch_run, key: str, names: list[str]) -> Runner | None:
+    def _checked(self, module, first, expected, key: str, names: list[str]) -> Runner | None:
         started = time.perf_counter()
         try:
-            return self._first_that_matches(module, first, torch_run, key, names)
+            return self._first_that_matches(module, first, expected.float().cpu(), key, names)
         finally:
             self.setup_seconds += time.perf_counter() - started
 
-    def _first_that_matches(self, module, first, torch_run, key: str, names: list[str]) -> Runner | None:
-        with torch.inference_mode():
-            expected = torch_run(first).float().cpu()
+    def _first_that_matches(self, module, first, expected, key: str, names: list[str]) -> Runner | None:
         for name in names:
             try:
                 path, _ = converted(module, first, key)
                 run = RUNTIMES[name](path, self.precision)
-                error = relative_error(run(first), expected)
+                with torch.inference_mode():
+                    error = relative_error(run(first), expected)
                 if not error <= PARITY[self.precision]:
                     raise Mismatch(
                         f"its output differs from PyTorch's by {error:.3g} (relative), over the "

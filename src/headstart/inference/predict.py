@@ -220,11 +220,15 @@ def predict_views(
     for start in range(0, len(images), batch_size):
         batch = np.stack([np.asarray(images[i]) for i in range(start, min(start + batch_size, len(images)))])
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255)
-        if run is None:
-            passes = passes or len(images) * (2 if tta else 1)
-            run = engine.runner(model, x, _on(model, device), repr(model.preprocessing), passes) if engine else None
+        views = tta_views(x) if tta else (x,)
+        if run is None and engine is not None:  # decided on the first batch (checked against PyTorch)
+            passes = passes or len(images) * len(views)
+            run, first = engine.start(model, x, _on(model, device), repr(model.preprocessing), passes)
+            outs = [first, *(run(v) for v in views[1:])]
+        else:
             run = run or _on(model, device)
-        out.append(np.stack([run(v).float().softmax(1).cpu().numpy() for v in (tta_views(x) if tta else (x,))]))
+            outs = [run(v) for v in views]
+        out.append(np.stack([o.float().softmax(1).cpu().numpy() for o in outs]))
     views = 2 if tta else 1
     return np.concatenate(out, 1) if out else np.zeros((views, 0, model.config["num_classes"]), dtype=np.float32)
 

@@ -81,9 +81,12 @@ def extract_features(
 
     run, chunks = None, []
     for x, _ in track(loader, len(loader), f"Computing {what} (once)" + (f" for {split}" if split else ""), progress):
-        if run is None:
-            run = engine.runner(module, x, torch_run, repr(model.preprocessing), len(indices)) if engine else torch_run
-        chunks.append(run(x).to(dtype).cpu())
+        if run is None and engine is not None:  # decided on the first batch (checked against PyTorch)
+            run, out = engine.start(module, x, torch_run, repr(model.preprocessing), len(indices))
+        else:
+            run = run or torch_run
+            out = run(x)
+        chunks.append(out.to(dtype).cpu())
     return torch.cat(chunks)[: len(indices)]
 
 
