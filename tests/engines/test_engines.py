@@ -40,7 +40,11 @@ def test_an_engine_matches_pytorch_on_any_batch_size_and_says_so(toy, name):
     engine = Engine(name)
     run = engine.runner(module, x, _torch(module), images=len(x))
     assert run.engine == name and run.parity_rel_error <= PARITY["fp32"]
-    assert engine.used == {"engine": name, "precision": "fp32", "parity_rel_error": pytest.approx(run.parity_rel_error, rel=1e-2)}
+    assert engine.used == {
+        "engine": name,
+        "precision": "fp32",
+        "parity_rel_error": pytest.approx(run.parity_rel_error, rel=1e-2),
+    }
     with torch.inference_mode():
         expected = module(other)  # another batch size, other images: the graph's batch is dynamic
     assert torch.allclose(run(other), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
@@ -49,7 +53,7 @@ def test_an_engine_matches_pytorch_on_any_batch_size_and_says_so(toy, name):
 def test_an_engine_that_computes_something_else_falls_back_to_pytorch_with_one_warning(toy, monkeypatch, caplog):
     module, x, _ = toy
     real = runtimes.RUNTIMES["onnxruntime"]
-    monkeypatch.setitem(choice.RUNTIMES, "onnxruntime", lambda path, p: (lambda b: real(path, p)(b) * 1.01))
+    monkeypatch.setitem(choice.RUNTIMES, "onnxruntime", lambda path, p: lambda b: real(path, p)(b) * 1.01)
     engine = Engine("onnxruntime")
     with caplog.at_level(logging.WARNING, logger="headstart.engines"):
         run = engine.runner(module, x, _torch(module), images=len(x))
