@@ -31,6 +31,7 @@ from torch import nn
 
 from headstart._version import __version__
 from headstart.data.dataset import load_dataset_for
+from headstart.engines.onnx_files import write_onnx
 from headstart.errors import ConfigError, ExportError, HeadstartError
 from headstart.inference.predict import Predictor, load
 from headstart.runs.folder import Run, export_file
@@ -94,24 +95,7 @@ def _graph(predictor: Predictor) -> nn.Module:
 
 
 def _write_onnx(graph: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
-    import onnx
-
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(
-        graph,
-        (example,),
-        str(path),
-        input_names=["image"],
-        output_names=["probabilities"],
-        dynamic_shapes={"image": {0: batch}},
-        dynamo=True,
-        external_data=False,
-        verbose=False,
-    )
-    proto = onnx.load(str(path))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "headstart", json.dumps(meta)
-    onnx.save(proto, str(path))
+    write_onnx(graph, example, path, input_name="image", output_name="probabilities", metadata=meta)
 
 
 def _write_torchscript(graph: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
