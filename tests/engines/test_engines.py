@@ -38,7 +38,7 @@ def _torch(module):
 def test_an_engine_matches_pytorch_on_any_batch_size_and_says_so(toy, name):
     module, x, other = toy
     engine = Engine(name)
-    run = engine.runner(module, x, _torch(module), images=len(x))
+    run = engine.start(module, x, _torch(module), images=len(x))[0]
     assert run.engine == name and run.parity_rel_error <= PARITY["fp32"]
     assert engine.used == {
         "engine": name,
@@ -56,8 +56,8 @@ def test_an_engine_that_computes_something_else_falls_back_to_pytorch_with_one_w
     monkeypatch.setitem(choice.RUNTIMES, "onnxruntime", lambda path, p: lambda b: real(path, p)(b) * 1.01)
     engine = Engine("onnxruntime")
     with caplog.at_level(logging.WARNING, logger="headstart.engines"):
-        run = engine.runner(module, x, _torch(module), images=len(x))
-        again = engine.runner(module, x, _torch(module), images=len(x))
+        run = engine.start(module, x, _torch(module), images=len(x))[0]
+        again = engine.start(module, x, _torch(module), images=len(x))[0]
     assert run.engine == again.engine == "torch" and engine.used == {"engine": "torch", "precision": "fp32"}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "onnxruntime" in warnings[0] and "differs from PyTorch's by" in warnings[0]
@@ -66,11 +66,11 @@ def test_an_engine_that_computes_something_else_falls_back_to_pytorch_with_one_w
 def test_auto_converts_only_a_pass_long_enough_to_pay_and_stays_with_pytorch_on_a_gpu(toy, monkeypatch, tmp_path):
     module, x, _ = toy
     monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path))  # nothing converted yet
-    assert Engine("auto").runner(module, x, _torch(module), images=len(x)).engine == "torch"  # seconds: not worth it
+    assert Engine("auto").start(module, x, _torch(module), images=len(x))[0].engine == "torch"  # seconds: not worth it
     monkeypatch.setattr(choice, "WORTH_CONVERTING_SECONDS", 0.0)
-    assert Engine("auto").runner(module, x, _torch(module), images=len(x)).engine == "openvino"  # the fastest here
+    assert Engine("auto").start(module, x, _torch(module), images=len(x))[0].engine == "openvino"  # the fastest here
     monkeypatch.setattr(choice, "WORTH_CONVERTING_SECONDS", 1e9)
-    assert Engine("auto").runner(module, x, _torch(module), images=1).engine == "openvino"  # converted once: reused
+    assert Engine("auto").start(module, x, _torch(module), images=1)[0].engine == "openvino"  # converted once: reused
     assert Engine("auto").candidates(torch.device("cuda")) == []  # a GPU: PyTorch (bf16, as training)
     assert Engine("openvino").candidates(torch.device("cuda")) == ["openvino"]  # asked for by name: on the CPU
 

@@ -7,8 +7,8 @@ exported once to ONNX (``headstart.engines.onnx_files``, cached on disk by the m
 input shape), then run by ONNX Runtime or OpenVINO (``headstart.engines.runtimes``), after a
 parity check of its first batch against PyTorch fp32.
 
->>> engine = Engine("auto")                         # doctest: +SKIP
->>> features = engine.runner(module, first_batch)   # doctest: +SKIP
->>> engine.used                                     # doctest: +SKIP
+>>> engine = Engine("auto")                                               # doctest: +SKIP
+>>> run, first = engine.start(module, batch, module, images=10_000)      # doctest: +SKIP
+>>> engine.used                                                           # doctest: +SKIP
 {'engine': 'openvino', 'precision': 'fp32', 'parity_rel_error': 2e-06}
 """

@@ -120,17 +120,6 @@ class Engine:
     def torch_label(device: torch.device, autocast: bool) -> str:
         return f"torch-{device.type}" + ("-bf16" if autocast and device.type == "cuda" else "")
 
-    def runner(
-        self,
-        module: nn.Module,
-        first: torch.Tensor,
-        torch_run: Callable[[torch.Tensor], torch.Tensor],
-        extra: str = "",
-        images: int = 0,
-    ) -> Runner:
-        """How to run ``module`` (in eval mode) on CPU batches like ``first`` (``start`` without its output)."""
-        return self.start(module, first, torch_run, extra, images)[0]
-
     def start(
         self,
         module: nn.Module,
