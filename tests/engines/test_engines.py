@@ -68,11 +68,26 @@ def test_auto_converts_only_a_pass_long_enough_to_pay_and_stays_with_pytorch_on_
     monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path))  # nothing converted yet
     assert Engine("auto").start(module, x, _torch(module), images=len(x))[0].engine == "torch"  # seconds: not worth it
     monkeypatch.setattr(choice, "WORTH_CONVERTING_SECONDS", 0.0)
-    assert Engine("auto").start(module, x, _torch(module), images=len(x))[0].engine == "openvino"  # the fastest here
+    engines = {"onnxruntime", "openvino"}
+    assert Engine("auto").start(module, x, _torch(module), images=len(x))[0].engine in engines
     monkeypatch.setattr(choice, "WORTH_CONVERTING_SECONDS", 1e9)
-    assert Engine("auto").start(module, x, _torch(module), images=1)[0].engine == "openvino"  # converted once: reused
+    assert Engine("auto").start(module, x, _torch(module), images=1)[0].engine in engines  # converted once: reused
     assert Engine("auto").candidates(torch.device("cuda")) == []  # a GPU: PyTorch (bf16, as training)
     assert Engine("openvino").candidates(torch.device("cuda")) == ["openvino"]  # asked for by name: on the CPU
+
+
+@pytest.mark.parametrize("faster", ["onnxruntime", "openvino"])
+def test_auto_keeps_the_engine_that_was_faster_on_the_first_batch(toy, monkeypatch, faster):
+    module, x, _ = toy
+    monkeypatch.setattr(choice, "WORTH_CONVERTING_SECONDS", 0.0)
+    monkeypatch.setattr(choice, "_seconds", lambda runner, first: 1.0 if runner.engine == faster else 2.0)
+    engine = Engine("auto")
+    assert engine.start(module, x, _torch(module), images=len(x))[0].engine == faster
+    assert engine.used["engine"] == faster and engine.labels(torch.device("cpu")) == [
+        "onnxruntime-fp32",
+        "openvino-fp32",
+        "torch-cpu",
+    ]
 
 
 def test_kept_outputs_are_keyed_by_engine_and_precision():

@@ -1,8 +1,8 @@
 """Which engine runs a module that only infers, checked against PyTorch before it is used.
 
-``Engine("auto")`` on a CPU takes the fastest installed engine (OpenVINO, then ONNX Runtime: measured,
-docs/benchmarks.md "Inference engines") whose first batch matches PyTorch's; on a GPU it stays with
-PyTorch (bf16 there, as training). ``torch``, ``onnxruntime`` and ``openvino`` ask for one engine.
+``Engine("auto")`` on a CPU takes, of the installed engines (ONNX Runtime, OpenVINO) whose first batch
+matches PyTorch's, the faster on that batch (docs/benchmarks.md "Inference engines"); on a GPU it stays
+with PyTorch (bf16 there, as training). ``torch``, ``onnxruntime`` and ``openvino`` ask for one engine.
 
 Parity before use: the first batch through the engine is compared with PyTorch on the same batch;
 the largest difference, relative to the largest PyTorch output, must be within ``PARITY`` for the
@@ -34,8 +34,9 @@ PARITY = {"fp32": 1e-4, "bf16": 1.5e-1}
 # auto converts a module (a one-time export, about 10 s for EfficientNet-Lite0) only for a pass PyTorch would
 # take longer than this over (an engine saves about two thirds of it), or when it was converted before.
 WORTH_CONVERTING_SECONDS = 20.0
-# Fastest first on a CPU, measured interleaved (docs/benchmarks.md, "Inference engines").
-CPU_ORDER = ("openvino", "onnxruntime")
+# The engines auto tries on a CPU; it keeps the fastest on the pass's first batch (which wins depends on
+# the CPU and the backbone: docs/benchmarks.md, "Inference engines"). The first is taken when asked by name.
+CPU_ORDER = ("onnxruntime", "openvino")
 
 
 class Mismatch(Exception):
@@ -104,14 +105,17 @@ class Engine:
                 )
         return [e for e in found if e not in self._failed]
 
-    def expected(self, device: torch.device, autocast: bool = False) -> str:
-        """What would compute on ``device`` (before the parity check): "openvino-fp32", "torch-cpu", ...;
-        ``autocast``: PyTorch on a GPU computes in bf16. A part of the keys of kept outputs."""
-        names = self.candidates(device)
-        return f"{names[0]}-{self.precision}" if names else self.torch_label(device, autocast)
+    def labels(self, device: torch.device, autocast: bool = False) -> list[str]:
+        """What may compute on ``device``, in the words of the keys of kept outputs ("openvino-fp32",
+        "torch-cpu", ...): the engine asked for; with ``auto``, any of its candidates, or PyTorch (for a
+        pass too short to convert for)."""
+        names = [f"{n}-{self.precision}" for n in self.candidates(device)]
+        if not names or self.name == "auto":
+            names.append(self.torch_label(device, autocast))
+        return names
 
     def actual(self, device: torch.device, autocast: bool = False) -> str:
-        """What did compute, in ``expected``'s words (after a fallback: PyTorch)."""
+        """What did compute, in ``labels``' words (after a fallback: PyTorch)."""
         if self.used.get("engine", "torch") == "torch":
             return self.torch_label(device, autocast)
         return f"{self.used['engine']}-{self.used['precision']}"
@@ -157,33 +161,59 @@ class Engine:
             return runner, runner(first)
 
     def _checked(self, module, first, expected, key: str, names: list[str]) -> Runner | None:
+        """Of the engines ``names``, those that match PyTorch on ``first``; ``auto``: the fastest of them
+        on ``first`` (each timed on its second run: the first warms it up), else the first that matches."""
         started = time.perf_counter()
         try:
-            return self._first_that_matches(module, first, expected.float().cpu(), key, names)
+            matching = []
+            for name in names:
+                runner = self._matches(name, module, first, expected.float().cpu(), key)
+                if runner is not None:
+                    matching.append(runner)
+                    if self.name != "auto":
+                        break
+            if len(matching) > 1:
+                matching.sort(key=lambda r: _seconds(r, first))
+            if matching:
+                best = matching[0]
+                log.info(
+                    "frozen layers run by %s (%s), relative error %.2g against PyTorch%s",
+                    best.engine,
+                    best.precision,
+                    best.parity_rel_error,
+                    f"; the fastest of {', '.join(r.engine for r in matching)}" if len(matching) > 1 else "",
+                )
+                return best
+            return None
         finally:
             self.setup_seconds += time.perf_counter() - started
 
-    def _first_that_matches(self, module, first, expected, key: str, names: list[str]) -> Runner | None:
-        for name in names:
-            try:
-                path, _ = converted(module, first, key)
-                run = RUNTIMES[name](path, self.precision)
-                with torch.inference_mode():  # the whole batch, and one image alone: any batch size works
-                    error = max(relative_error(run(first), expected), relative_error(run(first[:1]), expected[:1]))
-                if not error <= PARITY[self.precision]:
-                    raise Mismatch(
-                        f"its output differs from PyTorch's by {error:.3g} (relative), over the "
-                        f"{PARITY[self.precision]:g} allowed at {self.precision}"
-                    )
-            except ConfigError:
-                raise
-            except Exception as e:  # a converter or runtime that cannot take this module
-                self._failed.add(name)
-                log.warning("%s failed its check against PyTorch, which runs instead: %s", name, _short(e))
-                continue
-            log.info("frozen layers run by %s (%s), relative error %.2g against PyTorch", name, self.precision, error)
-            return Runner(name, self.precision, run, error)
-        return None
+    def _matches(self, name: str, module, first, expected, key: str) -> Runner | None:
+        """Engine ``name`` on ``module``, if its output matches PyTorch's; else None, and one warning."""
+        try:
+            path, _ = converted(module, first, key)
+            run = RUNTIMES[name](path, self.precision)
+            with torch.inference_mode():  # the whole batch, and one image alone: any batch size works
+                error = max(relative_error(run(first), expected), relative_error(run(first[:1]), expected[:1]))
+            if not error <= PARITY[self.precision]:
+                raise Mismatch(
+                    f"its output differs from PyTorch's by {error:.3g} (relative), over the "
+                    f"{PARITY[self.precision]:g} allowed at {self.precision}"
+                )
+        except ConfigError:
+            raise
+        except Exception as e:  # a converter or runtime that cannot take this module
+            self._failed.add(name)
+            log.warning("%s failed its check against PyTorch, which runs instead: %s", name, _short(e))
+            return None
+        return Runner(name, self.precision, run, error)
+
+
+def _seconds(runner: Runner, first: torch.Tensor) -> float:
+    started = time.perf_counter()
+    with torch.inference_mode():
+        runner(first)
+    return time.perf_counter() - started
 
 
 def _short(e: Exception) -> str:

@@ -104,7 +104,7 @@ def frozen_key(
     store: ImageStore, indices: list[int], frozen: str, engine: str, dtype: torch.dtype, how: str = ""
 ) -> str | None:
     """The name of these outputs on disk (None: not kept, the images are not from the decode cache).
-    ``frozen``: ``frozen_fingerprint``; ``engine``: what computes them (``Engine.expected``); ``how``:
+    ``frozen``: ``frozen_fingerprint``; ``engine``: what computes them (``Engine.labels``); ``how``:
     how the images are read (mirrored, an augmented view with its seed)."""
     if not store.key:
         return None

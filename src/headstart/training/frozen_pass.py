@@ -73,11 +73,7 @@ def frozen_rows(
     bf16 = cfg.precision in ("auto", "bf16-mixed")
     how = f"flip={kw.get('flip', False)}" + (f"|view={view}|seed={cfg.seed}" if view is not None else "")
     dtype, frozen = kw.get("dtype", torch.float32), frozen_fingerprint(model, kw.get("upto"))
-    # What the engine would compute, or (auto) what PyTorch computed for a pass too short to convert for.
-    labels = [engine.expected(ranks.device, bf16)] + (
-        [engine.torch_label(ranks.device, bf16)] if engine.name == "auto" else []
-    )
-    for label in dict.fromkeys(labels):
+    for label in engine.labels(ranks.device, bf16):  # what this engine may have computed earlier
         key = frozen_key(store, idx, frozen, label, dtype, how)
         if ranks.all(is_kept(key)) and (kept := load_frozen(key)) is not None and len(kept[0]) == len(idx):
             engine.used = {**kept[1], "kept": True}  # computed by an earlier run, read from disk
