@@ -1,15 +1,19 @@
-"""The benchmarks run: bench/gpu.py in its dry run and bench/accuracy.py in its quick mode (tiny, on the CPU)."""
+"""The benchmarks run: bench/gpu.py dry, bench/accuracy.py and bench/engines.py quick (tiny, on the CPU)."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
 import json
+import math
+import os
 import re
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+
+import torch
 
 BENCH = Path(__file__).parent.parent / "bench"
 
@@ -30,16 +34,20 @@ def _accuracy_script(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _accuracy_bench(capsys, *args: str) -> str:
-    """bench/accuracy.py's main, in this process (its imports are this process's already); what it printed."""
+def _bench(capsys, script: str, *args: str) -> str:
+    """A bench script's main, in this process (its imports are this process's already); what it printed."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_accuracy", BENCH / "accuracy.py")
+    spec = importlib.util.spec_from_file_location(f"bench_{Path(script).stem}", BENCH / script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     capsys.readouterr()
     module.main(list(args))
     return capsys.readouterr().out
+
+
+def _accuracy_bench(capsys, *args: str) -> str:
+    return _bench(capsys, "accuracy.py", *args)
 
 
 def test_accuracy_bench_quick_runs_the_levers_here_and_skips_the_others(tiny, tmp_path, capsys):
@@ -107,3 +115,27 @@ def test_accuracy_bench_split_file_is_balanced_and_disjoint():
         for c in {c for c, _ in counts}
         for s, n in (("training", 100), ("validation", 50), ("evaluation", 200))
     )
+
+
+def test_engines_bench_quick_measures_every_engine_here_against_pytorch(tmp_path, capsys):
+    from headstart.engines.runtimes import bf16_capable, installed
+
+    cache, threads = os.environ.get("HEADSTART_CACHE"), torch.get_num_threads()
+    printed = _bench(capsys, "engines.py", "speed", "--quick", "--out", str(tmp_path / "speed.json"))
+    expected = ["torch eager fp32", "torch channels-last fp32"]
+    expected += [f"{e} fp32" for e in ("onnxruntime", "openvino") if installed(e)]
+    expected += ["openvino bf16"] if installed("openvino") and bf16_capable() else []
+    rows = re.findall(r"^\| test_efficientnet \| none \| ([a-z0-9 -]+) \| (.*) \|$", printed, re.M)
+    assert [name for name, _ in rows] == expected, printed
+    for name, cells in rows:
+        ips1, ratio1, ips32, ratio32, error = [c.strip() for c in cells.split("|")][:5]
+        assert float(ips1.replace(",", "")) > 0 and float(ips32.replace(",", "")) > 0, (name, cells)
+        assert all(math.isfinite(float(r.rstrip("×"))) and float(r.rstrip("×")) > 0 for r in (ratio1, ratio32))
+        assert float(error) < 1e-4, (name, error)  # every engine here is fp32
+    # bf16 where it cannot pay is said to be unmeasured, not faked.
+    assert ("Not measured: openvino bf16" in printed) == (installed("openvino") and not bf16_capable())
+    # The same figures in the JSON, from a cold conversion cache; the process's settings left as they were.
+    result = json.loads((tmp_path / "speed.json").read_text())
+    assert [r["engine"] for r in result["rows"]] == expected
+    assert all(r["export_s"] > 0 for r in result["rows"] if not r["engine"].startswith("torch"))
+    assert (os.environ.get("HEADSTART_CACHE"), torch.get_num_threads()) == (cache, threads)
