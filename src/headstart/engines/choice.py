@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # The largest difference allowed against PyTorch fp32, relative to the largest output: fp32 engines
 # reorder sums (1e-6 seen); bf16 keeps 8 bits of mantissa (8e-2 seen on AMX for EfficientNet-Lite0).
 PARITY = {"fp32": 1e-4, "bf16": 1.5e-1}
-# auto converts a module (a one-time export, about 10 s for EfficientNet-Lite0) only for a pass PyTorch would
+# auto converts a module (a one-time export, 14 s for EfficientNet-Lite0 on 2 cores) only for a pass PyTorch would
 # take longer than this over (an engine saves about two thirds of it), or when it was converted before.
 WORTH_CONVERTING_SECONDS = 20.0
 # The engines auto tries on a CPU; it keeps the fastest on the pass's first batch (which wins depends on
