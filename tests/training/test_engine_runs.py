@@ -31,7 +31,8 @@ def test_features_computed_by_openvino_train_as_pytorchs_and_a_later_run_reads_t
         return forward(self, x)
 
     monkeypatch.setattr(TimmBody, "forward", counting)
-    opts = dict(strategy="features", epochs=3, runs_dir=tmp_path / "runs", **TINY_OPTIONS)
+    toy = dict(backbone="test_efficientnet", weights="none")  # timm's smallest network: a quick export
+    opts = dict(strategy="features", epochs=3, runs_dir=tmp_path / "runs", **toy, **TINY_OPTIONS)
     torch_run = fit(tiny, engine="torch", name="torch", **opts)
     assert sum(seen) == TINY_IMAGES and torch_run.metrics["frozen_pass"] == {"engine": "torch", "precision": "fp32"}
     ov = fit(tiny, engine="openvino", name="openvino", **opts)
@@ -50,7 +51,16 @@ def test_features_computed_by_openvino_train_as_pytorchs_and_a_later_run_reads_t
 
 def test_half_with_augmentation_computes_views_by_default_and_says_nothing_of_it(tiny, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        run = fit(tiny, strategy="half", epochs=4, runs_dir=tmp_path, name="h", **TINY_OPTIONS)
+        run = fit(
+            tiny,
+            strategy="half",
+            epochs=4,
+            runs_dir=tmp_path,
+            name="h",
+            backbone="test_efficientnet",
+            weights="none",
+            **TINY_OPTIONS,
+        )
     assert run.config.aug_views == "auto" and run.metrics["aug_views"] == 4  # auto: up to 8, at most the epochs
     assert not [r for r in caplog.records if "every epoch" in r.getMessage()]
     plain = fit(tiny, strategy="features", epochs=1, runs_dir=tmp_path, name="f", **TINY_OPTIONS)
