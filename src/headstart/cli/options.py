@@ -131,9 +131,9 @@ EngineOption = Annotated[
     Optional[Literal[ENGINES]],
     typer.Option(
         "--engine",
-        help="What runs the layers that only infer (frozen pass, evaluation, prediction): auto (on a CPU the fastest "
-        "installed engine that matches PyTorch: OpenVINO, ONNX Runtime; PyTorch on a GPU), torch, onnxruntime or "
-        "openvino. Training always runs in PyTorch.",
+        help="What runs the layers that only infer (frozen pass, evaluation, prediction): auto (on a CPU, for a pass "
+        "long enough to pay for converting, the faster of ONNX Runtime and OpenVINO that matches PyTorch; PyTorch on "
+        "a GPU), torch, onnxruntime or openvino. Training always runs in PyTorch.",
         show_default="auto",
     ),
 ]

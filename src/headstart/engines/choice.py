@@ -82,6 +82,7 @@ class Engine:
         self.setup_seconds = 0.0  # spent converting and checking engines (once per module)
         self._runners: dict[str, Runner] = {}
         self._failed: set[str] = set()
+        self._fingerprints: dict[tuple, str] = {}
 
     def __repr__(self) -> str:
         return f"Engine({self.name!r}, {self.precision!r})"
@@ -104,6 +105,15 @@ class Engine:
                     "can use, so bf16 would be slower than fp32 here. Leave --engine-precision out (fp32)."
                 )
         return [e for e in found if e not in self._failed]
+
+    def fingerprint(self, module: nn.Module, extra: str = "") -> str:
+        """``onnx_files.fingerprint``, computed once per module's tensors as they are (a tensor changed in
+        place, as training changes weights, has another version and is hashed again)."""
+        tensors = [*module.parameters(), *module.buffers()]
+        seen = (extra, type(module).__name__, *((id(t), t._version) for t in tensors))
+        if seen not in self._fingerprints:
+            self._fingerprints[seen] = fingerprint(module, extra)
+        return self._fingerprints[seen]
 
     def labels(self, device: torch.device, autocast: bool = False) -> list[str]:
         """What may compute on ``device``, in the words of the keys of kept outputs ("openvino-fp32",
@@ -140,7 +150,7 @@ class Engine:
         ``WORTH_CONVERTING_SECONDS``, or the module converted before). No batch runs twice in PyTorch."""
         device = next(module.parameters(), torch.empty(0)).device
         names = self.candidates(device)
-        key = fingerprint(module, extra) if names else None
+        key = self.fingerprint(module, extra) if names else None
         expected = None
         if key is not None and key not in self._runners:
             started = time.perf_counter()

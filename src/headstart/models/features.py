@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader
 from headstart.data.cache import ImageStore
 from headstart.data.image_set import ImageSet
 from headstart.engines.choice import Engine
-from headstart.engines.onnx_files import fingerprint
 from headstart.models.classifier import Classifier
 from headstart.utils.files import cache_dir, write_atomically, write_text
 from headstart.utils.progress import track
@@ -95,16 +94,11 @@ def memory_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
-def frozen_fingerprint(model: Classifier, upto: nn.Module | None = None) -> str:
-    """What the frozen layers compute (structure, every weight, the preprocessing), as a hash."""
-    return fingerprint(frozen_module(model, upto), repr(model.preprocessing))
-
-
 def frozen_key(
     store: ImageStore, indices: list[int], frozen: str, engine: str, dtype: torch.dtype, how: str = ""
 ) -> str | None:
     """The name of these outputs on disk (None: not kept, the images are not from the decode cache).
-    ``frozen``: ``frozen_fingerprint``; ``engine``: what computes them (``Engine.labels``); ``how``:
+    ``frozen``: the frozen layers' ``Engine.fingerprint``; ``engine``: what computes them (``Engine.labels``); ``how``:
     how the images are read (mirrored, an augmented view with its seed)."""
     if not store.key:
         return None

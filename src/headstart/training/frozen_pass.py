@@ -28,14 +28,7 @@ from headstart.data.dataset import Dataset, split_indices
 from headstart.data.image_set import ImageSet
 from headstart.engines.choice import Engine
 from headstart.models.classifier import Classifier
-from headstart.models.features import (
-    extract_features,
-    frozen_fingerprint,
-    frozen_key,
-    is_kept,
-    load_frozen,
-    save_frozen,
-)
+from headstart.models.features import extract_features, frozen_key, frozen_module, is_kept, load_frozen, save_frozen
 from headstart.training.distributed import Ranks
 
 log = logging.getLogger(__name__)
@@ -72,7 +65,8 @@ def frozen_rows(
     engine = engine or Engine(cfg.engine, cfg.engine_precision)
     bf16 = cfg.precision in ("auto", "bf16-mixed")
     how = f"flip={kw.get('flip', False)}" + (f"|view={view}|seed={cfg.seed}" if view is not None else "")
-    dtype, frozen = kw.get("dtype", torch.float32), frozen_fingerprint(model, kw.get("upto"))
+    dtype = kw.get("dtype", torch.float32)
+    frozen = engine.fingerprint(frozen_module(model, kw.get("upto")), repr(model.preprocessing))
     for label in engine.labels(ranks.device, bf16):  # what this engine may have computed earlier
         key = frozen_key(store, idx, frozen, label, dtype, how)
         if ranks.all(is_kept(key)) and (kept := load_frozen(key)) is not None and len(kept[0]) == len(idx):
