@@ -3,6 +3,7 @@ with one warning; features computed once are kept under a key naming the engine 
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -120,3 +121,13 @@ def test_bf16_on_a_cpu_without_bf16_units_is_exit_2(tiny, tmp_path: Path):
     assert result.exit_code == 2 and "no bf16 units" in " ".join(result.output.split()), result.output
     result = CliRunner().invoke(app, ["train", str(tiny), "--engine", "torch", "--engine-precision", "bf16"])
     assert result.exit_code == 2 and "bf16 is OpenVINO's" in " ".join(result.output.split()), result.output
+
+
+def test_a_weight_changed_in_place_is_another_network(toy):
+    module = copy.deepcopy(toy[0])
+    engine = Engine("torch")
+    before = engine.fingerprint(module, "pre")
+    assert engine.fingerprint(module, "pre") == before != engine.fingerprint(module, "other preprocessing")
+    with torch.no_grad():
+        next(module.parameters()).add_(1.0)  # as training changes weights: in place
+    assert engine.fingerprint(module, "pre") != before

@@ -110,7 +110,8 @@ class Engine:
         """``onnx_files.fingerprint``, computed once per module's tensors as they are (a tensor changed in
         place, as training changes weights, has another version and is hashed again)."""
         tensors = [*module.parameters(), *module.buffers()]
-        seen = (extra, type(module).__name__, *((id(t), t._version) for t in tensors))
+        # (Tensors made under inference_mode have no version: they never train.)
+        seen = (extra, type(module).__name__, *((id(t), 0 if t.is_inference() else t._version) for t in tensors))
         if seen not in self._fingerprints:
             self._fingerprints[seen] = fingerprint(module, extra)
         return self._fingerprints[seen]
