@@ -80,7 +80,7 @@ class Engine:
         self.name, self.precision = name, precision
         self.used: dict = {}
         self.setup_seconds = 0.0  # spent converting and checking engines (once per module)
-        self._runners: dict[str, Runner] = {}
+        self._runners: dict[str, Runner | None] = {}  # by fingerprint; None: PyTorch
         self._failed: set[str] = set()
         self._fingerprints: dict[tuple, str] = {}
 
@@ -144,11 +144,12 @@ class Engine:
         images: int = 0,
     ) -> tuple[Runner, torch.Tensor]:
         """How to run ``module`` (in eval mode) on CPU batches like ``first``, and its output on ``first``:
-        the first candidate engine whose output on ``first`` matches ``torch_run``'s (PyTorch's) within
-        ``PARITY``, else PyTorch. Decided once per module (by its weights). ``extra``: what the module's
-        output depends on besides its weights (its preprocessing); ``images``: how many the pass runs
-        (``auto`` converts only where that pays: PyTorch's time on ``first``, times the batches, over
-        ``WORTH_CONVERTING_SECONDS``, or the module converted before). No batch runs twice in PyTorch."""
+        an engine whose output on ``first`` matches ``torch_run``'s (PyTorch's) within ``PARITY`` (the one
+        asked for; with ``auto``, the faster of the candidates that match), else PyTorch. Decided once per
+        module (by its weights). ``extra``: what the module's output depends on besides its weights (its
+        preprocessing); ``images``: how many the pass runs (``auto`` converts only where that pays:
+        PyTorch's time on ``first``, times the batches, over ``WORTH_CONVERTING_SECONDS``, or the module
+        converted before). No batch runs twice in PyTorch."""
         device = next(module.parameters(), torch.empty(0)).device
         names = self.candidates(device)
         key = self.fingerprint(module, extra) if names else None
