@@ -108,7 +108,7 @@ def build_engines(model, module, example: torch.Tensor) -> tuple[list[dict], flo
     wanted = [w for w in wanted if installed(w[0])]
     started = time.perf_counter()
     try:
-        path, _ = converted(module, example, fingerprint(module, repr(model.preprocessing)))
+        path = converted(module, example, fingerprint(module, repr(model.preprocessing)))
         export_s = time.perf_counter() - started
     except Exception as e:  # an export that fails is a finding: reported, PyTorch still measured
         return engines + [{"engine": f"{n} {p}", "error": _failure(e)} for n, p, _ in wanted], None

@@ -203,7 +203,7 @@ class Engine:
     def _matches(self, name: str, module, first, expected, key: str) -> Runner | None:
         """Engine ``name`` on ``module``, if its output matches PyTorch's; else None, and one warning."""
         try:
-            path, _ = converted(module, first, key)
+            path = converted(module, first, key)
             run = RUNTIMES[name](path, self.precision)
             with torch.inference_mode():  # the whole batch, and one image alone: any batch size works
                 error = max(relative_error(run(first), expected), relative_error(run(first[:1]), expected[:1]))

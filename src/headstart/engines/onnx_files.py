@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -75,9 +76,7 @@ def write_onnx(
 
 
 def _arg_names(module: nn.Module) -> list[str]:
-    import inspect
-
-    return [p for p in inspect.signature(module.forward).parameters]
+    return list(inspect.signature(module.forward).parameters)
 
 
 def engine_dir() -> Path:
@@ -93,17 +92,17 @@ def is_converted(key: str, example: torch.Tensor) -> bool:
     return _file(key, example).is_file()
 
 
-def converted(module: nn.Module, example: torch.Tensor, key: str) -> tuple[Path, bool]:
+def converted(module: nn.Module, example: torch.Tensor, key: str) -> Path:
     """``module``'s ONNX file in the cache (``key``: its ``fingerprint``), exported now if it is not
-    there yet; and whether it was there. One process exports while the others wait (a file lock);
+    there yet. One process exports while the others wait (a file lock);
     the file is written under a temporary name and renamed, so nobody reads half of one."""
     path = _file(key, example)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file():
-        return path, True
+        return path
     with FileLock(str(path) + ".lock"):
         if path.is_file():
-            return path, True
+            return path
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
         cpu = copy.deepcopy(module).float().cpu().eval()
         try:
@@ -112,4 +111,4 @@ def converted(module: nn.Module, example: torch.Tensor, key: str) -> tuple[Path,
         finally:
             tmp.unlink(missing_ok=True)
     log.info("exported the frozen layers to ONNX once: %s", path)
-    return path, False
+    return path

@@ -2,7 +2,7 @@
 float32 NCHW batch (a CPU tensor) to its output, on as many threads as PyTorch uses.
 
 Both are imported only when used. ONNX Runtime is a dependency (``headstart export`` checks its
-files with it); OpenVINO is one on x86-64 and Arm machines, where it is what ``auto`` picks
+files with it); OpenVINO is one on x86-64 and Arm machines; ``auto`` keeps whichever is faster
 (docs/benchmarks.md, "Inference engines"). A missing one is a ``ConfigError`` naming how to get it.
 """
 

@@ -32,6 +32,7 @@ from torch import nn
 from headstart._version import __version__
 from headstart.data.dataset import load_dataset_for
 from headstart.engines.onnx_files import write_onnx
+from headstart.engines.runtimes import onnxruntime_run
 from headstart.errors import ConfigError, ExportError, HeadstartError
 from headstart.inference.predict import Predictor, load
 from headstart.runs.folder import Run, export_file
@@ -114,11 +115,9 @@ def _torchscript_is_deprecated():
 
 def runner(path: str | Path, fmt: str):
     """A function from a float32 NCHW batch (numpy) to probabilities, running the exported file."""
-    if fmt == "onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]
+    if fmt == "onnx":  # as the engines run it
+        run = onnxruntime_run(Path(path))
+        return lambda x: run(torch.from_numpy(x)).numpy()
     with _torchscript_is_deprecated():
         module = torch.jit.load(str(path), map_location="cpu").eval()
 
