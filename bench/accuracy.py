@@ -63,6 +63,7 @@ EXTRA: dict[str, tuple[str, dict]] = {
     "swa": ("features", {"average": "swa"}),
     "sampler-balanced": ("features", {"sampler": "balanced"}),
     "monitor-accuracy": ("features", {"monitor": "val_accuracy"}),
+    "no-head-search": ("features", {"head_search": "off"}),  # the tutorial's head as given (before the search)
     "half-views": ("half", {"aug_views": 4}),
     "half-tta": ("half", {"tta": True}),
 }
@@ -156,6 +157,8 @@ def measure(data: str, name: str, strategy: str, options: dict, seed: int, runs_
         "epochs": len(run.history),
         "best_epoch": m.get("best_epoch"),
         "input_size": size,
+        "head": m.get("head_search", {}).get("chosen", ""),  # the head the search chose, if it ran
+        "head_search_seconds": m.get("head_search", {}).get("seconds"),
     }
 
 
@@ -221,6 +224,8 @@ def save(results: list[dict], out: Path) -> None:
         "epochs",
         "best_epoch",
         "input_size",
+        "head",
+        "head_search_seconds",
         "options",
         "note",
     ]

@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCH = Path(__file__).parent.parent / "bench"
@@ -139,3 +140,16 @@ def test_engines_bench_quick_measures_every_engine_here_against_pytorch(tmp_path
     assert [r["engine"] for r in result["rows"]] == expected
     assert all(r["export_s"] > 0 for r in result["rows"] if not r["engine"].startswith("torch"))
     assert (os.environ.get("HEADSTART_CACHE"), torch.get_num_threads()) == (cache, threads)
+
+
+def test_head_search_bench_quick_scores_every_candidate_on_the_evaluation_split(tiny, tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    printed = _bench(capsys, "head_search.py", "--data", str(tiny), "--quick", "--out", str(out))
+    rows = json.loads(out.read_text())
+    assert len(rows) == 10 and sum(r["chosen"] for r in rows) == 1 and rows[0]["own"]
+    assert all(0 <= r["eval_accuracy"] <= 1 and r["val_loss"] > 0 for r in rows)
+    line = re.search(rf"^\| {tiny.name} \| 1 \| ([\d.]+) % \| ([\d.]+) % \|", printed, re.M)
+    assert line, printed
+    own, chosen = (float(v) / 100 for v in line.groups())
+    assert own == pytest.approx(rows[0]["eval_accuracy"], abs=5e-4)
+    assert chosen == pytest.approx(next(r for r in rows if r["chosen"])["eval_accuracy"], abs=5e-4)

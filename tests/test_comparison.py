@@ -33,6 +33,8 @@ def test_compare_table_matches_the_runs_and_renders(messy: Path, tmp_path: Path)
             m["total"],
         )
         assert int(row["trainable"]) == m["trainable_params"]
+        # features searched its head (the one it trained is named); full and scratch have no search
+        assert row["head"] == (m["head_search"]["chosen"] if row["strategy"] == "features" else "")
         assert (result.dir / row["strategy"] / "report.html").is_file()
     best = max(result.rows, key=lambda r: (r["accuracy"], -r["total_seconds"]))
     assert result.reading.startswith(f"{best['strategy']} reached the best evaluation accuracy")

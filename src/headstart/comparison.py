@@ -45,6 +45,7 @@ COLUMNS = [
     "seconds_per_epoch",
     "total_seconds",
     "advised",
+    "head",
 ]
 
 
@@ -76,6 +77,7 @@ def _row(strategy: str, run: Run) -> dict:
         "seconds_per_epoch": m["train_seconds"] / max(m["epochs"], 1),
         "total_seconds": m["setup_seconds"] + m["train_seconds"],
         "report": f"{strategy}/{run.report.name}",
+        "head": m.get("head_search", {}).get("chosen", ""),  # features, gradual: the head the search chose
         **({"tta_accuracy": m["tta_accuracy"]} if "tta_accuracy" in m else {}),
     }
 

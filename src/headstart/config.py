@@ -51,6 +51,11 @@ class TrainConfig:
     head_dropout: float = 0.2  # the tutorial's head
     head_hidden: int = 100
     head_init: str = "torch"  # keras: Glorot-uniform kernels, zero biases, as Keras' Dense (headstart.training.losses)
+    # auto: features (and gradual's head warm-up) first fit a few heads on the cached features, each seeded, and
+    # train the one best on validation by `monitor` (headstart.training.head_search): they cost seconds once the
+    # features exist. off: the head and recipe as given.
+    head_search: str = "auto"
+    head_choice: dict | None = None  # with head_search: the head it chose and the values it set (head_search.csv)
     # --- strategy
     strategy: str = "features"  # on small data the frozen features are hard to beat, and fast; "auto": advised
     freeze: str | None = None  # partial: group count, fraction, group name or "half"
@@ -64,7 +69,9 @@ class TrainConfig:
     recipe: str = "default"
     epochs: int = 15
     batch_size: int = 32  # the global batch, shared among the devices: a recipe means the same on 1 or 8
-    optimizer: str = "adamw"  # adam, adamw, sgd: PyTorch's; keras_adam: Keras' Adam (epsilon 1e-7, where Keras adds it)
+    # adam, adamw, sgd: PyTorch's; keras_adam: Keras' Adam (epsilon 1e-7, where Keras adds it); lbfgs: features
+    # only, the whole training split one batch, weight_decay an L2 penalty (a logistic regression)
+    optimizer: str = "adamw"
     lr: float = 1e-3  # the head's learning rate
     backbone_lr: float = 1e-4  # the top backbone group's; a pretrained body needs gentler steps
     lr_decay: float = 0.5  # each lower group learns this much slower (discriminative rates)
@@ -150,9 +157,10 @@ SEED = dict(
     pretrained_bn_stats=False,
     head_init="keras",
     loss="keras",
+    head_search="off",  # the tutorial's head, as it trains it
 )
 RECIPES: dict[str, dict[str, Any]] = {"default": {}, "seed": SEED}
-OPTIMIZERS = ("adam", "adamw", "sgd", "keras_adam")
+OPTIMIZERS = ("adam", "adamw", "sgd", "keras_adam", "lbfgs")
 NUMERICS = ("torch", "keras")  # head_init and loss: PyTorch's or Keras' (headstart.training.losses)
 SCHEDULES = ("constant", "cosine")
 # The strategies headstart.models.strategies knows (and "auto": the advised one, headstart.advice.strategy).
@@ -161,6 +169,7 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 CLASS_WEIGHTS = ("none", "auto")
 SAMPLERS = ("random", "balanced")
 MONITORS = ("val_loss", "val_accuracy", "val_macro_f1")  # val_loss is lowest best, the others highest
+HEAD_SEARCHES = ("auto", "off")
 AVERAGES = ("none", "ema", "swa")  # weight averaging: none, exponential moving average, stochastic weight averaging
 UNFREEZES = ("gradual",)  # the strategies that open groups as they go (auto never advises one)
 
@@ -187,6 +196,7 @@ def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
         ("average", AVERAGES),
         ("head_init", NUMERICS),
         ("loss", NUMERICS),
+        ("head_search", HEAD_SEARCHES),
     ):
         if getattr(cfg, name) not in choices:
             raise ConfigError(f"{name} must be one of: {', '.join(choices)}. Received: {name}={getattr(cfg, name)!r}")
@@ -227,7 +237,53 @@ def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
             "that starts from them (full, for every layer trained)."
         )
     check_views(cfg)
+    check_lbfgs(cfg)
+    check_head_choice(cfg.head_choice)
     return cfg
+
+
+def check_head_choice(choice: Any) -> None:
+    """``head_choice`` as the head search writes it (config.yaml may have been edited): the chosen
+    candidate's name, what it changed, and every candidate's validation figures."""
+    if choice is None:
+        return
+    figures = ("best_epoch", "val_loss", "val_accuracy", "val_macro_f1")
+    ok = (
+        isinstance(choice, dict)
+        and isinstance(choice.get("chosen"), str)
+        and isinstance(choice.get("taken"), dict)
+        and choice.get("monitor") in MONITORS
+        and all(isinstance(choice.get(k), (int, float)) for k in ("confidence", "seconds"))
+        and isinstance(choice.get("candidates"), list)
+        and all(
+            isinstance(c, dict)
+            and isinstance(c.get("candidate"), str)
+            and all(isinstance(c.get(k), (int, float)) for k in figures)
+            for c in choice["candidates"]
+        )
+    )
+    if not ok:
+        raise ConfigError(
+            "head_choice is what the head search records (chosen, taken, candidates with their validation "
+            f"figures); this one is not. Received: head_choice={str(choice)[:200]!r}. Remove it to search again."
+        )
+
+
+def check_lbfgs(cfg: TrainConfig) -> None:
+    """L-BFGS takes the whole training split as one batch: only a head on cached features fits that."""
+    if cfg.optimizer != "lbfgs":
+        return
+    received = f"Received: optimizer='lbfgs' with strategy={cfg.strategy!r}"
+    if cfg.strategy not in ("features", "auto"):
+        raise ConfigError(
+            f"The lbfgs optimizer trains a head on cached features, the whole training split one batch; "
+            f"{cfg.strategy} trains backbone layers too. {received}. Use adamw, or --strategy features."
+        )
+    if cfg.lr_find:
+        raise ConfigError(
+            f"The learning-rate finder tunes a rate for steps on mini-batches; L-BFGS searches its own step. "
+            f"{received} and lr_find=True. Leave --lr-find out."
+        )
 
 
 # The strategies whose frozen layers views go through: the whole body (features), the frozen prefix (partial, half).

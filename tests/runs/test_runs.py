@@ -25,6 +25,7 @@ def test_a_finished_run_holds_what_the_readme_says(tiny_run):
     files = {p.relative_to(tiny_run.dir).as_posix() for p in tiny_run.dir.rglob("*") if p.is_file()}
     expected = {"config.yaml", "data.json", "history.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
                 "metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "curves.png", "report.html",
+                "head_search.csv",  # features: the heads tried before training
                 ".lock"}  # held while a process trains it
     if tiny_run.metrics["correct"] < tiny_run.metrics["total"]:
         expected.add("misclassified.png")  # the gallery of wrong predictions, when there are any

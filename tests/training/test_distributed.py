@@ -22,11 +22,18 @@ from helpers.ports import free_port_env
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="process groups and SIGINT")
 
 
-def _command(tiny: Path, runs: Path, name: str, devices: int, *extra: str, batch: int = 8) -> list[str]:
-    # No dropout: then two ranks compute what one process computes, up to the order of float sums.
+# No dropout: then two ranks compute what one process computes, up to the order of float sums.
+NO_DROPOUT = "head_dropout: 0.0\n"
+# A logistic regression by L-BFGS: every rank steps on the whole split, its line search the same on every rank.
+LBFGS = NO_DROPOUT + "optimizer: lbfgs\nlr: 1.0\nhead_hidden: 0\nweight_decay: 0.001\n"
+
+
+def _command(
+    tiny: Path, runs: Path, name: str, devices: int, *extra: str, batch: int = 8, config_text: str = NO_DROPOUT
+) -> list[str]:
     config = runs / "nodropout.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text("head_dropout: 0.0\n")
+    config.write_text(config_text)
     return [
         sys.executable,
         "-m",
@@ -64,14 +71,16 @@ def _history(run: Path) -> list[dict]:
 
 
 # features with batches of 7 (24 images: 7, 7, 7, 3): shares of 4 and 3, 2 and 1, weighed by their size.
-@pytest.mark.parametrize("strategy, batch", [("features", 7), ("half", 8)])
-def test_two_ranks_train_as_one_process_does(tiny, tmp_path: Path, strategy: str, batch: int, monkeypatch):
+@pytest.mark.parametrize(
+    "strategy, batch, config", [("features", 7, NO_DROPOUT), ("half", 8, NO_DROPOUT), ("features", 7, LBFGS)]
+)
+def test_two_ranks_train_as_one_process_does(tiny, tmp_path: Path, strategy: str, batch: int, config: str, monkeypatch):
     monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))  # every split's frozen pass computed here
     extra = ["--strategy", strategy, "--epochs", "3", "--no-augment"]
-    two = _run(_command(tiny, tmp_path / "runs", "two", 2, *extra, batch=batch))
+    two = _run(_command(tiny, tmp_path / "runs", "two", 2, *extra, batch=batch, config_text=config))
     # The reference in this process, with the options the command line gave the two ranks.
     (tmp_path / "single").mkdir()
-    (tmp_path / "single" / "nodropout.yaml").write_text("head_dropout: 0.0\n")
+    (tmp_path / "single" / "nodropout.yaml").write_text(config)
     fit(
         tiny,
         config_file=tmp_path / "single" / "nodropout.yaml",
@@ -99,6 +108,7 @@ def test_two_ranks_train_as_one_process_does(tiny, tmp_path: Path, strategy: str
         "curves.png": 1,
         "report.html": 1,
         **({"misclassified.png": 1} if "misclassified.png" in written else {}),
+        **({"head_search.csv": 1} if strategy == "features" and config != LBFGS else {}),  # heads tried first
     }, written
     assert two.stdout.count("Number of correctly identified images") == 1  # rank 0 reports
     # The frozen pass once in total: each rank computed its share of every split.

@@ -73,6 +73,12 @@ def training(run) -> None:
     out.print(f"Best epoch {m['best_epoch']} of {m['epochs']}; {m['trainable_params']:,} trainable parameters")
     if run.config.lr_find:
         out.print(f"Learning rate found by the range test: {run.config.lr:.3g} (curve: {run.lr_find_file})")
+    if m.get("head_search"):
+        h = m["head_search"]
+        out.print(
+            f"Head: {h['chosen']}, chosen among {len(h['candidates'])} fitted on the features first "
+            f"({h['seconds']:.1f} s; {run.head_search_file.name})"
+        )
     if m.get("skipped_images"):
         out.print(f"[yellow]{m['skipped_images']} unreadable image(s) skipped[/] (listed in {run.data_file})")
     out.print(f"Run: {run.dir}")

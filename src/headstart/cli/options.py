@@ -13,7 +13,16 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from headstart.checks import ENGINE_PRECISIONS, ENGINES, INPUT_SIZES
-from headstart.config import ACCELERATORS, AVERAGES, CLASS_WEIGHTS, MONITORS, RECIPES, SAMPLERS, STRATEGIES
+from headstart.config import (
+    ACCELERATORS,
+    AVERAGES,
+    CLASS_WEIGHTS,
+    HEAD_SEARCHES,
+    MONITORS,
+    RECIPES,
+    SAMPLERS,
+    STRATEGIES,
+)
 from headstart.data.layouts import LAYOUTS, SPLITS
 
 StrategyName = Literal[(*STRATEGIES, "auto")]
@@ -125,6 +134,16 @@ Tta = Annotated[
     Optional[bool], typer.Option("--tta", help=TTA_HELP + " Both accuracies are recorded.", show_default="off")
 ]
 LrFind = Annotated[Optional[bool], typer.Option("--lr-find", help=LR_FIND_HELP, show_default="off")]
+HeadSearchOption = Annotated[
+    Optional[Literal[HEAD_SEARCHES]],
+    typer.Option(
+        "--head-search",
+        help="features, gradual: fit 10 heads on the cached features first (the tutorial's at 3 learning rates and "
+        "2 weight decays, a logistic regression at 4 L2 strengths) and train the one best on validation by --monitor "
+        "(kept over the run's own head only when better beyond chance); off: the head as given.",
+        show_default="auto; seed: off",
+    ),
+]
 
 # --- what runs the layers that only infer (headstart.engines) ---------------------------------------------
 EngineOption = Annotated[

@@ -27,6 +27,7 @@ from headstart.cli.options import (
     Epochs,
     ForceInputSize,
     FreezeLayers,
+    HeadSearchOption,
     InputSize,
     Layout,
     LrFind,
@@ -130,6 +131,7 @@ def train(
         typer.Option(help="The most --aug-views may take, memory or disk; K is lowered to fit.", show_default="4.0"),
     ] = None,
     lr_find: LrFind = None,
+    head_search: HeadSearchOption = None,
 ) -> None:
     """Train a pretrained backbone on DATA; writes runs/<name>/ and prints the evaluation accuracy."""
     from headstart.training.distributed import is_main_process
@@ -229,6 +231,7 @@ def compare(
     lr_find: LrFind = None,
     engine: EngineOption = None,
     engine_precision: EnginePrecision = None,
+    head_search: HeadSearchOption = None,
 ) -> None:
     """Train several strategies on the same data and seed; one report compares them."""
     from headstart.comparison import compare as run_compare
@@ -257,6 +260,7 @@ def compare(
             lr_find=lr_find or None,
             engine=engine,
             engine_precision=engine_precision,
+            head_search=head_search,
         ).items()
         if v is not None
     }

@@ -7,7 +7,7 @@ output; ``split(k)`` cuts it after its k-th group for the frozen pass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -76,6 +76,12 @@ class Classifier(nn.Module):
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         return self
+
+    def replace_head(self, head: HeadConfig, module: nn.Module | None = None) -> None:
+        """Put the head ``head`` describes on the body: ``module`` (already trained), or a new one. The
+        model's ``config`` says so, so a saved model is rebuilt with it."""
+        self.head = module if module is not None else head.build(self.num_features, self.config["num_classes"])
+        self.config = {**self.config, "head": asdict(head)}
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1] -> what the body's weights expect (channel order, mean, std)."""

@@ -29,6 +29,7 @@ from headstart.runs.layout import (
     CONFIG,
     DATA,
     EXPORT,
+    HEAD_SEARCH,
     HISTORY,
     HISTORY_COLUMNS,
     LAST,
@@ -79,6 +80,10 @@ class Run:
     @property
     def lr_find_file(self) -> Path:
         return self.dir / f"{LR_FIND}.csv"
+
+    @property
+    def head_search_file(self) -> Path:
+        return self.dir / HEAD_SEARCH
 
     @property
     def lr_find_picture(self) -> Path:

@@ -10,6 +10,7 @@ A run is ``<runs_dir>/<name>/``, a folder a person can browse::
     confusion_matrix.csv/.png
     curves.png, misclassified.png, report.html
     lr_find.csv, lr_find.png  with lr_find: the learning-rate finder's curve (rate, smoothed loss)
+    head_search.csv           with head_search: every candidate head's validation figures, and the one chosen
     .lock                     held by the process that trains the run (one at a time)
 """
 
@@ -24,6 +25,7 @@ LAST = "last"
 REPORT = "report.html"
 EXPORT = "export"
 LR_FIND = "lr_find"  # lr_find.csv, lr_find.png
+HEAD_SEARCH = "head_search.csv"
 LOCK = ".lock"  # held while a process trains the run
 # A history.csv written before val_macro_f1 was recorded reads the same, without it.
 HISTORY_COLUMNS = [

@@ -11,6 +11,7 @@ once), train, evaluate the best checkpoint, write the report.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -21,7 +22,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from headstart.advice.input_size import warn_input_size
 from headstart.advice.strategy import advised_config
@@ -34,7 +35,7 @@ from headstart.errors import ConfigError
 from headstart.evaluation.evaluate import compute, write_evaluation
 from headstart.evaluation.metrics import best_epoch
 from headstart.models import strategies as S
-from headstart.models.classifier import Classifier, count_params
+from headstart.models.classifier import Classifier, HeadConfig, count_params
 from headstart.models.factory import create_model
 from headstart.reporting.report import write_run_report
 from headstart.runs.checkpoints import read_checkpoint
@@ -42,7 +43,8 @@ from headstart.runs.folder import Run
 from headstart.training.augmented_views import view_inputs, view_metrics
 from headstart.training.callbacks import History
 from headstart.training.distributed import Ranks, launch, parse_devices
-from headstart.training.frozen_pass import mirrored_inputs, training_inputs
+from headstart.training.frozen_pass import frozen_rows, mirrored_inputs, training_inputs
+from headstart.training.head_search import HeadSearch, new_head, new_shape, search_heads, searched
 from headstart.training.losses import loss_weights
 from headstart.training.lr_finder import LRFind, tune
 from headstart.training.module import TransferModule, _predict
@@ -105,7 +107,10 @@ def _loaders(cfg: TrainConfig, inputs: dict, ranks: Ranks, labels: list[int]) ->
             "Use fewer --devices, or more validation images."
         )
     order = EpochSampler(train, cfg.seed, labels if cfg.sampler == "balanced" else None)
-    batches = RankBatches(order, cfg.batch_size, ranks.rank, ranks.world)
+    if cfg.optimizer == "lbfgs":  # every rank steps on the whole split (TransferModule.full_batch)
+        batches = RankBatches(order, len(train))
+    else:
+        batches = RankBatches(order, cfg.batch_size, ranks.rank, ranks.world)
     return {
         "training": DataLoader(train, batch_sampler=batches, **kw),
         "validation": DataLoader(
@@ -157,6 +162,7 @@ class Prepared:
     run: Run
     resumed: bool
     engine: Engine  # what ran the frozen pass (``engine.used``)
+    head_search: HeadSearch | None = None  # the heads tried before training (head_search: auto), on rank 0
 
 
 def _prepare(data, config, config_file, resume, overrides: dict, progress: bool, writes: bool = True) -> Prepared:
@@ -184,6 +190,11 @@ def _prepare(data, config, config_file, resume, overrides: dict, progress: bool,
         cfg, model, ds, store, progress, ranks, engine
     )
     labels = split_indices(ds)["training"][1]
+    weights = loss_weights(cfg, labels, ds.num_classes)
+    found = None
+    if searched(cfg) and not resumed:  # a few heads fitted on the cached features; the run trains the best
+        found = _search_head(cfg, model, ds, store, inputs, ranks, progress, engine, weights, labels)
+        cfg = run.config = _chosen(cfg, model, found)
     loaders = _loaders(cfg, inputs, ranks, labels)
     module = TransferModule(
         model,
@@ -192,9 +203,48 @@ def _prepare(data, config, config_file, resume, overrides: dict, progress: bool,
         {"classes": ds.classes, "strategy_plan": plan.__dict__},
         trunk,
         len(inputs["training"]),
-        loss_weights(cfg, labels, ds.num_classes),
+        weights,
     )
-    return Prepared(cfg, ranks, ds, store, inputs, loaders, module, run, resumed is not None, engine)
+    return Prepared(cfg, ranks, ds, store, inputs, loaders, module, run, resumed is not None, engine, found)
+
+
+def _search_head(cfg, model, ds, store, inputs, ranks, progress, engine, weights, labels) -> HeadSearch:
+    """The head search (``headstart.training.head_search``) on rank 0, its result on every rank: on the
+    features the run trains on; for ``gradual``, which trains on images, on the body's features, computed
+    once for it (and kept on disk, as every frozen pass)."""
+    if cfg.strategy == "features":
+        train, val = inputs["training"], inputs["validation"]
+    else:
+        splits = split_indices(ds)
+        train, val = (
+            TensorDataset(
+                frozen_rows(cfg, model, store, splits[s][0], ranks, progress, s, engine=engine),
+                torch.tensor(splits[s][1]),
+            )
+            for s in ("training", "validation")
+        )
+        model.cpu()
+    progress = progress and ranks.is_zero
+    return ranks.on_zero(
+        lambda: search_heads(cfg, train, val, ds.num_classes, weights, labels, progress, start=model.head)
+    )
+
+
+def _chosen(cfg: TrainConfig, model: Classifier, found: HeadSearch) -> TrainConfig:
+    """The config the run trains with, and its head. ``features`` takes the chosen candidate's settings and
+    trains it as the search did (the same initial weights, batches and dropout draws); ``gradual`` takes its
+    shape and its trained weights, and its warm-up goes on from them."""
+    chosen = found.chosen
+    if cfg.strategy == "features":
+        cfg = dataclasses.replace(cfg, **chosen.overrides, head_choice=found.to_dict())
+        if new_shape(chosen.overrides):  # else the run's own head, as built: the candidate started from it
+            shape = HeadConfig(cfg.head_dropout, cfg.head_hidden, cfg.head_init)
+            model.replace_head(shape, new_head(cfg, model.num_features, model.config["num_classes"]))
+        return cfg
+    shape = {k: v for k, v in chosen.overrides.items() if k in ("head_hidden", "head_dropout")}
+    cfg = dataclasses.replace(cfg, **shape, head_choice=found.to_dict({**shape, "head_weights": "trained"}))
+    model.replace_head(HeadConfig(cfg.head_dropout, cfg.head_hidden, cfg.head_init), chosen.head)
+    return cfg
 
 
 def _evaluate_best(run: Run, trainer: L.Trainer, p: Prepared, setup_seconds: float):
@@ -226,6 +276,7 @@ def _evaluate_best(run: Run, trainer: L.Trainer, p: Prepared, setup_seconds: flo
         "train_seconds": round(sum(r["seconds"] for r in rows), 2),
         **view_metrics(run.config, p.inputs["training"]),  # augmented views: their K and bytes
         **({"frozen_pass": p.engine.used} if p.engine.used else {}),  # the engine that ran it, parity error
+        **({"head_search": run.config.head_choice} if run.config.head_choice else {}),  # the heads tried first
     }
     if weights is not None:  # class_weights=auto: what each class's loss was weighted by
         run.metrics["class_weights"] = {c: round(float(w), 4) for c, w in zip(ds.classes, weights.tolist())}
@@ -262,6 +313,8 @@ def fit(
     try:
         if p.ranks.is_zero:
             _save_lr_curve(run, found)  # the finder's curve, for the report
+            if p.head_search is not None:
+                p.head_search.save(run.head_search_file)
         setup_seconds = time.perf_counter() - started
         # 2. Train, keeping the best epoch by the monitored validation figure (val_loss by default).
         history = History(run, lines=progress and not in_terminal(), label=p.cfg.name or "")

@@ -19,7 +19,7 @@ from headstart.models import strategies as S
 from headstart.models.classifier import Classifier
 from headstart.models.features import memory_layout
 from headstart.training.losses import train_loss
-from headstart.training.optimizers import KerasAdam
+from headstart.training.optimizers import l2_penalty, make_optimizer
 from headstart.training.schedule import lr_lambda
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,14 @@ class TransferModule(L.LightningModule):
         return self._forward(x)
 
     def train_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.train_loss_fn(logits, y).mean()
+        loss = self.train_loss_fn(logits, y).mean()
+        return loss + l2_penalty(self.model.head, self.cfg.weight_decay) if self.full_batch else loss
+
+    @property
+    def full_batch(self) -> bool:
+        """L-BFGS: every rank steps on the whole training split at once (the same loss on every rank, so
+        every rank's line search takes the same steps), its weight decay an L2 penalty in the loss."""
+        return self.cfg.optimizer == "lbfgs"
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
@@ -76,6 +83,8 @@ class TransferModule(L.LightningModule):
             self.log("batch_loss", loss, prog_bar=True, logger=False)
         # Epoch sums of our own (loss, correct, count), added up over the ranks at the epoch's end.
         stats = self.epoch_stats[stage]
+        if stage == "train" and self.full_batch:
+            stats.zero_()  # L-BFGS evaluates the batch many times a step: the epoch's figures are its last
         stats += torch.stack(
             [loss.detach().float() * len(y), correct.float(), torch.tensor(float(len(y)), device=y.device)]
         )
@@ -84,7 +93,7 @@ class TransferModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         loss = self._step(batch, "train")
         world = self.trainer.world_size
-        if world > 1 and self.train_size:
+        if world > 1 and self.train_size and not self.full_batch:
             # DDP averages the ranks' gradients, each rank's loss a mean over its share: weigh each
             # share by its size, so the step is the whole global batch's mean even when it does
             # not split evenly (a batch of 7 on 2 ranks; the last, smaller batch of an epoch).
@@ -144,11 +153,9 @@ class TransferModule(L.LightningModule):
         groups = S.param_groups(
             self.model, cfg.lr, cfg.backbone_lr, cfg.lr_decay, include_frozen=cfg.strategy == "gradual"
         )
-        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "keras_adam": KerasAdam}[
-            cfg.optimizer
-        ]
-        kwargs = {"momentum": 0.9} if cfg.optimizer == "sgd" else {}
-        opt = kind(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
+        opt = make_optimizer(groups, cfg.optimizer, cfg.lr, cfg.weight_decay)
+        if self.full_batch:  # L-BFGS' line search sets its steps: no schedule
+            return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, self.steps_per_epoch))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
