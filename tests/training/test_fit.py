@@ -90,11 +90,15 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny, tmp_path: Path, stra
         return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
     assert strip(resumed.history) == strip(whole.history)
-    timing = ("setup_seconds", "train_seconds", "frozen_pass")  # the resumed run reads the frozen pass from disk
+    timing = ("setup_seconds", "train_seconds", "frozen_pass", "head_search")  # the frozen pass is read from disk
     assert {k: v for k, v in resumed.metrics.items() if k not in timing} == {
         k: v for k, v in whole.metrics.items() if k not in timing
     }
     assert resumed.metrics["frozen_pass"] == {**whole.metrics["frozen_pass"], "kept": True}
+    if strategy == "features":  # the search made once, by the first run, and recorded: the resumed run trains it
+        assert resumed.metrics["head_search"] == stopped.config.head_choice
+        searched = {k: v for k, v in whole.metrics["head_search"].items() if k != "seconds"}
+        assert {k: v for k, v in resumed.metrics["head_search"].items() if k != "seconds"} == searched
     with pytest.raises(RunError, match="its config differs \\(epochs: the run has 4, asked 6\\)"):
         fit(resume=moved, epochs=6)
 

@@ -203,6 +203,7 @@ def search_heads(
 def calibrate(trial: Trial, y: torch.Tensor) -> None:
     """The temperature that gives ``trial``'s validation logits their lowest loss, that loss, and its
     probabilities at that temperature."""
+
     def lowest(temperatures: np.ndarray) -> tuple[float, float]:
         losses = [nn.functional.cross_entropy(trial.logits / float(t), y).item() for t in temperatures]
         i = int(np.argmin(losses))
