@@ -153,3 +153,19 @@ def test_head_search_bench_quick_scores_every_candidate_on_the_evaluation_split(
     own, chosen = (float(v) / 100 for v in line.groups())
     assert own == pytest.approx(rows[0]["eval_accuracy"], abs=5e-4)
     assert chosen == pytest.approx(next(r for r in rows if r["chosen"])["eval_accuracy"], abs=5e-4)
+
+
+def test_deploy_bench_quick_times_each_export_against_eager_pytorch(toy_run, tmp_path, capsys):
+    printed = _bench(
+        capsys, "deploy.py", str(toy_run.dir), "--quick", "--formats", "onnx:fp32,openvino:fp32", "--out", str(tmp_path)
+    )
+    rows = re.findall(r"^\| ([a-z0-9 ]+:fp32) \| ([\d.]*) \| ([\d.]+) \| ([\d.]+)× \| (\d+) \|", printed, re.M)
+    assert [r[0] for r in rows] == ["pytorch eager:fp32", "onnx:fp32", "openvino:fp32"], printed
+    assert rows[0][3] == "1.00" and all(float(r[2]) > 0 and int(r[4]) > 0 for r in rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model-fp32.bin",
+        "model-fp32.onnx",
+        "model-fp32.onnx.json",
+        "model-fp32.xml",
+        "model-fp32.xml.json",
+    ]

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from headstart.cli import console as show
-from headstart.cli.app import command
+from headstart.cli.app import _fail, command
 from headstart.cli.console import err, out
 from headstart.cli.options import TTA_HELP, Device, EngineOption, EnginePrecision, PrintFormat, RunSource, TopK
 from headstart.data.images import MAX_PIXELS
@@ -41,20 +41,46 @@ def predict(
 @command
 def export(
     run: RunSource,
-    format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    format: Annotated[
+        str, typer.Option("--format", help="onnx, openvino (IR .xml + .bin), pt2 (torch.export) or torchscript.")
+    ] = "onnx",
+    half: Annotated[bool, typer.Option("--half", help="fp16 weights (onnx, openvino).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="int8, calibrated on the run's training images (onnx).")] = False,
+    min_agreement: Annotated[
+        Optional[float],
+        typer.Option(
+            help="fp16, int8: the least share of evaluation images on which the file must pick PyTorch's top class.",
+            show_default="0.99 fp16, 0.95 int8",
+        ),
+    ] = None,
+    calibration_images: Annotated[
+        int, typer.Option(min=1, help="int8: training images the activation ranges are calibrated on.")
+    ] = 300,
     out_file: Annotated[
-        Optional[Path], typer.Option("--out", help="Output file.", show_default="RUN/export/model.onnx or model.pt")
+        Optional[Path],
+        typer.Option("--out", help="Output file.", show_default="RUN/export/model[-fp16|-int8].<onnx|xml|pt2|pt>"),
     ] = None,
 ) -> None:
     """Export the model (with its class names and preprocessing) and check it against PyTorch."""
     from headstart.inference.export import TOLERANCE
     from headstart.inference.export import export as run_export
 
-    result = run_export(run, format, out_file)
+    if half and int8:
+        raise _fail(f"--half and --int8 are two precisions: pass one. Received: --half --int8 --format {format}")
+    precision = "fp16" if half else "int8" if int8 else "fp32"
+    result = run_export(run, format, out_file, precision, min_agreement, calibration_images)
     out.print(f"Wrote {result.path} and {result.sidecar}")
+    if result.checks is None:
+        out.print(
+            f"Parity with PyTorch on {result.samples} sample images: max probability difference "
+            f"{result.max_difference:.2e} (allowed {TOLERANCE:g})"
+        )
+        return
+    c = result.checks
     out.print(
-        f"Parity with PyTorch on {result.samples} sample images: max probability difference "
-        f"{result.max_difference:.2e} (allowed {TOLERANCE:g})"
+        f"{precision} on {c['images']} evaluation images: the same top class as PyTorch on {c['agreement']:.1%} "
+        f"(required {c['min_agreement']:.0%})"
+        + (f"; accuracy {c['accuracy']:.1%}, PyTorch's {c['pytorch_accuracy']:.1%}" if "accuracy" in c else "")
     )
 
 

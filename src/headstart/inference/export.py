@@ -1,18 +1,26 @@
-"""Export a trained model to ONNX or TorchScript, checked against PyTorch before it is kept.
+"""Export a trained model — ONNX, OpenVINO IR, torch.export (``pt2``) or TorchScript; fp16 and int8 where
+the format runs them — and check the file against PyTorch before it is kept.
 
 >>> result = export("runs/efficientnet_lite0-features-...", "onnx")      # doctest: +SKIP
 >>> result.path, result.max_difference                                   # doctest: +SKIP
 (PosixPath('runs/.../export/model.onnx'), 3.2e-07)
+>>> export(run, "onnx", precision="int8").checks["agreement"]           # doctest: +SKIP
+0.99
 
 The exported graph takes what ``Predictor.prepare`` makes of a photo, as float32 NCHW RGB in
 [0, 1] at the model's input size (any batch size), and returns the class probabilities; the
 normalisation (mean, std) is inside it. Everything needed to prepare an input and to read the
-output (input size, resize method, class names) travels with it: in the ONNX file's metadata
-(key ``headstart``) and in a sidecar ``<file>.json`` for both formats.
+output (input size, resize method, class names, the run) travels with it: in the file's own
+metadata (ONNX ``metadata_props`` and OpenVINO ``rt_info``, key ``headstart``; ``pt2`` and TorchScript
+as an extra file) and in a sidecar ``<file>.json``, which also records the checks.
 
-After writing, the file is run (onnxruntime for ONNX, ``torch.jit.load`` for TorchScript) on
-sample images of the run's data, and its probabilities must match PyTorch's within ``TOLERANCE``;
-if they do not, nothing is kept and ``ExportError`` says by how much they differ.
+After writing, the file runs (ONNX Runtime, OpenVINO, ``torch.export.load``, ``torch.jit.load``) on images
+of the run's evaluation split. fp32: its probabilities must match PyTorch's within ``TOLERANCE``. fp16 and
+int8 round on purpose, so they are judged by what a user sees: the share of images on which they pick
+PyTorch's top class (at least ``MIN_AGREEMENT``, or ``min_agreement``) and the accuracy on those images,
+beside PyTorch's. int8 is calibrated on images of the run's training split (``CALIBRATION_IMAGES``).
+A file that fails its check is not kept (``ExportError``, exit 1); a precision a format cannot run is
+refused before any work (exit 2), never written as fp32.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from torch import nn
 from headstart._version import __version__
 from headstart.data.dataset import load_dataset_for
 from headstart.engines.onnx_files import write_onnx
-from headstart.engines.runtimes import onnxruntime_run
+from headstart.engines.runtimes import installed, onnxruntime_run, openvino_run
 from headstart.errors import ConfigError, ExportError, HeadstartError
 from headstart.inference.predict import Predictor, load
 from headstart.runs.folder import Run, export_file
@@ -40,9 +48,23 @@ from headstart.utils.files import check_writable_dir
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
-TOLERANCE = 1e-4  # max absolute difference of probabilities against PyTorch
-SAMPLES = 8
+FORMATS = {"onnx": ".onnx", "openvino": ".xml", "pt2": ".pt2", "torchscript": ".pt"}
+# The precisions each format is written in here (OpenVINO int8 needs NNCF's quantizer: not yet).
+PRECISIONS = {
+    "onnx": ("fp32", "fp16", "int8"),
+    "openvino": ("fp32", "fp16"),
+    "pt2": ("fp32",),
+    "torchscript": ("fp32",),
+}
+TOLERANCE = 1e-4  # fp32: max absolute difference of probabilities against PyTorch
+# fp16 and int8: the least share of evaluation images on which the file picks PyTorch's top class. fp16
+# rounding only flips near-ties (1 in 100 is already many); static int8 moves more, and a model that
+# disagrees on more than 1 image in 20 has lost accuracy a user would notice.
+MIN_AGREEMENT = {"fp16": 0.99, "int8": 0.95}
+SAMPLES = 8  # fp32 parity: images (of the evaluation split) run as one batch and one alone
+CHECK_IMAGES = 300  # fp16, int8: evaluation images the agreement and accuracy are measured on
+CALIBRATION_IMAGES = 300  # int8: training images its activation ranges are calibrated on
+CALIBRATION_BATCH = 10
 
 
 @dataclass
@@ -50,8 +72,10 @@ class Exported:
     path: Path
     sidecar: Path
     format: str
-    max_difference: float
+    max_difference: float  # fp32: against PyTorch's probabilities; fp16, int8: measured, not the criterion
     samples: int
+    precision: str = "fp32"
+    checks: dict | None = None  # fp16, int8: agreement, accuracy and PyTorch's accuracy, images, threshold
 
 
 class WithSoftmax(nn.Module):
@@ -105,6 +129,86 @@ def _write_torchscript(graph: nn.Module, example: torch.Tensor, path: Path, meta
         torch.jit.save(traced, str(path), _extra_files={"headstart.json": json.dumps(meta)})
 
 
+def _write_pt2(graph: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
+    """A ``torch.export`` ExportedProgram (TorchScript's successor), any batch size."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(graph, (example,), dynamic_shapes={"image": {0: batch}})
+    torch.export.save(program, str(path), extra_files={"headstart.json": json.dumps(meta)})
+
+
+def _write_openvino(graph: nn.Module, example: torch.Tensor, path: Path, meta: dict, half: bool = False) -> None:
+    """OpenVINO IR (``.xml`` and its ``.bin``) converted from the ONNX graph; fp16: the weights stored in half."""
+    import openvino as ov
+
+    onnx_file = path.with_name(path.name + ".onnx")
+    try:
+        _write_onnx(graph, example, onnx_file, meta)
+        model = ov.convert_model(str(onnx_file))
+    finally:
+        onnx_file.unlink(missing_ok=True)
+    model.set_rt_info(json.dumps(meta), ["headstart"])
+    ov.save_model(model, str(path), compress_to_fp16=half)
+
+
+def _onnx_fp16(path: Path, meta: dict) -> None:
+    """The fp32 ONNX file at ``path`` rewritten in fp16 (inputs and outputs stay float32)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+    _save_onnx(model, path, meta)
+
+
+def _onnx_int8(path: Path, meta: dict, calibration: np.ndarray) -> None:
+    """The fp32 ONNX file at ``path`` quantised to int8 by ONNX Runtime: static, QDQ, int8 weights per
+    channel, uint8 activations whose ranges are the 99.999th percentile of what ``calibration`` images
+    make of them (on the demo: 97 % agreement with PyTorch, where the plain min-max ranges gave 94 %)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    step = min(CALIBRATION_BATCH, len(calibration))  # batches of one size: the histograms need it
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration[i : i + step] for i in range(0, len(calibration) - step + 1, step))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"image": batch}
+
+    quantized = path.with_name(path.name + ".int8.onnx")
+    try:
+        quantize_static(
+            str(path),
+            str(quantized),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.Percentile,
+        )
+        _save_onnx(onnx.load(str(quantized)), path, meta)
+    finally:
+        quantized.unlink(missing_ok=True)
+
+
+def _save_onnx(model, path: Path, meta: dict) -> None:
+    """``model`` saved at ``path``, carrying ``meta`` (the converters drop metadata_props)."""
+    import onnx
+
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "headstart", json.dumps(meta)
+    onnx.save(model, str(path))
+
+
 @contextlib.contextmanager
 def _torchscript_is_deprecated():
     # PyTorch deprecates TorchScript in favour of torch.export, but C++ and mobile runtimes still load it.
@@ -115,11 +219,14 @@ def _torchscript_is_deprecated():
 
 def runner(path: str | Path, fmt: str):
     """A function from a float32 NCHW batch (numpy) to probabilities, running the exported file."""
-    if fmt == "onnx":  # as the engines run it
-        run = onnxruntime_run(Path(path))
+    if fmt in ("onnx", "openvino"):  # as the engines run them
+        run = (onnxruntime_run if fmt == "onnx" else openvino_run)(Path(path))
         return lambda x: run(torch.from_numpy(x)).numpy()
-    with _torchscript_is_deprecated():
-        module = torch.jit.load(str(path), map_location="cpu").eval()
+    if fmt == "pt2":
+        module = torch.export.load(str(path)).module()
+    else:
+        with _torchscript_is_deprecated():
+            module = torch.jit.load(str(path), map_location="cpu").eval()
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -128,22 +235,39 @@ def runner(path: str | Path, fmt: str):
     return run
 
 
+def split_images(predictor: Predictor, split: str, n: int) -> tuple[list[np.ndarray], list[int]]:
+    """Up to ``n`` prepared images of a split of the model's run, with their labels (none without a run,
+    or when its data is elsewhere now)."""
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    if predictor.run_dir is None:
+        return images, labels
+    try:
+        ds = load_dataset_for(Run.load(predictor.run_dir).config)
+        for sample in [s for s in ds.samples if s.split == split]:
+            if len(images) >= n:
+                break
+            for _, img in predictor.read(sample.path):
+                if not isinstance(img, str):
+                    images.append(predictor.prepare(img))
+                    labels.append(sample.label)
+    except Exception as e:  # the run's data is elsewhere now
+        log.warning("export check: the run's %s images cannot be read (%s)", split, e)
+    return images[:n], labels[:n]
+
+
 def sample_images(predictor: Predictor, n: int = SAMPLES) -> list[np.ndarray]:
     """Up to ``n`` prepared images from the evaluation split of the model's run, else seeded noise."""
-    images: list[np.ndarray] = []
-    if predictor.run_dir is not None:
-        try:
-            ds = load_dataset_for(Run.load(predictor.run_dir).config)
-            for sample in [s for s in ds.samples if s.split == "evaluation"][: n * 2]:
-                images += [predictor.prepare(img) for _, img in predictor.read(sample.path) if not isinstance(img, str)]
-        except Exception as e:  # the run's data is elsewhere now
-            log.warning("parity check: the run's data cannot be read (%s); using noise images", e)
-    images = images[:n]
+    images = split_images(predictor, "evaluation", n)[0]
     size = predictor.preprocessing.input_size
     rng = np.random.default_rng(0)
     while len(images) < n:  # noise still exercises every layer
         images.append(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
     return images
+
+
+def _batch(images: list[np.ndarray]) -> np.ndarray:
+    return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
 
 
 def check_parity(
@@ -157,7 +281,7 @@ def check_parity(
     absolute difference of probabilities against PyTorch. Raises ExportError above ``tolerance``."""
     images = images if images is not None else sample_images(predictor)
     expected = predictor.probabilities(images)
-    x = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    x = _batch(images)
     try:
         run = runner(path, fmt)
         got = [np.asarray(run(x)), np.asarray(run(x[:1]))]
@@ -179,19 +303,92 @@ def check_parity(
     return diff
 
 
-def export(source: str | os.PathLike | Predictor, fmt: str = "onnx", out: str | os.PathLike | None = None) -> Exported:
-    """Write the model of a run (or any ``Predictor``) as ONNX or TorchScript, with its class names
-    and preprocessing, and check it against PyTorch. Default file: ``<run>/export/model.<ext>``
-    (beside the file for a saved ``.safetensors`` model)."""
+def check_agreement(
+    predictor: Predictor, path: Path, fmt: str, precision: str, min_agreement: float, n: int = CHECK_IMAGES
+) -> dict:
+    """A reduced-precision file on up to ``n`` evaluation images (noise where the run has none): how often it
+    picks PyTorch's top class, and both accuracies. Raises ExportError below ``min_agreement``."""
+    images, labels = split_images(predictor, "evaluation", n)
+    images = images or sample_images(predictor, 32)
+    expected = predictor.probabilities(images)
+    try:
+        run = runner(path, fmt)
+        got = np.concatenate([np.asarray(run(_batch(images[i : i + 32]))) for i in range(0, len(images), 32)])
+    except Exception as e:
+        raise ExportError(f"The exported {fmt} {precision} file does not run: {type(e).__name__}: {e}") from None
+    agreement = float((got.argmax(1) == expected.argmax(1)).mean())
+    checks = {
+        "images": len(images),
+        "agreement": round(agreement, 4),
+        "min_agreement": min_agreement,
+        "max_difference": round(float(np.abs(got - expected).max()), 6),
+    }
+    if labels:
+        y = np.asarray(labels)
+        checks["accuracy"] = round(float((got.argmax(1) == y).mean()), 4)
+        checks["pytorch_accuracy"] = round(float((expected.argmax(1) == y).mean()), 4)
+    if agreement < min_agreement:
+        raise ExportError(
+            f"The {precision} {fmt} model picks PyTorch's top class on {agreement:.1%} of {len(images)} evaluation "
+            f"images (required: {min_agreement:.0%}; --min-agreement sets it). Nothing was kept."
+            + (
+                f" Its accuracy there: {checks['accuracy']:.1%}, PyTorch's {checks['pytorch_accuracy']:.1%}."
+                if labels
+                else ""
+            )
+        )
+    return checks
+
+
+def check_precision(fmt: str, precision: str) -> None:
+    """The formats and precisions written here; anything else is refused, never written as fp32."""
     if fmt not in FORMATS:
         raise ConfigError(f"Unknown export format '{fmt}'. Choose one of: {', '.join(FORMATS)}.")
+    if precision not in PRECISIONS[fmt]:
+        can = ", ".join(f"{f} ({'/'.join(p)})" for f, p in PRECISIONS.items())
+        raise ConfigError(
+            f"{fmt} is exported in {' or '.join(PRECISIONS[fmt])} here, not {precision}. Formats and their "
+            f"precisions: {can}. Received: --format {fmt} with {precision}."
+        )
+
+
+def export(
+    source: str | os.PathLike | Predictor,
+    fmt: str = "onnx",
+    out: str | os.PathLike | None = None,
+    precision: str = "fp32",
+    min_agreement: float | None = None,
+    calibration_images: int = CALIBRATION_IMAGES,
+) -> Exported:
+    """Write the model of a run (or any ``Predictor``) as ``fmt`` in ``precision`` (fp32, fp16, int8), with
+    its class names and preprocessing, and check it against PyTorch (module docstring). Default file:
+    ``<run>/export/model[-fp16|-int8].<ext>`` (beside the file for a saved ``.safetensors`` model)."""
+    check_precision(fmt, precision)
+    if min_agreement is not None and not 0 < min_agreement <= 1:
+        raise ConfigError(f"--min-agreement is a share of images, above 0 and at most 1. Received: {min_agreement}")
+    if fmt == "openvino" and not installed("openvino"):  # a missing extra: exit 2 naming it, before any work
+        raise ConfigError(
+            "--format openvino needs the openvino package: pip install 'headstart[openvino]' (or pip install "
+            "openvino), or export --format onnx."
+        )
     predictor = source if isinstance(source, Predictor) else load(source, device="cpu")  # exported on the CPU
+    ext = ("" if precision == "fp32" else f"-{precision}") + FORMATS[fmt]
     if out is None:
-        out = export_file(predictor.run_dir or Path(predictor.source).parent, FORMATS[fmt])
-    path, meta = Path(out), metadata(predictor, fmt)
+        out = export_file(predictor.run_dir or Path(predictor.source).parent, ext)
+    path, meta = Path(out), {**metadata(predictor, fmt), "precision": precision}
     if path.is_dir() or path.suffix != FORMATS[fmt]:
         raise ConfigError(f"The output (--out) must be a {FORMATS[fmt]} file for {fmt}. Received: {path}")
     check_writable_dir(path.parent, "--out")
+    calibration = None
+    if precision == "int8":
+        images = split_images(predictor, "training", calibration_images)[0]
+        if not images:
+            raise ConfigError(
+                f"int8 is calibrated on the run's training images, and none can be read from "
+                f"{predictor.run_dir or predictor.source}. Export from a run folder whose data is where it was."
+            )
+        calibration = _batch(images)
+        meta["calibration"] = {"split": "training", "images": len(images)}
     sidecar = path.with_name(path.name + ".json")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{FORMATS[fmt]}")
     tmp_sidecar = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
@@ -199,28 +396,55 @@ def export(source: str | os.PathLike | Predictor, fmt: str = "onnx", out: str | 
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = _write_onnx if fmt == "onnx" else _write_torchscript
         try:
             with torch.no_grad():
-                writer(_graph(predictor), example, tmp, meta)
-        except OSError:
+                _write(fmt, precision, _graph(predictor), example, tmp, meta, calibration)
+        except (OSError, HeadstartError):
             raise
         except Exception as e:
-            raise ExportError(f"Exporting to {fmt} failed: {type(e).__name__}: {e}") from None
-        diff = check_parity(predictor, tmp, fmt)
-        tmp_sidecar.write_text(json.dumps({**meta, "parity_max_difference": diff}, indent=2) + "\n")
-        os.replace(tmp, path)  # both written in full first: the model, then the sidecar that describes it
+            raise ExportError(f"Exporting to {fmt} {precision} failed: {type(e).__name__}: {e}") from None
+        if precision == "fp32":
+            diff, checks = check_parity(predictor, tmp, fmt), None
+        else:
+            checks = check_agreement(predictor, tmp, fmt, precision, min_agreement or MIN_AGREEMENT[precision])
+            diff = checks["max_difference"]
+        record = {**meta, "parity_max_difference": diff, **({"checks": checks} if checks else {})}
+        tmp_sidecar.write_text(json.dumps(record, indent=2) + "\n")
+        for a, b in _companions(tmp, path):  # the model (and OpenVINO's weights), then the sidecar describing it
+            os.replace(a, b)
         os.replace(tmp_sidecar, sidecar)
     except OSError as e:
         raise HeadstartError(f"Cannot write {path}: {e.strerror or e}. Pass a writable --out.") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        for leftover, _ in _companions(tmp, path):
+            leftover.unlink(missing_ok=True)
         tmp_sidecar.unlink(missing_ok=True)
-    return Exported(path, sidecar, fmt, diff, SAMPLES)
+    return Exported(path, sidecar, fmt, diff, SAMPLES if checks is None else checks["images"], precision, checks)
+
+
+def _write(fmt, precision, graph, example, path: Path, meta: dict, calibration) -> None:
+    if fmt == "openvino":
+        _write_openvino(graph, example, path, meta, half=precision == "fp16")
+    elif fmt == "onnx":
+        _write_onnx(graph, example, path, meta)
+        if precision == "fp16":
+            _onnx_fp16(path, meta)
+        elif precision == "int8":
+            _onnx_int8(path, meta, calibration)
+    else:
+        (_write_pt2 if fmt == "pt2" else _write_torchscript)(graph, example, path, meta)
+
+
+def _companions(tmp: Path, path: Path) -> list[tuple[Path, Path]]:
+    """The files a format writes, temporary and final: one, or OpenVINO's ``.xml`` and ``.bin``."""
+    pairs = [(tmp, path)]
+    if path.suffix == ".xml":
+        pairs.append((tmp.with_suffix(".bin"), path.with_suffix(".bin")))
+    return pairs
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The metadata an exported file carries (the ONNX file's own, else the sidecar JSON)."""
+    """The metadata an exported file carries in its own format (ONNX, OpenVINO), else the sidecar JSON."""
     path = Path(path)
     if path.suffix == ".onnx":
         import onnx
@@ -228,4 +452,10 @@ def read_metadata(path: str | Path) -> dict:
         for entry in onnx.load(str(path), load_external_data=False).metadata_props:
             if entry.key == "headstart":
                 return json.loads(entry.value)
+    if path.suffix == ".xml":
+        import openvino as ov
+
+        model = ov.Core().read_model(str(path))
+        if model.has_rt_info(["headstart"]):
+            return json.loads(model.get_rt_info(["headstart"]).astype(str))
     return json.loads(path.with_name(path.name + ".json").read_text())

@@ -1,0 +1,94 @@
+"""Exported files against PyTorch: size, batch-1 latency, batch-32 throughput, agreement and accuracy.
+
+    python bench/deploy.py RUN [--formats onnx:fp32,onnx:int8,...] [--repeats 50]
+    python bench/deploy.py RUN --quick            # 3 repeats: checks the script runs (the tests)
+
+Each format:precision is exported with ``headstart.export`` (checked as it always is; its agreement and
+accuracy on the run's evaluation split come from that check), then timed in this process with PyTorch
+eager fp32 interleaved: every round runs each engine once on the same prepared images, so the ratios
+compare like with like on a shared machine. Batch-1 latency is the median over ``--repeats`` rounds;
+batch-32 throughput the best of a few. Threads: PyTorch's (``torch.get_num_threads()``) for every engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+DEFAULT = "onnx:fp32,onnx:fp16,onnx:int8,openvino:fp32,openvino:fp16"
+
+
+def main(argv: list[str] | None = None) -> None:
+    import numpy as np
+    import torch
+
+    from headstart.inference.export import _batch, export, runner, split_images
+    from headstart.inference.predict import load
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="A run folder.")
+    parser.add_argument("--formats", default=DEFAULT, help=f"Comma-separated format:precision. Default: {DEFAULT}.")
+    parser.add_argument("--repeats", type=int, default=50, help="Batch-1 rounds (the median is kept). Default: 50.")
+    parser.add_argument("--out", help="Folder for the exported files (default: RUN/export).")
+    parser.add_argument("--quick", action="store_true", help="3 rounds: checks the script runs (the tests).")
+    args = parser.parse_args(argv)
+    repeats = 3 if args.quick else args.repeats
+
+    predictor = load(args.run, device="cpu")
+    images = split_images(predictor, "evaluation", 32)[0]
+    one, many = _batch(images[:1]), _batch((images * 32)[:32])
+    model = predictor.model.eval()
+
+    def eager(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).softmax(1).numpy()
+
+    engines = {"pytorch eager:fp32": (eager, None)}
+    for spec in args.formats.split(","):
+        fmt, precision = spec.split(":")
+        ext = {"onnx": ".onnx", "openvino": ".xml", "pt2": ".pt2", "torchscript": ".pt"}[fmt]
+        out = Path(args.out) / f"model-{precision}{ext}" if args.out else None
+        result = export(predictor, fmt, out, precision)
+        size = result.path.stat().st_size + (result.path.with_suffix(".bin").stat().st_size if fmt == "openvino" else 0)
+        engines[spec] = (runner(result.path, fmt), {"size": size, "checks": result.checks})
+
+    latency = {name: [] for name in engines}
+    for _ in range(repeats):  # interleaved: each round runs every engine once
+        for name, (run, _) in engines.items():
+            start = time.perf_counter()
+            run(one)
+            latency[name].append(time.perf_counter() - start)
+    throughput = {}
+    for name, (run, _) in engines.items():
+        run(many)
+        throughput[name] = max(32 / _timed(run, many) for _ in range(2 if args.quick else 5))
+
+    base_latency = statistics.median(latency["pytorch eager:fp32"])
+    print(f"{len(images)} evaluation images of {args.run}; {torch.get_num_threads()} threads\n")
+    print(
+        "| engine:precision | file MB | batch-1 ms (median) | × eager | batch-32 images/s | × eager | agreement "
+        "| accuracy |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, (_, info) in engines.items():
+        ms = 1000 * statistics.median(latency[name])
+        size = f"{info['size'] / 2**20:.1f}" if info else ""
+        checks = (info or {}).get("checks") or {}
+        agreement = f"{checks['agreement']:.1%}" if "agreement" in checks else ("(parity ≤ 1e-4)" if info else "")
+        accuracy = f"{checks['accuracy']:.1%} ({checks['pytorch_accuracy']:.1%})" if "accuracy" in checks else ""
+        print(
+            f"| {name} | {size} | {ms:.1f} | {1000 * base_latency / ms:.2f}× | {throughput[name]:.0f} "
+            f"| {throughput[name] / throughput['pytorch eager:fp32']:.2f}× | {agreement} | {accuracy} |"
+        )
+
+
+def _timed(run, x) -> float:
+    start = time.perf_counter()
+    run(x)
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()
