@@ -14,22 +14,31 @@ import json
 from pathlib import Path
 
 import torch
-from helpers.datasets import TINY_OPTIONS
-from helpers.training import StopAfter
 from typer.testing import CliRunner
 
 from headstart.cli.main import app
 from headstart.config import TrainConfig
 from headstart.runs.folder import Run
 from headstart.training.fit import fit
+from helpers.datasets import TINY_OPTIONS
+from helpers.training import StopAfter
 
 FORMAT = json.loads((Path(__file__).parent.parent / "fixtures" / "checkpoint-0.1.0.json").read_text())
 runner = CliRunner()
 
 
 def test_a_run_made_now_has_the_shape_of_a_0_1_0_run_and_everything_reads_it(tiny, tmp_path: Path):
-    opts = dict(backbone="test_efficientnet", weights="none", strategy="half", average="ema", epochs=2,
-                early_stopping=0, runs_dir=tmp_path, name="run", **TINY_OPTIONS)
+    opts = dict(
+        backbone="test_efficientnet",
+        weights="none",
+        strategy="half",
+        average="ema",
+        epochs=2,
+        early_stopping=0,
+        runs_dir=tmp_path,
+        name="run",
+        **TINY_OPTIONS,
+    )
     run = fit(tiny, callbacks=[StopAfter(1)], **opts)
     ckpt = torch.load(run.last_checkpoint, weights_only=True, map_location="cpu")
     assert sorted(ckpt) == FORMAT["top_level"]
@@ -44,9 +53,11 @@ def test_a_run_made_now_has_the_shape_of_a_0_1_0_run_and_everything_reads_it(tin
     resumed = runner.invoke(app, ["train", "--resume", str(run.dir)])
     assert resumed.exit_code == 0, resumed.output
     assert [r["epoch"] for r in Run.load(run.dir).history] == [1, 2]
-    for command in (["evaluate", str(run.dir)], ["predict", str(run.dir), str(tiny / "evaluation")],
-                    ["export", str(run.dir), "--out", str(tmp_path / "model.onnx")]):
+    for command in (
+        ["evaluate", str(run.dir)],
+        ["predict", str(run.dir), str(tiny / "evaluation")],
+        ["export", str(run.dir), "--out", str(tmp_path / "model.onnx")],
+    ):
         result = runner.invoke(app, command)
         assert result.exit_code == 0, (command, result.output)
     assert (run.dir / "metrics.json").is_file() and (tmp_path / "model.onnx").is_file()
-

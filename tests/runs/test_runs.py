@@ -23,10 +23,20 @@ from headstart.runs.layout import HISTORY_COLUMNS
 
 def test_a_finished_run_holds_what_the_readme_says(tiny_run):
     files = {p.relative_to(tiny_run.dir).as_posix() for p in tiny_run.dir.rglob("*") if p.is_file()}
-    expected = {"config.yaml", "data.json", "history.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
-                "metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "curves.png", "report.html",
-                "head_search.csv",  # features: the heads tried before training
-                ".lock"}  # held while a process trains it
+    expected = {
+        "config.yaml",
+        "data.json",
+        "history.csv",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "metrics.json",
+        "confusion_matrix.csv",
+        "confusion_matrix.png",
+        "curves.png",
+        "report.html",
+        "head_search.csv",  # features: the heads tried before training
+        ".lock",
+    }  # held while a process trains it
     if tiny_run.metrics["correct"] < tiny_run.metrics["total"]:
         expected.add("misclassified.png")  # the gallery of wrong predictions, when there are any
     assert files == expected
@@ -82,8 +92,16 @@ def test_a_checkpoint_that_would_run_code_is_refused(tiny_run, tmp_path: Path, m
     assert not target.exists()
 
 
-@pytest.mark.parametrize("command", [["predict", "{run}", "{image}"], ["evaluate", "{run}"], ["export", "{run}"],
-                                     ["serve", "{run}"], ["train", "--resume", "{run}"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["predict", "{run}", "{image}"],
+        ["evaluate", "{run}"],
+        ["export", "{run}"],
+        ["serve", "{run}"],
+        ["train", "--resume", "{run}"],
+    ],
+)
 def test_no_command_runs_the_code_in_a_checkpoint(tiny_run, tiny, tmp_path: Path, monkeypatch, command):
     target = tmp_path / "pwned"
     monkeypatch.setenv("EXPLOIT_TARGET", str(target))
@@ -103,9 +121,12 @@ def test_a_damaged_checkpoint_is_exit_2_naming_the_file(tiny_run, tmp_path: Path
     for name in ("best", "last"):
         f = run / "checkpoints" / f"{name}.ckpt"
         data = f.read_bytes()
-        f.write_bytes({"truncated": data[:len(data) // 2], "garbage": os.urandom(4096), "empty": b""}[damage])
-    for command, named in ((["evaluate", str(run)], "best.ckpt"), (["train", "--resume", str(run)], "last.ckpt"),
-                           (["predict", str(run), str(run / "curves.png")], "best.ckpt")):
+        f.write_bytes({"truncated": data[: len(data) // 2], "garbage": os.urandom(4096), "empty": b""}[damage])
+    for command, named in (
+        (["evaluate", str(run)], "best.ckpt"),
+        (["train", "--resume", str(run)], "last.ckpt"),
+        (["predict", str(run), str(run / "curves.png")], "best.ckpt"),
+    ):
         result = CliRunner().invoke(app, command)
         said = " ".join(result.output.split())
         assert result.exit_code == 2, (command, result.output)
@@ -189,16 +210,17 @@ def test_ctrl_c_outside_training_exits_130(tiny_run, monkeypatch):
 def test_run_files_are_as_readable_as_the_umask_allows(tiny, tmp_path: Path):
     import stat
 
-    from helpers.datasets import TINY_OPTIONS
-
     from headstart.training.fit import fit
+    from helpers.datasets import TINY_OPTIONS
 
     old = os.umask(0o022)
     try:
         run = fit(tiny, strategy="features", epochs=1, runs_dir=tmp_path, name="modes", **TINY_OPTIONS)
     finally:
         os.umask(old)
-    modes = {p.relative_to(run.dir).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in run.dir.rglob("*") if p.is_file()}
+    modes = {
+        p.relative_to(run.dir).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in run.dir.rglob("*") if p.is_file()
+    }
     assert modes and set(modes.values()) == {0o644}, modes
 
 
