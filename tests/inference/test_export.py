@@ -17,6 +17,7 @@ from headstart.cli.main import app
 from headstart.data.dataset import demo_root
 from headstart.errors import ExportError
 from headstart.inference import export as hs_export
+from headstart.inference.export_formats import read_metadata
 from headstart.inference.predict import load
 
 
@@ -25,7 +26,7 @@ def test_onnx_export_matches_pytorch_and_carries_its_metadata(tiny_run, tmp_path
 
     result = hs_export.export(tiny_run.dir, "onnx", tmp_path / "food.onnx")
     assert result.path == tmp_path / "food.onnx" and result.max_difference < 1e-4
-    meta = hs_export.read_metadata(result.path)
+    meta = read_metadata(result.path)
     predictor = load(tiny_run.dir)
     assert meta["classes"] == predictor.classes and meta["preprocessing"]["input_size"] == 32
     assert json.loads(result.sidecar.read_text())["classes"] == predictor.classes
@@ -92,9 +93,9 @@ def test_openvino_and_pt2_exports_match_pytorch_and_carry_their_metadata(toy_run
     predictor = load(toy_run.dir)
     xml = hs_export.export(toy_run.dir, "openvino", tmp_path / "m.xml")
     assert xml.max_difference < 1e-4 and (tmp_path / "m.bin").is_file()
-    meta = hs_export.read_metadata(xml.path)  # from the IR's own rt_info, not the sidecar
+    meta = read_metadata(xml.path)  # from the IR's own rt_info, not the sidecar
     xml.sidecar.unlink()
-    assert hs_export.read_metadata(xml.path) == meta and meta["classes"] == predictor.classes
+    assert read_metadata(xml.path) == meta and meta["classes"] == predictor.classes
     assert meta["format"] == "openvino" and meta["precision"] == "fp32"
     pt2 = hs_export.export(toy_run.dir, "pt2", tmp_path / "m.pt2")
     files = {"headstart.json": ""}
@@ -115,10 +116,10 @@ def test_fp16_and_int8_are_judged_by_agreement_with_pytorch(tiny_run, tmp_path: 
         checks = json.loads(result.sidecar.read_text())["checks"]
         assert checks == result.checks and checks["images"] == 9  # the tiny run's evaluation split
         assert checks["pytorch_accuracy"] == pytest.approx(tiny_run.metrics["accuracy"], abs=1e-4)
-        assert hs_export.read_metadata(result.path)["precision"] == precision  # carried in the file itself
+        assert read_metadata(result.path)["precision"] == precision  # carried in the file itself
     assert half.checks["agreement"] >= hs_export.MIN_AGREEMENT["fp16"]
     assert int8.checks["min_agreement"] == 0.1
-    assert hs_export.read_metadata(int8.path)["calibration"] == {"split": "training", "images": 24}
+    assert read_metadata(int8.path)["calibration"] == {"split": "training", "images": 24}
     fp32_bytes = 4 * sum(p.numel() for p in load(tiny_run.dir).model.parameters())
     sizes = {r.precision: r.path.stat().st_size for r in (half, int8)}
     assert sizes["int8"] < 0.4 * fp32_bytes and sizes["fp16"] < 0.6 * fp32_bytes  # really int8, fp16

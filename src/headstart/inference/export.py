@@ -25,11 +25,9 @@ refused before any work (exit 2), never written as fp32.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,23 +37,15 @@ from torch import nn
 
 from headstart._version import __version__
 from headstart.data.dataset import load_dataset_for
-from headstart.engines.onnx_files import write_onnx
-from headstart.engines.runtimes import installed, onnxruntime_run, openvino_run
+from headstart.engines.runtimes import installed
 from headstart.errors import ConfigError, ExportError, HeadstartError
+from headstart.inference.export_formats import FORMATS, PRECISIONS, companions, runner, write
 from headstart.inference.predict import Predictor, load
 from headstart.runs.folder import Run, export_file
 from headstart.utils.files import check_writable_dir
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": ".onnx", "openvino": ".xml", "pt2": ".pt2", "torchscript": ".pt"}
-# The precisions each format is written in here (OpenVINO int8 needs NNCF's quantizer: not yet).
-PRECISIONS = {
-    "onnx": ("fp32", "fp16", "int8"),
-    "openvino": ("fp32", "fp16"),
-    "pt2": ("fp32",),
-    "torchscript": ("fp32",),
-}
 TOLERANCE = 1e-4  # fp32: max absolute difference of probabilities against PyTorch
 # fp16 and int8: the least share of evaluation images on which the file picks PyTorch's top class. fp16
 # rounding only flips near-ties (1 in 100 is already many); static int8 moves more, and a model that
@@ -64,7 +54,6 @@ MIN_AGREEMENT = {"fp16": 0.99, "int8": 0.95}
 SAMPLES = 8  # fp32 parity: images (of the evaluation split) run as one batch and one alone
 CHECK_IMAGES = 300  # fp16, int8: evaluation images the agreement and accuracy are measured on
 CALIBRATION_IMAGES = 300  # int8: training images its activation ranges are calibrated on
-CALIBRATION_BATCH = 10
 
 
 @dataclass
@@ -117,122 +106,6 @@ def metadata(predictor: Predictor, fmt: str) -> dict:
 
 def _graph(predictor: Predictor) -> nn.Module:
     return WithSoftmax(predictor.model).eval()
-
-
-def _write_onnx(graph: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
-    write_onnx(graph, example, path, input_name="image", output_name="probabilities", metadata=meta)
-
-
-def _write_torchscript(graph: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
-    with _torchscript_is_deprecated():
-        traced = torch.jit.trace(graph, example, check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files={"headstart.json": json.dumps(meta)})
-
-
-def _write_pt2(graph: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
-    """A ``torch.export`` ExportedProgram (TorchScript's successor), any batch size."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.export.export(graph, (example,), dynamic_shapes={"image": {0: batch}})
-    torch.export.save(program, str(path), extra_files={"headstart.json": json.dumps(meta)})
-
-
-def _write_openvino(graph: nn.Module, example: torch.Tensor, path: Path, meta: dict, half: bool = False) -> None:
-    """OpenVINO IR (``.xml`` and its ``.bin``) converted from the ONNX graph; fp16: the weights stored in half."""
-    import openvino as ov
-
-    onnx_file = path.with_name(path.name + ".onnx")
-    try:
-        _write_onnx(graph, example, onnx_file, meta)
-        model = ov.convert_model(str(onnx_file))
-    finally:
-        onnx_file.unlink(missing_ok=True)
-    model.set_rt_info(json.dumps(meta), ["headstart"])
-    ov.save_model(model, str(path), compress_to_fp16=half)
-
-
-def _onnx_fp16(path: Path, meta: dict) -> None:
-    """The fp32 ONNX file at ``path`` rewritten in fp16 (inputs and outputs stay float32)."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
-    _save_onnx(model, path, meta)
-
-
-def _onnx_int8(path: Path, meta: dict, calibration: np.ndarray) -> None:
-    """The fp32 ONNX file at ``path`` quantised to int8 by ONNX Runtime: static, QDQ, int8 weights per
-    channel, uint8 activations whose ranges are the 99.999th percentile of what ``calibration`` images
-    make of them (on the demo: 97 % agreement with PyTorch, where the plain min-max ranges gave 94 %)."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    step = min(CALIBRATION_BATCH, len(calibration))  # batches of one size: the histograms need it
-
-    class Batches(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(calibration[i : i + step] for i in range(0, len(calibration) - step + 1, step))
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {"image": batch}
-
-    quantized = path.with_name(path.name + ".int8.onnx")
-    try:
-        quantize_static(
-            str(path),
-            str(quantized),
-            Batches(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.Percentile,
-        )
-        _save_onnx(onnx.load(str(quantized)), path, meta)
-    finally:
-        quantized.unlink(missing_ok=True)
-
-
-def _save_onnx(model, path: Path, meta: dict) -> None:
-    """``model`` saved at ``path``, carrying ``meta`` (the converters drop metadata_props)."""
-    import onnx
-
-    del model.metadata_props[:]
-    entry = model.metadata_props.add()
-    entry.key, entry.value = "headstart", json.dumps(meta)
-    onnx.save(model, str(path))
-
-
-@contextlib.contextmanager
-def _torchscript_is_deprecated():
-    # PyTorch deprecates TorchScript in favour of torch.export, but C++ and mobile runtimes still load it.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        yield
-
-
-def runner(path: str | Path, fmt: str):
-    """A function from a float32 NCHW batch (numpy) to probabilities, running the exported file."""
-    if fmt in ("onnx", "openvino"):  # as the engines run them
-        run = (onnxruntime_run if fmt == "onnx" else openvino_run)(Path(path))
-        return lambda x: run(torch.from_numpy(x)).numpy()
-    if fmt == "pt2":
-        module = torch.export.load(str(path)).module()
-    else:
-        with _torchscript_is_deprecated():
-            module = torch.jit.load(str(path), map_location="cpu").eval()
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return module(torch.from_numpy(x)).numpy()
-
-    return run
 
 
 def split_images(predictor: Predictor, split: str, n: int) -> tuple[list[np.ndarray], list[int]]:
@@ -398,7 +271,7 @@ def export(
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with torch.no_grad():
-                _write(fmt, precision, _graph(predictor), example, tmp, meta, calibration)
+                write(fmt, precision, _graph(predictor), example, tmp, meta, calibration)
         except (OSError, HeadstartError):
             raise
         except Exception as e:
@@ -410,52 +283,13 @@ def export(
             diff = checks["max_difference"]
         record = {**meta, "parity_max_difference": diff, **({"checks": checks} if checks else {})}
         tmp_sidecar.write_text(json.dumps(record, indent=2) + "\n")
-        for a, b in _companions(tmp, path):  # the model (and OpenVINO's weights), then the sidecar describing it
+        for a, b in companions(tmp, path):  # the model (and OpenVINO's weights), then the sidecar describing it
             os.replace(a, b)
         os.replace(tmp_sidecar, sidecar)
     except OSError as e:
         raise HeadstartError(f"Cannot write {path}: {e.strerror or e}. Pass a writable --out.") from None
     finally:
-        for leftover, _ in _companions(tmp, path):
+        for leftover, _ in companions(tmp, path):
             leftover.unlink(missing_ok=True)
         tmp_sidecar.unlink(missing_ok=True)
     return Exported(path, sidecar, fmt, diff, SAMPLES if checks is None else checks["images"], precision, checks)
-
-
-def _write(fmt, precision, graph, example, path: Path, meta: dict, calibration) -> None:
-    if fmt == "openvino":
-        _write_openvino(graph, example, path, meta, half=precision == "fp16")
-    elif fmt == "onnx":
-        _write_onnx(graph, example, path, meta)
-        if precision == "fp16":
-            _onnx_fp16(path, meta)
-        elif precision == "int8":
-            _onnx_int8(path, meta, calibration)
-    else:
-        (_write_pt2 if fmt == "pt2" else _write_torchscript)(graph, example, path, meta)
-
-
-def _companions(tmp: Path, path: Path) -> list[tuple[Path, Path]]:
-    """The files a format writes, temporary and final: one, or OpenVINO's ``.xml`` and ``.bin``."""
-    pairs = [(tmp, path)]
-    if path.suffix == ".xml":
-        pairs.append((tmp.with_suffix(".bin"), path.with_suffix(".bin")))
-    return pairs
-
-
-def read_metadata(path: str | Path) -> dict:
-    """The metadata an exported file carries in its own format (ONNX, OpenVINO), else the sidecar JSON."""
-    path = Path(path)
-    if path.suffix == ".onnx":
-        import onnx
-
-        for entry in onnx.load(str(path), load_external_data=False).metadata_props:
-            if entry.key == "headstart":
-                return json.loads(entry.value)
-    if path.suffix == ".xml":
-        import openvino as ov
-
-        model = ov.Core().read_model(str(path))
-        if model.has_rt_info(["headstart"]):
-            return json.loads(model.get_rt_info(["headstart"]).astype(str))
-    return json.loads(path.with_name(path.name + ".json").read_text())
