@@ -111,7 +111,14 @@ def test_fp16_and_int8_are_judged_by_agreement_with_pytorch(tiny_run, tmp_path: 
     half = hs_export.export(tiny_run.dir, "onnx", tmp_path / "m-fp16.onnx", precision="fp16")
     # A tiny model barely trained: its top classes are near ties, so int8's threshold is lowered here;
     # the real figures are in docs/benchmarks.md.
-    int8 = hs_export.export(tiny_run.dir, "onnx", tmp_path / "m-int8.onnx", precision="int8", min_agreement=0.1)
+    int8 = hs_export.export(
+        tiny_run.dir,
+        "onnx",
+        tmp_path / "m-int8.onnx",
+        precision="int8",
+        min_agreement=0.1,
+        calibration_split="validation",
+    )
     for result, precision in ((half, "fp16"), (int8, "int8")):
         checks = json.loads(result.sidecar.read_text())["checks"]
         assert checks == result.checks and checks["images"] == 9  # the tiny run's evaluation split
@@ -119,7 +126,7 @@ def test_fp16_and_int8_are_judged_by_agreement_with_pytorch(tiny_run, tmp_path: 
         assert read_metadata(result.path)["precision"] == precision  # carried in the file itself
     assert half.checks["agreement"] >= hs_export.MIN_AGREEMENT["fp16"]
     assert int8.checks["min_agreement"] == 0.1
-    assert read_metadata(int8.path)["calibration"] == {"split": "training", "images": 24}
+    assert read_metadata(int8.path)["calibration"] == {"split": "validation", "images": 9}
     fp32_bytes = 4 * sum(p.numel() for p in load(tiny_run.dir).model.parameters())
     sizes = {r.precision: r.path.stat().st_size for r in (half, int8)}
     assert sizes["int8"] < 0.4 * fp32_bytes and sizes["fp16"] < 0.6 * fp32_bytes  # really int8, fp16
@@ -154,6 +161,7 @@ def test_a_precision_a_format_cannot_run_is_refused(tiny_run, tmp_path: Path, mo
         (["--format", "openvino", "--int8"], "openvino is exported in fp32 or fp16 here, not int8"),
         (["--half", "--int8"], "two precisions"),
         (["--int8", "--min-agreement", "1.5"], "--min-agreement is a share"),
+        (["--int8", "--calibration", "evaluation"], "the evaluation split grades the file"),
     ):
         res = CliRunner().invoke(app, ["export", str(tiny_run.dir), *args, "--out", str(tmp_path / "x.onnx")])
         assert res.exit_code == 2 and said in res.output, (args, res.output)

@@ -53,8 +53,12 @@ def export(
             show_default="0.99 fp16, 0.95 int8",
         ),
     ] = None,
+    calibration: Annotated[
+        str,
+        typer.Option(help="int8: the run's split its activation ranges are calibrated on (training or validation)."),
+    ] = "training",
     calibration_images: Annotated[
-        int, typer.Option(min=1, help="int8: training images the activation ranges are calibrated on.")
+        int, typer.Option(min=1, help="int8: images of that split the activation ranges are calibrated on.")
     ] = 300,
     out_file: Annotated[
         Optional[Path],
@@ -68,7 +72,7 @@ def export(
     if half and int8:
         raise _fail(f"--half and --int8 are two precisions: pass one. Received: --half --int8 --format {format}")
     precision = "fp16" if half else "int8" if int8 else "fp32"
-    result = run_export(run, format, out_file, precision, min_agreement, calibration_images)
+    result = run_export(run, format, out_file, precision, min_agreement, calibration_images, calibration)
     out.print(f"Wrote {result.path} and {result.sidecar}")
     if result.checks is None:
         out.print(

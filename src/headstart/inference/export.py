@@ -54,6 +54,7 @@ MIN_AGREEMENT = {"fp16": 0.99, "int8": 0.95}
 SAMPLES = 8  # fp32 parity: images (of the evaluation split) run as one batch and one alone
 CHECK_IMAGES = 300  # fp16, int8: evaluation images the agreement and accuracy are measured on
 CALIBRATION_IMAGES = 300  # int8: training images its activation ranges are calibrated on
+CALIBRATION_SPLITS = ("training", "validation")
 
 
 @dataclass
@@ -232,11 +233,19 @@ def export(
     precision: str = "fp32",
     min_agreement: float | None = None,
     calibration_images: int = CALIBRATION_IMAGES,
+    calibration_split: str = "training",
 ) -> Exported:
     """Write the model of a run (or any ``Predictor``) as ``fmt`` in ``precision`` (fp32, fp16, int8), with
     its class names and preprocessing, and check it against PyTorch (module docstring). Default file:
-    ``<run>/export/model[-fp16|-int8].<ext>`` (beside the file for a saved ``.safetensors`` model)."""
+    ``<run>/export/model[-fp16|-int8].<ext>`` (beside the file for a saved ``.safetensors`` model).
+    int8 is calibrated on ``calibration_images`` images of the run's ``calibration_split`` (training or
+    validation: never the evaluation split, which grades the file)."""
     check_precision(fmt, precision)
+    if calibration_split not in CALIBRATION_SPLITS:
+        raise ConfigError(
+            f"--calibration is the split int8 is calibrated on: {' or '.join(CALIBRATION_SPLITS)} (the evaluation "
+            f"split grades the file, so it cannot calibrate it too). Received: --calibration {calibration_split}"
+        )
     if min_agreement is not None and not 0 < min_agreement <= 1:
         raise ConfigError(f"--min-agreement is a share of images, above 0 and at most 1. Received: {min_agreement}")
     if fmt == "openvino" and not installed("openvino"):  # a missing extra: exit 2 naming it, before any work
@@ -254,14 +263,14 @@ def export(
     check_writable_dir(path.parent, "--out")
     calibration = None
     if precision == "int8":
-        images = split_images(predictor, "training", calibration_images)[0]
+        images = split_images(predictor, calibration_split, calibration_images)[0]
         if not images:
             raise ConfigError(
-                f"int8 is calibrated on the run's training images, and none can be read from "
+                f"int8 is calibrated on the run's {calibration_split} images, and none can be read from "
                 f"{predictor.run_dir or predictor.source}. Export from a run folder whose data is where it was."
             )
         calibration = _batch(images)
-        meta["calibration"] = {"split": "training", "images": len(images)}
+        meta["calibration"] = {"split": calibration_split, "images": len(images)}
     sidecar = path.with_name(path.name + ".json")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{FORMATS[fmt]}")
     tmp_sidecar = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
