@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
     import torch
 
-    from headstart.inference.export import _batch, export, runner, split_images
+    from headstart.inference.export import FORMATS, as_batch, export, runner, split_images
     from headstart.inference.predict import load
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
 
     predictor = load(args.run, device="cpu")
     images = split_images(predictor, "evaluation", 32)[0]
-    one, many = _batch(images[:1]), _batch((images * 32)[:32])
+    one, many = as_batch(images[:1]), as_batch((images * 32)[:32])
     model = predictor.model.eval()
 
     def eager(x: np.ndarray) -> np.ndarray:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     engines = {"pytorch eager:fp32": (eager, None)}
     for spec in args.formats.split(","):
         fmt, precision = spec.split(":")
-        ext = {"onnx": ".onnx", "openvino": ".xml", "pt2": ".pt2", "torchscript": ".pt"}[fmt]
+        ext = FORMATS[fmt]
         out = Path(args.out) / f"model-{precision}{ext}" if args.out else None
         result = export(predictor, fmt, out, precision)
         size = result.path.stat().st_size + (result.path.with_suffix(".bin").stat().st_size if fmt == "openvino" else 0)

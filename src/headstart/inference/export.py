@@ -140,7 +140,8 @@ def sample_images(predictor: Predictor, n: int = SAMPLES) -> list[np.ndarray]:
     return images
 
 
-def _batch(images: list[np.ndarray]) -> np.ndarray:
+def as_batch(images: list[np.ndarray]) -> np.ndarray:
+    """Prepared images (HWC uint8) as the exported graph takes them: float32 NCHW in [0, 1]."""
     return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
 
 
@@ -155,7 +156,7 @@ def check_parity(
     absolute difference of probabilities against PyTorch. Raises ExportError above ``tolerance``."""
     images = images if images is not None else sample_images(predictor)
     expected = predictor.probabilities(images)
-    x = _batch(images)
+    x = as_batch(images)
     try:
         run = runner(path, fmt)
         got = [np.asarray(run(x)), np.asarray(run(x[:1]))]
@@ -187,7 +188,7 @@ def check_agreement(
     expected = predictor.probabilities(images)
     try:
         run = runner(path, fmt)
-        got = np.concatenate([np.asarray(run(_batch(images[i : i + 32]))) for i in range(0, len(images), 32)])
+        got = np.concatenate([np.asarray(run(as_batch(images[i : i + 32]))) for i in range(0, len(images), 32)])
     except Exception as e:
         raise ExportError(f"The exported {fmt} {precision} file does not run: {type(e).__name__}: {e}") from None
     agreement = float((got.argmax(1) == expected.argmax(1)).mean())
@@ -269,7 +270,7 @@ def export(
                 f"int8 is calibrated on the run's {calibration_split} images, and none can be read from "
                 f"{predictor.run_dir or predictor.source}. Export from a run folder whose data is where it was."
             )
-        calibration = _batch(images)
+        calibration = as_batch(images)
         meta["calibration"] = {"split": calibration_split, "images": len(images)}
     sidecar = path.with_name(path.name + ".json")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{FORMATS[fmt]}")
