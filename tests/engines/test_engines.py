@@ -54,7 +54,9 @@ def test_an_engine_matches_pytorch_on_any_batch_size_and_says_so(toy, name):
 def test_an_engine_that_computes_something_else_falls_back_to_pytorch_with_one_warning(toy, monkeypatch, caplog):
     module, x, _ = toy
     real = runtimes.RUNTIMES["onnxruntime"]
-    monkeypatch.setitem(choice.RUNTIMES, "onnxruntime", lambda path, p: lambda b: real(path, p)(b) * 1.01)
+    monkeypatch.setitem(
+        choice.RUNTIMES, "onnxruntime", lambda path, p, threads: lambda b: real(path, p, threads)(b) * 1.01
+    )
     engine = Engine("onnxruntime")
     with caplog.at_level(logging.WARNING, logger="headstart.engines"):
         run = engine.start(module, x, _torch(module), images=len(x))[0]
@@ -105,7 +107,7 @@ def test_kept_outputs_are_keyed_by_engine_and_precision():
 
 
 def test_an_engine_that_is_not_installed_is_exit_2_naming_the_extra(tiny, tmp_path: Path, monkeypatch):
-    monkeypatch.setitem(runtimes.PACKAGES, "openvino", "openvino_is_not_installed")
+    monkeypatch.setitem(runtimes.MODULES, "openvino", "openvino_is_not_installed")
     result = CliRunner().invoke(
         app, ["train", str(tiny), "--engine", "openvino", "--runs-dir", str(tmp_path), "--epochs", "1"]
     )

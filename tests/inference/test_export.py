@@ -17,7 +17,7 @@ from headstart.cli.main import app
 from headstart.data.dataset import demo_root
 from headstart.errors import ExportError
 from headstart.inference import export as hs_export
-from headstart.inference.export_formats import read_metadata
+from headstart.inference.exported import read_metadata
 from headstart.inference.predict import load
 
 

@@ -29,9 +29,8 @@ app = typer.Typer(
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    from headstart.training.distributed import is_main_process
-
-    if is_main_process():  # with several ranks, they all stop; rank 0 says why
+    ranks = sys.modules.get("headstart.training.distributed")  # not imported: no ranks were launched
+    if ranks is None or ranks.is_main_process():  # with several ranks, they all stop; rank 0 says why
         err.print(f"[bold red]error:[/] {escape(message)}")  # a message's own brackets are not markup
     return typer.Exit(code)
 

@@ -9,8 +9,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from headstart.models.classifier import count_params
-
 # Piped output (CI logs, files) gets 120 columns rather than rich's 80, so tables are not cut.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 120)
@@ -235,6 +233,8 @@ def backbones(rows: list[dict]) -> None:
 
 def backbone(name: str, model, info) -> None:
     """``headstart backbones NAME``: parameters, freezable groups input to output, hub weights, preprocessing."""
+    from headstart.models.classifier import count_params  # PyTorch: not for predicting from an exported file
+
     total, body = count_params(model), count_params(model.body)
     out.print(f"[bold]{name}[/]: {total:,} parameters ({body:,} in the backbone, {total - body:,} in the head)")
     table = Table(title="Freezable groups, input to output")

@@ -10,13 +10,22 @@ import typer
 from headstart.cli import console as show
 from headstart.cli.app import _fail, command
 from headstart.cli.console import err, out
-from headstart.cli.options import TTA_HELP, Device, EngineOption, EnginePrecision, PrintFormat, RunSource, TopK
+from headstart.cli.options import (
+    TTA_HELP,
+    Device,
+    EngineOption,
+    EnginePrecision,
+    ModelSource,
+    PrintFormat,
+    RunSource,
+    TopK,
+)
 from headstart.data.images import MAX_PIXELS
 
 
 @command
 def predict(
-    run: RunSource,
+    run: ModelSource,
     images: Annotated[list[Path], typer.Argument(help="Image files and folders (walked recursively).")],
     top_k: TopK = 3,
     format: Annotated[PrintFormat, typer.Option("--format", help="How to print them.")] = "table",
@@ -27,7 +36,7 @@ def predict(
     engine_precision: EnginePrecision = "fp32",
 ) -> None:
     """Classify images with a trained model. Exit 0 if every image was read, 1 if some were not."""
-    from headstart.inference.predict import load
+    from headstart.inference.loading import load
 
     predictor = load(run, device=device, engine=engine, engine_precision=engine_precision)
     results = predictor.predict(images, top_k=top_k, batch_size=batch_size, tta=tta)
@@ -90,7 +99,7 @@ def export(
 
 @command
 def serve(
-    run: RunSource,
+    run: ModelSource,
     host: Annotated[
         str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to the network.")
     ] = "127.0.0.1",
@@ -156,7 +165,7 @@ def serve(
     Every request is bounded by the limits below; an error is JSON {"error": ...} (uvicorn's own 503
     beyond --limit-concurrency is plain text).
     """
-    from headstart.inference.predict import load
+    from headstart.inference.loading import load
     from headstart.inference.serve import Limits, create_app, uvicorn_options
 
     limits = Limits(

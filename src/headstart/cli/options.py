@@ -43,6 +43,15 @@ Data = Annotated[str, typer.Argument(help=DATA_HELP)]
 RunSource = Annotated[
     Path, typer.Argument(help="A run folder (runs/NAME), a .ckpt checkpoint or a saved .safetensors model.")
 ]
+ModelSource = Annotated[
+    Path,
+    typer.Argument(
+        help=(
+            "A run folder (runs/NAME), a .ckpt checkpoint, a saved .safetensors model, or an exported .onnx, "
+            ".xml (OpenVINO) or .tflite file (run without PyTorch)."
+        )
+    ),
+]
 Layout = Annotated[
     Optional[LayoutName], typer.Option(help=f"Force a layout: {', '.join(LAYOUTS)}.", show_default="detected")
 ]

@@ -6,13 +6,16 @@ the tutorial's VGG16). The cache resizes by it; the model normalises by it itsel
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from headstart.checks import ANY_INPUT_SIZE, Range, check_number
 from headstart.errors import ConfigError
+
+if TYPE_CHECKING:  # predicting from an exported file prepares images without PyTorch
+    import torch
 
 RESIZES = ("squash", "center_crop")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
@@ -68,6 +71,8 @@ class Preprocessing:
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         """An RGB PIL image -> a float tensor (3, size, size) in [0, 1], what models take."""
+        import torch
+
         arr = np.array(self.resize_image(image.convert("RGB")), dtype=np.uint8)
         return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255)
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -204,7 +205,7 @@ class Engine:
         """Engine ``name`` on ``module``, if its output matches PyTorch's; else None, and one warning."""
         try:
             path = converted(module, first, key)
-            run = RUNTIMES[name](path, self.precision)
+            run = on_tensors(RUNTIMES[name](path, self.precision, torch.get_num_threads()))
             with torch.inference_mode():  # the whole batch, and one image alone: any batch size works
                 error = max(relative_error(run(first), expected), relative_error(run(first[:1]), expected[:1]))
             if not error <= PARITY[self.precision]:
@@ -219,6 +220,11 @@ class Engine:
             log.warning("%s failed its check against PyTorch, which runs instead: %s", name, _short(e))
             return None
         return Runner(name, self.precision, run, error)
+
+
+def on_tensors(run):
+    """An engine's numpy function as one from a CPU or GPU tensor to a CPU tensor."""
+    return lambda x: torch.from_numpy(run(np.ascontiguousarray(x.detach().float().cpu().numpy())))
 
 
 def _seconds(runner: Runner, first: torch.Tensor) -> float:

@@ -1,5 +1,7 @@
-"""The inference engines that run an ONNX file: ONNX Runtime and OpenVINO, each a function from a
-float32 NCHW batch (a CPU tensor) to its output, on as many threads as PyTorch uses.
+"""The inference engines that run an exported network: ONNX Runtime (``.onnx``), OpenVINO (``.onnx``, ``.xml``)
+and LiteRT (``.tflite``), each a function from a float32 NCHW batch (numpy) to its output. They serve the
+frozen pass in training (``headstart.engines.choice``, on as many threads as PyTorch uses) and exported
+files alike (``headstart.inference.exported``, without PyTorch: nothing here imports it).
 
 Both are imported only when used. ONNX Runtime is a dependency (``headstart export`` checks its
 files with it); OpenVINO is one on x86-64 and Arm machines; ``auto`` keeps whichever is faster
@@ -13,18 +15,18 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from headstart.errors import ConfigError
 
-Run = Callable[[torch.Tensor], torch.Tensor]
+Run = Callable[[np.ndarray], np.ndarray]
 
-# What pip installs each engine from.
-PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+# What pip installs each engine from, and the module it imports.
+PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai-edge-litert"}
+MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai_edge_litert"}
 
 
 def installed(engine: str) -> bool:
-    return engine == "torch" or importlib.util.find_spec(PACKAGES[engine]) is not None
+    return engine == "torch" or importlib.util.find_spec(MODULES[engine]) is not None
 
 
 def require(engine: str) -> None:
@@ -44,37 +46,56 @@ def bf16_capable() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def _array(x: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(x.detach().float().cpu().numpy())
-
-
-def onnxruntime_run(path: Path, precision: str = "fp32") -> Run:
-    """``path`` run by ONNX Runtime's CPU provider, its graph optimisations all on."""
+def onnxruntime_session(path: Path, threads: int | None = None):
+    """An ONNX Runtime session on the CPU for ``path``, its graph optimisations all on (``threads``: None, the
+    runtime's choice)."""
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_run(path: Path, precision: str = "fp32", threads: int | None = None) -> Run:
+    """``path`` run by ONNX Runtime's CPU provider."""
     if precision != "fp32":
         raise ConfigError(f"--engine onnxruntime runs fp32 here. Received: --engine-precision {precision}.")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(path, threads)
     name = session.get_inputs()[0].name
-    return lambda x: torch.from_numpy(session.run(None, {name: _array(x)})[0])
+    return lambda x: session.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
 
 
-def openvino_run(path: Path, precision: str = "fp32") -> Run:
+def openvino_run(path: Path, precision: str = "fp32", threads: int | None = None) -> Run:
     """``path`` read and compiled by OpenVINO for the CPU, with fp32 arithmetic or, asked for, bf16."""
     import openvino as ov
 
     core = ov.Core()
-    hint = {"fp32": "f32", "bf16": "bf16"}[precision]
-    compiled = core.compile_model(
-        core.read_model(str(path)),
-        "CPU",
-        {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": hint},
-    )
-    request = compiled.create_infer_request()
-    return lambda x: torch.from_numpy(np.array(request.infer([_array(x)])[0]))
+    config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    request = core.compile_model(core.read_model(str(path)), "CPU", config).create_infer_request()
+    return lambda x: np.array(request.infer([np.ascontiguousarray(x, np.float32)])[0])
+
+
+def litert_run(path: Path, precision: str = "fp32", threads: int | None = None) -> Run:
+    """``path`` (``.tflite``) run by LiteRT's interpreter; its input resized to each batch's shape."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    interpreter.allocate_tensors()
+    source, result = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if tuple(interpreter.get_input_details()[0]["shape"]) != x.shape:
+            interpreter.resize_tensor_input(source["index"], list(x.shape))
+            interpreter.allocate_tensors()
+        interpreter.set_tensor(source["index"], np.ascontiguousarray(x, np.float32))
+        interpreter.invoke()
+        return interpreter.get_tensor(result["index"]).copy()
+
+    return run
 
 
 RUNTIMES = {"onnxruntime": onnxruntime_run, "openvino": openvino_run}

@@ -129,8 +129,7 @@ def _torchscript_is_deprecated():
 def runner(path: str | Path, fmt: str):
     """A function from a float32 NCHW batch (numpy) to probabilities, running the exported file."""
     if fmt in ("onnx", "openvino"):  # as the engines run them
-        run = (onnxruntime_run if fmt == "onnx" else openvino_run)(Path(path))
-        return lambda x: run(torch.from_numpy(x)).numpy()
+        return (onnxruntime_run if fmt == "onnx" else openvino_run)(Path(path), threads=torch.get_num_threads())
     if fmt == "pt2":
         module = torch.export.load(str(path)).module()
     else:
@@ -164,21 +163,3 @@ def companions(tmp: Path, path: Path) -> list[tuple[Path, Path]]:
     if path.suffix == ".xml":
         pairs.append((tmp.with_suffix(".bin"), path.with_suffix(".bin")))
     return pairs
-
-
-def read_metadata(path: str | Path) -> dict:
-    """The metadata an exported file carries in its own format (ONNX, OpenVINO), else the sidecar JSON."""
-    path = Path(path)
-    if path.suffix == ".onnx":
-        import onnx
-
-        for entry in onnx.load(str(path), load_external_data=False).metadata_props:
-            if entry.key == "headstart":
-                return json.loads(entry.value)
-    if path.suffix == ".xml":
-        import openvino as ov
-
-        model = ov.Core().read_model(str(path))
-        if model.has_rt_info(["headstart"]):
-            return json.loads(model.get_rt_info(["headstart"]).astype(str))
-    return json.loads(path.with_name(path.name + ".json").read_text())

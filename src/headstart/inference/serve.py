@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException
 
 from headstart.data.images import MAX_PIXELS, decode_bytes
 from headstart.errors import ConfigError, ImageError
-from headstart.inference.predict import Predictor
+from headstart.inference.prediction import ImagePredictor
 
 
 def _cpus() -> int:
@@ -156,7 +156,7 @@ def _json(status: int, message: str, headers: dict | None = None) -> JSONRespons
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def create_app(predictor: Predictor, limits: Limits | None = None, tta: bool = False) -> FastAPI:
+def create_app(predictor: ImagePredictor, limits: Limits | None = None, tta: bool = False) -> FastAPI:
     """The FastAPI application serving ``predictor``; ``tta``: test-time augmentation unless a request says."""
     from headstart.reporting.report import render
 
@@ -175,7 +175,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None, tta: bool = F
     info = {
         "classes": predictor.classes,
         "input_size": predictor.preprocessing.input_size,
-        "backbone": predictor.model.config.get("backbone"),
+        "backbone": predictor.backbone,
         "tta": tta,
     }
     page = render(

@@ -1,0 +1,153 @@
+"""What predicting is, whatever runs the model: a ``Prediction`` per image, and the ``ImagePredictor`` that
+reads images (files, folders, PIL images, arrays) as training did, prepares them at the model's input size
+and ranks classes. It imports neither PyTorch nor timm: an exported file predicts with numpy, Pillow and
+its runtime alone (``headstart.inference.exported``); a run folder with PyTorch (``headstart.inference.predict``).
+``headstart.load`` (``headstart.inference.loading``) picks one by what it is given.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from headstart.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, decode_image, files_under, is_image_file, to_rgb
+from headstart.data.preprocessing import Preprocessing
+from headstart.errors import ConfigError, ImageError
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+@dataclass
+class Prediction:
+    """One image's result: ``top`` is [(class, probability), ...], most probable first."""
+
+    source: str
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def label(self) -> str | None:
+        return self.top[0][0] if self.top else None
+
+    @property
+    def probability(self) -> float | None:
+        return self.top[0][1] if self.top else None
+
+    def to_dict(self) -> dict:
+        out: dict = {"source": self.source}
+        if self.error:
+            out["error"] = self.error
+        else:
+            out["label"], out["probability"] = self.label, self.probability
+            out["top"] = [{"class": c, "probability": p} for c, p in self.top]
+        return out
+
+
+class ImagePredictor:
+    """Class names, preprocessing and a way to get probabilities: everything ``predict`` and ``serve`` need.
+
+    Subclasses say how probabilities are computed (``probabilities``) and what the model is (``backbone``).
+    """
+
+    def __init__(
+        self, classes: list[str], preprocessing: Preprocessing, source: str = "", max_pixels: int = MAX_PIXELS
+    ):
+        self.classes, self.source, self.max_pixels = list(classes), source, max_pixels
+        self._preprocessing = preprocessing
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self._preprocessing
+
+    @property
+    def backbone(self) -> str | None:
+        return None
+
+    def probabilities(self, images: list[np.ndarray], batch_size: int = 32, tta: bool = False) -> np.ndarray:
+        """(N, classes) softmax probabilities of prepared images (``tta``: averaged with their mirror images)."""
+        raise NotImplementedError
+
+    def warm_up(self) -> None:
+        """Whatever is slow on the first request, done now (``serve``)."""
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """A decoded RGB image as the model's (size, size, 3) uint8 input."""
+        return np.asarray(self.preprocessing.resize_image(image), dtype=np.uint8)
+
+    def top(self, probs: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """The k most probable classes of one probability vector, most probable first."""
+        best = np.argsort(-probs, kind="stable")[: min(k, len(self.classes))]
+        return [(self.classes[j], float(probs[j])) for j in best]
+
+    def predict(
+        self, inputs: ImageInput | Iterable[ImageInput], top_k: int = 3, batch_size: int = 32, tta: bool = False
+    ) -> list[Prediction]:
+        """Predictions for image files, folders (walked recursively), PIL images or RGB arrays, in order.
+
+        Always a list, one entry per image (a folder gives one per image in it). Images are decoded,
+        prepared and predicted ``batch_size`` at a time: memory does not grow with the input.
+        ``tta``: each image's probabilities averaged with its mirror image's.
+        """
+        if top_k < 1:
+            raise ConfigError(f"top_k must be at least 1. Received: {top_k}")
+        items = [inputs] if isinstance(inputs, (str, os.PathLike, Image.Image, np.ndarray)) else list(inputs)
+        results: list[Prediction] = []
+        pending: list[tuple[Prediction, np.ndarray]] = []
+
+        def flush() -> None:
+            for (pred, _), p in zip(pending, self.probabilities([a for _, a in pending], batch_size, tta)):
+                pred.top = self.top(p, top_k)
+            pending.clear()
+
+        for n, item in enumerate(items):
+            for source, image in self.read(item, n):
+                results.append(Prediction(source, error=image if isinstance(image, str) else None))
+                if not isinstance(image, str):
+                    pending.append((results[-1], self.prepare(image)))
+                    if len(pending) == batch_size:
+                        flush()
+        flush()
+        return results
+
+    def read(self, item: ImageInput, n: int = 0):
+        """(source, RGB image or the reason it cannot be read) for each image an input names,
+        decoded as in training (EXIF orientation applied, any mode to 8-bit RGB)."""
+        if isinstance(item, Image.Image):
+            # EXIF orientation only for an image as opened from a file: one already turned upright keeps its EXIF.
+            yield f"<image {n}>", to_rgb(ImageOps.exif_transpose(item) if item.format else item)
+        elif isinstance(item, np.ndarray):
+            if item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (1, 3, 4)):
+                pixels = item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item
+                yield f"<array {n}>", to_rgb(Image.fromarray(_as_uint8(pixels)))
+            else:
+                yield (
+                    f"<array {n}>",
+                    f"an image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); received {item.shape}",
+                )
+        else:
+            path = Path(item)
+            if path.is_dir():
+                files = [f for f in files_under(path) if is_image_file(f)]
+                if not files:
+                    yield str(path), f"no images in this folder (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+                for f in files:
+                    yield from self.read(f, n)
+            elif not path.exists():
+                yield str(path), "no such file or folder"
+            else:
+                try:
+                    yield str(path), decode_image(path, self.max_pixels)[0]
+                except ImageError as e:
+                    yield str(path), str(e)
+
+
+def _as_uint8(a: np.ndarray) -> np.ndarray:
+    if a.dtype == np.uint8:
+        return a
+    a = a.astype(np.float64)
+    return np.clip(np.rint(a * 255 if a.max() <= 1.0 else a), 0, 255).astype(np.uint8)

@@ -1,0 +1,150 @@
+"""Predicting and serving from an exported file without PyTorch: the same classes as the run it came from,
+its metadata checked before it is believed, and torch, timm and Lightning never imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+import headstart
+from headstart.cli.main import app
+from headstart.data.dataset import demo_root
+from headstart.engines import runtimes
+from headstart.inference.export import export
+from headstart.inference.exported import ExportedPredictor
+from headstart.inference.serve import create_app
+
+HEAVY = ("torch", "timm", "lightning", "torchvision", "torchmetrics", "matplotlib")
+
+
+@pytest.fixture(scope="module")
+def exported(demo_run, tmp_path_factory) -> dict[str, Path]:
+    """The demo run exported as ONNX fp32, ONNX int8 and OpenVINO IR."""
+    out = tmp_path_factory.mktemp("exported")
+    return {
+        "onnx": export(demo_run.dir, "onnx", out / "model.onnx").path,
+        "int8": export(demo_run.dir, "onnx", out / "model-int8.onnx", "int8", calibration_images=100).path,
+        "openvino": export(demo_run.dir, "openvino", out / "model.xml").path,
+    }
+
+
+def _images(n: int) -> list[Path]:
+    return sorted((demo_root() / "evaluation").iterdir())[:n]
+
+
+def _probs(predictor, images, tta=False) -> np.ndarray:
+    results = predictor.predict(images, top_k=len(predictor.classes), tta=tta)
+    return np.array([[dict(r.top)[c] for c in predictor.classes] for r in results])
+
+
+@pytest.mark.parametrize("kind", ["onnx", "openvino"])
+def test_an_fp32_file_predicts_what_the_run_predicts(demo_run, exported, kind):
+    run, exported_file = headstart.load(demo_run.dir), headstart.load(exported[kind])
+    assert isinstance(exported_file, ExportedPredictor) and exported_file.classes == run.classes
+    assert exported_file.backbone == run.backbone and exported_file.preprocessing == run.preprocessing
+    images = _images(40)
+    for tta in (False, True):
+        assert np.abs(_probs(exported_file, images, tta) - _probs(run, images, tta)).max() < 1e-4
+
+
+def test_an_int8_file_agrees_with_the_run_on_most_images(demo_run, exported):
+    images = _images(150)
+    run, int8 = _probs(headstart.load(demo_run.dir), images), _probs(headstart.load(exported["int8"]), images)
+    agreement = (run.argmax(1) == int8.argmax(1)).mean()
+    assert agreement >= 0.9, agreement
+    assert np.abs(int8 - run).max() > 1e-3  # rounded: it is not the fp32 network under another name
+
+
+@pytest.mark.parametrize("kind", ["onnx", "int8", "openvino"])
+def test_predict_from_an_exported_file_imports_no_torch(demo_run, exported, kind):
+    images = [str(p) for p in _images(3)]
+    code = (
+        "import json, sys\n"
+        "from headstart.cli.main import app\n"
+        f"try:\n    app(['predict', {str(exported[kind])!r}, *{images!r}, '--format', 'json'], prog_name='headstart')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    predictions, loaded = out.rsplit("\n", 2)[0], out.rsplit("\n", 2)[1]
+    assert json.loads(loaded) == []
+    labels = [p["label"] for p in json.loads(predictions)["predictions"]]
+    expected = [r.label for r in headstart.load(demo_run.dir).predict(images)]
+    assert len(labels) == 3 and (labels == expected if kind != "int8" else sum(map(str.__eq__, labels, expected)) >= 2)
+
+
+def test_serving_an_onnx_file_answers_what_serving_the_run_answers(demo_run, exported):
+    files = [("file", (p.name, p.read_bytes(), "image/png")) for p in _images(4)]
+    answers = []
+    for source in (demo_run.dir, exported["onnx"]):
+        client = TestClient(create_app(headstart.load(source)))
+        health = client.get("/healthz").json()
+        answer = client.post("/predict?top_k=3", files=files).json()
+        answers.append((health, answer))
+    (health_run, run), (health_file, onnx) = answers
+    assert health_file == health_run
+    assert [[t["class"] for t in p["top"]] for p in onnx["predictions"]] == [
+        [t["class"] for t in p["top"]] for p in run["predictions"]
+    ]
+    assert [p["probability"] for p in onnx["predictions"]] == pytest.approx(
+        [p["probability"] for p in run["predictions"]], abs=1e-4
+    )
+    assert [sorted(p) for p in onnx["predictions"]] == [sorted(p) for p in run["predictions"]]
+    assert onnx["tta"] == run["tta"] is False
+
+
+def _invoke(*args: str):
+    result = CliRunner().invoke(app, ["predict", *map(str, args)])
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_metadata_is_checked_before_it_is_believed(exported, tmp_path: Path):
+    import onnx
+
+    image = _images(1)[0]
+    model = onnx.load(str(exported["onnx"]))
+    meta = json.loads(model.metadata_props[0].value)
+    for name, change, message in [
+        ("fewer-classes", {"classes": meta["classes"][:-1]}, "gave outputs of shape (1, 10)"),
+        ("no-classes", {"classes": "T-shirt"}, "has no list of class names"),
+        ("twice", {"classes": [meta["classes"][0]] * 10}, "names a class twice"),
+        ("bad-size", {"preprocessing": {**meta["preprocessing"], "input_size": -3}}, "unusable preprocessing"),
+        ("unknown-key", {"preprocessing": {**meta["preprocessing"], "exec": "rm -rf /"}}, "unusable preprocessing"),
+    ]:
+        model.metadata_props[0].value = json.dumps({**meta, **change})
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(model, str(path))
+        code, output = _invoke(path, image)
+        assert code == 2 and message in output, (name, output)
+    del model.metadata_props[:]
+    onnx.save(model, str(tmp_path / "bare.onnx"))
+    code, output = _invoke(tmp_path / "bare.onnx", image)
+    assert code == 2 and "carries no headstart metadata" in output
+    (tmp_path / "bare.onnx.json").write_text(json.dumps(meta))  # a sidecar names what the file does not
+    assert _invoke(tmp_path / "bare.onnx", image)[0] == 0
+    (tmp_path / "broken.onnx").write_bytes(b"not an onnx file")
+    code, output = _invoke(tmp_path / "broken.onnx", image)
+    assert code == 2 and "cannot be read" in output, output
+
+
+def test_options_for_runs_and_missing_runtimes_are_refused_with_exit_2(exported, monkeypatch, tmp_path: Path):
+    image = _images(1)[0]
+    code, output = _invoke(exported["onnx"], image, "--device", "cuda")
+    assert code == 2 and "--device cuda" in output and "for run folders" in output
+    code, output = _invoke(exported["onnx"], image, "--engine", "openvino")
+    assert code == 2 and "--engine openvino" in output
+    (tmp_path / "model.pt2").write_bytes(b"")
+    code, output = _invoke(tmp_path / "model.pt2", image)
+    assert code == 2 and "torch.export.load" in output
+    code, output = _invoke(tmp_path / "missing.onnx", image)
+    assert code == 2 and "does not exist" in output
+    monkeypatch.setitem(runtimes.MODULES, "openvino", "openvino_is_not_installed")
+    code, output = _invoke(exported["openvino"], image)
+    assert code == 2 and "pip install 'headstart[openvino]'" in output
