@@ -8,6 +8,7 @@ accuracy on the run's evaluation split come from that check), then timed in this
 eager fp32 interleaved: every round runs each engine once on the same prepared images, so the ratios
 compare like with like on a shared machine. Batch-1 latency is the median over ``--repeats`` rounds;
 batch-32 throughput the best of a few. Threads: PyTorch's (``torch.get_num_threads()``) for every engine.
+Core ML runs only on macOS: elsewhere its rows have the file's size alone.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import statistics
 import time
 from pathlib import Path
 
-DEFAULT = "onnx:fp32,onnx:fp16,onnx:int8,openvino:fp32,openvino:fp16"
+DEFAULT = "onnx:fp32,onnx:fp16,onnx:int8,openvino:fp32,openvino:fp16,openvino:int8,coreml:fp16,coreml:int8"
 
 
 def main(argv: list[str] | None = None) -> None:
     import numpy as np
     import torch
 
+    from headstart.inference.coreml import RUNS_HERE
     from headstart.inference.export import FORMATS, as_batch, export, runner, split_images
     from headstart.inference.predict import load
 
@@ -45,14 +47,19 @@ def main(argv: list[str] | None = None) -> None:
         with torch.inference_mode():
             return model(torch.from_numpy(x)).softmax(1).numpy()
 
-    engines = {"pytorch eager:fp32": (eager, None)}
+    engines, sizes_only = {"pytorch eager:fp32": (eager, None)}, {}
     for spec in args.formats.split(","):
         fmt, precision = spec.split(":")
         ext = FORMATS[fmt]
         out = Path(args.out) / f"model-{precision}{ext}" if args.out else None
         result = export(predictor, fmt, out, precision)
-        size = result.path.stat().st_size + (result.path.with_suffix(".bin").stat().st_size if fmt == "openvino" else 0)
-        engines[spec] = (runner(result.path, fmt), {"size": size, "checks": result.checks})
+        files = [result.path] if result.path.is_file() else [f for f in result.path.rglob("*") if f.is_file()]
+        files += [result.path.with_suffix(".bin")] if fmt == "openvino" else []
+        info = {"size": sum(f.stat().st_size for f in files), "checks": result.checks}
+        if fmt == "coreml" and not RUNS_HERE:
+            sizes_only[spec] = info
+        else:
+            engines[spec] = (runner(result.path, fmt), info)
 
     latency = {name: [] for name in engines}
     for _ in range(repeats):  # interleaved: each round runs every engine once
@@ -82,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
             f"| {name} | {size} | {ms:.1f} | {1000 * base_latency / ms:.2f}× | {throughput[name]:.0f} "
             f"| {throughput[name] / throughput['pytorch eager:fp32']:.2f}× | {agreement} | {accuracy} |"
         )
+    for name, info in sizes_only.items():
+        print(f"| {name} | {info['size'] / 2**20:.1f} | not run: Core ML runs on macOS only | | | | | |")
 
 
 def _timed(run, x) -> float:

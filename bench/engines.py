@@ -95,6 +95,7 @@ def _failure(e: Exception) -> str:
 
 def build_engines(model, module, example: torch.Tensor) -> tuple[list[dict], float | None]:
     """Every engine this machine has for ``module``, built as headstart builds them; the export's seconds."""
+    from headstart.engines.choice import on_tensors
     from headstart.engines.onnx_files import converted, fingerprint
     from headstart.engines.runtimes import bf16_capable, installed, onnxruntime_run, openvino_run
 
@@ -115,7 +116,8 @@ def build_engines(model, module, example: torch.Tensor) -> tuple[list[dict], flo
     for name, precision, make in wanted:
         started = time.perf_counter()
         try:
-            engines.append({"engine": f"{name} {precision}", "run": make(path, precision)})
+            run = on_tensors(make(path, precision, torch.get_num_threads()))  # as training runs it
+            engines.append({"engine": f"{name} {precision}", "run": run})
             engines[-1]["load_s"] = time.perf_counter() - started
         except Exception as e:
             engines[-1:] = [{"engine": f"{name} {precision}", "error": _failure(e)}]

@@ -136,6 +136,55 @@ def test_fp16_and_int8_are_judged_by_agreement_with_pytorch(tiny_run, tmp_path: 
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # quantized, not an fp32 file by another name
 
 
+def test_openvino_int8_is_quantized_by_nncf_and_checked(tiny_run, tmp_path: Path):
+    import openvino as ov
+
+    result = hs_export.export(
+        tiny_run.dir, "openvino", tmp_path / "m-int8.xml", "int8", min_agreement=0.1, calibration_split="validation"
+    )
+    assert result.checks["images"] == 9 and read_metadata(result.path)["calibration"]["images"] == 9
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(result.path)).get_ops()}
+    assert "FakeQuantize" in ops  # int8 activations and weights, not an fp32 file by another name
+    fp32_bytes = 4 * sum(p.numel() for p in load(tiny_run.dir).model.parameters())
+    assert (tmp_path / "m-int8.bin").stat().st_size < 0.4 * fp32_bytes
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_core_ml_is_checked_without_pretending_to_run_it(toy_run, tmp_path: Path, precision):
+    import coremltools as ct
+
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    args = ["export", str(toy_run.dir), "--format", "coreml", "--out", str(tmp_path / f"m{suffix}.mlpackage")]
+    args += {"fp32": [], "fp16": ["--half"], "int8": ["--int8"]}[precision]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "Numeric check not run: Core ML models run only on macOS" in " ".join(res.output.split())
+    path = tmp_path / f"m{suffix}.mlpackage"
+    record = json.loads((tmp_path / f"m{suffix}.mlpackage.json").read_text())
+    assert record["checks"]["numeric_check"].startswith("not run") and record["parity_max_difference"] is None
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    meta = json.loads(spec.description.metadata.userDefined["headstart"])
+    assert meta["classes"] == load(toy_run.dir).classes and meta["precision"] == precision
+    assert [i.name for i in spec.description.input] == ["image"]
+    with pytest.raises(Exception, match="macOS"):  # what a user on Linux gets from coremltools itself
+        ct.models.MLModel(str(path)).predict({"image": np.zeros((1, 3, 32, 32), np.float32)})
+    res = CliRunner().invoke(app, ["predict", str(path), str(sorted((demo_root() / "evaluation").iterdir())[0])])
+    assert res.exit_code == 2 and "Core ML on macOS" in " ".join(res.output.split())
+
+
+def test_a_core_ml_file_without_its_metadata_is_not_kept(toy_run, tmp_path: Path, monkeypatch):
+    from headstart.inference import coreml, export_formats
+
+    def no_metadata(graph, example, path, meta, precision):
+        write(graph, example, path, {**meta, "classes": ["one", "two"]}, precision)
+
+    write = coreml.write_coreml
+    monkeypatch.setattr(export_formats, "write_coreml", no_metadata)
+    with pytest.raises(ExportError, match="metadata without the run's class names"):
+        hs_export.export(toy_run.dir, "coreml", tmp_path / "m.mlpackage")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_reduced_precision_file_below_its_agreement_is_not_kept(toy_run, tmp_path: Path, monkeypatch):
     def scrambled(predictor):  # the classes in another order: it agrees with PyTorch only by chance
         class Rolled(torch.nn.Module):
@@ -158,14 +207,20 @@ def test_a_reduced_precision_file_below_its_agreement_is_not_kept(toy_run, tmp_p
 def test_a_precision_a_format_cannot_run_is_refused(tiny_run, tmp_path: Path, monkeypatch):
     for args, said in (
         (["--format", "pt2", "--half"], "pt2 is exported in fp32 here, not fp16"),
-        (["--format", "openvino", "--int8"], "openvino is exported in fp32 or fp16 here, not int8"),
+        (["--format", "torchscript", "--int8"], "torchscript is exported in fp32 here, not int8"),
         (["--half", "--int8"], "two precisions"),
         (["--int8", "--min-agreement", "1.5"], "--min-agreement is a share"),
         (["--int8", "--calibration", "evaluation"], "the evaluation split grades the file"),
     ):
         res = CliRunner().invoke(app, ["export", str(tiny_run.dir), *args, "--out", str(tmp_path / "x.onnx")])
         assert res.exit_code == 2 and said in res.output, (args, res.output)
-    monkeypatch.setattr(hs_export, "installed", lambda name: False)
-    res = CliRunner().invoke(app, ["export", str(tiny_run.dir), "--format", "openvino"])
-    assert res.exit_code == 2 and "pip install 'headstart[openvino]'" in res.output
+    for missing, args, extra in (
+        ("openvino", ["--format", "openvino"], "headstart[openvino]"),
+        ("nncf", ["--format", "openvino", "--int8"], "headstart[openvino]"),
+        ("coremltools", ["--format", "coreml"], "headstart[coreml]"),
+    ):
+        monkeypatch.setattr(hs_export, "has_package", lambda name, missing=missing: name != missing)
+        res = CliRunner().invoke(app, ["export", str(tiny_run.dir), *args, "--out", str(tmp_path / "m")])
+        said = " ".join(res.output.split())
+        assert res.exit_code == 2 and f"needs the {missing} package: pip install '{extra}'" in said, said
     assert list(tmp_path.iterdir()) == []

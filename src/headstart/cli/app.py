@@ -45,6 +45,14 @@ def command(fn):
             return fn(*args, **kwargs)
         except HeadstartError as e:
             raise _fail(str(e), e.exit_code) from None
+        except ModuleNotFoundError as e:  # a lean install (docs/deploy.md, "Without PyTorch") asked to train
+            if not (e.name or "").startswith("headstart"):
+                raise _fail(
+                    f"This needs {e.name}, which is not installed: a lean install (pip install --no-deps headstart "
+                    "and its runtime extra) predicts and serves exported .onnx/.xml/.tflite files only. Install "
+                    "everything with pip install headstart."
+                ) from None
+            raise
         except KeyboardInterrupt:  # Ctrl-C outside training (which stops cleanly and says how to resume)
             raise _fail("Interrupted.", 130) from None
 

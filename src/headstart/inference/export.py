@@ -1,5 +1,5 @@
-"""Export a trained model — ONNX, OpenVINO IR, torch.export (``pt2``) or TorchScript; fp16 and int8 where
-the format runs them — and check the file against PyTorch before it is kept.
+"""Export a trained model — ONNX, OpenVINO IR, Core ML, torch.export (``pt2``) or TorchScript; fp16 and int8
+where the format runs them — and check the file against PyTorch before it is kept.
 
 >>> result = export("runs/efficientnet_lite0-features-...", "onnx")      # doctest: +SKIP
 >>> result.path, result.max_difference                                   # doctest: +SKIP
@@ -19,15 +19,19 @@ of the run's evaluation split. fp32: its probabilities must match PyTorch's with
 int8 round on purpose, so they are judged by what a user sees: the share of images on which they pick
 PyTorch's top class (at least ``MIN_AGREEMENT``, or ``min_agreement``) and the accuracy on those images,
 beside PyTorch's. int8 is calibrated on images of the run's training split (``CALIBRATION_IMAGES``).
-A file that fails its check is not kept (``ExportError``, exit 1); a precision a format cannot run is
-refused before any work (exit 2), never written as fp32.
+Core ML runs only on macOS: elsewhere its structure and metadata are checked, and the sidecar says that no
+numeric check was run (``headstart.inference.coreml``). A file that fails its check is not kept
+(``ExportError``, exit 1); a precision a format cannot run is refused before any work (exit 2), never
+written as fp32; a converter that is not installed is exit 2 naming the extra that brings it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +41,9 @@ from torch import nn
 
 from headstart._version import __version__
 from headstart.data.dataset import load_dataset_for
-from headstart.engines.runtimes import installed
 from headstart.errors import ConfigError, ExportError, HeadstartError
-from headstart.inference.export_formats import FORMATS, PRECISIONS, companions, runner, write
+from headstart.inference.coreml import RUNS_HERE, check_spec
+from headstart.inference.export_formats import EXTRAS, FORMATS, PRECISIONS, QUANTIZER, companions, runner, write
 from headstart.inference.predict import Predictor, load
 from headstart.runs.folder import Run, export_file
 from headstart.utils.files import check_writable_dir
@@ -62,8 +66,8 @@ class Exported:
     path: Path
     sidecar: Path
     format: str
-    max_difference: float  # fp32: against PyTorch's probabilities; fp16, int8: measured, not the criterion
-    samples: int
+    max_difference: float | None  # fp32: against PyTorch's probabilities; fp16, int8: measured, not the criterion;
+    samples: int  # None: not run (Core ML off macOS)
     precision: str = "fp32"
     checks: dict | None = None  # fp16, int8: agreement, accuracy and PyTorch's accuracy, images, threshold
 
@@ -227,6 +231,22 @@ def check_precision(fmt: str, precision: str) -> None:
         )
 
 
+def has_package(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def check_installed(fmt: str, precision: str) -> None:
+    """A converter that is not installed: exit 2 naming the extra that brings it, before any work."""
+    needs = [EXTRAS[fmt]] if fmt in EXTRAS else []
+    needs += [QUANTIZER] if (fmt, precision) == ("openvino", "int8") else []
+    for package, extra in needs:
+        if not has_package(package):
+            raise ConfigError(
+                f"--format {fmt}{' --int8' if precision == 'int8' else ''} needs the {package} package: "
+                f"pip install 'headstart[{extra}]' (or pip install {package}), or export --format onnx."
+            )
+
+
 def export(
     source: str | os.PathLike | Predictor,
     fmt: str = "onnx",
@@ -249,17 +269,13 @@ def export(
         )
     if min_agreement is not None and not 0 < min_agreement <= 1:
         raise ConfigError(f"--min-agreement is a share of images, above 0 and at most 1. Received: {min_agreement}")
-    if fmt == "openvino" and not installed("openvino"):  # a missing extra: exit 2 naming it, before any work
-        raise ConfigError(
-            "--format openvino needs the openvino package: pip install 'headstart[openvino]' (or pip install "
-            "openvino), or export --format onnx."
-        )
+    check_installed(fmt, precision)
     predictor = source if isinstance(source, Predictor) else load(source, device="cpu")  # exported on the CPU
     ext = ("" if precision == "fp32" else f"-{precision}") + FORMATS[fmt]
     if out is None:
         out = export_file(predictor.run_dir or Path(predictor.source).parent, ext)
     path, meta = Path(out), {**metadata(predictor, fmt), "precision": precision}
-    if path.is_dir() or path.suffix != FORMATS[fmt]:
+    if (path.is_dir() and fmt != "coreml") or path.suffix != FORMATS[fmt]:
         raise ConfigError(f"The output (--out) must be a {FORMATS[fmt]} file for {fmt}. Received: {path}")
     check_writable_dir(path.parent, "--out")
     calibration = None
@@ -286,7 +302,9 @@ def export(
             raise
         except Exception as e:
             raise ExportError(f"Exporting to {fmt} {precision} failed: {type(e).__name__}: {e}") from None
-        if precision == "fp32":
+        if fmt == "coreml" and not RUNS_HERE:
+            diff, checks = None, check_spec(tmp, meta, precision)
+        elif precision == "fp32":
             diff, checks = check_parity(predictor, tmp, fmt), None
         else:
             checks = check_agreement(predictor, tmp, fmt, precision, min_agreement or MIN_AGREEMENT[precision])
@@ -294,12 +312,15 @@ def export(
         record = {**meta, "parity_max_difference": diff, **({"checks": checks} if checks else {})}
         tmp_sidecar.write_text(json.dumps(record, indent=2) + "\n")
         for a, b in companions(tmp, path):  # the model (and OpenVINO's weights), then the sidecar describing it
+            if b.is_dir():  # a Core ML package is a folder: the old one goes first
+                shutil.rmtree(b)
             os.replace(a, b)
         os.replace(tmp_sidecar, sidecar)
     except OSError as e:
         raise HeadstartError(f"Cannot write {path}: {e.strerror or e}. Pass a writable --out.") from None
     finally:
         for leftover, _ in companions(tmp, path):
-            leftover.unlink(missing_ok=True)
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
         tmp_sidecar.unlink(missing_ok=True)
-    return Exported(path, sidecar, fmt, diff, SAMPLES if checks is None else checks["images"], precision, checks)
+    samples = SAMPLES if checks is None else checks.get("images", 0)
+    return Exported(path, sidecar, fmt, diff, samples, precision, checks)

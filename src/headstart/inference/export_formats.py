@@ -1,6 +1,7 @@
-"""How each export format is written and run: ONNX (fp32, fp16, int8), OpenVINO IR (fp32, fp16), ``pt2``
-(``torch.export``) and TorchScript; the metadata each carries, and reading it back. ``headstart.inference.export``
-checks what these write.
+"""How each export format is written and run: ONNX (fp32, fp16, int8), OpenVINO IR (fp32, fp16, int8), Core ML
+(fp32, fp16, int8 weights; ``headstart.inference.coreml``), ``pt2`` (``torch.export``) and TorchScript, with the
+metadata each carries. ``headstart.inference.export`` checks what these write; ``headstart.inference.exported``
+reads it back.
 """
 
 from __future__ import annotations
@@ -16,15 +17,20 @@ from torch import nn
 
 from headstart.engines.onnx_files import write_onnx
 from headstart.engines.runtimes import onnxruntime_run, openvino_run
+from headstart.inference.coreml import coreml_run, write_coreml
 
-FORMATS = {"onnx": ".onnx", "openvino": ".xml", "pt2": ".pt2", "torchscript": ".pt"}
-# The precisions each format is written in here (OpenVINO int8 needs NNCF's quantizer: not yet).
+FORMATS = {"onnx": ".onnx", "openvino": ".xml", "coreml": ".mlpackage", "pt2": ".pt2", "torchscript": ".pt"}
+# The precisions each format is written in here.
 PRECISIONS = {
     "onnx": ("fp32", "fp16", "int8"),
-    "openvino": ("fp32", "fp16"),
+    "openvino": ("fp32", "fp16", "int8"),
+    "coreml": ("fp32", "fp16", "int8"),
     "pt2": ("fp32",),
     "torchscript": ("fp32",),
 }
+# The packages a format's converter needs beyond the default install, and the extra that brings them.
+EXTRAS = {"openvino": ("openvino", "openvino"), "coreml": ("coremltools", "coreml")}
+QUANTIZER = ("nncf", "openvino")  # OpenVINO int8: NNCF's post-training quantization
 CALIBRATION_BATCH = 10  # int8: calibration images run at once (the percentile histograms need one size)
 
 
@@ -45,8 +51,11 @@ def _write_pt2(graph: nn.Module, example: torch.Tensor, path: Path, meta: dict) 
     torch.export.save(program, str(path), extra_files={"headstart.json": json.dumps(meta)})
 
 
-def _write_openvino(graph: nn.Module, example: torch.Tensor, path: Path, meta: dict, half: bool = False) -> None:
-    """OpenVINO IR (``.xml`` and its ``.bin``) converted from the ONNX graph; fp16: the weights stored in half."""
+def _write_openvino(
+    graph: nn.Module, example: torch.Tensor, path: Path, meta: dict, precision: str, calibration
+) -> None:
+    """OpenVINO IR (``.xml`` and its ``.bin``) converted from the ONNX graph; fp16: the weights stored in half;
+    int8: quantized by NNCF (``_openvino_int8``)."""
     import openvino as ov
 
     onnx_file = path.with_name(path.name + ".onnx")
@@ -55,8 +64,27 @@ def _write_openvino(graph: nn.Module, example: torch.Tensor, path: Path, meta: d
         model = ov.convert_model(str(onnx_file))
     finally:
         onnx_file.unlink(missing_ok=True)
+    if precision == "int8":
+        model = _openvino_int8(model, calibration)
     model.set_rt_info(json.dumps(meta), ["headstart"])
-    ov.save_model(model, str(path), compress_to_fp16=half)
+    ov.save_model(model, str(path), compress_to_fp16=precision == "fp16")
+
+
+def _openvino_int8(model, calibration: np.ndarray):
+    """``model`` quantized by NNCF: int8 weights and activations, activation ranges from ``calibration`` (one
+    image a step). The mixed preset (asymmetric activations, which after ReLU6 are all on one side of 0) and the
+    full bias correction: on the demo at 64 px they took agreement with PyTorch from 93.7 % (NNCF's defaults) to
+    95.0 %, the same as ONNX Runtime's int8."""
+    import nncf
+
+    steps = [calibration[i : i + 1] for i in range(len(calibration))]
+    return nncf.quantize(
+        model,
+        nncf.Dataset(steps),
+        preset=nncf.QuantizationPreset.MIXED,
+        subset_size=len(steps),
+        fast_bias_correction=False,
+    )
 
 
 def _onnx_fp16(path: Path, meta: dict) -> None:
@@ -130,6 +158,8 @@ def runner(path: str | Path, fmt: str):
     """A function from a float32 NCHW batch (numpy) to probabilities, running the exported file."""
     if fmt in ("onnx", "openvino"):  # as the engines run them
         return (onnxruntime_run if fmt == "onnx" else openvino_run)(Path(path), threads=torch.get_num_threads())
+    if fmt == "coreml":
+        return coreml_run(path)
     if fmt == "pt2":
         module = torch.export.load(str(path)).module()
     else:
@@ -146,7 +176,9 @@ def runner(path: str | Path, fmt: str):
 def write(fmt, precision, graph, example, path: Path, meta: dict, calibration) -> None:
     """``graph`` written at ``path`` as ``fmt`` in ``precision`` (int8: calibrated on ``calibration``)."""
     if fmt == "openvino":
-        _write_openvino(graph, example, path, meta, half=precision == "fp16")
+        _write_openvino(graph, example, path, meta, precision, calibration)
+    elif fmt == "coreml":
+        write_coreml(graph, example, path, meta, precision)
     elif fmt == "onnx":
         _write_onnx(graph, example, path, meta)
         if precision == "fp16":

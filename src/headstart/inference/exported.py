@@ -33,13 +33,18 @@ RUNTIMES = {
     ".xml": ("openvino", "openvino", "openvino"),
     ".tflite": ("litert", "litert", "litert"),
 }
-TORCH_ONLY = {".pt2": "torch.export.load", ".pt": "torch.jit.load"}  # exported too, but run by PyTorch
+# Exported too, but run elsewhere.
+ELSEWHERE = {
+    ".pt2": "PyTorch (torch.export.load)",
+    ".pt": "PyTorch (torch.jit.load)",
+    ".mlpackage": "Core ML on macOS (coremltools.models.MLModel, or Swift)",
+}
 KEY = "headstart"  # the metadata entry's name in each format
 
 
 def is_exported(source: str | os.PathLike) -> bool:
     """Whether ``source`` names an exported file (by its suffix), not a run, checkpoint or saved model."""
-    return Path(source).suffix.lower() in {*RUNTIMES, *TORCH_ONLY}
+    return Path(source).suffix.lower() in {*RUNTIMES, *ELSEWHERE}
 
 
 class ExportedPredictor(ImagePredictor):
@@ -87,10 +92,10 @@ def load_exported(
     """A predictor for an exported file, on the CPU, by the runtime its format needs (``RUNTIMES``)."""
     path = Path(source)
     suffix = path.suffix.lower()
-    if suffix in TORCH_ONLY:
+    if suffix in ELSEWHERE:
         raise ConfigError(
-            f"{path} is a PyTorch file (load it with {TORCH_ONLY[suffix]}). headstart predicts from a run folder "
-            f"or from an exported {', '.join(RUNTIMES)} file: headstart export RUN --format onnx"
+            f"{path} runs in {ELSEWHERE[suffix]}. headstart predicts from a run folder or from an exported "
+            f"{', '.join(RUNTIMES)} file: headstart export RUN --format onnx"
         )
     fmt, runtime, extra = RUNTIMES[suffix]
     chosen = {"--device": (device, ("auto", "cpu")), "--engine": (engine, ("auto", runtime))}

@@ -13,7 +13,6 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
 
-from headstart.reporting import plots as plots
 from headstart.utils.files import write_text
 
 REPORT_HTML = "report.html"  # a comparison's; a run's is ``Run.report``
@@ -37,6 +36,8 @@ def _inline(path: Path) -> str:
 def draw_run_pictures(run, ev, images) -> dict[str, Path]:
     """The run's curves and most confidently wrong evaluation images, as PNG files; with the
     confusion matrix that the evaluation drew."""
+    from headstart.reporting import plots  # matplotlib: not for serving a model
+
     out = {
         "curves": plots.plot_history(run.history, run.picture("curves"), run.metrics.get("best_epoch", 0)),
         "confusion": run.confusion_file(ev.split, "png"),
@@ -88,6 +89,8 @@ def write_compare_report(
     advice: dict | None = None,
 ) -> Path:
     """``<compare>/report.html``: the table, overlaid curves, confusion matrices side by side, a reading."""
+    from headstart.reporting import plots  # matplotlib: not for serving a model
+
     pictures = {
         "curves": plots.plot_histories(histories, out_dir / "validation_curves.png"),
         "confusions": plots.plot_confusions(confusions, classes, out_dir / "confusion_matrices.png"),
