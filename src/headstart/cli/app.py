@@ -49,7 +49,7 @@ def command(fn):
             if not (e.name or "").startswith("headstart"):
                 raise _fail(
                     f"This needs {e.name}, which is not installed: a lean install (pip install --no-deps headstart "
-                    "and its runtime extra) predicts and serves exported .onnx/.xml/.tflite files only. Install "
+                    "and its runtime extra) predicts and serves exported .onnx and .xml files only. Install "
                     "everything with pip install headstart."
                 ) from None
             raise

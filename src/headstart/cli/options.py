@@ -47,8 +47,8 @@ ModelSource = Annotated[
     Path,
     typer.Argument(
         help=(
-            "A run folder (runs/NAME), a .ckpt checkpoint, a saved .safetensors model, or an exported .onnx, "
-            ".xml (OpenVINO) or .tflite file (run without PyTorch)."
+            "A run folder (runs/NAME), a .ckpt checkpoint, a saved .safetensors model, or an exported .onnx "
+            "or .xml (OpenVINO) file (run without PyTorch)."
         )
     ),
 ]

@@ -1,5 +1,5 @@
-"""The inference engines that run an exported network: ONNX Runtime (``.onnx``), OpenVINO (``.onnx``, ``.xml``)
-and LiteRT (``.tflite``), each a function from a float32 NCHW batch (numpy) to its output. They serve the
+"""The inference engines that run an exported network: ONNX Runtime (``.onnx``) and OpenVINO (``.onnx``,
+``.xml``), each a function from a float32 NCHW batch (numpy) to its output. They serve the
 frozen pass in training (``headstart.engines.choice``, on as many threads as PyTorch uses) and exported
 files alike (``headstart.inference.exported``, without PyTorch: nothing here imports it).
 
@@ -21,8 +21,8 @@ from headstart.errors import ConfigError
 Run = Callable[[np.ndarray], np.ndarray]
 
 # What pip installs each engine from, and the module it imports.
-PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai-edge-litert"}
-MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai_edge_litert"}
+PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
 def installed(engine: str) -> bool:
@@ -77,25 +77,6 @@ def openvino_run(path: Path, precision: str = "fp32", threads: int | None = None
         config["INFERENCE_NUM_THREADS"] = threads
     request = core.compile_model(core.read_model(str(path)), "CPU", config).create_infer_request()
     return lambda x: np.array(request.infer([np.ascontiguousarray(x, np.float32)])[0])
-
-
-def litert_run(path: Path, precision: str = "fp32", threads: int | None = None) -> Run:
-    """``path`` (``.tflite``) run by LiteRT's interpreter; its input resized to each batch's shape."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    interpreter.allocate_tensors()
-    source, result = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-
-    def run(x: np.ndarray) -> np.ndarray:
-        if tuple(interpreter.get_input_details()[0]["shape"]) != x.shape:
-            interpreter.resize_tensor_input(source["index"], list(x.shape))
-            interpreter.allocate_tensors()
-        interpreter.set_tensor(source["index"], np.ascontiguousarray(x, np.float32))
-        interpreter.invoke()
-        return interpreter.get_tensor(result["index"]).copy()
-
-    return run
 
 
 RUNTIMES = {"onnxruntime": onnxruntime_run, "openvino": openvino_run}

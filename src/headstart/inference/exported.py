@@ -1,6 +1,6 @@
-"""Predicting from an exported file — ``.onnx`` (ONNX Runtime), ``.xml`` (OpenVINO IR) or ``.tflite`` (LiteRT) —
-with numpy, Pillow and that runtime alone: no PyTorch, timm or Lightning is imported, so a deployment box needs
-a few hundred MB, not gigabytes (docs/deploy.md, "Without PyTorch").
+"""Predicting from an exported file — ``.onnx`` (ONNX Runtime) or ``.xml`` (OpenVINO IR) — with numpy, Pillow and
+that runtime alone: no PyTorch, timm or Lightning is imported, so a deployment box needs a few hundred MB, not
+gigabytes (docs/deploy.md, "Without PyTorch").
 
 >>> model = headstart.load("runs/.../export/model-int8.onnx")            # doctest: +SKIP
 >>> model.predict("dish.jpg")[0].label                                   # doctest: +SKIP
@@ -23,16 +23,12 @@ import numpy as np
 
 from headstart.data.images import MAX_PIXELS
 from headstart.data.preprocessing import Preprocessing
-from headstart.engines.runtimes import PACKAGES, Run, installed, litert_run, onnxruntime_run, openvino_run
+from headstart.engines.runtimes import PACKAGES, Run, installed, onnxruntime_run, openvino_run
 from headstart.errors import ConfigError, RunError
 from headstart.inference.prediction import ImagePredictor
 
 # The files predicted from without PyTorch: suffix -> (format, engine that runs it, extra that installs it).
-RUNTIMES = {
-    ".onnx": ("onnx", "onnxruntime", "runtime"),
-    ".xml": ("openvino", "openvino", "openvino"),
-    ".tflite": ("litert", "litert", "litert"),
-}
+RUNTIMES = {".onnx": ("onnx", "onnxruntime", "runtime"), ".xml": ("openvino", "openvino", "openvino")}
 # Exported too, but run elsewhere.
 ELSEWHERE = {
     ".pt2": "PyTorch (torch.export.load)",
@@ -115,7 +111,7 @@ def load_exported(
         )
     meta = check_metadata(read_metadata(path), path)
     try:
-        run = {"onnx": onnxruntime_run, "openvino": openvino_run, "litert": litert_run}[fmt](path)
+        run = {"onnx": onnxruntime_run, "openvino": openvino_run}[fmt](path)
     except Exception as e:  # a damaged file, or not one this runtime reads
         raise RunError(f"{path} cannot be read by {runtime} ({type(e).__name__}: {_first_line(e)}).") from None
     predictor = ExportedPredictor(path, meta, run, max_pixels)

@@ -25,7 +25,7 @@ def load(
 ) -> ImagePredictor:
     """A predictor from a run folder, a ``.ckpt``, a saved ``.safetensors`` model (``headstart.inference.predict.load``,
     where ``device``, ``engine`` and ``engine_precision`` are explained), or an exported ``.onnx``, ``.xml``
-    (OpenVINO) or ``.tflite`` (LiteRT) file (``headstart.inference.exported.load_exported``)."""
+    (OpenVINO) file (``headstart.inference.exported.load_exported``)."""
     if is_exported(source):
         return load_exported(source, max_pixels, device, engine, engine_precision)
     from headstart.inference.predict import load as load_run  # PyTorch: imported only for a run
