@@ -88,3 +88,20 @@ def demo_run(tmp_path_factory):
         if (shared / "runs" / "demo" / "metrics.json").is_file():
             return Run.load(shared / "runs" / "demo")
         return fit("demo", strategy="features", epochs=6, input_size=64, runs_dir=shared / "runs", name="demo")
+
+
+@pytest.fixture(scope="session")
+def demo_exports(demo_run, tmp_path_factory) -> dict[str, Path]:
+    """The demo run exported as ONNX fp32, ONNX int8 and OpenVINO IR, once for all the test processes."""
+    from filelock import FileLock
+
+    from headstart.inference.export import export
+
+    out = _shared(tmp_path_factory) / "demo-exports"
+    files = {"onnx": out / "model.onnx", "int8": out / "model-int8.onnx", "openvino": out / "model.xml"}
+    with FileLock(str(_shared(tmp_path_factory) / "demo_exports.lock")):
+        if not all(f.is_file() for f in files.values()):
+            export(demo_run.dir, "onnx", files["onnx"])
+            export(demo_run.dir, "onnx", files["int8"], "int8", min_agreement=0.9, calibration_images=50)
+            export(demo_run.dir, "openvino", files["openvino"])
+    return files

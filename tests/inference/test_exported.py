@@ -17,22 +17,15 @@ import headstart
 from headstart.cli.main import app
 from headstart.data.dataset import demo_root
 from headstart.engines import runtimes
-from headstart.inference.export import export
 from headstart.inference.exported import ExportedPredictor
 from headstart.inference.serve import create_app
 
 HEAVY = ("torch", "timm", "lightning", "torchvision", "torchmetrics", "matplotlib")
 
 
-@pytest.fixture(scope="module")
-def exported(demo_run, tmp_path_factory) -> dict[str, Path]:
-    """The demo run exported as ONNX fp32, ONNX int8 and OpenVINO IR."""
-    out = tmp_path_factory.mktemp("exported")
-    return {
-        "onnx": export(demo_run.dir, "onnx", out / "model.onnx").path,
-        "int8": export(demo_run.dir, "onnx", out / "model-int8.onnx", "int8", calibration_images=100).path,
-        "openvino": export(demo_run.dir, "openvino", out / "model.xml").path,
-    }
+@pytest.fixture
+def exported(demo_exports) -> dict[str, Path]:
+    return demo_exports
 
 
 def _images(n: int) -> list[Path]:
