@@ -112,12 +112,7 @@ def test_fp16_and_int8_are_judged_by_agreement_with_pytorch(tiny_run, tmp_path: 
     # A tiny model barely trained: its top classes are near ties, so int8's threshold is lowered here;
     # the real figures are in docs/benchmarks.md.
     int8 = hs_export.export(
-        tiny_run.dir,
-        "onnx",
-        tmp_path / "m-int8.onnx",
-        precision="int8",
-        min_agreement=0.1,
-        calibration_split="validation",
+        tiny_run.dir, "onnx", tmp_path / "m-int8.onnx", precision="int8", min_agreement=0.1, calibration="validation"
     )
     for result, precision in ((half, "fp16"), (int8, "int8")):
         checks = json.loads(result.sidecar.read_text())["checks"]
@@ -140,7 +135,7 @@ def test_openvino_int8_is_quantized_by_nncf_and_checked(tiny_run, tmp_path: Path
     import openvino as ov
 
     result = hs_export.export(
-        tiny_run.dir, "openvino", tmp_path / "m-int8.xml", "int8", min_agreement=0.1, calibration_split="validation"
+        tiny_run.dir, "openvino", tmp_path / "m-int8.xml", "int8", min_agreement=0.1, calibration="validation"
     )
     assert result.checks["images"] == 9 and read_metadata(result.path)["calibration"]["images"] == 9
     ops = {op.get_type_name() for op in ov.Core().read_model(str(result.path)).get_ops()}
@@ -210,7 +205,8 @@ def test_a_precision_a_format_cannot_run_is_refused(tiny_run, tmp_path: Path, mo
         (["--format", "torchscript", "--int8"], "torchscript is exported in fp32 here, not int8"),
         (["--half", "--int8"], "two precisions"),
         (["--int8", "--min-agreement", "1.5"], "--min-agreement is a share"),
-        (["--int8", "--calibration", "evaluation"], "the evaluation split grades the file"),
+        (["--int8", "--calibration", "evaluation"], "not the evaluation split, which grades the file"),
+        (["--int8", "--calibration", str(tmp_path)], "holds none that can be read"),
     ):
         res = CliRunner().invoke(app, ["export", str(tiny_run.dir), *args, "--out", str(tmp_path / "x.onnx")])
         assert res.exit_code == 2 and said in res.output, (args, res.output)
@@ -224,3 +220,15 @@ def test_a_precision_a_format_cannot_run_is_refused(tiny_run, tmp_path: Path, mo
         said = " ".join(res.output.split())
         assert res.exit_code == 2 and f"needs the {missing} package: pip install '{extra}'" in said, said
     assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_can_be_calibrated_on_a_folder_of_photos(tiny_run, tmp_path: Path):
+    photos = tmp_path / "photos" / "nested"
+    photos.mkdir(parents=True)
+    for f in sorted((demo_root() / "training").iterdir())[:12]:
+        (photos / f.name).write_bytes(f.read_bytes())
+    (photos / "broken.jpg").write_bytes(b"not a photo")  # skipped, as predict skips it
+    args = ["export", str(tiny_run.dir), "--int8", "--min-agreement", "0.1", "--calibration", str(tmp_path / "photos")]
+    res = CliRunner().invoke(app, [*args, "--calibration-images", "10", "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 0, res.output
+    assert read_metadata(tmp_path / "m.onnx")["calibration"] == {"folder": str(tmp_path / "photos"), "images": 10}

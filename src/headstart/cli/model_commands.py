@@ -74,7 +74,10 @@ def export(
     ] = None,
     calibration: Annotated[
         str,
-        typer.Option(help="int8: the run's split its activation ranges are calibrated on (training or validation)."),
+        typer.Option(
+            help="int8: what its activation ranges are calibrated on: the run's training or validation split, or a "
+            "folder of images like those the model will see."
+        ),
     ] = "training",
     calibration_images: Annotated[
         int, typer.Option(min=1, help="int8: images of that split the activation ranges are calibrated on.")

@@ -247,6 +247,22 @@ def check_installed(fmt: str, precision: str) -> None:
             )
 
 
+def calibration_set(predictor: Predictor, calibration: str | os.PathLike, n: int) -> tuple[list[np.ndarray], dict]:
+    """Up to ``n`` prepared images of the run's split named ``calibration``, or of a folder (walked recursively,
+    unreadable files skipped), and what the sidecar records of them; a ConfigError when there are none."""
+    if str(calibration) in CALIBRATION_SPLITS:
+        images = split_images(predictor, str(calibration), n)[0]
+        where = f"the run's {calibration} images, and none can be read from {predictor.run_dir or predictor.source}"
+        record = {"split": str(calibration)}
+    else:
+        read = (image for _, image in predictor.read(calibration) if not isinstance(image, str))
+        images = [predictor.prepare(image) for _, image in zip(range(n), read)]
+        where, record = f"the images in {calibration}, and it holds none that can be read", {"folder": str(calibration)}
+    if not images:
+        raise ConfigError(f"int8 is calibrated on {where}. Pass --calibration training, validation or a photo folder.")
+    return images, {**record, "images": len(images)}
+
+
 def export(
     source: str | os.PathLike | Predictor,
     fmt: str = "onnx",
@@ -254,18 +270,19 @@ def export(
     precision: str = "fp32",
     min_agreement: float | None = None,
     calibration_images: int = CALIBRATION_IMAGES,
-    calibration_split: str = "training",
+    calibration: str | os.PathLike = "training",
 ) -> Exported:
     """Write the model of a run (or any ``Predictor``) as ``fmt`` in ``precision`` (fp32, fp16, int8), with
     its class names and preprocessing, and check it against PyTorch (module docstring). Default file:
     ``<run>/export/model[-fp16|-int8].<ext>`` (beside the file for a saved ``.safetensors`` model).
-    int8 is calibrated on ``calibration_images`` images of the run's ``calibration_split`` (training or
-    validation: never the evaluation split, which grades the file)."""
+    int8 is calibrated on ``calibration_images`` images of the run's ``calibration`` split (training or
+    validation: never the evaluation split, which grades the file), or of a folder of images."""
     check_precision(fmt, precision)
-    if calibration_split not in CALIBRATION_SPLITS:
+    if str(calibration) not in CALIBRATION_SPLITS and not Path(calibration).is_dir():
         raise ConfigError(
-            f"--calibration is the split int8 is calibrated on: {' or '.join(CALIBRATION_SPLITS)} (the evaluation "
-            f"split grades the file, so it cannot calibrate it too). Received: --calibration {calibration_split}"
+            f"--calibration is what int8 is calibrated on: the run's {' or '.join(CALIBRATION_SPLITS)} split, or a "
+            "folder of images like those the model will see (not the evaluation split, which grades the file). "
+            f"Received: --calibration {calibration}"
         )
     if min_agreement is not None and not 0 < min_agreement <= 1:
         raise ConfigError(f"--min-agreement is a share of images, above 0 and at most 1. Received: {min_agreement}")
@@ -278,16 +295,10 @@ def export(
     if (path.is_dir() and fmt != "coreml") or path.suffix != FORMATS[fmt]:
         raise ConfigError(f"The output (--out) must be a {FORMATS[fmt]} file for {fmt}. Received: {path}")
     check_writable_dir(path.parent, "--out")
-    calibration = None
+    ranges = None  # int8: the images the activation ranges are calibrated on
     if precision == "int8":
-        images = split_images(predictor, calibration_split, calibration_images)[0]
-        if not images:
-            raise ConfigError(
-                f"int8 is calibrated on the run's {calibration_split} images, and none can be read from "
-                f"{predictor.run_dir or predictor.source}. Export from a run folder whose data is where it was."
-            )
-        calibration = as_batch(images)
-        meta["calibration"] = {"split": calibration_split, "images": len(images)}
+        images, meta["calibration"] = calibration_set(predictor, calibration, calibration_images)
+        ranges = as_batch(images)
     sidecar = path.with_name(path.name + ".json")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{FORMATS[fmt]}")
     tmp_sidecar = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
@@ -297,7 +308,7 @@ def export(
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with torch.no_grad():
-                write(fmt, precision, _graph(predictor), example, tmp, meta, calibration)
+                write(fmt, precision, _graph(predictor), example, tmp, meta, ranges)
         except (OSError, HeadstartError):
             raise
         except Exception as e:
