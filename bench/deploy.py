@@ -5,9 +5,11 @@
 
 Each format:precision is exported with ``headstart.export`` (checked as it always is, on up to 300 evaluation
 images), then run on up to ``--evaluation-images`` images of the run's evaluation split for its agreement
-with PyTorch and its accuracy, and timed in this process with PyTorch
-eager fp32 interleaved: every round runs each engine once on the same prepared images, so the ratios
-compare like with like on a shared machine. Batch-1 latency is the median over ``--repeats`` rounds;
+with PyTorch and its accuracy, and timed in this process beside PyTorch
+eager fp32, in interleaved blocks: every round runs each engine ``BLOCK`` times in a row on the same prepared
+image, so slow drifts of a shared machine touch every engine alike, while no engine is timed just after
+another (one call each, alternating, slowed PyTorch eager 2.3× and ONNX Runtime 1.7× here: each runtime's
+threads and caches are cold after the other's). Batch-1 latency is the median over ``--repeats`` calls;
 batch-32 throughput the best of a few. Threads: PyTorch's (``torch.get_num_threads()``) for every engine.
 Core ML runs only on macOS: elsewhere its rows have the file's size alone.
 """
@@ -19,6 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
+BLOCK = 10  # batch-1 calls of one engine in a row
 DEFAULT = "onnx:fp32,onnx:fp16,onnx:int8,openvino:fp32,openvino:fp16,openvino:int8,coreml:fp16,coreml:int8"
 
 
@@ -66,11 +69,13 @@ def main(argv: list[str] | None = None) -> None:
             engines[spec] = (runner(result.path, fmt), info)
 
     latency = {name: [] for name in engines}
-    for _ in range(repeats):  # interleaved: each round runs every engine once
+    for _ in range(max(1, repeats // BLOCK)):  # interleaved blocks: each round runs every engine BLOCK times
         for name, (run, _) in engines.items():
-            start = time.perf_counter()
-            run(one)
-            latency[name].append(time.perf_counter() - start)
+            run(one)  # its threads and caches warm again after the engine before it
+            for _ in range(min(BLOCK, repeats)):
+                start = time.perf_counter()
+                run(one)
+                latency[name].append(time.perf_counter() - start)
     throughput = {}
     for name, (run, _) in engines.items():
         run(many)

@@ -87,6 +87,8 @@ def test_export_rejects_bad_arguments(tiny_run, tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors"]
     res = CliRunner().invoke(app, ["export", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "does not exist" in res.output
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "model.onnx"), "--format", "openvino"])
+    assert res.exit_code == 2 and "is an exported file already" in " ".join(res.output.split())
 
 
 def test_openvino_and_pt2_exports_match_pytorch_and_carry_their_metadata(toy_run, tmp_path: Path):

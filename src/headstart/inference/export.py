@@ -44,6 +44,7 @@ from headstart.data.dataset import load_dataset_for
 from headstart.errors import ConfigError, ExportError, HeadstartError
 from headstart.inference.coreml import RUNS_HERE, check_spec
 from headstart.inference.export_formats import EXTRAS, FORMATS, PRECISIONS, QUANTIZER, companions, runner, write
+from headstart.inference.exported import is_exported
 from headstart.inference.predict import Predictor, load
 from headstart.runs.folder import Run, export_file
 from headstart.utils.files import check_writable_dir
@@ -287,6 +288,11 @@ def export(
     if min_agreement is not None and not 0 < min_agreement <= 1:
         raise ConfigError(f"--min-agreement is a share of images, above 0 and at most 1. Received: {min_agreement}")
     check_installed(fmt, precision)
+    if not isinstance(source, Predictor) and is_exported(source):
+        raise ConfigError(
+            f"{source} is an exported file already: export from the run it came from (its sidecar .json names it, "
+            "under 'source'), e.g. headstart export runs/NAME --format openvino."
+        )
     predictor = source if isinstance(source, Predictor) else load(source, device="cpu")  # exported on the CPU
     ext = ("" if precision == "fp32" else f"-{precision}") + FORMATS[fmt]
     if out is None:
