@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from headstart.inference.coreml import RUNS_HERE
-    from headstart.inference.export import FORMATS, as_batch, export, runner, split_images
+    from headstart.inference.export import FORMATS, export, runner, split_images
     from headstart.inference.predict import load
+    from headstart.inference.prediction import as_batch
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="A run folder.")

@@ -58,24 +58,26 @@ def onnxruntime_session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def onnxruntime_run(path: Path, precision: str = "fp32", threads: int | None = None) -> Run:
-    """``path`` run by ONNX Runtime's CPU provider."""
+def onnxruntime_run(path: Path, precision: str = "fp32", threads: int | None = None, session=None) -> Run:
+    """``path`` run by ONNX Runtime's CPU provider (in ``session``, when it is open already)."""
     if precision != "fp32":
         raise ConfigError(f"--engine onnxruntime runs fp32 here. Received: --engine-precision {precision}.")
-    session = onnxruntime_session(path, threads)
+    session = session or onnxruntime_session(path, threads)
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
 
 
-def openvino_run(path: Path, precision: str = "fp32", threads: int | None = None) -> Run:
-    """``path`` read and compiled by OpenVINO for the CPU, with fp32 arithmetic or, asked for, bf16."""
+def openvino_run(path: Path, precision: str = "fp32", threads: int | None = None, model=None) -> Run:
+    """``path`` read (or ``model``, read already) and compiled by OpenVINO for the CPU, with fp32 arithmetic or,
+    asked for, bf16."""
     import openvino as ov
 
     core = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    request = core.compile_model(core.read_model(str(path)), "CPU", config).create_infer_request()
+    model = model if model is not None else core.read_model(str(path))
+    request = core.compile_model(model, "CPU", config).create_infer_request()
     return lambda x: np.array(request.infer([np.ascontiguousarray(x, np.float32)])[0])
 
 

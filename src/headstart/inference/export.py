@@ -46,6 +46,7 @@ from headstart.inference.coreml import RUNS_HERE, check_spec
 from headstart.inference.export_formats import EXTRAS, FORMATS, PRECISIONS, QUANTIZER, companions, runner, write
 from headstart.inference.exported import is_exported
 from headstart.inference.predict import Predictor, load
+from headstart.inference.prediction import as_batch
 from headstart.runs.folder import Run, export_file
 from headstart.utils.files import check_writable_dir
 
@@ -143,11 +144,6 @@ def sample_images(predictor: Predictor, n: int = SAMPLES) -> list[np.ndarray]:
     while len(images) < n:  # noise still exercises every layer
         images.append(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
     return images
-
-
-def as_batch(images: list[np.ndarray]) -> np.ndarray:
-    """Prepared images (HWC uint8) as the exported graph takes them: float32 NCHW in [0, 1]."""
-    return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
 
 
 def check_parity(

@@ -23,9 +23,9 @@ import numpy as np
 
 from headstart.data.images import MAX_PIXELS
 from headstart.data.preprocessing import Preprocessing
-from headstart.engines.runtimes import PACKAGES, Run, installed, onnxruntime_run, openvino_run
+from headstart.engines.runtimes import PACKAGES, Run, installed, onnxruntime_run, onnxruntime_session, openvino_run
 from headstart.errors import ConfigError, RunError
-from headstart.inference.prediction import ImagePredictor
+from headstart.inference.prediction import ImagePredictor, as_batch
 
 # The files predicted from without PyTorch: suffix -> (format, engine that runs it, extra that installs it).
 RUNTIMES = {".onnx": ("onnx", "onnxruntime", "runtime"), ".xml": ("openvino", "openvino", "openvino")}
@@ -60,7 +60,7 @@ class ExportedPredictor(ImagePredictor):
         images, as ``headstart.inference.predict.tta_views``)."""
         out = []
         for start in range(0, len(images), batch_size):
-            x = np.stack(images[start : start + batch_size]).transpose(0, 3, 1, 2).astype(np.float32) / 255
+            x = as_batch(images[start : start + batch_size])
             views = (x, np.ascontiguousarray(x[..., ::-1])) if tta else (x,)
             out.append(np.mean([self._checked(self.run(v), len(x)) for v in views], axis=0))
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
@@ -109,51 +109,57 @@ def load_exported(
             f"{path} needs {PACKAGES[runtime]} to run, which is not installed. Install it with "
             f"pip install 'headstart[{extra}]' (or pip install {PACKAGES[runtime]})."
         )
-    meta = check_metadata(read_metadata(path), path)
     try:
-        run = {"onnx": onnxruntime_run, "openvino": openvino_run}[fmt](path)
+        text, handle = _open(path, fmt)
     except Exception as e:  # a damaged file, or not one this runtime reads
         raise RunError(f"{path} cannot be read by {runtime} ({type(e).__name__}: {_first_line(e)}).") from None
+    meta = check_metadata(_parsed(path, text), path)
+    run = onnxruntime_run(path, session=handle) if fmt == "onnx" else openvino_run(path, model=handle)
     predictor = ExportedPredictor(path, meta, run, max_pixels)
     predictor.warm_up()  # one blank image: a file whose outputs are not its classes is refused now
     return predictor
+
+
+def _open(path: Path, fmt: str):
+    """The metadata text the file carries (None if none) and the runtime's handle on it: an ONNX Runtime session
+    (which reads the metadata too: the onnx package need not be installed), or OpenVINO's model, read once."""
+    if fmt == "onnx":
+        session = onnxruntime_session(path)
+        return session.get_modelmeta().custom_metadata_map.get(KEY), session
+    import openvino as ov
+
+    model = ov.Core().read_model(str(path))
+    return (model.get_rt_info([KEY]).astype(str) if model.has_rt_info([KEY]) else None), model
 
 
 def read_metadata(path: str | Path) -> dict:
     """The metadata an exported file carries (ONNX ``metadata_props``, OpenVINO ``rt_info``, key ``headstart``),
     else its sidecar ``<file>.json``. Parsed, not yet checked (``check_metadata``)."""
     path = Path(path)
-    text = None
+    fmt = RUNTIMES.get(path.suffix.lower(), ("other",))[0]
     try:
-        if path.suffix == ".onnx":
-            text = _onnx_metadata(path)
-        elif path.suffix == ".xml":
-            import openvino as ov
-
-            model = ov.Core().read_model(str(path))
-            text = model.get_rt_info([KEY]).astype(str) if model.has_rt_info([KEY]) else None
-        sidecar = path.with_name(path.name + ".json")
-        if text is None and sidecar.is_file():
-            text = sidecar.read_text()
-        if text is None:
-            raise RunError(
-                f"{path} carries no headstart metadata and has no {sidecar.name} beside it: the class names and "
-                "preprocessing are unknown. Export it with headstart export RUN, which writes both."
-            )
-        return json.loads(text)
-    except RunError:
-        raise
-    except Exception as e:  # damaged file or JSON
+        text = _open(path, fmt)[0] if fmt in ("onnx", "openvino") else None
+    except Exception as e:  # a damaged file
         raise RunError(
             f"{path}: its headstart metadata cannot be read ({type(e).__name__}: {_first_line(e)})."
         ) from None
+    return _parsed(path, text)
 
 
-def _onnx_metadata(path: Path) -> str | None:
-    """The ONNX file's ``headstart`` entry, read by ONNX Runtime (the runtime installs; the onnx package may not)."""
-    from headstart.engines.runtimes import onnxruntime_session
-
-    return onnxruntime_session(path).get_modelmeta().custom_metadata_map.get(KEY)
+def _parsed(path: Path, text: str | None) -> dict:
+    """``text`` (the file's own metadata), else the sidecar's, as JSON; a RunError when neither is there or readable."""
+    sidecar = path.with_name(path.name + ".json")
+    if text is None and sidecar.is_file():
+        text = sidecar.read_text()
+    if text is None:
+        raise RunError(
+            f"{path} carries no headstart metadata and has no {sidecar.name} beside it: the class names and "
+            "preprocessing are unknown. Export it with headstart export RUN, which writes both."
+        )
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise RunError(f"{path}: its headstart metadata is not JSON ({_first_line(e)}).") from None
 
 
 def check_metadata(meta, path: Path) -> dict:

@@ -146,6 +146,11 @@ class ImagePredictor:
                     yield str(path), str(e)
 
 
+def as_batch(images: list[np.ndarray]) -> np.ndarray:
+    """Prepared images (HWC uint8) as an exported graph takes them: float32 NCHW in [0, 1]."""
+    return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+
+
 def _as_uint8(a: np.ndarray) -> np.ndarray:
     if a.dtype == np.uint8:
         return a
