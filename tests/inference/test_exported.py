@@ -129,6 +129,7 @@ def test_metadata_is_checked_before_it_is_believed(exported, tmp_path: Path):
         ("no-classes", {"classes": "T-shirt"}, "has no list of class names"),
         ("twice", {"classes": [meta["classes"][0]] * 10}, "names a class twice"),
         ("bad-size", {"preprocessing": {**meta["preprocessing"], "input_size": -3}}, "unusable preprocessing"),
+        ("other-size", {"preprocessing": {**meta["preprocessing"], "input_size": 48}}, "does not run on the 48x48"),
         ("unknown-key", {"preprocessing": {**meta["preprocessing"], "exec": "rm -rf /"}}, "unusable preprocessing"),
     ]:
         model.metadata_props[0].value = json.dumps({**meta, **change})

@@ -116,7 +116,16 @@ def load_exported(
     meta = check_metadata(_parsed(path, text), path)
     run = onnxruntime_run(path, session=handle) if fmt == "onnx" else openvino_run(path, model=handle)
     predictor = ExportedPredictor(path, meta, run, max_pixels)
-    predictor.warm_up()  # one blank image: a file whose outputs are not its classes is refused now
+    try:  # one blank image: a file that does not take the input its metadata describes, or whose outputs are
+        predictor.warm_up()  # not its classes, is refused now
+    except RunError:
+        raise
+    except Exception as e:
+        size = predictor.preprocessing.input_size
+        raise RunError(
+            f"{path} does not run on the {size}x{size} RGB images its metadata describes ({type(e).__name__}: "
+            f"{_first_line(e)}). Export the run again (headstart export RUN)."
+        ) from None
     return predictor
 
 
