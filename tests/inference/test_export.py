@@ -133,16 +133,16 @@ def test_fp16_and_int8_are_judged_by_agreement_with_pytorch(tiny_run, tmp_path: 
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # quantized, not an fp32 file by another name
 
 
-def test_openvino_int8_is_quantized_by_nncf_and_checked(tiny_run, tmp_path: Path):
+def test_openvino_int8_is_quantized_by_nncf_and_checked(toy_run, tmp_path: Path):
     import openvino as ov
 
     result = hs_export.export(
-        tiny_run.dir, "openvino", tmp_path / "m-int8.xml", "int8", min_agreement=0.1, calibration="validation"
+        toy_run.dir, "openvino", tmp_path / "m-int8.xml", "int8", min_agreement=0.1, calibration="validation"
     )
     assert result.checks["images"] == 9 and read_metadata(result.path)["calibration"]["images"] == 9
     ops = {op.get_type_name() for op in ov.Core().read_model(str(result.path)).get_ops()}
     assert "FakeQuantize" in ops  # int8 activations and weights, not an fp32 file by another name
-    fp32_bytes = 4 * sum(p.numel() for p in load(tiny_run.dir).model.parameters())
+    fp32_bytes = 4 * sum(p.numel() for p in load(toy_run.dir).model.parameters())
     assert (tmp_path / "m-int8.bin").stat().st_size < 0.4 * fp32_bytes
 
 
@@ -224,13 +224,13 @@ def test_a_precision_a_format_cannot_run_is_refused(tiny_run, tmp_path: Path, mo
     assert list(tmp_path.iterdir()) == []
 
 
-def test_int8_can_be_calibrated_on_a_folder_of_photos(tiny_run, tmp_path: Path):
+def test_int8_can_be_calibrated_on_a_folder_of_photos(toy_run, tmp_path: Path):
     photos = tmp_path / "photos" / "nested"
     photos.mkdir(parents=True)
     for f in sorted((demo_root() / "training").iterdir())[:12]:
         (photos / f.name).write_bytes(f.read_bytes())
     (photos / "broken.jpg").write_bytes(b"not a photo")  # skipped, as predict skips it
-    args = ["export", str(tiny_run.dir), "--int8", "--min-agreement", "0.1", "--calibration", str(tmp_path / "photos")]
+    args = ["export", str(toy_run.dir), "--int8", "--min-agreement", "0.1", "--calibration", str(tmp_path / "photos")]
     res = CliRunner().invoke(app, [*args, "--calibration-images", "10", "--out", str(tmp_path / "m.onnx")])
     assert res.exit_code == 0, res.output
     assert read_metadata(tmp_path / "m.onnx")["calibration"] == {"folder": str(tmp_path / "photos"), "images": 10}
