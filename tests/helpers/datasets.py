@@ -109,3 +109,17 @@ def count_stem_images(monkeypatch) -> list[int]:
 TINY = {"training": [8, 8, 8], "validation": [3, 3, 3], "evaluation": [3, 3, 3]}
 TINY_IMAGES = sum(sum(c) for c in TINY.values())
 TINY_OPTIONS = dict(input_size=32, batch_size=8)
+
+
+def make_corner_patch(root: Path, per_class: int = 24, size: int = 64) -> Path:
+    """Two classes told apart only by the colour of a patch in the top-left corner (red or blue); the rest of
+    each image is grey noise, different every time: a model can only look at that corner."""
+    rng = np.random.default_rng(0)
+    patch = size // 4
+    for label, colour in (("red", (230, 30, 30)), ("blue", (30, 30, 230))):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.repeat(rng.integers(0, 256, (size, size, 1), dtype=np.uint8), 3, axis=2)
+            pixels[2 : 2 + patch, 2 : 2 + patch] = colour
+            Image.fromarray(pixels).save(root / label / f"{label}_{i}.png")
+    return root

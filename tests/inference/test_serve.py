@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -19,6 +20,7 @@ from PIL import Image
 
 from headstart.data.dataset import demo_root
 from headstart.inference import serve as serve
+from headstart.inference.explain import overlay
 from headstart.inference.predict import load
 from headstart.inference.serve import Limits, create_app, uvicorn_options
 from helpers.browser import chromium_browser
@@ -317,6 +319,13 @@ def test_the_page_classifies_a_photo_in_a_browser(predictor, tmp_path: Path):
                 "const i = document.getElementById('preview'); return [i.complete, i.naturalWidth]"
             )
             assert shown == [True, 28]  # the photo itself is on the page (the demo images are 28 px)
+            # ... and its class-activation map beside it, at the model's input size (a run's model explains)
+            WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "map").get_attribute("src"))
+            size = predictor.preprocessing.input_size
+            mapped = browser.execute_script(
+                "const i = document.getElementById('map'); return [i.hidden, i.complete, i.naturalWidth]"
+            )
+            assert mapped == [False, True, size]
             browser.save_screenshot(str(tmp_path / "serve.png"))
         finally:
             browser.quit()
@@ -359,3 +368,35 @@ def test_tta_per_request_and_as_the_servers_default(client, predictor, tiny_run,
         # --engine torch: the server starts at once (the default converts the model first, tested elsewhere)
         assert CliRunner().invoke(app, ["serve", str(tiny_run.dir), "--engine", "torch", *flag]).exit_code == 0
         assert TestClient(served["app"]).get("/healthz").json()["tta"] is tta
+
+
+def test_explain_returns_each_images_map_over_it(client, predictor):
+    images = _demo_images(2)
+    files = [("file", (f.name, f.read_bytes(), "image/png")) for f in images]
+    plain = client.post("/predict", files=files).json()["predictions"]
+    assert all("explanation" not in p for p in plain)
+    answers = client.post("/predict?explain=true&method=layercam", files=files).json()["predictions"]
+    expected = predictor.explain(images, method="layercam")
+    size = predictor.preprocessing.input_size
+    for answer, e, p in zip(answers, expected, plain):
+        assert answer["label"] == p["label"] and answer["probability"] == pytest.approx(p["probability"])
+        assert answer["explanation"]["method"] == "layercam"
+        url = answer["explanation"]["overlay"]
+        assert url.startswith("data:image/png;base64,")
+        shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+        assert shown.shape == (size, size, 3)
+        assert np.abs(shown.astype(int) - overlay(e.image, e.map).astype(int)).max() <= 2  # the same map, drawn
+    assert client.post("/predict?explain=true&method=nonsense", files=files).status_code == 422
+
+
+def test_a_server_of_an_exported_file_says_it_cannot_explain(tiny_run, tmp_path: Path):
+    from headstart.inference.export import export
+    from headstart.inference.loading import load as load_any
+
+    file = export(tiny_run.dir, "onnx", tmp_path / "model.onnx").path
+    app_ = TestClient(create_app(load_any(file)))
+    assert app_.get("/healthz").json()["explain"] is False
+    image = _demo_images(1)[0]
+    res = app_.post("/predict?explain=true", files=[("file", (image.name, image.read_bytes(), "image/png"))])
+    assert res.status_code == 400 and "exported file" in res.json()["error"]
+    assert 'id="map"' not in app_.get("/").text

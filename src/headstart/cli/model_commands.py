@@ -15,6 +15,7 @@ from headstart.cli.options import (
     Device,
     EngineOption,
     EnginePrecision,
+    ExplainMethod,
     ModelSource,
     PrintFormat,
     RunSource,
@@ -34,13 +35,37 @@ def predict(
     tta: Annotated[bool, typer.Option("--tta", help=TTA_HELP + " Twice the compute.")] = False,
     engine: EngineOption = "auto",
     engine_precision: EnginePrecision = "fp32",
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain", help="Also write a PNG per image: the photo, where the model saw its class, the top classes."
+        ),
+    ] = False,
+    method: Annotated[
+        ExplainMethod, typer.Option(help="With --explain: how the map is computed (the grad-cam library).")
+    ] = "gradcam",
+    out_dir: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="With --explain: where the PNG files go.", show_default="runs/explain-<model>"),
+    ] = None,
 ) -> None:
     """Classify images with a trained model. Exit 0 if every image was read, 1 if some were not."""
     from headstart.inference.loading import load
 
+    if explain and tta:
+        raise _fail("--explain maps one view of each image; --tta averages two. Use one or the other.")
     predictor = load(run, device=device, engine=engine, engine_precision=engine_precision)
-    results = predictor.predict(images, top_k=top_k, batch_size=batch_size, tta=tta)
+    if explain:
+        from headstart.inference.explain import write_explanations
+
+        results = predictor.explain(images, method=method, top_k=top_k, batch_size=batch_size)
+        folder = out_dir or Path("runs") / f"explain-{Path(run).resolve().name}"
+        written = write_explanations(results, folder)
+    else:
+        results = predictor.predict(images, top_k=top_k, batch_size=batch_size, tta=tta)
     show.predictions(results, top_k, format)
+    if explain and format == "table":
+        out.print(f"Wrote {len(written)} explanation(s) to {folder}")
     failed = [r for r in results if r.error]
     if failed:
         err.print(f"[yellow]{len(failed)} of {len(results)} image(s) could not be read.[/]")

@@ -181,4 +181,5 @@ AugViews = Annotated[
 
 # --- using a model ------------------------------------------------------------------------------------------
 Device = Annotated[str, typer.Option(help="auto (a GPU where there is one), cpu, gpu or cuda:N.")]
+ExplainMethod = Literal["gradcam", "gradcam++", "layercam", "eigencam"]  # headstart.inference.explain.METHODS
 TopK = Annotated[int, typer.Option(min=1, help="Classes shown per image.")]

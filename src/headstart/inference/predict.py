@@ -25,7 +25,8 @@ import torch
 from headstart.data.images import MAX_PIXELS
 from headstart.engines.choice import Engine
 from headstart.errors import ConfigError
-from headstart.inference.prediction import ImageInput, ImagePredictor, Prediction  # noqa: F401  (their old home)
+from headstart.inference.explain import check_method, class_maps
+from headstart.inference.prediction import Explanation, ImageInput, ImagePredictor, Prediction  # noqa: F401  (old home)
 from headstart.models.classifier import Classifier
 from headstart.runs.checkpoints import load_model
 from headstart.utils.devices import device as pick_device
@@ -63,6 +64,24 @@ class Predictor(ImagePredictor):
     def probabilities(self, images: list[np.ndarray], batch_size: int = 32, tta: bool = False) -> np.ndarray:
         """(N, classes) softmax probabilities of prepared images (``tta``: averaged with their mirror images)."""
         return predict_probs(self.model, images, batch_size, tta, self.engine)
+
+    def explain(self, inputs, method: str = "gradcam", top_k: int = 3, batch_size: int = 16) -> list[Explanation]:
+        """As ``predict``, each with its class-activation map for its most probable class
+        (``headstart.inference.explain.METHODS``): ``e.map`` (size, size) in [0, 1] over ``e.image``."""
+        check_method(method)
+        results: list[Explanation] = []
+        for batch, prepared in self.batches(inputs, top_k, batch_size, Explanation):
+            probs = self.probabilities(prepared, batch_size) if prepared else np.zeros((0, len(self.classes)))
+            self.rank(batch, probs, top_k)
+            maps = self.maps(prepared, probs.argmax(1).tolist(), method, batch_size)
+            for e, image, cam in zip([e for e in batch if e.error is None], prepared, maps):
+                e.image, e.map, e.method = image, cam, method
+            results += batch
+        return results
+
+    def maps(self, images: list[np.ndarray], classes: list[int], method: str = "gradcam", batch_size: int = 16):
+        """(N, size, size) class-activation maps of prepared images, each for its class in ``classes``."""
+        return class_maps(self.model, images, method, classes, batch_size)
 
     def warm_up(self) -> None:
         """Decide what runs the model now, for a long run of requests (``serve``): with ``engine`` auto on a

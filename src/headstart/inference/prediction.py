@@ -48,6 +48,25 @@ class Prediction:
         return out
 
 
+@dataclass
+class Explanation(Prediction):
+    """A prediction with its class-activation map: ``image`` is the photo as the model saw it ((size, size, 3)
+    uint8), ``map`` (size, size) float32 in [0, 1] where it found ``label`` (``method``: how)."""
+
+    image: np.ndarray | None = None
+    map: np.ndarray | None = None
+    method: str = ""
+    picture: str | None = None  # the PNG that shows it, once written (``headstart.inference.explain``)
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if self.error is None:
+            out["method"] = self.method
+            if self.picture:
+                out["explanation"] = self.picture
+        return out
+
+
 class ImagePredictor:
     """Class names, preprocessing and a way to get probabilities: everything ``predict`` and ``serve`` need.
 
@@ -93,26 +112,50 @@ class ImagePredictor:
         prepared and predicted ``batch_size`` at a time: memory does not grow with the input.
         ``tta``: each image's probabilities averaged with its mirror image's.
         """
+        results: list[Prediction] = []
+        for batch, prepared in self.batches(inputs, top_k, batch_size, Prediction):
+            self.rank(batch, self.probabilities(prepared, batch_size, tta) if prepared else [], top_k)
+            results += batch
+        return results
+
+    def explain(
+        self, inputs: ImageInput | Iterable[ImageInput], method: str = "gradcam", top_k: int = 3, batch_size: int = 16
+    ) -> list[Explanation]:
+        """As ``predict``, each with its class-activation map (``headstart.inference.explain``): needs the model's
+        layers, so a run folder or checkpoint, not an exported file."""
+        raise ConfigError(
+            f"Explanations need the model's layers; {self.source or 'this model'} is an exported file. "
+            "Explain with the run folder it was exported from."
+        )
+
+    def maps(self, images: list[np.ndarray], classes: list[int], method: str = "gradcam", batch_size: int = 16):
+        """(N, size, size) class-activation maps of prepared images (``explain``); None: this model cannot."""
+        return None
+
+    def batches(self, inputs, top_k: int, batch_size: int, kind: type = Prediction):
+        """(results, prepared images) a batch at a time, for every image the inputs name, in order: one
+        ``kind`` (Prediction or Explanation) per image; the readable ones (no ``error``) in the order of
+        the prepared images."""
         if top_k < 1:
             raise ConfigError(f"top_k must be at least 1. Received: {top_k}")
         items = [inputs] if isinstance(inputs, (str, os.PathLike, Image.Image, np.ndarray)) else list(inputs)
-        results: list[Prediction] = []
-        pending: list[tuple[Prediction, np.ndarray]] = []
-
-        def flush() -> None:
-            for (pred, _), p in zip(pending, self.probabilities([a for _, a in pending], batch_size, tta)):
-                pred.top = self.top(p, top_k)
-            pending.clear()
-
+        results: list = []
+        pending: list[np.ndarray] = []
         for n, item in enumerate(items):
             for source, image in self.read(item, n):
-                results.append(Prediction(source, error=image if isinstance(image, str) else None))
+                results.append(kind(source, error=image if isinstance(image, str) else None))
                 if not isinstance(image, str):
-                    pending.append((results[-1], self.prepare(image)))
+                    pending.append(self.prepare(image))
                     if len(pending) == batch_size:
-                        flush()
-        flush()
-        return results
+                        yield results, pending
+                        results, pending = [], []
+        if results:
+            yield results, pending
+
+    def rank(self, results: list[Prediction], probs, top_k: int) -> None:
+        """Each readable result's top classes from its row of ``probs``."""
+        for r, p in zip([r for r in results if r.error is None], probs):
+            r.top = self.top(p, top_k)
 
     def read(self, item: ImageInput, n: int = 0):
         """(source, RGB image or the reason it cannot be read) for each image an input names,

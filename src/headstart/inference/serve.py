@@ -1,8 +1,10 @@
 """A trained model behind HTTP (FastAPI): ``headstart serve RUN`` then open http://127.0.0.1:8000/.
 
 - ``POST /predict`` — multipart field ``file`` (one or several images; ``?top_k=N``; ``?tta=true``:
-  test-time augmentation, each image averaged with its mirror image, the server's ``--tta`` otherwise) →
-  ``{"predictions": [{"filename", "label", "probability", "top": [{"class", "probability"}]}], "tta": bool}``.
+  test-time augmentation, each image averaged with its mirror image, the server's ``--tta`` otherwise;
+  ``?explain=true[&method=gradcam]``: with each image's class-activation map over it, a PNG data URL, a run's
+  model only) → ``{"predictions": [{"filename", "label", "probability", "top": [{"class", "probability"}],
+  "explanation": {"method", "overlay"}}], "tta": bool}``.
 - ``GET /healthz`` — ``{"status": "ok", ...}`` with the model's classes and input size.
 - ``GET /`` — a page where a person drops or picks a photo and sees it with its top-k bars.
 
@@ -17,12 +19,14 @@ bad input. Beyond ``limit_concurrency`` connections uvicorn itself answers 503 (
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 import os
 import threading
 import warnings
 from dataclasses import dataclass, field, fields
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
 from fastapi import FastAPI, File, Query, Request, UploadFile
@@ -34,6 +38,8 @@ from starlette.exceptions import HTTPException
 from headstart.data.images import MAX_PIXELS, decode_bytes
 from headstart.errors import ConfigError, ImageError
 from headstart.inference.prediction import ImagePredictor
+
+Method = Literal["gradcam", "gradcam++", "layercam", "eigencam"]  # headstart.inference.explain.METHODS
 
 
 def _cpus() -> int:
@@ -177,6 +183,7 @@ def create_app(predictor: ImagePredictor, limits: Limits | None = None, tta: boo
         "input_size": predictor.preprocessing.input_size,
         "backbone": predictor.backbone,
         "tta": tta,
+        "explain": predictor.maps([], []) is not None,  # class-activation maps: a run's model, not an exported file
     }
     page = render(
         "serve.html.j2",
@@ -214,7 +221,14 @@ def create_app(predictor: ImagePredictor, limits: Limits | None = None, tta: boo
         file: Annotated[list[UploadFile], File(description="One or several images.")],
         top_k: Annotated[int | None, Query(ge=1, description="How many classes per image [server's default].")] = None,
         tta: Annotated[bool | None, Query(description="Average each image with its mirror [server's default].")] = None,
+        explain: Annotated[bool, Query(description="Also return where the model saw the class (a picture).")] = False,
+        method: Annotated[Method, Query(description="With explain: how the map is computed.")] = "gradcam",
     ) -> dict:
+        if explain and not info["explain"]:
+            raise UploadError(
+                400,
+                "This server's model is an exported file: explanations need the run's model (serve the run folder).",
+            )
         if len(file) > limits.max_files:
             raise UploadError(413, f"{len(file)} files in one request; at most {limits.max_files}.")
         pixels = sum(_declared_pixels(f.file) for f in file)
@@ -244,9 +258,21 @@ def create_app(predictor: ImagePredictor, limits: Limits | None = None, tta: boo
                     "top": [{"class": c, "probability": q} for c, q in top],
                 }
             )
+        if explain:
+            from headstart.inference.explain import overlay  # PyTorch and the grad-cam library: a run's model only
+
+            for answer, image, cam in zip(out, images, predictor.maps(images, probs.argmax(1).tolist(), method)):
+                answer["explanation"] = {"method": method, "overlay": _png_url(overlay(image, cam))}
         return {"predictions": out, "tta": used}
 
     return app
+
+
+def _png_url(pixels) -> str:
+    """An RGB array as a PNG data URL, what an <img> shows and JSON carries."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def uvicorn_options(limits: Limits) -> dict:

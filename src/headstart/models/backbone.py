@@ -10,7 +10,9 @@ every body answers the same few questions, so nothing above it asks what type it
   forward pass can be cut after a group; None where the architecture is not a plain sequence (a ViT);
 - ``layers()``: Keras-style layers for ``--freeze-layers``; None where they mean nothing;
 - ``preprocessing``: what the loaded weights expect; ``load_file(path)`` loads weights from a file;
-- ``pretrained_head()``: the ImageNet classifier its weights came with, where there is one.
+- ``pretrained_head()``: the ImageNet classifier its weights came with, where there is one;
+- ``cam_layer()``: the layer a class-activation map is computed on, and how its output becomes a
+  (N, C, H, W) map (``headstart.inference.explain``).
 
 The adapters: ``headstart.models.timm_backbones`` (any timm model) and ``headstart.models.vgg16`` (the tutorial's).
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -77,6 +80,12 @@ class Body(nn.Module):
 
     def pretrained_head(self) -> nn.Module:
         raise ConfigError(f"{type(self).__name__} has no pretrained classifier to keep.")
+
+    def cam_layer(self) -> tuple[nn.Module | None, Callable | None]:
+        """The layer class-activation maps are computed on, and the reshape of its output to (N, C, H, W)
+        (None: it is one already). The default, (None, None), is the last stage: the feature map
+        ``forward_features`` returns, the one pooling sees."""
+        return None, None
 
     @classmethod
     def build(cls, info: "BackboneInfo", source: str, input_size: int | None) -> "Body":

@@ -7,8 +7,11 @@
 
 from __future__ import annotations
 
+import math
 import re
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -63,6 +66,15 @@ class TimmBody(Body):
             raise ConfigError("This backbone's weights come without a pretrained classifier. Use the default head.")
         return head
 
+    def cam_layer(self) -> tuple[nn.Module | None, Callable | None]:
+        """CNNs: the last stage (the default). Vision transformers: the input norm of the last block, with its
+        tokens laid out on the patch grid. Not their final output: a class-token ViT pools the class token alone,
+        so no gradient reaches the patch tokens there (the grad-cam library's advice for ViTs)."""
+        prefix = getattr(self.net, "num_prefix_tokens", None)
+        if prefix is not None and hasattr(self.net, "blocks"):
+            return self.net.blocks[-1].norm1, partial(tokens_to_grid, prefix=prefix)
+        return None, None
+
     def stages(self) -> list[tuple[str, nn.Module]] | None:
         """``forward_features`` as consecutive stages named like the groups, for the architectures
         whose forward is a plain sequence (others return None and are never cut)."""
@@ -80,6 +92,14 @@ class TimmBody(Body):
             out = [("stem", net.stem)] + [(f"stages.{i}", st) for i, st in enumerate(net.stages)]
             return out + [("norm_pre", net.norm_pre)]
         return None
+
+
+def tokens_to_grid(tokens: torch.Tensor, prefix: int) -> torch.Tensor:
+    """A transformer's (N, prefix + h*w, C) tokens as a (N, C, h, w) map: the class (and register) tokens
+    dropped, the patch tokens on their square grid."""
+    patches = tokens[:, prefix:]
+    side = math.isqrt(patches.shape[1])
+    return patches.reshape(patches.shape[0], side, side, patches.shape[2]).permute(0, 3, 1, 2)
 
 
 def _timm_groups(net: nn.Module) -> list[Group]:

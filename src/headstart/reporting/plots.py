@@ -55,7 +55,7 @@ def plot_samples(
 ) -> Path:
     """A grid of images with their class names as titles (the tutorial's 4x4 samples)."""
     rows = max(1, -(-len(images) // columns))
-    fig = Figure(figsize=(2.2 * columns, 2.4 * rows))
+    fig = Figure(figsize=(2.2 * columns, 2.4 * rows), layout="constrained")  # the title above the top row
     axes = fig.subplots(rows, columns, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -63,7 +63,6 @@ def plot_samples(
             ax.imshow(images[i])
             ax.set_title(titles[i], fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -188,5 +187,25 @@ def plot_lr_find(result, path: Path) -> Path:
     ax.set_ylabel("Training loss (smoothed)")
     ax.set_title("Learning-rate finder")
     ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_explanation(image, overlaid, top: Sequence[tuple[str, float]], path: Path, title: str = "") -> Path:
+    """One explained photo: the photo, its class-activation map over it, and its top classes as bars."""
+    fig = Figure(figsize=(10, 3.4))
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.3]})
+    for ax, picture, name in ((axes[0], image, "photo"), (axes[1], overlaid, f"where it sees {top[0][0]}")):
+        ax.imshow(picture)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    names, probs = [c for c, _ in top], [p for _, p in top]
+    bars = axes[2].barh(range(len(top)), probs, color=SPLIT_COLOURS["training"], alpha=0.8)
+    axes[2].bar_label(bars, labels=[f"{p:.1%}" for p in probs], padding=2, fontsize=8)
+    axes[2].set_yticks(range(len(top)), labels=names)
+    axes[2].set_xlim(0, 1.2)
+    axes[2].invert_yaxis()
+    axes[2].set_title("top classes", fontsize=9)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

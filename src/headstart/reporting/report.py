@@ -16,6 +16,7 @@ from PIL import Image
 from headstart.utils.files import write_text
 
 REPORT_HTML = "report.html"  # a comparison's; a run's is ``Run.report``
+WRONG_SHOWN = 16  # the most confidently wrong evaluation images a run's report shows
 
 
 def _env() -> Environment:
@@ -33,9 +34,10 @@ def _inline(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def draw_run_pictures(run, ev, images) -> dict[str, Path]:
+def draw_run_pictures(run, ev, images, overlays=None) -> dict[str, Path]:
     """The run's curves and most confidently wrong evaluation images, as PNG files; with the
-    confusion matrix that the evaluation drew."""
+    confusion matrix that the evaluation drew. ``overlays``: those wrong images (``ev.wrong_by_confidence``'s
+    order) with their class-activation maps over them, each drawn beside its photo."""
     from headstart.reporting import plots  # matplotlib: not for serving a model
 
     out = {
@@ -44,25 +46,30 @@ def draw_run_pictures(run, ev, images) -> dict[str, Path]:
     }
     if run.config.lr_find and run.lr_find_picture.is_file():  # the curve that chose the head's lr
         out["lr_find"] = run.lr_find_picture
-    wrong = ev.wrong_by_confidence(16)
+    wrong = ev.wrong_by_confidence(WRONG_SHOWN)
     if wrong:
         pictures = [Image.fromarray(np.asarray(images[i])) for i in wrong]
         titles = [
             f"true: {ev.classes[ev.targets[i]]}\npred: {ev.classes[ev.predictions[i]]} ({ev.probs[i].max():.0%})"
             for i in wrong
         ]
-        out["misclassified"] = plots.plot_samples(
-            pictures, titles, run.picture("misclassified"), title="Most confidently wrong (evaluation split)"
-        )
+        title = "Most confidently wrong (evaluation split)"
+        if overlays is not None:  # each photo, then where the model saw the class it gave
+            pictures = [p for pair in zip(pictures, overlays) for p in pair]
+            seen = ["where it saw\n" + ev.classes[ev.predictions[i]] for i in wrong]
+            titles = [t for pair in zip(titles, seen) for t in pair]
+            title += ",\neach beside where the model saw the class it gave (Grad-CAM)"
+        out["misclassified"] = plots.plot_samples(pictures, titles, run.picture("misclassified"), title=title)
     else:
         run.picture("misclassified").unlink(missing_ok=True)
     return out
 
 
-def write_run_report(run, ev, images, data: dict) -> Path:
+def write_run_report(run, ev, images, data: dict, overlays=None) -> Path:
     """``<run>/report.html``: headline numbers, curves, confusion matrix, per-class table,
-    misclassified gallery, data summary and problems, timings and the resolved config."""
-    pictures = draw_run_pictures(run, ev, images)
+    misclassified gallery (with ``overlays``, ``draw_run_pictures``), data summary and problems, timings and the
+    resolved config."""
+    pictures = draw_run_pictures(run, ev, images, overlays)
     html = render(
         "run.html.j2",
         title=f"{run.dir.name}",

@@ -34,10 +34,11 @@ from headstart.engines.choice import Engine
 from headstart.errors import ConfigError
 from headstart.evaluation.evaluate import compute, write_evaluation
 from headstart.evaluation.metrics import best_epoch
+from headstart.inference.explain import class_maps, overlay
 from headstart.models import strategies as S
 from headstart.models.classifier import Classifier, HeadConfig, count_params
 from headstart.models.factory import create_model
-from headstart.reporting.report import write_run_report
+from headstart.reporting.report import WRONG_SHOWN, write_run_report
 from headstart.runs.checkpoints import read_checkpoint
 from headstart.runs.folder import Run
 from headstart.training.augmented_views import view_inputs, view_metrics
@@ -325,10 +326,18 @@ def fit(
             return run
         # 3. Evaluate the best checkpoint (once, on rank 0); 4. write the report.
         ev = _evaluate_best(run, trainer, p, setup_seconds)
-        write_run_report(run, ev, [p.store[i] for i in split_indices(p.ds)["evaluation"][0]], data_info)
+        images = [p.store[i] for i in split_indices(p.ds)["evaluation"][0]]
+        write_run_report(run, ev, images, data_info, _wrong_explained(p.module.model, ev, images))
         return run
     finally:
         run.release()  # the folder is free for a --resume
+
+
+def _wrong_explained(model, ev, images) -> list:
+    """The report's most confidently wrong evaluation images, each with where the model saw the class it gave."""
+    wrong = ev.wrong_by_confidence(WRONG_SHOWN)
+    maps = class_maps(model, [images[i] for i in wrong], "gradcam", [int(ev.predictions[i]) for i in wrong])
+    return [overlay(np.asarray(images[i]), m) for i, m in zip(wrong, maps)]
 
 
 def _save_lr_curve(run: Run, found: LRFind | None) -> None:
