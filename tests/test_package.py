@@ -32,7 +32,7 @@ LAYERS = [
     ("headstart.inference",),
     ("headstart.evaluation",),
     ("headstart.training",),
-    ("headstart.comparison",),
+    ("headstart.comparison", "headstart.audit"),
     ("headstart.cli",),
     ("headstart.__main__", "headstart.backbones"),  # the command; 0.1.0's import path, kept for users' scripts
 ]

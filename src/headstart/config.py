@@ -42,6 +42,7 @@ class TrainConfig:
     val_fraction: float = 0.2  # only for splits the data does not have
     eval_fraction: float = 0.2
     allow_outside_root: bool = False  # a CSV manifest may list images outside its folder
+    exclude: str | None = None  # a CSV whose first column lists images to leave out (headstart audit's suspects.csv)
     # --- model
     backbone: str = "efficientnet_lite0"  # bundled weights: works offline
     weights: str = "default"

@@ -14,6 +14,28 @@ out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 120)
 
 
+def audit(a: dict) -> None:
+    """``headstart audit``: what was found, a line each, and the first few of each kind."""
+    from rich.markup import escape
+
+    c = a["counts"]
+    out.print(f"[bold]{escape(a['data'])}[/]: {a['images']:,} images, {a['backbone']} features at {a['input_size']} px")
+    t = a["near_duplicates"]
+    out.print(
+        f"Leaks between splits: [bold]{c['leaks']}[/]; duplicates: {c['exact_duplicate_groups']} exact groups, "
+        f"{c['near_duplicate_pairs']} near pairs (cosine >= {t['threshold']}, calibrated on {t['copies']} copies)"
+    )
+    out.print(
+        f"Likely label mistakes: [bold]{c['label_issues']}[/]; outliers: {c['outliers']}; near-blank: "
+        f"{c['near_blank']}; in suspects.csv: [bold]{c['suspects']}[/]"
+    )
+    for issue in a["label_issues"][:5]:
+        out.print(
+            f"  {escape(issue['path'])}: labelled {escape(issue['label'])}, looks like {escape(issue['suggested'])}"
+        )
+    out.print(f"Audit time once the features existed: {a['seconds']['after_features']} s")
+
+
 def summary(s) -> None:
     """``headstart inspect``: counts per split and class, in the tutorial's words, sizes and problems."""
     out.print(f"[bold]{s.root}[/]  layout [cyan]{s.layout}[/], {len(s.classes)} classes")

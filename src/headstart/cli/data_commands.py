@@ -65,6 +65,56 @@ def inspect(
         f"Wrote {out_dir / inspection.DISTRIBUTION_PNG}, {out_dir / inspection.SAMPLES_PNG}, "
         f"{out_dir / inspection.SUMMARY_JSON}"
     )
+    out.print(
+        f"Next: [bold]headstart audit {data}[/] finds duplicates, leaks between splits and likely label mistakes."
+    )
+
+
+@command
+def audit(
+    data: Data,
+    backbone: Annotated[str, typer.Option(help="Whose frozen features the audit compares.")] = "efficientnet_lite0",
+    weights: Weights = "default",
+    input_size: Annotated[Optional[int], typer.Option(help=INPUT_SIZE_HELP, show_default="the weights'")] = None,
+    force_input_size: ForceInputSize = False,
+    out_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out", help="Where audit.html, audit.json and suspects.csv go.", show_default="runs/audit-<name>"
+        ),
+    ] = None,
+    threshold: Annotated[
+        Optional[float],
+        typer.Option(
+            min=0.0, max=1.0, help="Cosine similarity from which photos are near duplicates.", show_default="calibrated"
+        ),
+    ] = None,
+    folds: Annotated[int, typer.Option(min=2, help="Folds of the classifier that judges each label.")] = 5,
+    layout: Layout = None,
+    seed: Seed = 0,
+    engine: EngineOption = "auto",
+) -> None:
+    """Find what is wrong in DATA: duplicates, leaks between splits, likely label mistakes, outliers, blanks."""
+    from headstart.audit.audit import AUDIT_HTML, SUSPECTS_CSV
+    from headstart.audit.audit import audit as run_audit
+
+    check_input_size(input_size, force_input_size)
+    found = run_audit(
+        data,
+        backbone,
+        weights,
+        input_size,
+        out_dir,
+        threshold=threshold,
+        folds=folds,
+        layout=layout,
+        seed=seed,
+        engine=engine,
+        progress=SHOW["progress"],
+    )
+    show.audit(found.to_dict())
+    out.print(f"Wrote {found.out_dir / AUDIT_HTML} (open it), audit.json and {found.out_dir / SUSPECTS_CSV}")
+    out.print(f"Edit {SUSPECTS_CSV}, then: headstart train {data} --exclude {found.out_dir / SUSPECTS_CSV}")
 
 
 @command

@@ -61,6 +61,13 @@ AllowOutsideRoot = Annotated[
         "--allow-outside-root", help="Let a CSV manifest list images outside its own folder.", show_default="off"
     ),
 ]
+Exclude = Annotated[
+    Optional[str],
+    typer.Option(
+        help="A CSV whose first column lists images to leave out: headstart audit's suspects.csv, edited.",
+        show_default="none",
+    ),
+]
 MaxPixels = Annotated[int, typer.Option(min=1, help="Refuse images with more pixels (decompression bombs).")]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed.", show_default="0")]
 

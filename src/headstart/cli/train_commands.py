@@ -25,6 +25,7 @@ from headstart.cli.options import (
     EngineOption,
     EnginePrecision,
     Epochs,
+    Exclude,
     ForceInputSize,
     FreezeLayers,
     HeadSearchOption,
@@ -61,6 +62,7 @@ def train(
     recipe: Recipe = None,
     layout: Layout = None,
     allow_outside_root: AllowOutsideRoot = None,
+    exclude: Exclude = None,
     config: Annotated[
         Optional[Path],
         typer.Option(
@@ -223,6 +225,7 @@ def compare(
     ] = None,
     layout: Layout = None,
     allow_outside_root: AllowOutsideRoot = None,
+    exclude: Exclude = None,
     advise: Annotated[
         bool,
         typer.Option("--advise/--no-advise", help="Measure the data first; the report shows the advised strategy."),
@@ -256,6 +259,7 @@ def compare(
             sampler=sampler,
             monitor=monitor,
             allow_outside_root=allow_outside_root or None,
+            exclude=exclude,
             tta=tta or None,
             lr_find=lr_find or None,
             engine=engine,

@@ -25,6 +25,7 @@ import numpy as np
 
 from headstart.data.images import real_paths
 from headstart.data.layouts import CLASSES_FILE, SPLITS, Problem, Sample, read_layout
+from headstart.data.manifest import manifest_rows
 from headstart.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class Dataset:
     problems: list[Problem] = field(default_factory=list)  # images that could not be read
     drawn: tuple[str, ...] = ()  # splits drawn from training because the data had none
     sources: dict[str, Path] = field(default_factory=dict)  # where each split was read from
+    excluded: list[Path] = field(default_factory=list)  # images left out because a list (--exclude) named them
 
     @property
     def num_classes(self) -> int:
@@ -178,12 +180,14 @@ def load_dataset(
     eval_fraction: float = 0.2,
     seed: int = 0,
     allow_outside_root: bool = False,
+    exclude: str | os.PathLike | None = None,
 ) -> Dataset:
     """Scan a dataset (no image is decoded): its layout, classes, splits and ignored files.
 
     ``val_fraction``/``eval_fraction`` (default 0.2 each, close to the tutorial's Food-11
     split of 59/21/20 %) are used only for splits the data does not have. A CSV manifest's paths
-    must stay inside its folder unless ``allow_outside_root``.
+    must stay inside its folder unless ``allow_outside_root``. ``exclude``: a CSV listing images to leave out
+    (``excluding``), after the splits are drawn, so that the others stay in the splits they had.
 
     >>> ds = load_dataset("demo")
     >>> ds.layout, ds.num_classes, len(ds.split("evaluation"))
@@ -213,6 +217,8 @@ def load_dataset(
     if drawn:
         samples = _draw_splits(samples, drawn, seed)
     ds = Dataset(root, found.layout, found.classes, samples, found.ignored, found.problems, tuple(drawn), sources)
+    if exclude is not None:
+        ds = excluding(ds, Path(exclude))
     check_splits(ds)
     _warn_unseen(ds)
     return ds
@@ -228,7 +234,29 @@ def load_dataset_for(cfg, data: str | os.PathLike | None = None) -> Dataset:
         eval_fraction=cfg.eval_fraction,
         seed=cfg.seed,
         allow_outside_root=getattr(cfg, "allow_outside_root", False),
+        exclude=getattr(cfg, "exclude", None),
     )
+
+
+def excluding(ds: Dataset, listing: Path) -> Dataset:
+    """``ds`` without the images ``listing`` names: a CSV whose first column is their paths (absolute, or relative
+    to the CSV's folder; a ``path,...`` header left out), such as ``headstart audit``'s suspects.csv."""
+    if not listing.is_file():
+        raise DataError(
+            f"--exclude {listing}: no such file. Pass a CSV whose first column lists the images to leave out "
+            "(headstart audit writes one: suspects.csv)."
+        )
+    listed = [Path(row[0].strip()) for _, row in manifest_rows(listing) if row and row[0].strip()]
+    names = set(real_paths([p if p.is_absolute() else listing.parent / p for p in listed]))
+    reals = real_paths([s.path for s in ds.samples])
+    keep = [s for s, r in zip(ds.samples, reals) if r not in names]
+    left_out = [s.path for s, r in zip(ds.samples, reals) if r in names]
+    if len(left_out) < len(names):
+        log.warning(
+            "%d of the %d images %s lists are not in %s", len(names) - len(left_out), len(names), listing, ds.root
+        )
+    log.info("left out %d images listed in %s", len(left_out), listing)
+    return dataclasses.replace(ds, samples=keep, excluded=ds.excluded + left_out)
 
 
 def split_indices(ds: Dataset) -> dict[str, tuple[list[int], list[int]]]:

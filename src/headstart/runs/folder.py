@@ -159,6 +159,7 @@ class Run:
             "fingerprint": data_fingerprint(ds),
             "problems": [{"path": str(p.path), "reason": p.reason} for p in ds.problems],
             "ignored": len(ds.ignored),
+            "excluded": [str(p) for p in ds.excluded],  # left out by --exclude
         }
         write_text(self.data_file, json.dumps(info, indent=2) + "\n")
         return info
