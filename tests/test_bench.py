@@ -169,3 +169,24 @@ def test_deploy_bench_quick_times_each_export_against_eager_pytorch(toy_run, tmp
         "model-fp32.xml",
         "model-fp32.xml.json",
     ]
+
+
+def test_audit_bench_quick_scores_what_it_injected(tmp_path, capsys):
+    import shutil
+
+    from headstart.data.dataset import demo_root
+
+    photos = tmp_path / "photos"
+    for cid in (1, 7, 8):  # three demo classes, a folder each
+        (photos / f"class{cid}").mkdir(parents=True)
+        for f in sorted((demo_root() / "training").glob(f"{cid}_*.png"))[:20]:
+            shutil.copy(f, photos / f"class{cid}")
+    _bench(capsys, "audit.py", str(photos), "--quick", "--out", str(tmp_path / "work"))
+    r = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert (r["images"], r["injected_flips"], r["injected_copies"]) == (60 + 30, 3, 30)
+    assert 0 <= r["duplicates"]["precision"] <= 1 and r["duplicates"]["recall"] > 0.5
+    assert 0 <= r["labels_top_k"]["precision"] <= 1 and r["seconds"]["after_features"] > 0
+    assert set(r["accuracy"]) == {"faulty", "excluded"} and all(
+        0 <= a["clean_accuracy"] <= 1 for a in r["accuracy"].values()
+    )
+    assert r["search"]["2000"]["pairs"] >= 1

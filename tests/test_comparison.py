@@ -43,6 +43,7 @@ def test_compare_table_matches_the_runs_and_renders(messy: Path, tmp_path: Path)
     assert page["errors"] == [] and len(page["images"]) == 2
     assert all(ok and w > 300 for _, ok, w, _ in page["images"])
     assert result.reading[:40] in page["text"]
+    assert "No audit of this data yet: headstart audit DATA" in page["text"]  # none in runs/ for this data
     # The title names the data (not the last strategy): the messy dataset's folder.
     assert page["text"].startswith(f"efficientnet_lite0 on {messy.name}: features, full, scratch"), page["text"][:80]
 
@@ -100,6 +101,9 @@ def test_an_interrupted_comparison_stops_and_says_what_to_resume(tiny, tmp_path:
 
 
 def test_one_comparison_shows_a_lever_side_by_side(tiny, tmp_path: Path):
+    from headstart.audit.audit import audit
+
+    audit(tiny, input_size=32, out_dir=tmp_path / "audit-tiny")  # the data's audit, which the report links
     result = CliRunner().invoke(
         app,
         [
@@ -119,6 +123,7 @@ def test_one_comparison_shows_a_lever_side_by_side(tiny, tmp_path: Path):
         ],
     )
     assert result.exit_code == 0, result.output
+    assert 'href="../audit-tiny/audit.html"' in (tmp_path / "cmp" / "report.html").read_text()
     with (tmp_path / "cmp" / "comparison.csv").open() as f:
         assert [r["strategy"] for r in csv.DictReader(f)] == ["features", "features+input_size=48+head_dropout=0"]
     plain, varied = (

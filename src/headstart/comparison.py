@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ import yaml
 
 from headstart.advice.input_size import said_once
 from headstart.advice.strategy import advise as measure
+from headstart.audit.audit import find_audit
 from headstart.checks import check_run_name
 from headstart.config import STRATEGIES, TrainConfig, coerce, resolve_config
 from headstart.data.dataset import load_dataset_for
@@ -241,6 +243,7 @@ def _write(out: Path, runs: dict[str, Run], advice, data_name: str) -> tuple[lis
         write_text(out / "advice.json", json.dumps(advice.to_dict(), indent=2) + "\n")
     first = next(iter(runs.values()))
     data_info = first.data_info()
+    audited = find_audit(data_info["root"], [out.parent, Path("runs")])
     write_compare_report(
         out,
         rows,
@@ -251,6 +254,7 @@ def _write(out: Path, runs: dict[str, Run], advice, data_name: str) -> tuple[lis
         text,
         title=f"{first.config.backbone} on {data_name}: {', '.join(runs)}",
         advice=advice.to_dict() if advice else None,
+        audit={"link": os.path.relpath(audited[0], out), "counts": audited[1]["counts"]} if audited else None,
     )
     return rows, text
 

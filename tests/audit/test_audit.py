@@ -20,7 +20,12 @@ from headstart.data.dataset import demo_root, load_dataset
 from helpers.browser import chromium_browser
 
 CLASSES = {1: "Trouser", 7: "Sneaker", 8: "Bag"}  # three demo classes a frozen backbone tells apart
-FLIPPED = {"training/1_0.png": "Bag", "training/7_0.png": "Trouser", "training/8_0.png": "Sneaker", "training/1_1.png": "Sneaker"}
+FLIPPED = {
+    "training/1_0.png": "Bag",
+    "training/7_0.png": "Trouser",
+    "training/8_0.png": "Sneaker",
+    "training/1_1.png": "Sneaker",
+}
 
 
 def _faulty(root: Path) -> dict[str, str]:
@@ -64,7 +69,8 @@ def test_the_audit_finds_the_leaks_the_flipped_labels_and_the_blank(audited):
     assert exact == [["evaluation/leak.png", "training/7_5.png"]]
     near = {tuple(sorted((rel(p["a"]["path"]), rel(p["b"]["path"])))): p for p in a["near_duplicate_pairs"]}
     assert near[("training/8_5.png", "validation/copy.jpg")]["leak"] is True
-    assert a["near_duplicates"]["copies"] == 64 and 0.5 < a["near_duplicates"]["threshold"] < 1
+    t = a["near_duplicates"]
+    assert t["copies"] == 64 and 0.8 <= t["feature_threshold"] < 1 and 0.9 <= t["pixel_threshold"] < 1
     issues = [rel(i["path"]) for i in a["label_issues"]]
     assert set(FLIPPED) <= set(issues[:8]), issues  # every flipped label, among the first flagged
     suggested = {rel(i["path"]): i["suggested"] for i in a["label_issues"]}
@@ -91,7 +97,11 @@ def test_audit_html_shows_the_photos_in_a_browser(audited, tmp_path: Path):
     try:
         browser.get((out / "audit.html").as_uri())
         sections = [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
-        assert sections[:3] == ["Leaks: the same photo in two splits", "Duplicates within a split", "Likely label mistakes"]
+        assert sections[:3] == [
+            "Leaks: the same photo in two splits",
+            "Duplicates within a split",
+            "Likely label mistakes",
+        ]
         shown = browser.execute_script(
             "return [...document.querySelectorAll('.pair img, .photos img')].map(i => i.complete && i.naturalWidth)"
         )
@@ -138,7 +148,21 @@ def test_near_duplicates_are_searched_in_blocks_with_the_same_result(monkeypatch
 
 
 def test_the_calibration_copy_is_resized_reencoded_and_mirrored():
-    pixels = np.zeros((64, 64, 3), np.uint8)
-    pixels[:, :16] = 255  # a white band on the left
-    copy = D.calibration_copy(pixels, 64)
-    assert copy.shape == (64, 64, 3) and copy[:, -8:].mean() > 200 and copy[:, :8].mean() < 30  # now on the right
+    pixels = np.zeros((60, 100, 3), np.uint8)
+    pixels[:, :20] = 255  # a white band on the left
+    copy = D.calibration_copy(Image.fromarray(pixels))
+    assert copy.size == (80, 48) and copy.mode == "RGB"
+    copy = np.asarray(copy)
+    assert copy[:, -10:].mean() > 200 and copy[:, :10].mean() < 30  # now on the right
+
+
+def test_thumbnails_match_a_mirrored_copy_and_not_another_photo():
+    from helpers.datasets import photo
+
+    images = [np.asarray(photo(i, (64, 64))) for i in range(4)]
+    copy = np.asarray(D.calibration_copy(Image.fromarray(images[0])).resize((64, 64)))
+    _, stds, thumbs = D.pixel_summary(np.stack([*images, copy, np.full((64, 64, 3), 90, np.uint8)]), range(6))
+    same = D.thumbnail_similarity(thumbs[[0]], thumbs[[4]])
+    others = D.thumbnail_similarity(thumbs[[0, 0, 0]], thumbs[[1, 2, 3]])
+    assert float(same) > 0.97 and float(others.max()) < 0.9
+    assert stds[5] == 0 and stds[:5].min() > 10  # the blank one

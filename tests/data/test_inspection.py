@@ -49,6 +49,7 @@ def test_inspect_messy_food11_counts_problems_and_pictures(messy: Path, tmp_path
     assert summary["counts"] == MESSY_COUNTS
     assert summary["problems"][0]["path"].endswith("1_90.jpg")
     assert summary["imbalance"] == 1.25
+    assert f"Next: headstart audit {messy} finds duplicates" in " ".join(text.split())  # where to go next
 
 
 def test_summary_of_the_messy_example_without_pictures(messy: Path, tmp_path: Path):

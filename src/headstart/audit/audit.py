@@ -32,6 +32,7 @@ from headstart.audit import suspects as S
 from headstart.config import as_trained, resolve_config
 from headstart.data.cache import ImageStore, decoded_images
 from headstart.data.dataset import Dataset, load_dataset, split_indices
+from headstart.data.images import MAX_PIXELS, decode_image
 from headstart.data.layouts import SPLITS
 from headstart.engines.choice import Engine
 from headstart.models.features import extract_features, frozen_key, load_frozen, save_frozen
@@ -54,7 +55,7 @@ class Audit:
 
     ds: Dataset
     exact: list[list[int]] = field(default_factory=list)  # groups of the same decoded pixels
-    near: list[tuple[int, int, float]] = field(default_factory=list)  # pairs at least ``threshold`` alike
+    near: list[tuple[int, int, float, float]] = field(default_factory=list)  # (i, j, features', thumbnails' similarity)
     calibration: dict = field(default_factory=dict)
     label_issues: list[tuple[int, int, float]] = field(default_factory=list)  # (index, suggested class, p(given))
     outliers: list[tuple[int, float]] = field(default_factory=list)
@@ -66,7 +67,7 @@ class Audit:
     @property
     def pairs(self) -> list[tuple[int, int, float]]:
         """Every duplicate as a pair: an exact group's later members with its first (similarity 1), then near ones."""
-        return [(g[0], j, 1.0) for g in self.exact for j in g[1:]] + self.near
+        return [(g[0], j, 1.0) for g in self.exact for j in g[1:]] + [p[:3] for p in self.near]
 
     @property
     def leaks(self) -> list[tuple[int, int, float]]:
@@ -96,10 +97,11 @@ class Audit:
     def to_dict(self) -> dict:
         s = self.ds.samples
         photo = lambda i: {"path": str(s[i].path), "split": s[i].split, "label": self.ds.classes[s[i].label]}
-        pair = lambda a, b, sim: {
+        pair = lambda a, b, sim, pixels: {
             "a": photo(a),
             "b": photo(b),
             "similarity": round(sim, 4),
+            "thumbnail_similarity": round(pixels, 4),
             "leak": s[a].split != s[b].split,
         }
         return {
@@ -142,7 +144,7 @@ def audit(
 ) -> Audit:
     """Audit ``data`` (a folder, manifest, ``demo`` or a loaded ``Dataset``) with ``backbone``'s frozen features at
     ``input_size``, and write the findings to ``out_dir`` (module docstring). ``threshold``: the cosine similarity
-    from which two photos are near duplicates (default: calibrated on copies)."""
+    from which two photos' features make them near-duplicate candidates (default: calibrated on copies)."""
     started = time.perf_counter()
     ds = data if isinstance(data, Dataset) else load_dataset(data, layout, seed=seed)
     out_dir = check_writable_dir(Path(out_dir or default_out(ds)), "The audit folder (--out)")
@@ -157,16 +159,16 @@ def audit(
     paths = [s.path for s in ds.samples]
 
     t = time.perf_counter()
-    found.exact = [sorted(g) for g in D.exact_groups(store, paths, order)]
+    hashes, stds, thumbs = D.pixel_summary(store, order)
+    found.exact = D.exact_groups(hashes, paths, order)
     symmetric = D.symmetric(features, mirrored)
-    chosen, copies = _copies(model, store, order, seed)
-    found.calibration = D.calibrate(symmetric[chosen], copies, symmetric)
+    chosen, copies, copy_thumbs = _copies(model, ds, store, order, seed)
+    found.calibration = D.calibrate(symmetric[chosen], copies, thumbs[chosen], copy_thumbs)
     if threshold is not None:
-        found.calibration["threshold"] = threshold
+        found.calibration["feature_threshold"] = threshold
     at = {i: n for n, i in enumerate(order)}
     same = {tuple(sorted((at[a], at[b]))) for g in found.exact for a in g for b in g if a != b}
-    pairs = D.similar_pairs(symmetric, found.calibration["threshold"], same)
-    found.near = [(order[a], order[b], sim) for a, b, sim in pairs]
+    found.near = [(order[a], order[b], f, p) for a, b, f, p in D.near_pairs(symmetric, thumbs, found.calibration, same)]
     found.seconds["duplicates"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
@@ -175,7 +177,7 @@ def audit(
         (order[i], int(probs[i].argmax()), float(probs[i, labels[i]])) for i in S.label_issues(labels, probs)
     ]
     found.outliers = [(order[i], v) for i, v in S.outliers(features, labels)]
-    found.blank = S.near_blank(store, order)
+    found.blank = [(order[i], float(stds[i])) for i in np.flatnonzero(stds < S.BLANK_STD)]
     found.seconds["suspects"] = round(time.perf_counter() - t, 2)
     found.seconds["after_features"] = round(found.seconds["duplicates"] + found.seconds["suspects"], 2)
     found.about = {
@@ -189,6 +191,21 @@ def audit(
     }
     write(found, store)
     return found
+
+
+def find_audit(root: str | os.PathLike, folders: list[Path]) -> tuple[Path, dict] | None:
+    """The newest audit of the data at ``root`` in one of ``folders`` (``<folder>/<audit>/audit.json``), and what
+    it found; None where there is none. A file that is not an audit's is passed over."""
+    found = []
+    for folder in folders:
+        for f in Path(folder).glob(f"*/{AUDIT_JSON}"):
+            try:
+                a = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(a, dict) and a.get("data") == str(root) and isinstance(a.get("counts"), dict):
+                found.append((f.stat().st_mtime, f.parent / AUDIT_HTML, a))
+    return max(found, key=lambda x: x[0])[1:] if found else None
 
 
 def default_out(ds: Dataset) -> Path:
@@ -205,23 +222,25 @@ def _features(cfg, model, ds: Dataset, store: ImageStore, progress: bool):
     return torch.cat([inputs[s].tensors[0] for s in SPLITS]).float(), torch.cat(mirrored).float(), order
 
 
-def _copies(model, store: ImageStore, order: list[int], seed: int) -> tuple[list[int], torch.Tensor]:
-    """``CALIBRATION_IMAGES`` rows of ``order`` (seeded), and the symmetric features of a copy of each
-    (``duplicates.calibration_copy``), kept on disk like the frozen pass's."""
+def _copies(model, ds: Dataset, store: ImageStore, order: list[int], seed: int):
+    """``CALIBRATION_IMAGES`` rows of ``order`` (seeded); the symmetric features and the thumbnails of a copy of
+    each, made from its file (``duplicates.calibration_copy``), as a user's copy would be; kept on disk like the
+    frozen pass's, so a second audit decodes nothing again."""
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(order), min(CALIBRATION_IMAGES, len(order)), replace=False).tolist())
     picked = [order[i] for i in chosen]
     fingerprint = Engine("torch").fingerprint(model.features_module(), repr(model.preprocessing))
-    key = frozen_key(store, picked, fingerprint, "torch", torch.float32, "audit-copies")
+    key = frozen_key(store, picked, fingerprint, "torch", torch.float32, f"audit-copies|{D.THUMBNAIL}px")
     kept = load_frozen(key)
-    if kept is not None and len(kept[0]) == len(picked):
-        return chosen, kept[0]
-    size = model.preprocessing.input_size
-    copies = ImageStore(np.stack([D.calibration_copy(store[i], size) for i in picked]), np.arange(len(picked)))
-    rows = [extract_features(model, copies, list(range(len(picked))), flip=flip) for flip in (False, True)]
-    rows = D.symmetric(*rows)
-    save_frozen(key, rows, {"engine": "torch"})
-    return chosen, rows
+    width = D.THUMBNAIL**2
+    if kept is None or tuple(kept[0].shape) != (len(picked), model.num_features + width):
+        pre = model.preprocessing
+        pixels = [pre.resize_image(D.calibration_copy(decode_image(ds.samples[i].path, MAX_PIXELS)[0])) for i in picked]
+        copies = ImageStore(np.stack([np.asarray(p, np.uint8) for p in pixels]), np.arange(len(picked)))
+        rows = [extract_features(model, copies, list(range(len(picked))), flip=flip) for flip in (False, True)]
+        kept = (torch.cat([D.symmetric(*rows), D.pixel_summary(copies, list(range(len(picked))))[2]], 1), {})
+        save_frozen(key, kept[0], {"engine": "torch"})
+    return chosen, kept[0][:, :-width], kept[0][:, -width:]
 
 
 def write(found: Audit, store: ImageStore) -> None:

@@ -7,7 +7,8 @@ a near-blank image.
   label its photo looks like;
 - outliers: a photo whose features are far from the centre of every class, by a robust rule (below the
   median similarity by ``OUTLIER_MADS`` median absolute deviations);
-- near-blank: a photo of almost one colour (its pixels' standard deviation under ``BLANK_STD``).
+- near-blank: a photo of almost one colour (its grey pixels' standard deviation under ``BLANK_STD``, read with
+  the thumbnails: ``headstart.audit.duplicates.pixel_summary``).
 """
 
 from __future__ import annotations
@@ -54,14 +55,3 @@ def outliers(features: torch.Tensor, labels: np.ndarray) -> list[tuple[int, floa
     mad = np.median(np.abs(nearest - median)) or 1e-6
     far = np.flatnonzero(nearest < median - OUTLIER_MADS * mad)
     return [(int(i), float(nearest[i])) for i in far[np.argsort(nearest[far])]]
-
-
-def near_blank(store, indices: list[int]) -> list[tuple[int, float]]:
-    """(index, pixel standard deviation) of photos of almost one colour, from the decoded cache (every
-    fourth pixel each way: as telling, a sixteenth of the reading)."""
-    found = []
-    for i in indices:
-        std = float(np.asarray(store[i][::4, ::4], dtype=np.float32).mean(2).std())
-        if std < BLANK_STD:
-            found.append((i, std))
-    return found

@@ -23,7 +23,8 @@ def audit(a: dict) -> None:
     t = a["near_duplicates"]
     out.print(
         f"Leaks between splits: [bold]{c['leaks']}[/]; duplicates: {c['exact_duplicate_groups']} exact groups, "
-        f"{c['near_duplicate_pairs']} near pairs (cosine >= {t['threshold']}, calibrated on {t['copies']} copies)"
+        f"{c['near_duplicate_pairs']} near pairs (features >= {t['feature_threshold']} and thumbnails >= "
+        f"{t['pixel_threshold']}, calibrated on {t['copies']} copies)"
     )
     out.print(
         f"Likely label mistakes: [bold]{c['label_issues']}[/]; outliers: {c['outliers']}; near-blank: "

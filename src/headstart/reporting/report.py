@@ -94,8 +94,10 @@ def write_compare_report(
     reading: str,
     title: str,
     advice: dict | None = None,
+    audit: dict | None = None,
 ) -> Path:
-    """``<compare>/report.html``: the table, overlaid curves, confusion matrices side by side, a reading."""
+    """``<compare>/report.html``: the table, overlaid curves, confusion matrices side by side, a reading; a link to
+    the data's audit (``audit``: its ``link`` and ``counts``) where there is one."""
     from headstart.reporting import plots  # matplotlib: not for serving a model
 
     pictures = {
@@ -113,5 +115,6 @@ def write_compare_report(
         data=data,
         reading=reading,
         advice=advice,
+        audit=audit,
     )
     return write_text(out_dir / REPORT_HTML, html)
