@@ -87,7 +87,7 @@ def search_memory(n: int, dim: int) -> dict:
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec.
     code = f"""
 import time, json, torch
-from headstart.audit.duplicates import similar_pairs
+from headstart.auditing.duplicates import similar_pairs
 hwm = lambda: int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]) / 1024
 torch.manual_seed(0)
 x = torch.randn({n}, {dim})
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vectors", type=int, default=50_000, help="Feature vectors for the search alone.")
     parser.add_argument("--quick", action="store_true", help="3 classes of 20 photos, 32 px, 2,000 vectors.")
     args = parser.parse_args(argv)
-    from headstart.audit.audit import audit
+    from headstart.auditing.audit import audit
     from headstart.data.dataset import load_dataset
     from headstart.training.fit import fit
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:  # in this process: no memory figure, no second start of PyTorch
         import torch
 
-        from headstart.audit.duplicates import similar_pairs
+        from headstart.auditing.duplicates import similar_pairs
 
         x = torch.randn(2000, 1280)
         x[1] = x[0]

@@ -101,7 +101,7 @@ def test_an_interrupted_comparison_stops_and_says_what_to_resume(tiny, tmp_path:
 
 
 def test_one_comparison_shows_a_lever_side_by_side(tiny, tmp_path: Path):
-    from headstart.audit.audit import audit
+    from headstart.auditing.audit import audit
 
     audit(tiny, input_size=32, out_dir=tmp_path / "audit-tiny")  # the data's audit, which the report links
     result = CliRunner().invoke(

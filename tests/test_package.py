@@ -32,7 +32,7 @@ LAYERS = [
     ("headstart.inference",),
     ("headstart.evaluation",),
     ("headstart.training",),
-    ("headstart.comparison", "headstart.audit"),
+    ("headstart.comparison", "headstart.auditing"),
     ("headstart.cli",),
     ("headstart.__main__", "headstart.backbones"),  # the command; 0.1.0's import path, kept for users' scripts
 ]
@@ -153,6 +153,7 @@ def test_the_api_has_what_the_cli_has():
         "export",
         "serve",
         "lr_find",
+        "audit",
     }
     python = {
         "inspect": "inspect",
@@ -164,6 +165,7 @@ def test_the_api_has_what_the_cli_has():
         "export": "export",
         "backbones": "create_model",
         "lr_find": "find_lr",
+        "audit": "audit",
     }
     assert set(python.values()) <= set(headstart.__all__)
 

@@ -9,6 +9,8 @@ The Python API is the CLI's, command for command:
 >>> run = headstart.fit("demo", strategy="features")         # headstart train demo   # doctest: +SKIP
 >>> ev = headstart.evaluate(run.dir)                          # headstart evaluate RUN # doctest: +SKIP
 >>> headstart.load(run.dir).predict("photo.jpg")[0].label     # headstart predict RUN  # doctest: +SKIP
+>>> headstart.load(run.dir).explain("photo.jpg")[0].map      # predict RUN --explain  # doctest: +SKIP
+>>> headstart.audit("demo").label_issues[:3]                  # headstart audit demo   # doctest: +SKIP
 
 Everything is imported when first used, so ``import headstart`` is quick.
 """
@@ -39,10 +41,12 @@ _API = {
     "LRFind": ("headstart.training.lr_finder", "LRFind"),
     "evaluate": ("headstart.evaluation.evaluate", "evaluate"),
     "compare": ("headstart.comparison", "compare"),
+    "audit": ("headstart.auditing.audit", "audit"),
     "load": ("headstart.inference.loading", "load"),
     "Predictor": ("headstart.inference.predict", "Predictor"),
     "ExportedPredictor": ("headstart.inference.exported", "ExportedPredictor"),
     "Prediction": ("headstart.inference.prediction", "Prediction"),
+    "Explanation": ("headstart.inference.prediction", "Explanation"),
     "export": ("headstart.inference.export", "export"),
     "HeadstartError": ("headstart.errors", "HeadstartError"),
     "DataError": ("headstart.errors", "DataError"),

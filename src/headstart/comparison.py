@@ -24,7 +24,7 @@ import yaml
 
 from headstart.advice.input_size import said_once
 from headstart.advice.strategy import advise as measure
-from headstart.audit.audit import find_audit
+from headstart.auditing.audit import find_audit
 from headstart.checks import check_run_name
 from headstart.config import STRATEGIES, TrainConfig, coerce, resolve_config
 from headstart.data.dataset import load_dataset_for

@@ -95,8 +95,8 @@ def audit(
     engine: EngineOption = "auto",
 ) -> None:
     """Find what is wrong in DATA: duplicates, leaks between splits, likely label mistakes, outliers, blanks."""
-    from headstart.audit.audit import AUDIT_HTML, SUSPECTS_CSV
-    from headstart.audit.audit import audit as run_audit
+    from headstart.auditing.audit import AUDIT_HTML, SUSPECTS_CSV
+    from headstart.auditing.audit import audit as run_audit
 
     check_input_size(input_size, force_input_size)
     found = run_audit(

@@ -7,8 +7,8 @@ keeps: an audit after training, or training after an audit, computes them once).
 
 Writes ``audit.html`` (the photos side by side), ``audit.json`` (everything found, with paths) and
 ``suspects.csv``: the photos to leave out, in the manifest format (path,label,split), to edit and pass to
-``headstart train DATA --exclude suspects.csv``. What is looked for: ``headstart.audit.duplicates`` (exact and
-near duplicates, leaks between splits) and ``headstart.audit.suspects`` (label mistakes, outliers, blanks).
+``headstart train DATA --exclude suspects.csv``. What is looked for: ``headstart.auditing.duplicates`` (exact and
+near duplicates, leaks between splits) and ``headstart.auditing.suspects`` (label mistakes, outliers, blanks).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from headstart.audit import duplicates as D
-from headstart.audit import suspects as S
+from headstart.auditing import duplicates as D
+from headstart.auditing import suspects as S
 from headstart.config import as_trained, resolve_config
 from headstart.data.cache import ImageStore, decoded_images
 from headstart.data.dataset import Dataset, load_dataset, split_indices

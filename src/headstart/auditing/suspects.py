@@ -8,7 +8,7 @@ a near-blank image.
 - outliers: a photo whose features are far from the centre of every class, by a robust rule (below the
   median similarity by ``OUTLIER_MADS`` median absolute deviations);
 - near-blank: a photo of almost one colour (its grey pixels' standard deviation under ``BLANK_STD``, read with
-  the thumbnails: ``headstart.audit.duplicates.pixel_summary``).
+  the thumbnails: ``headstart.auditing.duplicates.pixel_summary``).
 """
 
 from __future__ import annotations

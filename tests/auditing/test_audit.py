@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
-from headstart.audit import duplicates as D
+from headstart.auditing import duplicates as D
 from headstart.cli.main import app
 from headstart.data.dataset import demo_root, load_dataset
 from helpers.browser import chromium_browser
