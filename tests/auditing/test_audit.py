@@ -156,12 +156,13 @@ def test_the_calibration_copy_is_resized_reencoded_and_mirrored():
     assert copy[:, -10:].mean() > 200 and copy[:, :10].mean() < 30  # now on the right
 
 
-def test_thumbnails_match_a_mirrored_copy_and_not_another_photo():
+@pytest.mark.parametrize("size", [64, 224])  # every pixel read; every second one
+def test_thumbnails_match_a_mirrored_copy_and_not_another_photo(size):
     from helpers.datasets import photo
 
-    images = [np.asarray(photo(i, (64, 64))) for i in range(4)]
-    copy = np.asarray(D.calibration_copy(Image.fromarray(images[0])).resize((64, 64)))
-    _, stds, thumbs = D.pixel_summary(np.stack([*images, copy, np.full((64, 64, 3), 90, np.uint8)]), range(6))
+    images = [np.asarray(photo(i, (size, size))) for i in range(4)]
+    copy = np.asarray(D.calibration_copy(Image.fromarray(images[0])).resize((size, size)))
+    _, stds, thumbs = D.pixel_summary(np.stack([*images, copy, np.full((size, size, 3), 90, np.uint8)]), range(6))
     same = D.thumbnail_similarity(thumbs[[0]], thumbs[[4]])
     others = D.thumbnail_similarity(thumbs[[0, 0, 0]], thumbs[[1, 2, 3]])
     assert float(same) > 0.97 and float(others.max()) < 0.9
