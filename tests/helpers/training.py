@@ -25,3 +25,11 @@ class StopMidEpoch(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
             raise KeyboardInterrupt
+
+
+def explained(run) -> int:
+    """The evaluation images a run's report drew with their class-activation maps (the most confidently wrong):
+    each runs through the whole model once more."""
+    from headstart.reporting.report import WRONG_SHOWN
+
+    return min(WRONG_SHOWN, run.metrics["total"] - run.metrics["correct"])

@@ -24,6 +24,7 @@ from headstart.training.distributed import Ranks
 from headstart.training.fit import build_model, fit
 from headstart.training.frozen_pass import leading_frozen
 from helpers.datasets import TINY, TINY_OPTIONS, count_stem_images
+from helpers.training import explained
 
 TRAIN = sum(TINY["training"])
 OTHERS = sum(TINY["validation"]) + sum(TINY["evaluation"])
@@ -96,7 +97,8 @@ def test_half_with_augmentation_runs_from_the_views_computed_once(tiny, tmp_path
     monkeypatch.setattr(views, "RAM_LIMIT", 0)  # memory-mapped, as a large dataset's views would be
     with caplog.at_level(logging.INFO):
         run = fit(tiny, strategy="half", epochs=3, aug_views=2, runs_dir=tmp_path, name="v", **TINY_OPTIONS)
-    assert sum(stem_images) == 2 * TRAIN + OTHERS  # 2 views of each training image, once, for 3 epochs
+    # 2 views of each training image, once, for 3 epochs; then the report's maps of the wrong evaluation images
+    assert sum(stem_images) == 2 * TRAIN + OTHERS + explained(run)
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "every epoch" not in messages and "memory-mapped" in messages
     metrics = json.loads((run.dir / "metrics.json").read_text())

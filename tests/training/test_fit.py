@@ -418,6 +418,7 @@ def test_train_with_tta_records_both_figures_as_evaluate_finds_them(
     from headstart.training import fit as training
     from headstart.training import frozen_pass as frozen
 
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))  # no mirror images' features kept earlier
     seen, passes, compute, extract = {}, [], training.compute, frozen.extract_features
     monkeypatch.setattr(training, "compute", lambda *a, **kw: seen.setdefault("ev", compute(*a, **kw)))
     monkeypatch.setattr(frozen, "extract_features", lambda *a, **kw: passes.append(kw) or extract(*a, **kw))

@@ -12,7 +12,6 @@ from headstart.cli import console as show
 from headstart.cli.app import SHOW, command
 from headstart.cli.console import out
 from headstart.cli.options import (
-    INPUT_SIZE_HELP,
     AllowOutsideRoot,
     Data,
     EngineOption,
@@ -20,6 +19,7 @@ from headstart.cli.options import (
     ForceInputSize,
     Layout,
     MaxPixels,
+    ProbeInputSize,
     Seed,
     Weights,
 )
@@ -75,7 +75,7 @@ def audit(
     data: Data,
     backbone: Annotated[str, typer.Option(help="Whose frozen features the audit compares.")] = "efficientnet_lite0",
     weights: Weights = "default",
-    input_size: Annotated[Optional[int], typer.Option(help=INPUT_SIZE_HELP, show_default="the weights'")] = None,
+    input_size: ProbeInputSize = None,
     force_input_size: ForceInputSize = False,
     out_dir: Annotated[
         Optional[Path],
@@ -137,7 +137,7 @@ def advise(
     data: Data,
     backbone: Annotated[str, typer.Option(help="The backbone to advise for.")] = "efficientnet_lite0",
     weights: Weights = "default",
-    input_size: Annotated[Optional[int], typer.Option(help=INPUT_SIZE_HELP, show_default="the weights'")] = None,
+    input_size: ProbeInputSize = None,
     force_input_size: ForceInputSize = False,
     sample: Annotated[int, typer.Option(min=5, help="Images per class probed (a bounded sample).")] = 60,
     seed: Seed = 0,

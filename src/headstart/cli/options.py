@@ -188,5 +188,8 @@ AugViews = Annotated[
 
 # --- using a model ------------------------------------------------------------------------------------------
 Device = Annotated[str, typer.Option(help="auto (a GPU where there is one), cpu, gpu or cuda:N.")]
+ProbeInputSize = Annotated[
+    Optional[int], typer.Option("--input-size", help=INPUT_SIZE_HELP, show_default="the weights'")
+]
 ExplainMethod = Literal["gradcam", "gradcam++", "layercam", "eigencam"]  # headstart.inference.explain.METHODS
 TopK = Annotated[int, typer.Option(min=1, help="Classes shown per image.")]
