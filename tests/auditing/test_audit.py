@@ -167,3 +167,20 @@ def test_thumbnails_match_a_mirrored_copy_and_not_another_photo(size):
     others = D.thumbnail_similarity(thumbs[[0, 0, 0]], thumbs[[1, 2, 3]])
     assert float(same) > 0.97 and float(others.max()) < 0.9
     assert stds[5] == 0 and stds[:5].min() > 10  # the blank one
+
+
+def test_training_after_an_audit_computes_no_features_again(tiny, tmp_path: Path, monkeypatch):
+    from headstart.auditing.audit import audit
+    from headstart.models.timm_backbones import TimmBody
+    from headstart.training.fit import fit
+    from helpers.datasets import TINY_OPTIONS
+
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))  # nothing kept by an earlier test
+    seen = []
+    forward = TimmBody.forward
+    monkeypatch.setattr(TimmBody, "forward", lambda self, x: (seen.append(len(x)), forward(self, x))[1])
+    audit(tiny, input_size=32, out_dir=tmp_path / "audit")
+    assert sum(seen) > 0
+    seen.clear()
+    fit(tiny, strategy="features", epochs=1, runs_dir=tmp_path, name="after", **TINY_OPTIONS)
+    assert sum(seen) == 0  # the audit's features, read from disk
