@@ -184,3 +184,21 @@ def test_training_after_an_audit_computes_no_features_again(tiny, tmp_path: Path
     seen.clear()
     fit(tiny, strategy="features", epochs=1, runs_dir=tmp_path, name="after", **TINY_OPTIONS)
     assert sum(seen) == 0  # the audit's features, read from disk
+
+
+def test_a_class_of_one_photo_is_audited_without_judging_labels(tmp_path: Path, caplog):
+    from headstart.auditing.audit import audit
+
+    rows = [["path", "label", "split"]]
+    for split, per_class in (("training", 6), ("validation", 2), ("evaluation", 2)):
+        for cid, name in CLASSES.items():
+            files = sorted((demo_root() / split).glob(f"{cid}_*.png"))[
+                : (1 if name == "Bag" and split == "training" else per_class)
+            ]
+            rows += [[str(f), name, split] for f in files if not (name == "Bag" and split != "training")]
+    with open(tmp_path / "few.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    ds = load_dataset(tmp_path / "few.csv", allow_outside_root=True)
+    found = audit(ds, "test_efficientnet", "none", 32, tmp_path / "audit")
+    assert found.label_issues == [] and "class 'Bag' has 1 image" in caplog.text
+    assert json.loads((tmp_path / "audit" / "audit.json").read_text())["counts"]["label_issues"] == 0

@@ -31,7 +31,7 @@ from headstart.auditing import duplicates as D
 from headstart.auditing import suspects as S
 from headstart.config import as_trained, resolve_config
 from headstart.data.cache import ImageStore, decoded_images
-from headstart.data.dataset import Dataset, load_dataset, split_indices
+from headstart.data.dataset import Dataset, demo_root, load_dataset, split_indices
 from headstart.data.images import MAX_PIXELS, decode_image
 from headstart.data.layouts import SPLITS
 from headstart.engines.choice import Engine
@@ -172,10 +172,15 @@ def audit(
     found.seconds["duplicates"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    probs = S.out_of_fold_probabilities(features, labels, folds, seed)
-    found.label_issues = [
-        (order[i], int(probs[i].argmax()), float(probs[i, labels[i]])) for i in S.label_issues(labels, probs)
-    ]
+    present, given, counts = np.unique(labels, return_inverse=True, return_counts=True)  # a class may have no image
+    if counts.min() >= 2:
+        probs = S.out_of_fold_probabilities(features, given, folds, seed)
+        found.label_issues = [
+            (order[i], int(present[probs[i].argmax()]), float(probs[i, given[i]])) for i in S.label_issues(given, probs)
+        ]
+    else:  # a photo cannot be judged by the others of its class when it has none
+        few = ds.classes[int(present[counts.argmin()])]
+        log.warning("labels not checked: class %r has %d image, and each needs 2 or more", few, counts.min())
     found.outliers = [(order[i], v) for i, v in S.outliers(features, labels)]
     found.blank = [(order[i], float(stds[i])) for i in np.flatnonzero(stds < S.BLANK_STD)]
     found.seconds["suspects"] = round(time.perf_counter() - t, 2)
@@ -209,7 +214,7 @@ def find_audit(root: str | os.PathLike, folders: list[Path]) -> tuple[Path, dict
 
 
 def default_out(ds: Dataset) -> Path:
-    return Path("runs") / f"audit-{ds.root.name if ds.layout != 'food11' or ds.root.name != 'demo_data' else 'demo'}"
+    return Path("runs") / f"audit-{'demo' if ds.root == demo_root() else ds.root.name}"
 
 
 def _features(cfg, model, ds: Dataset, store: ImageStore, progress: bool):
