@@ -118,3 +118,19 @@ def test_the_report_shows_the_wrong_images_with_their_maps(tiny_run):
     assert "where the model saw the class it gave" in html
     picture = Image.open(tiny_run.picture("misclassified"))
     assert picture.height > 300  # eight rows: each wrong photo beside its map
+
+
+def test_maps_asked_at_once_are_each_their_own():
+    """A server explains requests in several threads, on one model: a ViT's target layer is the model's own, and
+    the library collects every forward pass through it (without the lock, maps came out of other requests)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = create_model("test_vit", 3, weights="none")
+    side = model.preprocessing.input_size
+    rng = np.random.default_rng(2)
+    batches = [rng.integers(0, 256, (2, side, side, 3), dtype=np.uint8) for _ in range(4)]
+    one_by_one = [class_maps(model, b, "gradcam", [0, 1]) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        at_once = list(pool.map(lambda b: class_maps(model, b, "gradcam", [0, 1]), batches))
+    assert all(np.abs(a - b).max() < 1e-5 for a, b in zip(one_by_one, at_once))
+    assert all(p.requires_grad for p in model.parameters())  # switched off for the pass, and back on

@@ -16,6 +16,7 @@ first principal component: no gradient, class-agnostic).
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,10 @@ from headstart.errors import ConfigError
 from headstart.models.classifier import Classifier
 from headstart.utils.files import check_writable_dir
 
+# One map at a time in a process: the library hooks the target layer and collects every forward pass through it,
+# so two requests of a server explaining at once with a ViT (whose target is the model's own layer) mixed their
+# activations; and the weights' requires_grad is switched off for the pass, then back on.
+_ONE_AT_A_TIME = threading.Lock()
 METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "layercam": "LayerCAM", "eigencam": "EigenCAM"}
 
 
@@ -64,15 +69,16 @@ def class_maps(
     device = next(model.parameters()).device
     mapped = _Mapped(model).eval()
     # Gradients flow to the input, not into the weights: nothing for the weights to hold (or an optimizer to see).
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    try:
-        for p in trainable:
-            p.requires_grad_(False)
-        with torch.inference_mode(False), torch.enable_grad():
-            out = _maps(mapped, images, cam_class, classes, batch_size, device)
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
+    with _ONE_AT_A_TIME:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        try:
+            for p in trainable:
+                p.requires_grad_(False)
+            with torch.inference_mode(False), torch.enable_grad():
+                out = _maps(mapped, images, cam_class, classes, batch_size, device)
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
     size = model.preprocessing.input_size
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, size, size), np.float32)
 
