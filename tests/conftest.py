@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.datasets import TINY, TINY_OPTIONS, make_food11, make_messy_food11
+from helpers.datasets import TINY, TINY_OPTIONS, make_corner_patch, make_food11, make_messy_food11
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup here hangs ~45 s before failing
 
@@ -88,6 +88,27 @@ def demo_run(tmp_path_factory):
         if (shared / "runs" / "demo" / "metrics.json").is_file():
             return Run.load(shared / "runs" / "demo")
         return fit("demo", strategy="features", epochs=6, input_size=64, runs_dir=shared / "runs", name="demo")
+
+
+@pytest.fixture(scope="session")
+def corner_run(tmp_path_factory):
+    """A features run on data whose class is the colour of a patch in the top-left corner, the rest noise
+    (``helpers.datasets.make_corner_patch``), and that data: what the class-activation maps are checked on.
+    Trained once for all the test processes."""
+    from filelock import FileLock
+
+    from headstart.runs.folder import Run
+    from headstart.training.fit import fit
+
+    shared = _shared(tmp_path_factory) / "corner"
+    shared.mkdir(exist_ok=True)
+    with FileLock(str(shared / "run.lock")):
+        if (shared / "runs" / "corner" / "metrics.json").is_file():
+            return Run.load(shared / "runs" / "corner"), shared / "data"
+        data = make_corner_patch(shared / "data")
+        # 128 px: a 4 x 4 last stage, so a corner is a place of its own (at 64 px the stage is 2 x 2)
+        opts = dict(strategy="features", epochs=8, input_size=128, batch_size=16, name="corner")
+        return fit(data, runs_dir=shared / "runs", **opts), data
 
 
 @pytest.fixture(scope="session")

@@ -16,19 +16,6 @@ from headstart.data.dataset import demo_root
 from headstart.errors import ConfigError
 from headstart.inference.explain import METHODS, class_maps
 from headstart.models.factory import create_model
-from helpers.datasets import make_corner_patch
-
-
-@pytest.fixture(scope="module")
-def corner_run(tmp_path_factory):
-    """A features run on data whose class is the colour of a patch in the top-left corner, the rest noise."""
-    from headstart.training.fit import fit
-
-    data = make_corner_patch(tmp_path_factory.mktemp("corner") / "data")
-    # 128 px: a 4 x 4 last stage, so a corner is a place of its own (at 64 px the stage is 2 x 2)
-    run = fit(data, strategy="features", epochs=8, input_size=128, batch_size=16, runs_dir=data.parent / "runs")
-    assert run.metrics["accuracy"] == 1.0
-    return run, data
 
 
 def _corner_share(cam: np.ndarray) -> float:
@@ -40,6 +27,7 @@ def _corner_share(cam: np.ndarray) -> float:
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
 def test_the_map_points_at_the_corner_that_decides_the_class(corner_run, method):
     run, data = corner_run
+    assert run.metrics["accuracy"] == 1.0
     photos = sorted((data / "red").iterdir())[-5:] + sorted((data / "blue").iterdir())[-5:]
     explained = headstart.load(run.dir).explain(photos, method=method)
     assert [e.label for e in explained] == ["red"] * 5 + ["blue"] * 5
