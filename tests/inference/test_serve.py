@@ -389,12 +389,10 @@ def test_explain_returns_each_images_map_over_it(client, predictor):
     assert client.post("/predict?explain=true&method=nonsense", files=files).status_code == 422
 
 
-def test_a_server_of_an_exported_file_says_it_cannot_explain(tiny_run, tmp_path: Path):
-    from headstart.inference.export import export
+def test_a_server_of_an_exported_file_says_it_cannot_explain(demo_exports):
     from headstart.inference.loading import load as load_any
 
-    file = export(tiny_run.dir, "onnx", tmp_path / "model.onnx").path
-    app_ = TestClient(create_app(load_any(file)))
+    app_ = TestClient(create_app(load_any(demo_exports["onnx"])))
     assert app_.get("/healthz").json()["explain"] is False
     image = _demo_images(1)[0]
     res = app_.post("/predict?explain=true", files=[("file", (image.name, image.read_bytes(), "image/png"))])
