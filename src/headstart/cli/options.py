@@ -24,6 +24,7 @@ from headstart.config import (
     STRATEGIES,
 )
 from headstart.data.layouts import LAYOUTS, SPLITS
+from headstart.inference.prediction import EXPLAIN_METHODS
 
 StrategyName = Literal[(*STRATEGIES, "auto")]
 RecipeName = Literal[tuple(RECIPES)]
@@ -191,5 +192,5 @@ Device = Annotated[str, typer.Option(help="auto (a GPU where there is one), cpu,
 ProbeInputSize = Annotated[
     Optional[int], typer.Option("--input-size", help=INPUT_SIZE_HELP, show_default="the weights'")
 ]
-ExplainMethod = Literal["gradcam", "gradcam++", "layercam", "eigencam"]  # headstart.inference.explain.METHODS
+ExplainMethod = Literal[EXPLAIN_METHODS]
 TopK = Annotated[int, typer.Option(min=1, help="Classes shown per image.")]

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from headstart.errors import ConfigError
+from headstart.inference.prediction import EXPLAIN_METHODS
 from headstart.models.classifier import Classifier
 from headstart.utils.files import check_writable_dir
 
@@ -31,7 +32,8 @@ from headstart.utils.files import check_writable_dir
 # so two requests of a server explaining at once with a ViT (whose target is the model's own layer) mixed their
 # activations; and the weights' requires_grad is switched off for the pass, then back on.
 _ONE_AT_A_TIME = threading.Lock()
-METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "layercam": "LayerCAM", "eigencam": "EigenCAM"}
+# Each method's class in the grad-cam library.
+METHODS = dict(zip(EXPLAIN_METHODS, ("GradCAM", "GradCAMPlusPlus", "LayerCAM", "EigenCAM")))
 
 
 class _Mapped(nn.Module):

@@ -20,6 +20,9 @@ from headstart.data.preprocessing import Preprocessing
 from headstart.errors import ConfigError, ImageError
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+# How a class-activation map can be computed (``headstart.inference.explain.METHODS``), named here, without PyTorch,
+# for the options of predict and serve.
+EXPLAIN_METHODS = ("gradcam", "gradcam++", "layercam", "eigencam")
 
 
 @dataclass

@@ -37,9 +37,9 @@ from starlette.exceptions import HTTPException
 
 from headstart.data.images import MAX_PIXELS, decode_bytes
 from headstart.errors import ConfigError, ImageError
-from headstart.inference.prediction import ImagePredictor
+from headstart.inference.prediction import EXPLAIN_METHODS, ImagePredictor
 
-Method = Literal["gradcam", "gradcam++", "layercam", "eigencam"]  # headstart.inference.explain.METHODS
+Method = Literal[EXPLAIN_METHODS]
 
 
 def _cpus() -> int:
