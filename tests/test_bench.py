@@ -190,3 +190,61 @@ def test_audit_bench_quick_scores_what_it_injected(tmp_path, capsys):
         0 <= a["clean_accuracy"] <= 1 for a in r["accuracy"].values()
     )
     assert r["search"]["2000"]["pairs"] >= 1
+
+
+def test_multilabel_bench_quick_builds_collages_and_scores_every_method(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from helpers.datasets import photo
+
+    photos = tmp_path / "photos"
+    for j, name in enumerate(("cat", "coffee", "astronaut", "rocket")):  # photo(i) crops scikit-image's photo i % 4
+        (photos / name).mkdir(parents=True)
+        for m in range(40):
+            photo(j + 4 * m, (80, 60)).save(photos / name / f"{m}.jpg")
+    tiles = {  # every photo as a collage shows it
+        str(f.resolve()): np.asarray(ImageOps.fit(Image.open(f), (32, 32), Image.BICUBIC), dtype=float)
+        for f in photos.rglob("*.jpg")
+    }
+    work = tmp_path / "work"
+    printed = _bench(capsys, "multilabel.py", str(photos), "--quick", "--out", str(work))
+    folder = work / "collages"
+    with open(folder / "manifest.csv", newline="") as f:
+        header, *rows = list(csv.reader(f))
+    assert header == ["path", "labels", "split"] and len(rows) == 40
+    assert Counter(r[2] for r in rows) == {"training": 24, "validation": 8, "evaluation": 8}
+    with open(folder / "sources.csv", newline="") as f:
+        drawn: dict[str, list[dict]] = {}
+        for s in csv.DictReader(f):
+            drawn.setdefault(s["path"], []).append(s)
+    split_of: dict[str, str] = {}
+    for path, labels, split in rows:
+        names = labels.split("|")
+        # --quick takes the first 3 classes: 2 or 3 distinct labels, the classes of the photos placed, one each.
+        assert 2 <= len(names) == len(set(names)) == len(drawn[path]) <= 4
+        assert set(names) <= {"astronaut", "cat", "coffee"}
+        assert set(names) == {s["class"] for s in drawn[path]} == {Path(s["source"]).parent.name for s in drawn[path]}
+        # Each cell holds its photo, centre-cropped to 32 px (the nearest of all the photos' crops, JPEG aside);
+        # the others are mid-grey.
+        pixels = np.asarray(Image.open(folder / path), dtype=float)
+        cells = {int(s["cell"]): s["source"] for s in drawn[path]}
+        for cell in range(4):
+            got = pixels[cell // 2 * 32 : cell // 2 * 32 + 32, cell % 2 * 32 : cell % 2 * 32 + 32]
+            if cell not in cells:
+                assert np.abs(got - 128).mean() < 2, (path, cell)
+                continue
+            errors = {src: np.abs(got - tile).mean() for src, tile in tiles.items()}
+            assert min(errors, key=errors.get) == cells[cell] and errors[cells[cell]] < 10, (path, cell)
+        for s in drawn[path]:  # no photo in two splits
+            assert split_of.setdefault(s["source"], split) == split, s
+    r = json.loads((work / "results.json").read_text())
+    assert set(r["methods"]) == {"features", "half", "full", "baseline"}
+    assert all(0 <= m["map"] <= 1 and m["seconds"] > 0 for m in r["methods"].values()), r["methods"]
+    # The baseline read the features run's features from the disk cache; scikit-learn agrees with headstart's mAP.
+    check = r["cross_check_features"]
+    assert check["features_read_from_cache"] and abs(check["difference"]["map"]) < 1e-3, check
+    table = re.findall(
+        r"^\| (features|half|full|logistic regression)\b.* \| ([\d.]+) \| [\d.]+ \| [\d.]+ \|", printed, re.M
+    )
+    assert [t[0] for t in table] == ["features", "half", "full", "logistic regression"], printed

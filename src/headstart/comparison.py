@@ -81,11 +81,14 @@ def _row(strategy: str, run: Run) -> dict:
         "report": f"{strategy}/{run.report.name}",
         "head": m.get("head_search", {}).get("chosen", ""),  # features, gradual: the head the search chose
         **({"tta_accuracy": m["tta_accuracy"]} if "tta_accuracy" in m else {}),
+        **({"map": m["map"], "val_map": best.get("val_map", 0.0)} if m.get("task") == "multi" else {}),
     }
 
 
 def reading(rows: list[dict]) -> str:
     """A paragraph a person can read: which strategy won, by how much, at what cost, and what transfer bought."""
+    if "map" in rows[0]:
+        return _multilabel_reading(rows)
     ranked = sorted(rows, key=lambda r: (-r["accuracy"], r["total_seconds"]))
     best = ranked[0]
     text = (
@@ -129,15 +132,21 @@ def reading(rows: list[dict]) -> str:
 def advice_outcome(advice, rows: list[dict]) -> str:
     """Which strategy the rules predicted, which one won, and by how much."""
     predicted = advice.strategy
-    best = max(rows, key=lambda r: (r["accuracy"], -r["total_seconds"]))
+    score = "map" if "map" in rows[0] else "accuracy"  # multi-label data: by mAP
+    best = max(rows, key=lambda r: (r[score], -r["total_seconds"]))
     by = {r["strategy"]: r for r in rows}
     text = f"The rules ({advice.case}) predicted {predicted}"
     if predicted not in by:
         return text + ", which this comparison did not train."
+
+    def shown(r: dict) -> str:
+        return f"mAP {r['map']:.3f}" if score == "map" else f"{r['accuracy']:.1%}"
+
     if best["strategy"] == predicted:
-        return text + f", and it won ({best['accuracy']:.1%})."
-    gap = 100 * (best["accuracy"] - by[predicted]["accuracy"])
-    return text + f"; {best['strategy']} won, {gap:.1f} points ahead of it ({by[predicted]['accuracy']:.1%})."
+        return text + f", and it won ({shown(best)})."
+    gap = best[score] - by[predicted][score]
+    ahead = f"{gap:.3f} mAP" if score == "map" else f"{100 * gap:.1f} points"
+    return text + f"; {best['strategy']} won, {ahead} ahead of it ({shown(by[predicted])})."
 
 
 def variant(label: str) -> tuple[str, dict[str, Any]]:
@@ -227,6 +236,20 @@ def _own_options(strategy: str, options: dict) -> dict:
     }
 
 
+def _multilabel_reading(rows: list[dict]) -> str:
+    """``reading`` for multi-label data: the strategies ranked by evaluation mAP."""
+    ranked = sorted(rows, key=lambda r: (-r["map"], r["total_seconds"]))
+    best = ranked[0]
+    text = (
+        f"{best['strategy']} reached the best evaluation mAP, {best['map']:.3f} (every label right on "
+        f"{best['correct']} of {best['total']} images)"
+    )
+    if len(ranked) > 1:
+        second = ranked[1]
+        text += f", {best['map'] - second['map']:.3f} ahead of {second['strategy']} ({second['map']:.3f})"
+    return text + f", in {best['total_seconds']:.0f} s."
+
+
 def _write(out: Path, runs: dict[str, Run], advice, data_name: str) -> tuple[list[dict], str]:
     """``comparison.csv``, ``advice.json`` and the report; the rows and the reading they show."""
     rows = [_row(label, r) for label, r in runs.items()]
@@ -235,7 +258,8 @@ def _write(out: Path, runs: dict[str, Run], advice, data_name: str) -> tuple[lis
     tta = (
         ["tta_accuracy"] if any("tta_accuracy" in r for r in rows) else []
     )  # with --tta: the accuracy with test-time augmentation
-    w = csv.DictWriter(buf, COLUMNS + tta, extrasaction="ignore")
+    multi = ["val_map", "map"] if "map" in rows[0] else []  # multi-label data: mAP beside exact-match accuracy
+    w = csv.DictWriter(buf, COLUMNS + multi + tta, extrasaction="ignore")
     w.writeheader()
     w.writerows([{**r, "advised": advice is not None and r["strategy"].split("+")[0] == advice.strategy} for r in rows])
     write_text(out / "comparison.csv", buf.getvalue())
@@ -248,7 +272,7 @@ def _write(out: Path, runs: dict[str, Run], advice, data_name: str) -> tuple[lis
         out,
         rows,
         {s: r.history for s, r in runs.items()},
-        {s: r.metrics["confusion_matrix"] for s, r in runs.items()},
+        {s: r.metrics.get("confusion_matrix") or r.metrics["cooccurrence_matrix"] for s, r in runs.items()},
         data_info["classes"],
         data_info,
         text,

@@ -123,3 +123,30 @@ def make_corner_patch(root: Path, per_class: int = 24, size: int = 64) -> Path:
             pixels[2 : 2 + patch, 2 : 2 + patch] = colour
             Image.fromarray(pixels).save(root / label / f"{label}_{i}.png")
     return root
+
+
+# The multi-label fixture's classes: each fills a quarter of a real photo with its colour (the fourth quarter
+# stays photo): an image has one to three of them, learnt from frozen features in a few epochs.
+MULTI_COLOURS = {"red": ((230, 30, 30), (0, 0)), "green": ((30, 200, 30), (0, 1)), "blue": ((30, 30, 230), (1, 0))}
+
+
+def make_multilabel(root: Path, n: int = 60, size: int = 64, splits: bool = False) -> Path:
+    """A multi-label dataset: ``n`` real photos with one to three coloured quarters (``MULTI_COLOURS``), listed in
+    ``root/manifest.csv`` as ``path,labels[,split]`` with ``|`` between labels (``splits``: a split column, 60/20/20;
+    else the splits are drawn). Returns the manifest."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    names, half = list(MULTI_COLOURS), size // 2
+    rows = ["path,labels" + (",split" if splits else "")]
+    for i in range(n):
+        k = 1 + i % 3  # 1, 2, 3 labels in turn
+        chosen = sorted(rng.choice(len(names), k, replace=False))
+        pixels = np.asarray(photo(i, (size, size)).convert("RGB")).copy()
+        for c in chosen:
+            colour, (row, col) = MULTI_COLOURS[names[c]]
+            pixels[row * half : (row + 1) * half, col * half : (col + 1) * half] = colour
+        Image.fromarray(pixels).save(root / f"img_{i}.jpg", quality=95)
+        split = ("training", "training", "training", "validation", "evaluation")[i % 5]
+        rows.append(f"img_{i}.jpg," + "|".join(names[c] for c in chosen) + (f",{split}" if splits else ""))
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root / "manifest.csv"

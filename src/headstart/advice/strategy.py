@@ -46,7 +46,8 @@ import torch
 from headstart.advice.input_size import candidate_sizes, choose_size, native_size, photo_size
 from headstart.config import VIEW_STRATEGIES, TrainConfig
 from headstart.data.cache import decoded_images
-from headstart.data.dataset import Dataset, load_dataset
+from headstart.data.dataset import Dataset, load_dataset, multi_hot
+from headstart.data.layouts import label_ids
 from headstart.engines.choice import Engine
 from headstart.errors import ConfigError, DataError
 from headstart.models.factory import create_model
@@ -138,25 +139,44 @@ class Advice:
 
 def knn_accuracy(features: torch.Tensor, labels: torch.Tensor, k: int = K_NEIGHBOURS) -> float:
     """Leave-one-out k-NN accuracy with cosine similarity: how well the features separate the classes.
-    Neighbours are found 1,024 rows at a time, so memory stays O(1,024 x N)."""
+    Neighbours are found 1,024 rows at a time, so memory stays O(1,024 x N). Multi-label ``labels`` ((N, C) rows
+    of 0 and 1): the mAP of each class's share among the neighbours (``knn_map``)."""
+    if labels.dim() == 2:
+        return knn_map(features, labels, k)
+    correct = 0
+    for start, nearest in _neighbours(features, k):
+        num_classes = int(labels.max()) + 1
+        votes = torch.nn.functional.one_hot(labels[nearest], num_classes).sum(1).float()
+        votes += 1e-3 * torch.nn.functional.one_hot(labels[nearest[:, 0]], num_classes)  # ties: the nearest wins
+        correct += int((votes.argmax(1) == labels[start : start + 1024]).sum())
+    return correct / len(features)
+
+
+def _neighbours(features: torch.Tensor, k: int):
+    """(start, the k nearest other rows of rows start..start+1023 by cosine similarity), 1,024 rows at a time."""
     x = torch.nn.functional.normalize(features.float(), dim=1)
     k = min(k, len(x) - 1)
-    num_classes = int(labels.max()) + 1
-    correct = 0
     for start in range(0, len(x), 1024):
         sim = x[start : start + 1024] @ x.T
         rows = torch.arange(len(sim))
         sim[rows, rows + start] = -float("inf")  # not its own neighbour
-        nearest = sim.topk(k, dim=1).indices
-        votes = torch.nn.functional.one_hot(labels[nearest], num_classes).sum(1).float()
-        votes += 1e-3 * torch.nn.functional.one_hot(labels[nearest[:, 0]], num_classes)  # ties: the nearest wins
-        correct += int((votes.argmax(1) == labels[start : start + 1024]).sum())
-    return correct / len(x)
+        yield start, sim.topk(k, dim=1).indices
 
 
-def separability(accuracy: float, num_classes: int) -> float:
-    """Accuracy rescaled so that chance is 0 and perfect is 1."""
-    chance = 1 / num_classes
+def knn_map(features: torch.Tensor, labels: torch.Tensor, k: int = K_NEIGHBOURS) -> float:
+    """Multi-label data: leave-one-out, each class scored by its share among an image's k nearest neighbours;
+    the mean over the classes (with a positive image) of their average precision (scikit-learn's)."""
+    from sklearn.metrics import average_precision_score
+
+    scores = torch.cat([labels[nearest].float().mean(1) for _, nearest in _neighbours(features, k)]).numpy()
+    present = labels.sum(0).numpy() > 0
+    return float(average_precision_score(labels.numpy()[:, present], scores[:, present], average="macro"))
+
+
+def separability(accuracy: float, num_classes: int, chance: float | None = None) -> float:
+    """Accuracy rescaled so that chance is 0 and perfect is 1 (``chance``: 1 / classes unless given; for a
+    multi-label mAP, the mean share of images a class is on, a random scorer's AP)."""
+    chance = 1 / num_classes if chance is None else chance
     return max(0.0, (accuracy - chance) / (1 - chance))
 
 
@@ -166,9 +186,9 @@ def _sample(ds: Dataset, per_class: int, seed: int) -> list[int]:
     per_class = min(per_class, max(5, SAMPLE_TOTAL // ds.num_classes))
     out = []
     for c in range(ds.num_classes):
-        idx = [i for i, s in enumerate(ds.samples) if s.label == c and s.split in ("training", "validation")]
+        idx = [i for i, s in enumerate(ds.samples) if c in label_ids(s.label) and s.split in ("training", "validation")]
         out += sorted(rng.choice(idx, min(per_class, len(idx)), replace=False).tolist())
-    return out
+    return sorted(set(out)) if ds.multi_label else out  # an image of several classes, once
 
 
 @torch.inference_mode()
@@ -202,7 +222,9 @@ def measure_similarity(
         ds = dataclasses.replace(ds, samples=[ds.samples[i] for i in picked], ignored=[], problems=[])
         ds, store = decoded_images(ds, model.preprocessing, progress=progress, check=False)
         indices = list(range(len(ds.samples)))
-    labels = torch.tensor([ds.samples[i].label for i in indices])
+    labels = [ds.samples[i].label for i in indices]
+    labels = torch.from_numpy(multi_hot(labels, ds.num_classes)) if ds.multi_label else torch.tensor(labels)
+    chance = float(labels.mean()) if ds.multi_label else None  # a random scorer's mAP: the mean share of a class
     mid = resolve_freeze(model, "half")  # the end of what `half` freezes: the earlier layer probed
     out = {
         "sample": len(indices),
@@ -227,13 +249,13 @@ def measure_similarity(
         earlier = act.float().mean((2, 3)) if act.dim() == 4 else act.float().mean(1)
         out["earlier_layer"] = model.groups[mid - 1].name
         out["earlier_knn"] = knn_accuracy(earlier, labels)
-        out["earlier_separability"] = separability(out["earlier_knn"], ds.num_classes)
+        out["earlier_separability"] = separability(out["earlier_knn"], ds.num_classes, chance)
     else:
         final = extract_features(model, store, indices, progress=progress, engine=engine)
     out["probe_seconds"] = round(time.perf_counter() - started - (engine.setup_seconds - converting), 3)
     out["engine"] = engine.used
     out["final_knn"] = knn_accuracy(final, labels)
-    out["final_separability"] = separability(out["final_knn"], ds.num_classes)
+    out["final_separability"] = separability(out["final_knn"], ds.num_classes, chance)
     if model.config.get("head") == "pretrained":
         out["imagenet_confidence"] = float(model.head(final).softmax(1).max(1).values.mean())
     return out

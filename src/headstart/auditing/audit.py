@@ -96,7 +96,7 @@ class Audit:
 
     def to_dict(self) -> dict:
         s = self.ds.samples
-        photo = lambda i: {"path": str(s[i].path), "split": s[i].split, "label": self.ds.classes[s[i].label]}
+        photo = lambda i: {"path": str(s[i].path), "split": s[i].split, "label": self.ds.label_name(s[i].label)}
         pair = lambda a, b, sim, pixels: {
             "a": photo(a),
             "b": photo(b),
@@ -155,7 +155,7 @@ def audit(
     features, mirrored, order = _features(cfg, model, ds, store, progress)
     found = Audit(ds, out_dir=out_dir)
     found.seconds["features"] = round(time.perf_counter() - started, 2)
-    labels = np.array([ds.samples[i].label for i in order])
+    labels = None if ds.multi_label else np.array([ds.samples[i].label for i in order])
     paths = [s.path for s in ds.samples]
 
     t = time.perf_counter()
@@ -172,16 +172,10 @@ def audit(
     found.seconds["duplicates"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    present, given, counts = np.unique(labels, return_inverse=True, return_counts=True)  # a class may have no image
-    if counts.min() >= 2:
-        probs = S.out_of_fold_probabilities(features, given, folds, seed)
-        found.label_issues = [
-            (order[i], int(present[probs[i].argmax()]), float(probs[i, given[i]])) for i in S.label_issues(given, probs)
-        ]
-    else:  # a photo cannot be judged by the others of its class when it has none
-        few = ds.classes[int(present[counts.argmin()])]
-        log.warning("labels not checked: class %r has %d image, and each needs 2 or more", few, counts.min())
-    found.outliers = [(order[i], v) for i, v in S.outliers(features, labels)]
+    if labels is not None:
+        _judge_labels(found, features, labels, order, folds, seed)
+    else:  # several classes an image: the label check and the class centres judge one
+        log.warning("multi-label data: labels and outliers are not judged (each check takes one class an image)")
     found.blank = [(order[i], float(stds[i])) for i in np.flatnonzero(stds < S.BLANK_STD)]
     found.seconds["suspects"] = round(time.perf_counter() - t, 2)
     found.seconds["after_features"] = round(found.seconds["duplicates"] + found.seconds["suspects"], 2)
@@ -257,7 +251,7 @@ def write(found: Audit, store: ImageStore) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "label", "split"])
-    writer.writerows([str(s[i].path), found.ds.classes[s[i].label], s[i].split] for i in suspects)
+    writer.writerows([str(s[i].path), found.ds.label_name(s[i].label), s[i].split] for i in suspects)
     write_text(out / SUSPECTS_CSV, buffer.getvalue())
     thumbs: dict[int, str] = {}
 
@@ -272,7 +266,7 @@ def write(found: Audit, store: ImageStore) -> None:
         "src": thumb(i),
         "path": str(s[i].path),
         "split": s[i].split,
-        "label": found.ds.classes[s[i].label],
+        "label": found.ds.label_name(s[i].label),
     }
     html = render(
         "audit.html.j2",
@@ -288,3 +282,17 @@ def write(found: Audit, store: ImageStore) -> None:
         blank=[(photo(i), v) for i, v in found.blank[:SHOWN]],
     )
     write_text(out / AUDIT_HTML, html)
+
+
+def _judge_labels(found: Audit, features, labels: np.ndarray, order: list[int], folds: int, seed: int) -> None:
+    """Likely label mistakes (each photo judged by a classifier of the others) and outliers, into ``found``."""
+    present, given, counts = np.unique(labels, return_inverse=True, return_counts=True)  # a class may have no image
+    if counts.min() >= 2:
+        probs = S.out_of_fold_probabilities(features, given, folds, seed)
+        found.label_issues = [
+            (order[i], int(present[probs[i].argmax()]), float(probs[i, given[i]])) for i in S.label_issues(given, probs)
+        ]
+    else:  # a photo cannot be judged by the others of its class when it has none
+        few = found.ds.classes[int(present[counts.argmin()])]
+        log.warning("labels not checked: class %r has %d image, and each needs 2 or more", few, counts.min())
+    found.outliers = [(order[i], v) for i, v in S.outliers(features, labels)]

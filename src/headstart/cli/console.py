@@ -46,7 +46,9 @@ def summary(s) -> None:
         # The tutorial's own words: "Training data available in 11 classes [994, 429, ...]"
         out.print(f"{split.capitalize()} data available in {len(counts)} classes")
         out.print(f"{counts}")
-    table = Table(title="Images per class")
+    table = Table(
+        title="Images per class" if s.task == "single" else "Images per label (an image counts for each of its labels)"
+    )
     table.add_column("id", justify="right")
     table.add_column("class")
     for split in s.counts:
@@ -63,6 +65,15 @@ def summary(s) -> None:
         f"Imbalance (largest / smallest training class): {s.imbalance} "
         f"({s.classes[train.index(max(train))]} {max(train)} / {s.classes[train.index(min(train))]} {min(train)})"
     )
+    if s.task == "multi":
+        n = s.labels_per_image
+        spread = ", ".join(f"{k} label{'s' if k != '1' else ''}: {v}" for k, v in n.items() if k not in ("mean", "max"))
+        out.print(f"Multi-label: {n['mean']} labels an image on average ({spread})")
+        if s.cooccurrences:
+            out.print(
+                "Most frequent together: "
+                + "; ".join(f"{' + '.join(c['labels'])} {c['images']}" for c in s.cooccurrences[:5])
+            )
     w, h = s.sizes["width"], s.sizes["height"]
     out.print(
         f"Image sizes: width {w['min']}-{w['max']} (median {w['median']}), height {h['min']}-{h['max']} "
@@ -88,9 +99,12 @@ def summary(s) -> None:
 def training(run) -> None:
     """``headstart train``: the tutorial's accuracy and number correct (and with TTA), best epoch, the run folder."""
     m = run.metrics
-    out.print(f"Accuracy on evaluation data: {m['accuracy']:.4f}")
-    out.print(f"Number of correctly identified images: {m['correct']} of {m['total']}")
-    tta(m.get("tta_accuracy"), m.get("tta_correct"), m["total"])
+    if m.get("task") == "multi":
+        multilabel(m, "evaluation")
+    else:
+        out.print(f"Accuracy on evaluation data: {m['accuracy']:.4f}")
+        out.print(f"Number of correctly identified images: {m['correct']} of {m['total']}")
+        tta(m.get("tta_accuracy"), m.get("tta_correct"), m["total"])
     out.print(f"Best epoch {m['best_epoch']} of {m['epochs']}; {m['trainable_params']:,} trainable parameters")
     if run.config.lr_find:
         out.print(f"Learning rate found by the range test: {run.config.lr:.3g} (curve: {run.lr_find_file})")
@@ -105,6 +119,18 @@ def training(run) -> None:
     out.print(f"Run: {run.dir}")
 
 
+def multilabel(m: dict, split: str) -> None:
+    """A multi-label evaluation's headline figures (``MultiLabelEvaluation.to_dict``)."""
+    out.print(f"mAP on {split} data: {m['map']:.4f} (mean average precision over the classes)")
+    out.print(f"Micro F1 {m['micro_f1']:.4f}, macro F1 {m['macro_f1']:.4f} at each class's threshold (from validation)")
+    out.print(
+        f"Images with every label right: {m['correct']} of {m['total']} ({m['accuracy']:.4f}); "
+        f"Hamming loss {m['hamming_loss']:.4f}"
+    )
+    if m.get("tta_map") is not None:
+        out.print(f"With test-time augmentation (mirror image averaged in): mAP {m['tta_map']:.4f}")
+
+
 def tta(accuracy: float | None, correct: int | None, total: int) -> None:
     """The figure with test-time augmentation, when there is one."""
     if accuracy is not None:
@@ -112,19 +138,26 @@ def tta(accuracy: float | None, correct: int | None, total: int) -> None:
 
 
 def evaluation(ev) -> None:
-    """``headstart evaluate``: the tutorial's accuracy and number correct, the confusion matrix, per-class scores."""
+    """``headstart evaluate``: the tutorial's accuracy and number correct, the confusion matrix, per-class scores
+    (multi-label: mAP and F1, the co-occurrence of true and predicted labels, each class's AP and threshold)."""
+    if ev.task == "multi":
+        multilabel(ev.to_dict(), ev.split)
+        _matrix(ev, f"True vs predicted labels ({ev.split}): images with the row's label given the column's")
+        per = Table(title="Per class")
+        for col in ("class", "AP", "threshold", "precision", "recall", "F1", "support"):
+            per.add_column(col, justify="left" if col == "class" else "right")
+        for r in ev.per_class:
+            ap = "-" if r["ap"] is None else f"{r['ap']:.3f}"
+            numbers = [f"{r[k]:.3f}" for k in ("threshold", "precision", "recall", "f1")]
+            per.add_row(r["class"], ap, *numbers, str(r["support"]))
+        out.print(per)
+        return
     out.print(f"Accuracy on {ev.split} data: {ev.accuracy:.4f}")
     out.print(f"Number of correctly identified images: {ev.correct} of {ev.total}")
     tta(ev.tta_accuracy, ev.tta_correct, ev.total)
     for k, v in ev.top_k.items():
         out.print(f"Top-{k} accuracy: {v:.4f}")
-    table = Table(title=f"Confusion matrix ({ev.split}): rows true, columns predicted")
-    table.add_column("true \\ predicted")
-    for i in range(len(ev.classes)):
-        table.add_column(str(i), justify="right")
-    for i, (name, row) in enumerate(zip(ev.classes, ev.confusion)):
-        table.add_row(f"{i} {name}", *[f"[bold]{v}[/]" if j == i else str(v) for j, v in enumerate(row.tolist())])
-    out.print(table)
+    _matrix(ev, f"Confusion matrix ({ev.split}): rows true, columns predicted")
     per = Table(title="Per class")
     for col in ("class", "precision", "recall", "F1", "support"):
         per.add_column(col, justify="left" if col == "class" else "right")
@@ -137,15 +170,27 @@ def evaluation(ev) -> None:
         )
 
 
+def _matrix(ev, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("true \\ predicted")
+    for i in range(len(ev.classes)):
+        table.add_column(str(i), justify="right")
+    for i, (name, row) in enumerate(zip(ev.classes, ev.confusion)):
+        table.add_row(f"{i} {name}", *[f"[bold]{v}[/]" if j == i else str(v) for j, v in enumerate(row.tolist())])
+    out.print(table)
+
+
 def comparison(result, tta: bool = False) -> None:
     """``headstart compare``: one row a strategy (with ``tta``, its TTA accuracy too), then the reading."""
     table = Table(title="Comparison")
+    multi = any(r.get("map") is not None for r in result.rows)  # multi-label data: mAP beside exact-match accuracy
     for col in (
         "strategy",
         "trainable",
         "best epoch",
         "val acc",
         "eval acc",
+        *(["eval mAP"] if multi else []),
         *(["TTA acc"] if tta else []),
         "correct",
         "s/epoch",
@@ -159,6 +204,7 @@ def comparison(result, tta: bool = False) -> None:
             str(r["best_epoch"]),
             f"{r['val_accuracy']:.3f}",
             f"{r['accuracy']:.3f}",
+            *([f"{r['map']:.3f}"] if multi else []),
             *([f"{r['tta_accuracy']:.3f}"] if tta else []),
             f"{r['correct']}/{r['total']}",
             f"{r['seconds_per_epoch']:.2f}",
@@ -222,22 +268,29 @@ def predictions(results, top_k: int, format: str) -> None:
     if format == "json":
         out.print_json(json.dumps({"predictions": [r.to_dict() for r in results]}))
         return
+    multi = any(r.labels is not None for r in results)  # a multi-label model: each image's labels too
     if format == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["source", "rank", "class", "probability", "error"])
+        writer.writerow(["source", "rank", "class", "probability", *(["label"] if multi else []), "error"])
         for r in results:
-            rows = [[r.source, i + 1, c, f"{p:.6f}", ""] for i, (c, p) in enumerate(r.top)] or [
-                [r.source, "", "", "", r.error]
-            ]
+            given = {c for c, _ in r.labels or []}
+            rows = [
+                [r.source, i + 1, c, f"{p:.6f}", *([int(c in given)] if multi else []), ""]
+                for i, (c, p) in enumerate(r.top)
+            ] or [[r.source, "", "", "", *([""] if multi else []), r.error]]
             writer.writerows(rows)
         return
     failed = [r for r in results if r.error]
     table = Table(title=f"Predictions ({len(results) - len(failed)} of {len(results)} images)")
     table.add_column("image", overflow="fold")
+    if multi:
+        table.add_column("labels (at or above their thresholds)")
     for i in range(top_k):
         table.add_column(f"#{i + 1}" if i else "prediction", no_wrap=True)
     for r in results:
         cells = [f"{escape(c)} ({p:.1%})" for c, p in r.top] if not r.error else ["[red]not read (below)[/]"]
+        if multi:
+            cells.insert(0, ", ".join(escape(c) for c, _ in r.labels or []) or ("-" if not r.error else ""))
         table.add_row(escape(r.source), *cells)
     out.print(table)
     for r in failed:  # each on its own line, in full

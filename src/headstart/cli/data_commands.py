@@ -21,6 +21,7 @@ from headstart.cli.options import (
     MaxPixels,
     ProbeInputSize,
     Seed,
+    Task,
     Weights,
 )
 from headstart.data.images import MAX_PIXELS
@@ -43,6 +44,7 @@ def inspect(
     seed: Seed = 0,
     max_pixels: MaxPixels = MAX_PIXELS,
     allow_outside_root: AllowOutsideRoot = False,
+    task: Task = None,
 ) -> None:
     """Counts per split and class, imbalance, image sizes, problems; class_distribution.png and samples.png."""
     from headstart.data import inspection as inspection
@@ -59,6 +61,7 @@ def inspect(
         max_pixels=max_pixels,
         progress=SHOW["progress"],
         allow_outside_root=allow_outside_root,
+        task=task or "auto",
     )
     show.summary(summary)
     out.print(
@@ -143,6 +146,7 @@ def advise(
     seed: Seed = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the advice as JSON.")] = False,
     layout: Layout = None,
+    task: Task = None,
     allow_outside_root: AllowOutsideRoot = False,
     engine: EngineOption = "auto",
     engine_precision: EnginePrecision = "fp32",
@@ -154,7 +158,12 @@ def advise(
     from headstart.data.dataset import load_dataset
 
     check_input_size(input_size, force_input_size)  # as train checks it
-    source = load_dataset(data, layout, seed=seed, allow_outside_root=True) if allow_outside_root else data
+    given = allow_outside_root or task not in (None, "auto")  # read here, as asked; else by advise itself
+    source = (
+        load_dataset(data, layout, seed=seed, allow_outside_root=allow_outside_root, task=task or "auto")
+        if given
+        else data
+    )
     a = run_advise(
         source,
         backbone,

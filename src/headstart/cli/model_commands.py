@@ -19,6 +19,7 @@ from headstart.cli.options import (
     ModelSource,
     PrintFormat,
     RunSource,
+    Threshold,
     TopK,
 )
 from headstart.data.images import MAX_PIXELS
@@ -29,6 +30,7 @@ def predict(
     run: ModelSource,
     images: Annotated[list[Path], typer.Argument(help="Image files and folders (walked recursively).")],
     top_k: TopK = 3,
+    threshold: Threshold = None,
     format: Annotated[PrintFormat, typer.Option("--format", help="How to print them.")] = "table",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
     device: Device = "auto",
@@ -58,11 +60,11 @@ def predict(
     if explain:
         from headstart.inference.explain import write_explanations
 
-        results = predictor.explain(images, method=method, top_k=top_k, batch_size=batch_size)
+        results = predictor.explain(images, method=method, top_k=top_k, batch_size=batch_size, threshold=threshold)
         folder = out_dir or Path("runs") / f"explain-{Path(run).resolve().name}"
         written = write_explanations(results, folder)
     else:
-        results = predictor.predict(images, top_k=top_k, batch_size=batch_size, tta=tta)
+        results = predictor.predict(images, top_k=top_k, batch_size=batch_size, tta=tta, threshold=threshold)
     show.predictions(results, top_k, format)
     if explain and format == "table":
         out.print(f"Wrote {len(written)} explanation(s) to {folder}")
@@ -135,8 +137,8 @@ def export(
         err.print(f"[yellow]Numeric check {c['numeric_check']}.[/]")
         return
     out.print(
-        f"{precision} on {c['images']} evaluation images: the same top class as PyTorch on {c['agreement']:.1%} "
-        f"(required {c['min_agreement']:.0%})"
+        f"{precision} on {c['images']} evaluation images: the same {c.get('agrees_on', 'top class')} as PyTorch on "
+        f"{c['agreement']:.1%} (required {c['min_agreement']:.0%})"
         + (f"; accuracy {c['accuracy']:.1%}, PyTorch's {c['pytorch_accuracy']:.1%}" if "accuracy" in c else "")
     )
 
@@ -149,6 +151,7 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
     top_k: Annotated[int, typer.Option(min=1, help="Classes returned per image unless a request asks (?top_k=).")] = 3,
+    threshold: Threshold = None,
     max_upload_mb: Annotated[
         float, typer.Option(min=0.01, max=1024, help="Largest upload per file, in MB (413 beyond).")
     ] = 10.0,
@@ -229,6 +232,6 @@ def serve(
         err.print(f"[yellow]Binding to {host}: anyone who can reach this machine can use the model.[/]")
     import uvicorn
 
-    app_ = create_app(predictor, limits, tta=tta)
+    app_ = create_app(predictor, limits, tta=tta, threshold=threshold)
     out.print(f"Serving {run} on http://{host}:{port}/  (Ctrl-C to stop)")
     uvicorn.run(app_, host=host, port=port, **uvicorn_options(limits))

@@ -23,7 +23,7 @@ from headstart.config import (
     SAMPLERS,
     STRATEGIES,
 )
-from headstart.data.layouts import LAYOUTS, SPLITS
+from headstart.data.layouts import LAYOUTS, SPLITS, TASKS
 from headstart.inference.prediction import EXPLAIN_METHODS
 
 StrategyName = Literal[(*STRATEGIES, "auto")]
@@ -60,6 +60,14 @@ AllowOutsideRoot = Annotated[
     Optional[bool],
     typer.Option(
         "--allow-outside-root", help="Let a CSV manifest list images outside its own folder.", show_default="off"
+    ),
+]
+Task = Annotated[
+    Optional[Literal[TASKS]],
+    typer.Option(
+        help="single (one class an image), multi (several: a manifest's label rice|egg), or auto: multi when a "
+        "manifest row names several classes.",
+        show_default="auto",
     ),
 ]
 Exclude = Annotated[
@@ -194,3 +202,12 @@ ProbeInputSize = Annotated[
 ]
 ExplainMethod = Literal[EXPLAIN_METHODS]
 TopK = Annotated[int, typer.Option(min=1, help="Classes shown per image.")]
+Threshold = Annotated[
+    Optional[float],
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="Multi-label models: one threshold for every class (a label is given at or above it).",
+        show_default="each class's, chosen on validation",
+    ),
+]

@@ -39,6 +39,7 @@ from headstart.cli.options import (
     Seed,
     SplitName,
     Strategy,
+    Task,
     Tta,
     Weights,
 )
@@ -61,6 +62,7 @@ def train(
     freeze_layers: FreezeLayers = None,
     recipe: Recipe = None,
     layout: Layout = None,
+    task: Task = None,
     allow_outside_root: AllowOutsideRoot = None,
     exclude: Exclude = None,
     config: Annotated[
@@ -224,6 +226,7 @@ def compare(
         Optional[str], typer.Option(help="Comparison folder name.", show_default="compare-<data>-<time>")
     ] = None,
     layout: Layout = None,
+    task: Task = None,
     allow_outside_root: AllowOutsideRoot = None,
     exclude: Exclude = None,
     advise: Annotated[
@@ -255,6 +258,7 @@ def compare(
             devices=devices,
             num_nodes=num_nodes,
             layout=layout,
+            task=task,
             class_weights=class_weights,
             sampler=sampler,
             monitor=monitor,

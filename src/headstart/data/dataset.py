@@ -8,7 +8,9 @@ The layouts (food11, folders, csv) are read in ``headstart.data.layouts``, image
 ``headstart.data.images``, and a dataset checked and summarised in ``headstart.data.inspection``.
 
 Splits that the data does not have (all of them but training for a single folder of class
-folders, say) are drawn from the training images, stratified by class and seeded.
+folders, say) are drawn from the training images, stratified by class and seeded; for multi-label data
+(several classes an image, ``headstart.data.layouts``) by iterative stratification, which keeps every
+class's share in each split.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.data.images import real_paths
-from headstart.data.layouts import CLASSES_FILE, SPLITS, Problem, Sample, read_layout
+from headstart.data.layouts import CLASSES_FILE, LABEL_SEPARATOR, SPLITS, Problem, Sample, label_ids, read_layout
 from headstart.data.manifest import manifest_rows
 from headstart.errors import DataError
 
@@ -46,10 +48,19 @@ class Dataset:
     drawn: tuple[str, ...] = ()  # splits drawn from training because the data had none
     sources: dict[str, Path] = field(default_factory=dict)  # where each split was read from
     excluded: list[Path] = field(default_factory=list)  # images left out because a list (--exclude) named them
+    task: str = "single"  # multi: several classes an image, each sample's label a tuple of class ids
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task == "multi"
+
+    def label_name(self, label: int | tuple[int, ...]) -> str:
+        """A sample's label as its class name; a multi-label sample's names joined as a manifest writes them."""
+        return LABEL_SEPARATOR.join(self.classes[i] for i in label_ids(label))
 
     def split(self, name: str) -> list[Sample]:
         return [s for s in self.samples if s.split == name]
@@ -64,10 +75,11 @@ class Dataset:
         )
 
     def counts(self) -> dict[str, list[int]]:
-        """Images per class in each split: ``{"training": [994, 429, ...], ...}``."""
+        """Images per class in each split: ``{"training": [994, 429, ...], ...}`` (multi-label: the images
+        each class is one of the labels of)."""
         out = {}
         for split in SPLITS:
-            c = Counter(s.label for s in self.samples if s.split == split)
+            c = Counter(i for s in self.samples if s.split == split for i in label_ids(s.label))
             out[split] = [c[i] for i in range(self.num_classes)]
         return out
 
@@ -113,6 +125,29 @@ def _draw_splits(samples: list[Sample], fractions: dict[str, float], seed: int) 
     return sorted(out, key=lambda s: (SPLITS.index(s.split), str(s.path)))
 
 
+def _draw_multilabel(samples: list[Sample], fractions: dict[str, float], seed: int) -> list[Sample]:
+    """``_draw_splits`` for multi-label samples: iterative stratification (Sechidis et al. 2011, the
+    iterative-stratification package) draws each split keeping every class's share of the images."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    pool = [s for s in samples if s.split == "training"]
+    out = [s for s in samples if s.split != "training"]
+    width = 1 + max(i for s in pool for i in s.label)
+    total = len(pool)
+    for n, (split, fraction) in enumerate(fractions.items()):
+        take = min(round(total * fraction), len(pool) - 1)
+        if take < 1:
+            continue
+        y = np.zeros((len(pool), width), np.int8)
+        for row, s in enumerate(pool):
+            y[row, list(s.label)] = 1
+        cut = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=take, random_state=seed + n)
+        keep, drawn = next(cut.split(np.zeros(len(pool)), y))
+        out += [Sample(pool[i].path, pool[i].label, split) for i in drawn]
+        pool = [pool[i] for i in sorted(keep)]
+    return sorted(out + pool, key=lambda s: (SPLITS.index(s.split), str(s.path)))
+
+
 def check_distinct(samples: list[Sample]) -> None:
     """Every sample is a different file, or a DataError: two names of one file (a link to another
     image of the dataset) would count it twice, or put it in training and in evaluation."""
@@ -153,9 +188,10 @@ def check_splits(ds: Dataset) -> None:
     if empty:
         i = empty[0]
         names_from = ds.root / CLASSES_FILE if (ds.root / CLASSES_FILE).exists() else "the data"
+        what = "no positive training image (no training image has it among its labels)"
         raise DataError(
-            f"Class {i} '{ds.classes[i]}' has no training images in {ds.sources.get('training', ds.root)}. "
-            f"Add some, or remove the class from {names_from}."
+            f"Class {i} '{ds.classes[i]}' has {what if ds.multi_label else 'no training images'} in "
+            f"{ds.sources.get('training', ds.root)}. Add some, or remove the class from {names_from}."
         )
 
 
@@ -181,13 +217,15 @@ def load_dataset(
     seed: int = 0,
     allow_outside_root: bool = False,
     exclude: str | os.PathLike | None = None,
+    task: str = "auto",
 ) -> Dataset:
     """Scan a dataset (no image is decoded): its layout, classes, splits and ignored files.
 
     ``val_fraction``/``eval_fraction`` (default 0.2 each, close to the tutorial's Food-11
     split of 59/21/20 %) are used only for splits the data does not have. A CSV manifest's paths
     must stay inside its folder unless ``allow_outside_root``. ``exclude``: a CSV listing images to leave out
-    (``excluding``), after the splits are drawn, so that the others stay in the splits they had.
+    (``excluding``), after the splits are drawn, so that the others stay in the splits they had. ``task``:
+    single, multi or auto (multi when a manifest's row names several classes: ``headstart.data.layouts``).
 
     >>> ds = load_dataset("demo")
     >>> ds.layout, ds.num_classes, len(ds.split("evaluation"))
@@ -201,7 +239,7 @@ def load_dataset(
             f"val_fraction + eval_fraction must leave images for training; received {val_fraction} + {eval_fraction}."
         )
     root = resolve_data(data)
-    found = read_layout(root, layout, allow_outside_root=allow_outside_root)
+    found = read_layout(root, layout, allow_outside_root=allow_outside_root, task=task)
     root = root.parent if root.is_file() else root  # a manifest's folder
     samples, sources = found.samples, found.sources
     check_distinct(samples)  # before splits are drawn: one file twice could be drawn into two
@@ -215,8 +253,18 @@ def load_dataset(
     wanted = {"validation": val_fraction, "evaluation": eval_fraction}
     drawn = {split: f for split, f in wanted.items() if split not in present}
     if drawn:
-        samples = _draw_splits(samples, drawn, seed)
-    ds = Dataset(root, found.layout, found.classes, samples, found.ignored, found.problems, tuple(drawn), sources)
+        samples = (_draw_multilabel if found.task == "multi" else _draw_splits)(samples, drawn, seed)
+    ds = Dataset(
+        root,
+        found.layout,
+        found.classes,
+        samples,
+        found.ignored,
+        found.problems,
+        tuple(drawn),
+        sources,
+        task=found.task,
+    )
     if exclude is not None:
         ds = excluding(ds, Path(exclude))
     check_splits(ds)
@@ -235,6 +283,7 @@ def load_dataset_for(cfg, data: str | os.PathLike | None = None) -> Dataset:
         seed=cfg.seed,
         allow_outside_root=getattr(cfg, "allow_outside_root", False),
         exclude=getattr(cfg, "exclude", None),
+        task=getattr(cfg, "task", "auto"),
     )
 
 
@@ -259,10 +308,20 @@ def excluding(ds: Dataset, listing: Path) -> Dataset:
     return dataclasses.replace(ds, samples=keep, excluded=ds.excluded + left_out)
 
 
-def split_indices(ds: Dataset) -> dict[str, tuple[list[int], list[int]]]:
-    """For each split, the sample indices and labels."""
+def split_indices(ds: Dataset) -> dict[str, tuple[list[int], list[int] | np.ndarray]]:
+    """For each split, the sample indices and what training takes for their labels: class ids, or for a
+    multi-label dataset (N, classes) float32 rows of 0 and 1 (``multi_hot``)."""
     out = {}
     for split in SPLITS:
         idx = [i for i, s in enumerate(ds.samples) if s.split == split]
-        out[split] = (idx, [ds.samples[i].label for i in idx])
+        labels = [ds.samples[i].label for i in idx]
+        out[split] = (idx, multi_hot(labels, ds.num_classes) if ds.multi_label else labels)
+    return out
+
+
+def multi_hot(labels, num_classes: int) -> np.ndarray:
+    """(N, classes) float32: row n is 1 at the classes of ``labels[n]`` (an id or a tuple of ids), else 0."""
+    out = np.zeros((len(labels), num_classes), np.float32)
+    for n, label in enumerate(labels):
+        out[n, list(label_ids(label))] = 1.0
     return out

@@ -15,13 +15,14 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 
 from headstart.data.dataset import Dataset, check_splits, load_dataset
 from headstart.data.images import MAX_PIXELS, ImageInfo, decode_image, load_image
-from headstart.data.layouts import Problem, Sample
+from headstart.data.layouts import Problem, Sample, label_ids
 from headstart.errors import ImageError
 from headstart.utils.files import check_writable_dir, write_text
 from headstart.utils.progress import track
@@ -61,7 +62,7 @@ class Summary:
     layout: str
     classes: list[str]
     counts: dict[str, list[int]]
-    imbalance: float  # largest / smallest training class
+    imbalance: float  # largest / smallest training class (multi-label: in images with the class as a label)
     sizes: dict[str, dict[str, int]]  # {"width": {"min", "median", "max"}, "height": ...}
     distinct_sizes: int
     modes: dict[str, int]  # original colour modes (RGB, L, CMYK, ...) and how many of each
@@ -69,9 +70,33 @@ class Summary:
     drawn: list[str]
     problems: list[dict[str, str]]
     ignored: list[str]
+    # multi-label data only (several classes an image; counts are then the images each class is a label of)
+    task: str = "single"
+    labels_per_image: dict[str, float] | None = None  # {"mean", "max", "1": images with one label, "2": ...}
+    cooccurrences: list[dict] | None = None  # the pairs of labels most often on one image: {"labels", "images"}
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if self.task == "single":  # a single-label summary as it always was
+            for key in ("task", "labels_per_image", "cooccurrences"):
+                out.pop(key)
+        return out
+
+
+COOCCURRENCES_SHOWN = 10
+
+
+def label_statistics(ds: Dataset) -> tuple[dict[str, float], list[dict]]:
+    """Multi-label data: how many labels an image has, and the pairs of labels most often on one image."""
+    sizes = Counter(len(s.label) for s in ds.samples)
+    per_image = {
+        "mean": round(sum(n * c for n, c in sizes.items()) / max(len(ds.samples), 1), 3),
+        "max": max(sizes, default=0),
+        **{str(n): sizes[n] for n in sorted(sizes)},
+    }
+    pairs = Counter(pair for s in ds.samples for pair in combinations(s.label, 2))
+    top = sorted(pairs.items(), key=lambda x: (-x[1], x[0]))[:COOCCURRENCES_SHOWN]
+    return per_image, [{"labels": [ds.classes[a], ds.classes[b]], "images": n} for (a, b), n in top]
 
 
 def summarize(ds: Dataset, images: list[ImageInfo]) -> Summary:
@@ -84,6 +109,7 @@ def summarize(ds: Dataset, images: list[ImageInfo]) -> Summary:
     def stats(a: np.ndarray) -> dict[str, int]:
         return {"min": int(a.min()), "median": int(np.median(a)), "max": int(a.max())}
 
+    multi = label_statistics(ds) if ds.multi_label else (None, None)
     return Summary(
         root=str(ds.root),
         layout=ds.layout,
@@ -97,6 +123,9 @@ def summarize(ds: Dataset, images: list[ImageInfo]) -> Summary:
         drawn=list(ds.drawn),
         problems=[{"path": str(p.path), "reason": p.reason} for p in ds.problems],
         ignored=[str(p) for p in ds.ignored],
+        task=ds.task,
+        labels_per_image=multi[0],
+        cooccurrences=multi[1],
     )
 
 
@@ -118,6 +147,7 @@ def inspect_dataset(
     max_pixels: int = MAX_PIXELS,
     progress: bool = True,
     allow_outside_root: bool = False,
+    task: str = "auto",
 ) -> Summary:
     """Scan and check a dataset; with ``out``, write the class distribution, samples and JSON.
 
@@ -136,6 +166,7 @@ def inspect_dataset(
         eval_fraction=eval_fraction,
         seed=seed,
         allow_outside_root=allow_outside_root,
+        task=task,
     )
     if out is not None:
         check_writable_dir(out, "--out")  # before the minutes of checking, not after
@@ -148,7 +179,9 @@ def inspect_dataset(
         picks = [train[i] for i in np.random.default_rng(seed).permutation(len(train))[:16]]
         plots.plot_class_distribution(summary.counts, ds.classes, out / DISTRIBUTION_PNG)
         plots.plot_samples(
-            [load_image(s.path, max_pixels) for s in picks], [ds.classes[s.label] for s in picks], out / SAMPLES_PNG
+            [load_image(s.path, max_pixels) for s in picks],
+            ["|".join(ds.classes[i] for i in label_ids(s.label)) for s in picks],
+            out / SAMPLES_PNG,
         )
         write_text(out / SUMMARY_JSON, json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary

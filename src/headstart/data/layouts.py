@@ -7,7 +7,11 @@ from the file name (``9_1339.jpg`` is class 9). headstart reads that layout and 
   the label is the integer before the first ``_`` of each file name;
 - ``folders``: one sub-folder per class, inside split folders or directly in the root;
 - ``csv``: a manifest ``path,label[,split]`` (``manifest.csv`` in the root, or the CSV file itself),
-  in UTF-8; each file on one line, inside the manifest's folder unless ``allow_outside_root``.
+  in UTF-8; each file on one line, inside the manifest's folder unless ``allow_outside_root``. Its label
+  may name several classes separated by ``|`` (``rice|egg``): a multi-label dataset (``TASKS``).
+
+The task: ``single`` (one class an image: ``Sample.label`` is its id) or ``multi`` (several: ``Sample.label``
+is the tuple of their ids, sorted); ``auto`` is multi when a manifest row names more than one class.
 
 Each reader only lists files (nothing is decoded) and returns a ``Listing``. A listed image that
 is not a readable file (a dangling or self-referencing link) is a ``Problem``, not a sample.
@@ -48,6 +52,8 @@ SPLIT_ALIASES = {
     "test": "evaluation",
 }
 LAYOUTS = ("food11", "folders", "csv")
+TASKS = ("auto", "single", "multi")
+LABEL_SEPARATOR = "|"  # between the classes of one image in a manifest's label: rice|egg
 # The class names of Food-11, in label order (ids 0-10), as the tutorial lists them.
 FOOD11_CLASSES = (
     "Bread",
@@ -69,8 +75,13 @@ CLASSES_FILE = "classes.txt"
 @dataclass(frozen=True)
 class Sample:
     path: Path
-    label: int
+    label: int | tuple[int, ...]  # the class id; in a multi-label dataset the tuple of its classes' ids
     split: str
+
+
+def label_ids(label: int | tuple[int, ...]) -> tuple[int, ...]:
+    """The class ids of a sample's label, one or several."""
+    return label if isinstance(label, tuple) else (label,)
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,7 @@ class Listing:
     sources: dict[str, Path]
     problems: list[Problem] = field(default_factory=list)
     layout: str = ""  # set by read_layout
+    task: str = "single"  # or "multi": each label a tuple of class ids (read_layout)
 
 
 def _split_folders(root: Path) -> dict[str, Path]:
@@ -316,7 +328,30 @@ def _read_folders(root: Path) -> Listing:
     return Listing([Sample(p, index[name], split) for p, name, split in found], ignored, classes, splits, problems)
 
 
-def _read_csv(manifest: Path, allow_outside_root: bool = False) -> Listing:
+def _label_names(manifest: Path, n: int, text: str) -> list[str]:
+    """The classes a manifest's label names: one, or several separated by ``|``, none of them empty."""
+    names = [part.strip() for part in text.split(LABEL_SEPARATOR)]
+    if not all(names):
+        raise DataError(
+            f"{manifest}, line {n}: an empty label in {text!r}. Separate an image's classes with one "
+            f"'{LABEL_SEPARATOR}' and no empty name between them (rice|egg)."
+        )
+    return list(dict.fromkeys(names))
+
+
+def _task_of(manifest: Path, task: str, names: list[tuple[int, list[str]]]) -> str:
+    """single or multi: ``task``, or (auto) multi where some row names more than one class."""
+    several = next(((n, x) for n, x in names if len(x) > 1), None)
+    if task == "single" and several:
+        n, x = several
+        raise DataError(
+            f"{manifest}, line {n}: {len(x)} labels ({LABEL_SEPARATOR.join(x)}) with --task single. Pass "
+            "--task multi (or auto) to train one output per class, or give each image one label."
+        )
+    return "multi" if task == "multi" or (task == "auto" and several) else "single"
+
+
+def _read_csv(manifest: Path, allow_outside_root: bool = False, task: str = "auto") -> Listing:
     base = manifest.parent
     rows = manifest_rows(manifest)
     if not rows:
@@ -345,22 +380,25 @@ def _read_csv(manifest: Path, allow_outside_root: bool = False) -> Listing:
     if not allow_outside_root:
         check_inside(manifest, entries, paths, reals)
     check_listed_once(manifest, entries, reals)
-    labels = [e[2] for e in entries]
+    named = [(n, _label_names(manifest, n, text)) for n, _, text, _ in entries]
+    multi = _task_of(manifest, task, named) == "multi"
+    labels = {x for _, names in named for x in names}
     if all(_is_id(label) for label in labels):
         where = {}
-        for n, _, label, _ in entries:
-            if len(label) > 18:  # int() of thousands of digits is refused; no classes.txt is that long
-                raise DataError(
-                    f"{manifest}, line {n}: label id {label[:24]}... has no class name. Number "
-                    f"the classes 0, 1, 2... and name them in {base / CLASSES_FILE}."
-                )
-            where.setdefault(int(label), Path(f"{manifest}, line {n}"))
+        for n, names in named:
+            for label in names:
+                if len(label) > 18:  # int() of thousands of digits is refused; no classes.txt is that long
+                    raise DataError(
+                        f"{manifest}, line {n}: label id {label[:24]}... has no class name. Number "
+                        f"the classes 0, 1, 2... and name them in {base / CLASSES_FILE}."
+                    )
+                where.setdefault(int(label), Path(f"{manifest}, line {n}"))
         classes = _names_for_ids({int(x) for x in labels}, base / CLASSES_FILE, None, where)
-        ids = [int(x) for x in labels]
+        index = {x: int(x) for x in labels}
     else:
-        classes = _names_for_labels(set(labels), base / CLASSES_FILE, f"Label in {manifest}")
+        classes = _names_for_labels(labels, base / CLASSES_FILE, f"Label in {manifest}")
         index = {name: i for i, name in enumerate(classes)}
-        ids = [index[x] for x in labels]
+    ids = [tuple(sorted(index[x] for x in names)) if multi else index[names[0]] for _, names in named]
     samples, ignored, problems = [], [], []
     for (n, _, _, split), path, label in zip(entries, paths, ids):
         if not is_image_file(path):
@@ -371,12 +409,17 @@ def _read_csv(manifest: Path, allow_outside_root: bool = False) -> Listing:
             problems.append(Problem(path, f"listed in {manifest.name}, line {n}, but {reason}"))
         else:
             samples.append(Sample(path, label, split or "training"))
-    return Listing(samples, ignored, classes, {"training": manifest}, problems)
+    return Listing(samples, ignored, classes, {"training": manifest}, problems, task="multi" if multi else "single")
 
 
-def read_layout(root: Path, layout: str | None = None, *, allow_outside_root: bool = False) -> Listing:
+def read_layout(
+    root: Path, layout: str | None = None, *, allow_outside_root: bool = False, task: str = "auto"
+) -> Listing:
     """List the dataset at ``root`` in ``layout`` (detected when None). ``root`` of a csv
-    listing is the folder holding the manifest; its paths stay inside it unless ``allow_outside_root``."""
+    listing is the folder holding the manifest; its paths stay inside it unless ``allow_outside_root``.
+    ``task``: single, multi, or auto (multi when a manifest row names several classes; the module docstring)."""
+    if task not in TASKS:
+        raise DataError(f"Unknown task '{task}'. Choose one of: {', '.join(TASKS)}.")
     try:
         if layout is None:
             layout = detect_layout(root)
@@ -386,7 +429,7 @@ def read_layout(root: Path, layout: str | None = None, *, allow_outside_root: bo
             manifest = root if root.is_file() else root / MANIFEST
             if not manifest.is_file():
                 raise DataError(f"--layout csv needs a manifest: {manifest} does not exist.")
-            listing = _read_csv(manifest, allow_outside_root)
+            listing = _read_csv(manifest, allow_outside_root, task)
         elif root.is_file():
             raise DataError(f"--layout {layout} needs a folder; received the file {root}.")
         else:
@@ -396,4 +439,7 @@ def read_layout(root: Path, layout: str | None = None, *, allow_outside_root: bo
             f"Cannot read {e.filename or root}: {e.strerror or e}. Check that it exists and that you may read it."
         ) from None
     listing.layout = layout
+    if task == "multi" and listing.task == "single":  # one class an image, each an output of its own
+        listing.samples = [Sample(s.path, label_ids(s.label), s.split) for s in listing.samples]
+        listing.task = "multi"
     return listing

@@ -16,7 +16,7 @@ from headstart.errors import DataError
 
 def manifest_rows(manifest: Path) -> list[tuple[int, list[str]]]:
     """The manifest's rows that are not blank, each with the number of the line it starts on; the
-    header (``path,label[,split]``) left out."""
+    header (``path,label[,split]``, or ``labels``) left out."""
     reader = csv.reader(io.StringIO(read_text(manifest), newline=""))
     rows, end = [], 0  # end: the last line of the row before
     try:
@@ -28,7 +28,7 @@ def manifest_rows(manifest: Path) -> list[tuple[int, list[str]]]:
         raise DataError(
             f"{manifest}, line {reader.line_num}: not a CSV row ({e}). Write one row a line: path,label[,split]."
         ) from None
-    if rows and [c.strip().lower() for c in rows[0][1][:2]] == ["path", "label"]:
+    if rows and [c.strip().lower() for c in rows[0][1][:2]] in (["path", "label"], ["path", "labels"]):
         rows = rows[1:]
     return rows
 

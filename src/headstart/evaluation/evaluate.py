@@ -32,10 +32,11 @@ from torchmetrics.functional.classification import (
 )
 
 from headstart.data.cache import decoded_images
-from headstart.data.dataset import load_dataset_for
+from headstart.data.dataset import load_dataset_for, split_indices
 from headstart.data.layouts import SPLITS
 from headstart.engines.choice import Engine
 from headstart.errors import ConfigError, DataError
+from headstart.evaluation.multilabel import compute_multilabel
 from headstart.inference.predict import predict_views
 from headstart.reporting.plots import plot_confusion
 from headstart.runs.checkpoints import load_checkpoint
@@ -46,7 +47,10 @@ from headstart.utils.files import check_writable_dir, write_text
 
 @dataclass
 class Evaluation:
-    """Predictions on one split and everything computed from them."""
+    """Predictions on one split and everything computed from them (multi-label data:
+    ``headstart.evaluation.multilabel.MultiLabelEvaluation``)."""
+
+    task = "single"  # a class attribute, as MultiLabelEvaluation's field: not in to_dict
 
     split: str
     classes: list[str]
@@ -100,6 +104,18 @@ class Evaluation:
         wrong = np.flatnonzero(self.predictions != self.targets)
         return wrong[np.argsort(-self.probs[wrong].max(1), kind="stable")][:n].tolist()
 
+    def wrong_shown(self, n: int = 16) -> list[tuple[int, int, str]]:
+        """(image, class it was given, title) for the report's gallery of the most confidently wrong images."""
+        return [
+            (
+                i,
+                int(self.predictions[i]),
+                f"true: {self.classes[self.targets[i]]}\n"
+                f"pred: {self.classes[self.predictions[i]]} ({self.probs[i].max():.0%})",
+            )
+            for i in self.wrong_by_confidence(n)
+        ]
+
 
 def compute(
     targets: np.ndarray,
@@ -152,12 +168,23 @@ def compute(
     return ev
 
 
+def compute_split(targets, probs, classes, split, paths, tta_probs=None, thresholds=None):
+    """``compute``, or for a multi-label model (its ``thresholds`` given: one a class) ``compute_multilabel``."""
+    if thresholds is not None:
+        return compute_multilabel(targets, probs, classes, thresholds, split, paths, tta_probs)
+    return compute(targets, probs, classes, split, paths, tta_probs)
+
+
 def write_evaluation(run: Run, ev: Evaluation, extra: dict | None = None) -> None:
     """What an evaluation leaves in the run folder: ``metrics.json`` (``metrics-<split>.json`` for
     another split), the confusion matrix as CSV and as a picture."""
     write_text(run.metrics_file(ev.split), json.dumps({**(extra or {}), **ev.to_dict()}, indent=2) + "\n")
     write_text(run.confusion_file(ev.split), ev.confusion_csv())
-    plot_confusion(ev.confusion, ev.classes, run.confusion_file(ev.split, "png"))
+    picture = run.confusion_file(ev.split, "png")
+    if ev.task == "multi":  # the co-occurrence of true and predicted labels
+        plot_confusion(ev.confusion, ev.classes, picture, "True vs predicted labels (images)", ev.targets.sum(0))
+    else:
+        plot_confusion(ev.confusion, ev.classes, picture)
 
 
 def evaluate(
@@ -189,18 +216,26 @@ def evaluate(
             f"({', '.join(meta['classes'])}). Evaluate on data with the same classes."
         )
     ds, store = decoded_images(ds, model.preprocessing, progress=progress)
-    idx = [i for i, s in enumerate(ds.samples) if s.split == split]
-    views = predict_views(model, [store[i] for i in idx], tta=tta, engine=runs)  # the plain view first
-    ev = compute(
-        np.array([ds.samples[i].label for i in idx]),
+    idx, targets = split_indices(ds)[split]
+    thresholds = meta.get("thresholds") if meta.get("task") == "multi" else None  # a multi-label model's
+    if (thresholds is not None) != ds.multi_label:
+        raise DataError(
+            f"The run's model is {'multi' if thresholds is not None else 'single'}-label and the data "
+            f"{ds.root} is {ds.task}-label. Evaluate on data of the kind it was trained on."
+        )
+    # the plain view first
+    views = predict_views(model, [store[i] for i in idx], tta=tta, engine=runs, sigmoid=thresholds is not None)
+    ev = compute_split(
+        np.asarray(targets),
         views[0],
         ds.classes,
         split,
         [str(ds.samples[i].path) for i in idx],
         views.mean(0) if tta else None,
+        thresholds,
     )
     old = run.metrics if split == "evaluation" else {}  # what training recorded beside the metrics
     # An earlier TTA figure would sit beside numbers it was not measured with: only this evaluation's.
-    stale = {*ev.to_dict(), "tta_accuracy", "tta_correct"}
+    stale = {*ev.to_dict(), "tta_accuracy", "tta_correct", "tta_map"}
     write_evaluation(run, ev, {**{k: v for k, v in old.items() if k not in stale}, "engine": runs.used})
     return ev

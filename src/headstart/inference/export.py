@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from headstart._version import __version__
-from headstart.data.dataset import load_dataset_for
+from headstart.data.dataset import load_dataset_for, multi_hot
 from headstart.errors import ConfigError, ExportError, HeadstartError
 from headstart.inference.coreml import RUNS_HERE, check_spec
 from headstart.inference.export_formats import EXTRAS, FORMATS, PRECISIONS, QUANTIZER, companions, runner, write
@@ -85,8 +85,17 @@ class WithSoftmax(nn.Module):
         return self.model(image).softmax(1)
 
 
+class WithSigmoid(WithSoftmax):
+    """A multi-label model's graph: [0, 1] RGB images in, a sigmoid a class out."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image).sigmoid()
+
+
 def metadata(predictor: Predictor, fmt: str) -> dict:
     pre = predictor.preprocessing
+    # a multi-label model's thresholds travel with it
+    multi = {"task": "multi", "thresholds": [float(t) for t in predictor.thresholds]} if predictor.multi_label else {}
     return {
         "format": fmt,
         "classes": predictor.classes,
@@ -104,15 +113,18 @@ def metadata(predictor: Predictor, fmt: str) -> dict:
         "output": {
             "name": "probabilities",
             "shape": ["batch", len(predictor.classes)],
-            "meaning": "softmax over classes",
+            "meaning": "a sigmoid a class; the image's labels are the classes at or above their thresholds"
+            if predictor.multi_label
+            else "softmax over classes",
         },
         "source": predictor.source,
         "headstart": __version__,
+        **multi,
     }
 
 
 def _graph(predictor: Predictor) -> nn.Module:
-    return WithSoftmax(predictor.model).eval()
+    return (WithSigmoid if predictor.multi_label else WithSoftmax)(predictor.model).eval()
 
 
 def split_images(predictor: Predictor, split: str, n: int) -> tuple[list[np.ndarray], list[int]]:
@@ -192,20 +204,30 @@ def check_agreement(
         got = np.concatenate([np.asarray(run(as_batch(images[i : i + 32]))) for i in range(0, len(images), 32)])
     except Exception as e:
         raise ExportError(f"The exported {fmt} {precision} file does not run: {type(e).__name__}: {e}") from None
-    agreement = float((got.argmax(1) == expected.argmax(1)).mean())
+    multi = predictor.multi_label  # agreeing: the same labels (every class on the same side of its threshold)
+
+    def decide(probs: np.ndarray) -> np.ndarray:
+        return probs >= predictor.thresholds if multi else probs.argmax(1)
+
+    def same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (a == b).all(1) if multi else a == b
+
+    agreement = float(same(decide(got), decide(expected)).mean())
     checks = {
+        "agrees_on": "labels" if multi else "top class",  # multi-label: every class on PyTorch's side of its threshold
         "images": len(images),
         "agreement": round(agreement, 4),
         "min_agreement": min_agreement,
         "max_difference": round(float(np.abs(got - expected).max()), 6),
     }
-    if labels:
-        y = np.asarray(labels)
-        checks["accuracy"] = round(float((got.argmax(1) == y).mean()), 4)
-        checks["pytorch_accuracy"] = round(float((expected.argmax(1) == y).mean()), 4)
+    if labels:  # multi-label: exact match, every label of the image right
+        y = multi_hot(labels, len(predictor.classes)) > 0 if multi else np.asarray(labels)
+        checks["accuracy"] = round(float(same(decide(got), y).mean()), 4)
+        checks["pytorch_accuracy"] = round(float(same(decide(expected), y).mean()), 4)
     if agreement < min_agreement:
+        what = "gives PyTorch's labels" if multi else "picks PyTorch's top class"
         raise ExportError(
-            f"The {precision} {fmt} model picks PyTorch's top class on {agreement:.1%} of {len(images)} evaluation "
+            f"The {precision} {fmt} model {what} on {agreement:.1%} of {len(images)} evaluation "
             f"images (required: {min_agreement:.0%}; --min-agreement sets it). Nothing was kept."
             + (
                 f" Its accuracy there: {checks['accuracy']:.1%}, PyTorch's {checks['pytorch_accuracy']:.1%}."

@@ -8,7 +8,8 @@ gigabytes (docs/deploy.md, "Without PyTorch").
 
 The file carries what predicting needs (``headstart export`` writes it: class names, preprocessing, the run it
 came from), in its own metadata or the sidecar ``<file>.json``. That metadata is checked before it is believed
-(``check_metadata``): names, sizes and numbers of the right kind, as many classes as the network has outputs.
+(``check_metadata``): names, sizes and numbers of the right kind, as many classes as the network has outputs (and,
+for a multi-label model, a threshold in [0, 1] a class).
 Images are read and prepared as a run folder's predictor does (``headstart.inference.prediction``), so both
 give the same classes, and probabilities as close as the file's precision allows.
 """
@@ -47,7 +48,10 @@ class ExportedPredictor(ImagePredictor):
     """An exported file with its class names and preprocessing, run by its own runtime."""
 
     def __init__(self, path: Path, meta: dict, run: Run, max_pixels: int = MAX_PIXELS):
-        super().__init__(meta["classes"], Preprocessing.from_dict(meta["preprocessing"]), str(path), max_pixels)
+        thresholds = meta.get("thresholds") if meta.get("task") == "multi" else None  # a multi-label model's
+        super().__init__(
+            meta["classes"], Preprocessing.from_dict(meta["preprocessing"]), str(path), max_pixels, thresholds
+        )
         self.path, self.meta, self.run = path, meta, run
         self.format, self.precision = meta.get("format"), meta.get("precision", "fp32")
 
@@ -193,6 +197,15 @@ def check_metadata(meta, path: Path) -> dict:
         raise bad(f"has an unusable preprocessing ({e})") from None
     if not isinstance(meta.get("model", {}), dict):
         raise bad("has a model entry that is not a mapping")
+    if meta.get("task", "single") not in ("single", "multi"):
+        raise bad(f"has an unknown task ({str(meta.get('task'))[:40]!r}; single or multi)")
+    thresholds = meta.get("thresholds")
+    if meta.get("task") == "multi" and not (
+        isinstance(thresholds, list)
+        and len(thresholds) == len(classes)
+        and all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1 for t in thresholds)
+    ):
+        raise bad(f"is multi-label but has no threshold in [0, 1] for each of its {len(classes)} classes")
     return meta
 
 

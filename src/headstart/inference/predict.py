@@ -46,10 +46,13 @@ class Predictor(ImagePredictor):
         max_pixels: int = MAX_PIXELS,
         run_dir: Path | None = None,
         engine: Engine | None = None,
+        thresholds=None,
     ):
         if len(classes) != model.config["num_classes"]:
             raise ConfigError(f"{len(classes)} class names for a model with {model.config['num_classes']} outputs.")
-        super().__init__(classes, model.preprocessing, source, max_pixels)
+        if thresholds is not None and len(thresholds) != len(classes):
+            raise ConfigError(f"{len(thresholds)} thresholds for a model with {len(classes)} classes.")
+        super().__init__(classes, model.preprocessing, source, max_pixels, thresholds)
         self.model, self.run_dir = model.eval(), run_dir
         self.engine = engine  # what runs the model (headstart.engines; None: PyTorch)
 
@@ -62,17 +65,21 @@ class Predictor(ImagePredictor):
         return self.model.config.get("backbone")
 
     def probabilities(self, images: list[np.ndarray], batch_size: int = 32, tta: bool = False) -> np.ndarray:
-        """(N, classes) softmax probabilities of prepared images (``tta``: averaged with their mirror images)."""
-        return predict_probs(self.model, images, batch_size, tta, self.engine)
+        """(N, classes) softmax probabilities of prepared images (multi-label: a sigmoid a class; ``tta``: averaged
+        with their mirror images)."""
+        return predict_probs(self.model, images, batch_size, tta, self.engine, self.multi_label)
 
-    def explain(self, inputs, method: str = "gradcam", top_k: int = 3, batch_size: int = 16) -> list[Explanation]:
+    def explain(
+        self, inputs, method: str = "gradcam", top_k: int = 3, batch_size: int = 16, threshold: float | None = None
+    ) -> list[Explanation]:
         """As ``predict``, each with its class-activation map for its most probable class
         (``headstart.inference.explain.METHODS``): ``e.map`` (size, size) in [0, 1] over ``e.image``."""
         check_method(method)
+        thresholds = self.thresholds_for(threshold)
         results: list[Explanation] = []
         for batch, prepared in self.batches(inputs, top_k, batch_size, Explanation):
             probs = self.probabilities(prepared, batch_size) if prepared else np.zeros((0, len(self.classes)))
-            self.rank(batch, probs, top_k)
+            self.rank(batch, probs, top_k, thresholds)
             maps = self.maps(prepared, probs.argmax(1).tolist(), method, batch_size)
             for e, image, cam in zip([e for e in batch if e.error is None], prepared, maps):
                 e.image, e.map, e.method = image, cam, method
@@ -107,7 +114,8 @@ def load(
     model, meta, run_dir = load_model(source)
     model.to(pick_device(device))
     classes = meta.get("classes") or [str(i) for i in range(model.config["num_classes"])]
-    return Predictor(model, classes, str(source), max_pixels, run_dir, runs)
+    thresholds = meta.get("thresholds") if meta.get("task") == "multi" else None
+    return Predictor(model, classes, str(source), max_pixels, run_dir, runs, thresholds)
 
 
 def tta_views(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -129,10 +137,12 @@ def predict_views(
     tta: bool = False,
     engine: Engine | None = None,
     passes: int | None = None,
+    sigmoid: bool = False,
 ) -> np.ndarray:
     """(views, N, classes) softmax probabilities for a sequence of (H, W, 3) uint8 arrays at the
     model's input size: one view, the images; with ``tta``, each of ``tta_views``. ``engine``: what
-    runs the model (None: PyTorch); ``passes``: the images it will run in all (default: these)."""
+    runs the model (None: PyTorch); ``passes``: the images it will run in all (default: these);
+    ``sigmoid``: a multi-label model's probabilities, a sigmoid a class."""
     device = next(model.parameters()).device
     out, run = [], None
     for start in range(0, len(images), batch_size):
@@ -146,7 +156,7 @@ def predict_views(
         else:
             run = run or _on(model, device)
             outs = [run(v) for v in views]
-        out.append(np.stack([o.float().softmax(1).cpu().numpy() for o in outs]))
+        out.append(np.stack([(o.float().sigmoid() if sigmoid else o.float().softmax(1)).cpu().numpy() for o in outs]))
     views = 2 if tta else 1
     return np.concatenate(out, 1) if out else np.zeros((views, 0, model.config["num_classes"]), dtype=np.float32)
 
@@ -157,8 +167,13 @@ def _on(model: Classifier, device: torch.device):
 
 
 def predict_probs(
-    model: Classifier, images, batch_size: int = 64, tta: bool = False, engine: Engine | None = None
+    model: Classifier,
+    images,
+    batch_size: int = 64,
+    tta: bool = False,
+    engine: Engine | None = None,
+    sigmoid: bool = False,
 ) -> np.ndarray:
-    """(N, classes) softmax probabilities of (H, W, 3) uint8 arrays at the model's input size;
-    ``tta``: the mean over the test-time views (``tta_views``)."""
-    return predict_views(model, images, batch_size, tta, engine).mean(0)
+    """(N, classes) softmax probabilities (``sigmoid``: a sigmoid a class) of (H, W, 3) uint8 arrays at the model's
+    input size; ``tta``: the mean over the test-time views (``tta_views``)."""
+    return predict_views(model, images, batch_size, tta, engine, sigmoid=sigmoid).mean(0)

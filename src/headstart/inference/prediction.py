@@ -27,11 +27,14 @@ EXPLAIN_METHODS = ("gradcam", "gradcam++", "layercam", "eigencam")
 
 @dataclass
 class Prediction:
-    """One image's result: ``top`` is [(class, probability), ...], most probable first."""
+    """One image's result: ``top`` is [(class, probability), ...], most probable first. A multi-label model's
+    probabilities are a sigmoid a class, and ``labels`` the classes at or above their thresholds, most probable
+    first."""
 
     source: str
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    labels: list[tuple[str, float]] | None = None  # multi-label models only
 
     @property
     def label(self) -> str | None:
@@ -48,6 +51,8 @@ class Prediction:
         else:
             out["label"], out["probability"] = self.label, self.probability
             out["top"] = [{"class": c, "probability": p} for c, p in self.top]
+            if self.labels is not None:
+                out["labels"] = [{"class": c, "probability": p} for c, p in self.labels]
         return out
 
 
@@ -77,10 +82,34 @@ class ImagePredictor:
     """
 
     def __init__(
-        self, classes: list[str], preprocessing: Preprocessing, source: str = "", max_pixels: int = MAX_PIXELS
+        self,
+        classes: list[str],
+        preprocessing: Preprocessing,
+        source: str = "",
+        max_pixels: int = MAX_PIXELS,
+        thresholds=None,
     ):
         self.classes, self.source, self.max_pixels = list(classes), source, max_pixels
         self._preprocessing = preprocessing
+        # A multi-label model's threshold a class, chosen on its validation split (None: one class an image).
+        self.thresholds = None if thresholds is None else np.asarray(thresholds, np.float32)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.thresholds is not None
+
+    def thresholds_for(self, threshold: float | None) -> np.ndarray | None:
+        """The thresholds a prediction applies: the model's, or ``threshold`` for every class (``--threshold``)."""
+        if threshold is None:
+            return self.thresholds
+        if not self.multi_label:
+            raise ConfigError(
+                f"--threshold applies to multi-label models (several classes an image); {self.source or 'this model'} "
+                "gives one class an image. Leave it out."
+            )
+        if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+            raise ConfigError(f"A threshold is a probability between 0 and 1 (exclusive). Received: {threshold!r}")
+        return np.full(len(self.classes), threshold, np.float32)
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -91,7 +120,8 @@ class ImagePredictor:
         return None
 
     def probabilities(self, images: list[np.ndarray], batch_size: int = 32, tta: bool = False) -> np.ndarray:
-        """(N, classes) softmax probabilities of prepared images (``tta``: averaged with their mirror images)."""
+        """(N, classes) softmax probabilities of prepared images (multi-label: a sigmoid a class; ``tta``: averaged
+        with their mirror images)."""
         raise NotImplementedError
 
     def warm_up(self) -> None:
@@ -106,18 +136,30 @@ class ImagePredictor:
         best = np.argsort(-probs, kind="stable")[: min(k, len(self.classes))]
         return [(self.classes[j], float(probs[j])) for j in best]
 
+    def labels_of(self, probs: np.ndarray, thresholds: np.ndarray) -> list[tuple[str, float]]:
+        """A multi-label model's labels for one probability vector: each class at or above its threshold, most
+        probable first."""
+        return [(c, p) for c, p in self.top(probs, len(self.classes)) if p >= thresholds[self.classes.index(c)]]
+
     def predict(
-        self, inputs: ImageInput | Iterable[ImageInput], top_k: int = 3, batch_size: int = 32, tta: bool = False
+        self,
+        inputs: ImageInput | Iterable[ImageInput],
+        top_k: int = 3,
+        batch_size: int = 32,
+        tta: bool = False,
+        threshold: float | None = None,
     ) -> list[Prediction]:
         """Predictions for image files, folders (walked recursively), PIL images or RGB arrays, in order.
 
         Always a list, one entry per image (a folder gives one per image in it). Images are decoded,
         prepared and predicted ``batch_size`` at a time: memory does not grow with the input.
-        ``tta``: each image's probabilities averaged with its mirror image's.
+        ``tta``: each image's probabilities averaged with its mirror image's. A multi-label model also gives each
+        image's ``labels``, at its classes' thresholds or at ``threshold`` for every class.
         """
+        thresholds = self.thresholds_for(threshold)
         results: list[Prediction] = []
         for batch, prepared in self.batches(inputs, top_k, batch_size, Prediction):
-            self.rank(batch, self.probabilities(prepared, batch_size, tta) if prepared else [], top_k)
+            self.rank(batch, self.probabilities(prepared, batch_size, tta) if prepared else [], top_k, thresholds)
             results += batch
         return results
 
@@ -155,10 +197,12 @@ class ImagePredictor:
         if results:
             yield results, pending
 
-    def rank(self, results: list[Prediction], probs, top_k: int) -> None:
-        """Each readable result's top classes from its row of ``probs``."""
+    def rank(self, results: list[Prediction], probs, top_k: int, thresholds: np.ndarray | None = None) -> None:
+        """Each readable result's top classes from its row of ``probs`` (and labels, at ``thresholds``)."""
         for r, p in zip([r for r in results if r.error is None], probs):
             r.top = self.top(p, top_k)
+            if thresholds is not None:
+                r.labels = self.labels_of(p, thresholds)
 
     def read(self, item: ImageInput, n: int = 0):
         """(source, RGB image or the reason it cannot be read) for each image an input names,

@@ -4,8 +4,11 @@
   test-time augmentation, each image averaged with its mirror image, the server's ``--tta`` otherwise;
   ``?explain=true[&method=gradcam]``: with each image's class-activation map over it, a PNG data URL, a run's
   model only) → ``{"predictions": [{"filename", "label", "probability", "top": [{"class", "probability"}],
-  "explanation": {"method", "overlay"}}], "tta": bool}``.
-- ``GET /healthz`` — ``{"status": "ok", ...}`` with the model's classes and input size.
+  "explanation": {"method", "overlay"}}], "tta": bool}``. A multi-label model's answers also hold ``labels``
+  (the classes at or above their thresholds, ``[{"class", "probability"}]``); ``?threshold=0.4`` sets one for
+  every class (the server's ``--threshold`` otherwise, else each class's own).
+- ``GET /healthz`` — ``{"status": "ok", ...}`` with the model's classes and input size (and a multi-label
+  model's thresholds).
 - ``GET /`` — a page where a person drops or picks a photo and sees it with its top-k bars.
 
 Every request is bounded (``Limits``; ``headstart serve --help`` states each): bytes per file and files
@@ -162,8 +165,11 @@ def _json(status: int, message: str, headers: dict | None = None) -> JSONRespons
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def create_app(predictor: ImagePredictor, limits: Limits | None = None, tta: bool = False) -> FastAPI:
-    """The FastAPI application serving ``predictor``; ``tta``: test-time augmentation unless a request says."""
+def create_app(
+    predictor: ImagePredictor, limits: Limits | None = None, tta: bool = False, threshold: float | None = None
+) -> FastAPI:
+    """The FastAPI application serving ``predictor``; ``tta``: test-time augmentation unless a request says;
+    ``threshold``: a multi-label model's one threshold for every class unless a request says (None: each class's)."""
     from headstart.reporting.report import render
 
     limits = limits or Limits()
@@ -185,6 +191,8 @@ def create_app(predictor: ImagePredictor, limits: Limits | None = None, tta: boo
         "tta": tta,
         "explain": predictor.maps([], []) is not None,  # class-activation maps: a run's model, not an exported file
     }
+    if predictor.multi_label:  # the labels an answer gives: each class at or above its threshold
+        info["thresholds"] = predictor.thresholds_for(threshold).tolist()
     page = render(
         "serve.html.j2",
         title="headstart",
@@ -223,7 +231,14 @@ def create_app(predictor: ImagePredictor, limits: Limits | None = None, tta: boo
         tta: Annotated[bool | None, Query(description="Average each image with its mirror [server's default].")] = None,
         explain: Annotated[bool, Query(description="Also return where the model saw the class (a picture).")] = False,
         method: Annotated[Method, Query(description="With explain: how the map is computed.")] = "gradcam",
+        threshold: Annotated[
+            float | None, Query(gt=0, lt=1, description="Multi-label: one threshold for every class [the server's].")
+        ] = None,
     ) -> dict:
+        if threshold is not None and not predictor.multi_label:
+            raise UploadError(400, "threshold applies to multi-label models; this one gives one class an image.")
+        # this request's, the server's (--threshold), or each class's own; None: a single-label model
+        thresholds = predictor.thresholds_for(threshold) if threshold is not None else info.get("thresholds")
         if explain and not info["explain"]:
             raise UploadError(
                 400,
@@ -250,14 +265,15 @@ def create_app(predictor: ImagePredictor, limits: Limits | None = None, tta: boo
         out = []
         for f, p in zip(file, probs):
             top = predictor.top(p, top_k or limits.top_k)
-            out.append(
-                {
-                    "filename": f.filename,
-                    "label": top[0][0],
-                    "probability": top[0][1],
-                    "top": [{"class": c, "probability": q} for c, q in top],
-                }
-            )
+            answer = {
+                "filename": f.filename,
+                "label": top[0][0],
+                "probability": top[0][1],
+                "top": [{"class": c, "probability": q} for c, q in top],
+            }
+            if thresholds is not None:
+                answer["labels"] = [{"class": c, "probability": q} for c, q in predictor.labels_of(p, thresholds)]
+            out.append(answer)
         if explain:
             from headstart.inference.explain import overlay  # PyTorch and the grad-cam library: a run's model only
 

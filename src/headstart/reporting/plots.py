@@ -116,17 +116,28 @@ def _matrix(ax, matrix, classes: Sequence[str], title: str, fmt: str, short: boo
                 )
 
 
-def plot_confusion(confusion, classes: Sequence[str], path: Path) -> Path:
-    """The confusion matrix as a heat map: counts, and each row normalised (recall on the diagonal)."""
+def plot_confusion(confusion, classes: Sequence[str], path: Path, title: str | None = None, row_totals=None) -> Path:
+    """The confusion matrix as a heat map: counts, and each row normalised (recall on the diagonal). ``title`` and
+    ``row_totals``: another matrix of counts, rows true and columns predicted (multi-label data's co-occurrence of
+    true and predicted labels), each row divided by its total (the images with that true label)."""
     import numpy as np
 
     cm = np.asarray(confusion)
-    rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    totals = cm.sum(1) if row_totals is None else np.asarray(row_totals)
+    rows = cm / np.maximum(totals, 1)[:, None]
+    titles = (
+        (title or "Confusion matrix (counts)"),
+        (
+            "Row-normalised (recall on the diagonal)"
+            if row_totals is None
+            else "Share of the images with the true label (recall on the diagonal)"
+        ),
+    )
     size = max(5.0, 0.45 * len(classes) + 2.5)
     fig = Figure(figsize=(2 * size, size))
     a, b = fig.subplots(1, 2)
-    _matrix(a, cm, classes, "Confusion matrix (counts)", "d" if cm.dtype.kind in "iu" else ".0f")
-    _matrix(b, rows, classes, "Row-normalised (recall on the diagonal)", ".2f", short=True)
+    _matrix(a, cm, classes, titles[0], "d" if cm.dtype.kind in "iu" else ".0f")
+    _matrix(b, rows, classes, titles[1], ".2f", short=True)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -209,3 +220,27 @@ def plot_explanation(image, overlaid, top: Sequence[tuple[str, float]], path: Pa
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_pr_curves(curves, classes: Sequence[str], per_class: Sequence[dict], path: Path) -> Path:
+    """Multi-label: each class's precision-recall curve (``curves``: (precision, recall) a class), its AP in the
+    legend and a dot where its threshold puts it (``per_class``' precision and recall)."""
+    fig = Figure(figsize=(7.5, 5.5))
+    ax = fig.subplots()
+    colours = _colours(len(classes))
+    for (precision, recall), name, row, colour in zip(curves, classes, per_class, colours):
+        ap = "—" if row.get("ap") is None else f"{row['ap']:.3f}"
+        ax.plot(recall, precision, color=colour, label=f"{name} (AP {ap})", drawstyle="steps-post")
+        ax.plot([row["recall"]], [row["precision"]], "o", color=colour)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title="Precision-recall, a class")
+    ax.legend(fontsize="small", loc="lower left", ncol=2 if len(classes) > 8 else 1)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _colours(n: int) -> list:
+    """``n`` colours that tell lines apart (tab10, then tab20)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]

@@ -44,21 +44,23 @@ def draw_run_pictures(run, ev, images, overlays=None) -> dict[str, Path]:
         "curves": plots.plot_history(run.history, run.picture("curves"), run.metrics.get("best_epoch", 0)),
         "confusion": run.confusion_file(ev.split, "png"),
     }
+    if ev.task == "multi":  # a precision-recall curve a class, its threshold marked
+        out["pr_curves"] = plots.plot_pr_curves(ev.curves, ev.classes, ev.per_class, run.picture("pr_curves"))
     if run.config.lr_find and run.lr_find_picture.is_file():  # the curve that chose the head's lr
         out["lr_find"] = run.lr_find_picture
-    wrong = ev.wrong_by_confidence(WRONG_SHOWN)
+    wrong = ev.wrong_shown(WRONG_SHOWN)  # (image, class it gave, or the label it gave or missed; title)
     if wrong:
-        pictures = [Image.fromarray(np.asarray(images[i])) for i in wrong]
-        titles = [
-            f"true: {ev.classes[ev.targets[i]]}\npred: {ev.classes[ev.predictions[i]]} ({ev.probs[i].max():.0%})"
-            for i in wrong
-        ]
-        title = "Most confidently wrong (evaluation split)"
+        pictures = [Image.fromarray(np.asarray(images[i])) for i, _, _ in wrong]
+        titles = [title for _, _, title in wrong]
+        multi = ev.task == "multi"
+        title = f"Most confidently wrong {'labels' if multi else ''} (evaluation split)".replace("  ", " ")
         if overlays is not None:  # each photo, then where the model saw the class it gave
             pictures = [p for pair in zip(pictures, overlays) for p in pair]
-            seen = ["where it saw\n" + ev.classes[ev.predictions[i]] for i in wrong]
+            seen = ["where it saw\n" + ev.classes[c] for _, c, _ in wrong]
             titles = [t for pair in zip(titles, seen) for t in pair]
-            title += ",\neach beside where the model saw the class it gave (Grad-CAM)"
+            title += (
+                ",\neach beside where the model saw " + ("that label" if multi else "the class it gave") + " (Grad-CAM)"
+            )
         out["misclassified"] = plots.plot_samples(pictures, titles, run.picture("misclassified"), title=title)
     else:
         run.picture("misclassified").unlink(missing_ok=True)
@@ -104,7 +106,8 @@ def write_compare_report(
         "curves": plots.plot_histories(histories, out_dir / "validation_curves.png"),
         "confusions": plots.plot_confusions(confusions, classes, out_dir / "confusion_matrices.png"),
     }
-    best = max(rows, key=lambda r: (r["accuracy"], -r["total_seconds"]))["strategy"]
+    score = "map" if "map" in rows[0] else "accuracy"  # multi-label data: mAP
+    best = max(rows, key=lambda r: (r[score], -r["total_seconds"]))["strategy"]
     html = render(
         "compare.html.j2",
         title=title,

@@ -35,6 +35,7 @@ from headstart.runs.layout import (
     LAST,
     LOCK,
     LR_FIND,
+    MULTILABEL_COLUMNS,
     REPORT,
 )
 from headstart.utils.files import write_text
@@ -169,7 +170,8 @@ class Run:
 
     def write_history(self, rows: list[dict]) -> None:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, HISTORY_COLUMNS)
+        extra = [k for k in MULTILABEL_COLUMNS if rows and k in rows[0]]  # multi-label runs' own figures
+        writer = csv.DictWriter(buf, HISTORY_COLUMNS[:-4] + extra + HISTORY_COLUMNS[-4:])
         writer.writeheader()
         writer.writerows(rows)
         write_text(self.history_file, buf.getvalue())

@@ -40,3 +40,4 @@ HISTORY_COLUMNS = [
     "trainable",
     "seconds",
 ]
+MULTILABEL_COLUMNS = ["val_map"]  # after val_macro_f1, in a multi-label run's history.csv

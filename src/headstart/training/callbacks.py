@@ -48,6 +48,7 @@ class History(L.Callback):
                 "val_loss": val_loss,
                 "val_accuracy": val_acc,
                 "val_macro_f1": module.val_macro_f1,
+                **({"val_map": module.val_map} if module.multi_label else {}),
                 "lr": groups[0]["lr"],
                 "backbone_lr": body[-1]["lr"] if body else "",
                 "trainable": count_params(module.model, trainable_only=True),
@@ -59,7 +60,7 @@ class History(L.Callback):
             if self.lines:
                 r = self.rows[-1]
                 progress_log.info(
-                    "%sepoch %d/%d: loss %.4f, accuracy %.4f, val_loss %.4f, val_accuracy %.4f, %.1f s",
+                    "%sepoch %d/%d: loss %.4f, accuracy %.4f, val_loss %.4f, val_accuracy %.4f, %s%.1f s",
                     self.prefix,
                     r["epoch"],
                     trainer.max_epochs,
@@ -67,6 +68,7 @@ class History(L.Callback):
                     acc,
                     val_loss,
                     val_acc,
+                    f"val_map {r['val_map']:.4f}, " if "val_map" in r else "",
                     r["seconds"],
                 )
 

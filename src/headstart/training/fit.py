@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from headstart.advice.input_size import warn_input_size
 from headstart.advice.strategy import advised_config
-from headstart.config import TrainConfig, as_trained, read_yaml, resolve_config
+from headstart.config import TrainConfig, as_trained, for_task, read_yaml, resolve_config
 from headstart.data.cache import decoded_images
 from headstart.data.dataset import Dataset, load_dataset_for, split_indices
 from headstart.data.samplers import EpochSampler, RankBatches
@@ -34,6 +34,7 @@ from headstart.engines.choice import Engine
 from headstart.errors import ConfigError
 from headstart.evaluation.evaluate import compute, write_evaluation
 from headstart.evaluation.metrics import best_epoch
+from headstart.evaluation.multilabel import compute_multilabel
 from headstart.inference.explain import class_maps, overlay
 from headstart.models import strategies as S
 from headstart.models.classifier import Classifier, HeadConfig, count_params
@@ -177,6 +178,8 @@ def _prepare(data, config, config_file, resume, overrides: dict, progress: bool,
     ranks = launch(cfg.accelerator, parse_devices(cfg.devices), cfg.num_nodes)  # one process per device
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ds = load_dataset_for(cfg)
+    if not resumed:  # single or multi-label, as the data is (a resumed run's config says so already)
+        cfg = for_task(cfg, ds.task, asked)
     if "auto" in (cfg.strategy, cfg.input_size):  # measured once, on rank 0
         cfg = ranks.on_zero(lambda: advised_config(cfg, ds, asked, progress))
     cfg = as_trained(cfg)
@@ -253,7 +256,8 @@ def _evaluate_best(run: Run, trainer: L.Trainer, p: Prepared, setup_seconds: flo
     or images): the tutorial's accuracy, number correct and confusion matrix, and more; with
     ``tta``, also averaged with the mirror images (the plain figures stay the headline)."""
     module, loader, ds = p.module, p.loaders["evaluation"], p.ds
-    module.load_state_dict(read_checkpoint(run.best_checkpoint)["state_dict"])
+    best = read_checkpoint(run.best_checkpoint)
+    module.load_state_dict(best["state_dict"])
     probs, targets = _predict(module, loader)
     tta = None
     if run.config.tta:
@@ -262,7 +266,10 @@ def _evaluate_best(run: Run, trainer: L.Trainer, p: Prepared, setup_seconds: flo
         )
         tta = np.stack([probs, _predict(module, mirrored)[0]]).mean(0)  # as headstart.inference.predict.predict_probs
     paths = [str(s.path) for s in ds.split("evaluation")]
-    ev = compute(targets, probs, ds.classes, "evaluation", paths, tta)
+    if ds.multi_label:  # at the thresholds chosen on validation with the best epoch's weights (its checkpoint's)
+        ev = compute_multilabel(targets, probs, ds.classes, best["headstart"]["thresholds"], "evaluation", paths, tta)
+    else:
+        ev = compute(targets, probs, ds.classes, "evaluation", paths, tta)
     rows, weights = run.history, module.train_loss_fn.weight
     run.metrics = {
         "best_epoch": best_epoch(rows, run.config.monitor),
@@ -334,10 +341,11 @@ def fit(
 
 
 def _wrong_explained(model, ev, images) -> list:
-    """The report's most confidently wrong evaluation images, each with where the model saw the class it gave."""
-    wrong = ev.wrong_by_confidence(WRONG_SHOWN)
-    maps = class_maps(model, [images[i] for i in wrong], "gradcam", [int(ev.predictions[i]) for i in wrong])
-    return [overlay(np.asarray(images[i]), m) for i, m in zip(wrong, maps)]
+    """The report's most confidently wrong evaluation images (multi-label: labels), each with where the model saw
+    the class it gave (the label it gave or missed)."""
+    wrong = ev.wrong_shown(WRONG_SHOWN)
+    maps = class_maps(model, [images[i] for i, _, _ in wrong], "gradcam", [c for _, c, _ in wrong])
+    return [overlay(np.asarray(images[i]), m) for (i, _, _), m in zip(wrong, maps)]
 
 
 def _save_lr_curve(run: Run, found: LRFind | None) -> None:

@@ -10,6 +10,10 @@ recipe, with class weights for imbalanced data.
 
 >>> class_weights([0, 0, 0, 1], 2)
 tensor([0.6667, 2.0000])
+
+Multi-label data (several classes an image) trains one sigmoid a class with binary cross-entropy
+(``BinaryCrossEntropy``), averaged over the classes; ``class_weights="auto"`` there weighs each class's
+positive term by ``n_negative / n_positive`` (``positive_weights``, PyTorch's ``pos_weight``).
 """
 
 from __future__ import annotations
@@ -35,10 +39,21 @@ def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
     return weights.float()
 
 
-def loss_weights(cfg: TrainConfig, labels: Sequence[int], num_classes: int) -> torch.Tensor | None:
-    """The training loss's class weights as ``cfg`` asks (None: unweighted)."""
+def positive_weights(targets) -> torch.Tensor:
+    """Multi-label: each class's positive weight ``n_negative / n_positive`` over the training images ((N, C)
+    rows of 0 and 1), so its positives weigh as much as its negatives in total."""
+    y = torch.as_tensor(targets, dtype=torch.float64)
+    positives = y.sum(0)
+    return ((len(y) - positives) / positives.clamp(min=1)).float()
+
+
+def loss_weights(cfg: TrainConfig, labels, num_classes: int) -> torch.Tensor | None:
+    """The training loss's class weights as ``cfg`` asks (None: unweighted): per class, or for multi-label
+    targets ((N, C) rows) each class's positive weight."""
     if cfg.class_weights == "none":
         return None
+    if cfg.task == "multi":
+        return positive_weights(labels)
     if cfg.sampler == "balanced":
         log.warning(
             "class_weights=auto with sampler=balanced corrects the imbalance twice: the rare classes "
@@ -66,8 +81,36 @@ class KerasCrossEntropy(nn.Module):
         return loss * self.weight[target] if self.weight is not None else loss
 
 
-def train_loss(kind: str, weight: torch.Tensor | None, label_smoothing: float) -> nn.Module:
-    """Each image's training loss: "torch" is ``nn.CrossEntropyLoss`` on logits, "keras" is Keras' on probabilities."""
+class BinaryCrossEntropy(nn.Module):
+    """Multi-label: a sigmoid a class and binary cross-entropy, averaged over the classes: one loss an image
+    (``reduction="none"``). ``weight``: each class's positive weight (``positive_weights``). Label smoothing as
+    Keras' ``binary_crossentropy``: y (1 - s) + s / 2. ``keras``: Keras' numerics, probabilities clipped to
+    [1e-7, 1 - 1e-7]; else PyTorch's ``binary_cross_entropy_with_logits``."""
+
+    def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0, keras: bool = False):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.label_smoothing, self.keras = label_smoothing, keras
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        y = target.float()
+        if self.label_smoothing:
+            y = y * (1 - self.label_smoothing) + self.label_smoothing / 2
+        if not self.keras:
+            loss = nn.functional.binary_cross_entropy_with_logits(
+                logits.float(), y, pos_weight=self.weight, reduction="none"
+            )
+            return loss.mean(1)
+        p = logits.float().sigmoid().clamp(EPSILON, 1 - EPSILON)
+        positive = y * p.log() * (self.weight if self.weight is not None else 1)
+        return -(positive + (1 - y) * (1 - p).log()).mean(1)
+
+
+def train_loss(kind: str, weight: torch.Tensor | None, label_smoothing: float, task: str = "single") -> nn.Module:
+    """Each image's training loss: "torch" is ``nn.CrossEntropyLoss`` on logits, "keras" is Keras' on probabilities;
+    for multi-label data (``task`` multi) their binary cross-entropy (``BinaryCrossEntropy``)."""
+    if task == "multi":
+        return BinaryCrossEntropy(weight, label_smoothing, keras=kind == "keras")
     if kind == "keras":
         return KerasCrossEntropy(weight, label_smoothing)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing, reduction="none")

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from headstart.config import TrainConfig
 from headstart.data.samplers import seed_of
 from headstart.evaluation.metrics import confusion, macro_f1
+from headstart.evaluation.multilabel import best_f1_thresholds, mean_ap
 from headstart.models import strategies as S
 from headstart.models.classifier import Classifier
 from headstart.models.features import memory_layout
@@ -49,10 +50,20 @@ class TransferModule(L.LightningModule):
         # Class weights (headstart.training.losses.class_weights) scale each image's loss; the batch's loss is the mean
         # over its images, as Keras' class_weight does (not over their weights, as PyTorch's "mean"):
         # each rank's share is then a plain mean, and training_step's weighing by share size holds.
-        self.train_loss_fn = train_loss(cfg.loss, class_weights, cfg.label_smoothing)  # torch's, or Keras' (seed)
-        self.eval_loss_fn = nn.CrossEntropyLoss()  # plain, so val_loss compares across recipes
+        # torch's, or Keras' (seed); binary cross-entropy for multi-label data (cfg.task multi)
+        self.train_loss_fn = train_loss(cfg.loss, class_weights, cfg.label_smoothing, cfg.task)
+        self.multi_label = cfg.task == "multi"
+        # plain, so val_loss compares across recipes
+        self.eval_loss_fn = nn.BCEWithLogitsLoss() if self.multi_label else nn.CrossEntropyLoss()
         self.epoch_stats = {"train": torch.zeros(3), "val": torch.zeros(3)}  # loss sum, correct, count
         self.val_confusion, self.val_macro_f1 = None, 0.0  # over every rank's validation images
+        if self.multi_label:
+            # Multi-label: every rank's validation probabilities and targets (torchmetrics gathers them, shares
+            # of unequal sizes too) give val_map and each class's threshold, saved with the checkpoint.
+            from torchmetrics.aggregation import CatMetric
+
+            self.val_probs, self.val_targets = CatMetric(), CatMetric()
+            self.val_map, self.thresholds = 0.0, None
         self._forward = torch.compile(self._plain_forward) if cfg.compile else self._plain_forward
 
     def _plain_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,8 +86,14 @@ class TransferModule(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.train_loss(logits, y) if stage == "train" else self.eval_loss_fn(logits, y)
-        correct = (logits.argmax(1) == y).sum()
-        if stage == "val":
+        if self.multi_label:  # exact match at 0.5: every label of the image right
+            correct = ((logits > 0) == (y > 0.5)).all(1).sum()
+            if stage == "val":
+                self.val_probs.update(logits.detach().float().sigmoid())
+                self.val_targets.update(y.float())
+        else:
+            correct = (logits.argmax(1) == y).sum()
+        if stage == "val" and not self.multi_label:
             seen = confusion(y, logits.argmax(1), logits.shape[1])
             self.val_confusion = seen if self.val_confusion is None else self.val_confusion + seen
         if stage == "train":  # this rank's, for the progress bar; the epoch's figures are summed over the ranks
@@ -107,6 +124,9 @@ class TransferModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self.epoch_stats["val"] = torch.zeros(3, device=self.device)
         self.val_confusion = None
+        if self.multi_label:
+            self.val_probs.reset()
+            self.val_targets.reset()
 
     def on_train_epoch_end(self) -> None:
         # For the loggers: the epoch's figures over every rank's samples (history.csv has the same).
@@ -117,11 +137,25 @@ class TransferModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         # What early stopping and the best checkpoint go by: the same figure on every rank.
         loss, accuracy = self.epoch_means("val")
-        # Macro F1 over the whole validation split: the ranks' confusion matrices summed first.
-        self.val_macro_f1 = macro_f1(self.trainer.strategy.reduce(self.val_confusion.clone(), reduce_op="sum"))
+        if self.multi_label:
+            self._multilabel_validation()
+        else:  # Macro F1 over the whole validation split: the ranks' confusion matrices summed first.
+            self.val_macro_f1 = macro_f1(self.trainer.strategy.reduce(self.val_confusion.clone(), reduce_op="sum"))
         self.log("val_loss", loss, prog_bar=True)
         self.log("val_accuracy", accuracy, prog_bar=True)
         self.log("val_macro_f1", self.val_macro_f1)
+
+    def _multilabel_validation(self) -> None:
+        """val_map, macro F1 at 0.5 and each class's best-F1 threshold over the whole validation split (every
+        rank computes them from every rank's images: the same on each); the thresholds go into the checkpoint."""
+        from torchmetrics.functional.classification import multilabel_f1_score
+
+        probs, targets = self.val_probs.compute().cpu(), self.val_targets.compute().cpu().long()
+        self.val_map = mean_ap(targets, probs)
+        f1 = multilabel_f1_score(probs, targets, num_labels=probs.shape[1], average="macro")
+        self.val_macro_f1 = float(f1)
+        self.thresholds = best_f1_thresholds(targets, probs).tolist()
+        self.log("val_map", self.val_map, prog_bar=True)
 
     def epoch_means(self, stage: str) -> tuple[float, float]:
         """Mean loss and accuracy of the current epoch so far, over every rank's samples (every
@@ -167,16 +201,20 @@ class TransferModule(L.LightningModule):
             "preprocessing": self.model.preprocessing.to_dict(),
             "config": self.cfg.to_dict(),
             **self.extra,
+            # multi-label: a sigmoid a class, and the thresholds chosen on this epoch's validation
+            **({"task": "multi", "thresholds": self.thresholds} if self.multi_label else {}),
         }
 
 
 @torch.inference_mode()
 def _predict(module: TransferModule, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities and targets over a loader (images or features, as the module trains)."""
+    """Softmax probabilities (multi-label: a sigmoid a class) and targets over a loader (images or features, as
+    the module trains)."""
     module.eval()
     device = next(module.parameters()).device
     probs, targets = [], []
     for x, y in loader:
-        probs.append(module(x.to(device)).float().softmax(1).cpu().numpy())
+        logits = module(x.to(device)).float()
+        probs.append((logits.sigmoid() if module.multi_label else logits.softmax(1)).cpu().numpy())
         targets.append(np.asarray(y))
     return np.concatenate(probs), np.concatenate(targets)
