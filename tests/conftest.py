@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.datasets import TINY, TINY_OPTIONS, make_corner_patch, make_food11, make_messy_food11
+from helpers.datasets import TINY, TINY_OPTIONS, make_corner_patch, make_food11, make_messy_food11, make_multilabel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup here hangs ~45 s before failing
 
@@ -126,3 +126,23 @@ def demo_exports(demo_run, tmp_path_factory) -> dict[str, Path]:
             export(demo_run.dir, "onnx", files["int8"], "int8", min_agreement=0.9, calibration_images=50)
             export(demo_run.dir, "openvino", files["openvino"])
     return files
+
+
+@pytest.fixture(scope="session")
+def multi_run(tmp_path_factory):
+    """A multi-label features run (``helpers.datasets.make_multilabel``: a coloured quarter a label, one to three
+    an image; splits drawn) and its manifest. Trained once for all the test processes."""
+    from filelock import FileLock
+
+    from headstart.runs.folder import Run
+    from headstart.training.fit import fit
+
+    shared = _shared(tmp_path_factory) / "multi"
+    shared.mkdir(exist_ok=True)
+    with FileLock(str(shared / "run.lock")):
+        manifest = shared / "data" / "manifest.csv"
+        if (shared / "runs" / "multi" / "metrics.json").is_file():
+            return Run.load(shared / "runs" / "multi"), manifest
+        make_multilabel(shared / "data")
+        opts = dict(strategy="features", epochs=8, input_size=64, batch_size=16, name="multi", class_weights="auto")
+        return fit(manifest, runs_dir=shared / "runs", **opts), manifest

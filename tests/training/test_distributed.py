@@ -209,3 +209,35 @@ def test_more_cpu_processes_than_cores_is_refused_before_anything_is_written(tin
             app, ["train", str(tiny), "--devices", devices, "--runs-dir", str(tmp_path / "runs")]
         )
         assert result.exit_code == 2 and "Traceback" not in result.output and not (tmp_path / "runs").exists()
+
+
+def test_two_ranks_train_multi_label_data_as_one_process_does(multi_run, tmp_path: Path, monkeypatch):
+    """Validation mAP and the thresholds come from every rank's validation images (shares of unequal size)."""
+    manifest = multi_run[1]
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))
+    extra = ["--strategy", "features", "--epochs", "3"]
+    _run(_command(manifest, tmp_path / "runs", "two", 2, *extra, batch=7))
+    (tmp_path / "single").mkdir()
+    (tmp_path / "single" / "nodropout.yaml").write_text(NO_DROPOUT)
+    fit(
+        manifest,
+        config_file=tmp_path / "single" / "nodropout.yaml",
+        accelerator="cpu",
+        devices="1",
+        input_size=32,
+        batch_size=7,
+        strategy="features",
+        epochs=3,
+        runs_dir=tmp_path / "single",
+        name="one",
+    )
+    a, b = _history(tmp_path / "runs" / "two"), _history(tmp_path / "single" / "one")
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        for key in ("loss", "val_loss", "val_accuracy", "val_macro_f1", "val_map"):
+            assert x[key] == pytest.approx(y[key], abs=1e-5), (key, x, y)
+    m2, m1 = (
+        json.loads((p / "metrics.json").read_text()) for p in (tmp_path / "runs" / "two", tmp_path / "single" / "one")
+    )
+    assert m2["thresholds"] == pytest.approx(m1["thresholds"], abs=1e-5)
+    assert (m2["map"], m2["correct"]) == (pytest.approx(m1["map"], abs=1e-5), m1["correct"])

@@ -320,7 +320,7 @@ def advise(
     train = ds.counts()["training"]
     m = {
         "classes": ds.num_classes,
-        "training_images": sum(train),
+        "training_images": len(ds.split("training")),  # multi-label: images, not labels
         "smallest_class": min(train),
         "largest_class": max(train),
         "imbalance": round(max(train) / max(min(train), 1), 2),

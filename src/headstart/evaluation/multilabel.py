@@ -124,7 +124,7 @@ class MultiLabelEvaluation:
             "total": self.total,
             "hamming_loss": self.hamming_loss,
             "loss": self.loss,
-            "thresholds": [round(float(x), 6) for x in self.thresholds],
+            "thresholds": [float(x) for x in self.thresholds],
             "per_class": self.per_class,
             "cooccurrence_matrix": self.confusion.tolist() if self.confusion is not None else None,
             **(
