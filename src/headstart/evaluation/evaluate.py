@@ -217,14 +217,15 @@ def evaluate(
         )
     ds, store = decoded_images(ds, model.preprocessing, progress=progress)
     idx, targets = split_indices(ds)[split]
-    thresholds = meta.get("thresholds") if meta.get("task") == "multi" else None  # a multi-label model's
-    if (thresholds is not None) != ds.multi_label:
+    multi = meta.get("task") == "multi"  # a multi-label model: its thresholds (0.5 each if it has none)
+    thresholds = (meta.get("thresholds") or [0.5] * len(ds.classes)) if multi else None
+    if multi != ds.multi_label:
         raise DataError(
-            f"The run's model is {'multi' if thresholds is not None else 'single'}-label and the data "
+            f"The run's model is {'multi' if multi else 'single'}-label and the data "
             f"{ds.root} is {ds.task}-label. Evaluate on data of the kind it was trained on."
         )
     # the plain view first
-    views = predict_views(model, [store[i] for i in idx], tta=tta, engine=runs, sigmoid=thresholds is not None)
+    views = predict_views(model, [store[i] for i in idx], tta=tta, engine=runs, sigmoid=multi)
     ev = compute_split(
         np.asarray(targets),
         views[0],

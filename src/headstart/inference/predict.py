@@ -114,7 +114,9 @@ def load(
     model, meta, run_dir = load_model(source)
     model.to(pick_device(device))
     classes = meta.get("classes") or [str(i) for i in range(model.config["num_classes"])]
-    thresholds = meta.get("thresholds") if meta.get("task") == "multi" else None
+    thresholds = None
+    if meta.get("task") == "multi":  # chosen on validation; 0.5 each in a checkpoint saved before any validation
+        thresholds = meta.get("thresholds") or [0.5] * len(classes)
     return Predictor(model, classes, str(source), max_pixels, run_dir, runs, thresholds)
 
 

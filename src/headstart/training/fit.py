@@ -267,7 +267,9 @@ def _evaluate_best(run: Run, trainer: L.Trainer, p: Prepared, setup_seconds: flo
         tta = np.stack([probs, _predict(module, mirrored)[0]]).mean(0)  # as headstart.inference.predict.predict_probs
     paths = [str(s.path) for s in ds.split("evaluation")]
     if ds.multi_label:  # at the thresholds chosen on validation with the best epoch's weights (its checkpoint's)
-        ev = compute_multilabel(targets, probs, ds.classes, best["headstart"]["thresholds"], "evaluation", paths, tta)
+        ev = compute_multilabel(
+            targets, probs, ds.classes, best["headstart"].get("thresholds"), "evaluation", paths, tta
+        )
     else:
         ev = compute(targets, probs, ds.classes, "evaluation", paths, tta)
     rows, weights = run.history, module.train_loss_fn.weight
