@@ -15,8 +15,6 @@ which stay those of one view (every other metric is of the plain view).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ from headstart.data.dataset import load_dataset_for, split_indices
 from headstart.data.layouts import SPLITS
 from headstart.engines.choice import Engine
 from headstart.errors import ConfigError, DataError
+from headstart.evaluation.metrics import matrix_csv
 from headstart.evaluation.multilabel import compute_multilabel
 from headstart.inference.predict import predict_views
 from headstart.reporting.plots import plot_confusion
@@ -92,12 +91,7 @@ class Evaluation:
         }
 
     def confusion_csv(self) -> str:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["true \\ predicted", *self.classes])
-        for name, row in zip(self.classes, self.confusion):
-            w.writerow([name, *row.tolist()])
-        return buf.getvalue()
+        return matrix_csv(self.confusion, self.classes)
 
     def wrong_by_confidence(self, n: int = 16) -> list[int]:
         """Indices of the most confidently wrong predictions, most confident first."""

@@ -5,6 +5,8 @@ which epoch was best by the run's ``monitor`` (``val_loss`` lowest, ``val_accura
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from collections.abc import Sequence
 
@@ -22,6 +24,16 @@ def confusion(targets: torch.Tensor, predictions: torch.Tensor, num_classes: int
     """(C, C) counts, rows true class, columns predicted, as floats (summed across ranks as they are)."""
     pairs = targets.long() * num_classes + predictions.long()
     return torch.bincount(pairs, minlength=num_classes * num_classes).view(num_classes, num_classes).float()
+
+
+def matrix_csv(matrix, classes: Sequence[str]) -> str:
+    """A (C, C) matrix of counts, rows true and columns predicted, as CSV with the class names."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["true \\ predicted", *classes])
+    for name, row in zip(classes, matrix):
+        w.writerow([name, *row.tolist()])
+    return buf.getvalue()
 
 
 def macro_f1(matrix: torch.Tensor) -> float:

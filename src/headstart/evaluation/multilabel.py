@@ -15,8 +15,6 @@ class chosen on the validation split.
 
 from __future__ import annotations
 
-import csv
-import io
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +29,8 @@ from torchmetrics.functional.classification import (
     multilabel_precision_recall_curve,
     multilabel_recall,
 )
+
+from headstart.evaluation.metrics import matrix_csv
 
 DEFAULT_THRESHOLD = 0.5  # a class that validation cannot tell about (no positive image there)
 
@@ -135,12 +135,7 @@ class MultiLabelEvaluation:
         }
 
     def confusion_csv(self) -> str:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["true \\ predicted", *self.classes])
-        for name, row in zip(self.classes, self.confusion):
-            w.writerow([name, *row.tolist()])
-        return buf.getvalue()
+        return matrix_csv(self.confusion, self.classes)
 
     def wrong_labels(self, n: int = 16) -> list[tuple[int, int, float]]:
         """The most confidently wrong labels, most confident first: (image, class, probability) for a label
