@@ -43,9 +43,7 @@ class TrainConfig:
     eval_fraction: float = 0.2
     allow_outside_root: bool = False  # a CSV manifest may list images outside its folder
     exclude: str | None = None  # a CSV whose first column lists images to leave out (headstart audit's suspects.csv)
-    # single: one class an image (softmax); multi: several (a sigmoid a class, binary cross-entropy, thresholds);
-    # auto: multi when a manifest's row names several classes (rice|egg). The run's config.yaml has the one used.
-    task: str = "auto"
+    task: str = "auto"  # single, multi (several labels an image: docs/multilabel.md), auto: as the data says
     # --- model
     backbone: str = "efficientnet_lite0"  # bundled weights: works offline
     weights: str = "default"
@@ -117,9 +115,7 @@ class TrainConfig:
     # --- imbalance (headstart.evaluation.metrics)
     class_weights: str = "none"  # auto: each class's loss weighted N / (C * n_c), mean 1 over the training images
     sampler: str = "random"  # balanced: each epoch draws every class equally often, with replacement
-    # What the best checkpoint and early stopping go by (the tutorial: val_loss); multi-label data: val_map
-    # (the validation split's mean average precision) unless asked otherwise.
-    monitor: str = "val_loss"
+    monitor: str = "val_loss"  # what the best checkpoint and early stopping go by (multi-label data: val_map)
     # --- augmented views (headstart.training.augmented_views)
     # features, partial, half: K augmented views of every training image go through the frozen layers
     # once, before training (fp16; in memory up to 512 MB, else memory-mapped under the cache folder);
@@ -248,29 +244,6 @@ def check(cfg: TrainConfig, given: Container[str] = ()) -> TrainConfig:
     check_lbfgs(cfg)
     check_head_choice(cfg.head_choice)
     return cfg
-
-
-def for_task(cfg: TrainConfig, task: str, asked: Container[str] | None = None) -> TrainConfig:
-    """The config for data of ``task`` (single or multi, as read): ``task`` set; multi-label data monitors
-    ``val_map`` unless ``monitor`` was asked for (``asked``: the options asked for explicitly; None: a whole
-    config, kept as it is), and trains the head as given (the head search scores single-label heads)."""
-    if task == "single":
-        if cfg.monitor == "val_map":
-            raise ConfigError(
-                "monitor val_map is the mean average precision of multi-label data; this data has one class an "
-                "image. Received: monitor='val_map'. Use val_loss, val_accuracy or val_macro_f1."
-            )
-        return dataclasses.replace(cfg, task=task)
-    if cfg.sampler == "balanced":
-        raise ConfigError(
-            "sampler balanced draws every class equally often, which multi-label images (several classes each) "
-            "cannot be. Received: sampler='balanced' with multi-label data. Use --class-weights auto (each "
-            "class's positives weighted by its negatives over its positives)."
-        )
-    # A whole config given (asked None: a Python TrainConfig) keeps its monitor, as a run's config.yaml does.
-    default = asked is not None and "monitor" not in asked and cfg.monitor == "val_loss"
-    monitor = "val_map" if default else cfg.monitor
-    return dataclasses.replace(cfg, task=task, monitor=monitor, head_search="off")
 
 
 def check_head_choice(choice: Any) -> None:

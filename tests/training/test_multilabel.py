@@ -104,7 +104,8 @@ def test_monitor_val_map_is_refused_on_single_label_data_and_balanced_on_multi_l
 
 
 def test_multi_label_data_monitors_val_map_unless_another_figure_was_asked_for():
-    from headstart.config import TrainConfig, for_task
+    from headstart.config import TrainConfig
+    from headstart.training.fit import for_task
 
     cfg = TrainConfig()
     assert for_task(cfg, "multi", {}).monitor == "val_map"

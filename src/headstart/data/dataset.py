@@ -9,8 +9,8 @@ The layouts (food11, folders, csv) are read in ``headstart.data.layouts``, image
 
 Splits that the data does not have (all of them but training for a single folder of class
 folders, say) are drawn from the training images, stratified by class and seeded; for multi-label data
-(several classes an image, ``headstart.data.layouts``) by iterative stratification, which keeps every
-class's share in each split.
+(several classes an image, ``headstart.data.layouts``) by iterative stratification
+(``headstart.data.stratify``), which keeps every class's share in each split.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 from headstart.data.images import real_paths
 from headstart.data.layouts import CLASSES_FILE, LABEL_SEPARATOR, SPLITS, Problem, Sample, label_ids, read_layout
 from headstart.data.manifest import manifest_rows
+from headstart.data.stratify import iterative_stratification
 from headstart.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -126,26 +127,21 @@ def _draw_splits(samples: list[Sample], fractions: dict[str, float], seed: int) 
 
 
 def _draw_multilabel(samples: list[Sample], fractions: dict[str, float], seed: int) -> list[Sample]:
-    """``_draw_splits`` for multi-label samples: iterative stratification (Sechidis et al. 2011, the
-    iterative-stratification package) draws each split keeping every class's share of the images."""
-    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
-
+    """``_draw_splits`` for multi-label samples: iterative stratification (``headstart.data.stratify``) deals the
+    training images into training and the drawn splits, keeping every class's share in each; a class left
+    without a training image gets one back."""
     pool = [s for s in samples if s.split == "training"]
-    out = [s for s in samples if s.split != "training"]
-    width = 1 + max(i for s in pool for i in s.label)
-    total = len(pool)
-    for n, (split, fraction) in enumerate(fractions.items()):
-        take = min(round(total * fraction), len(pool) - 1)
-        if take < 1:
-            continue
-        y = np.zeros((len(pool), width), np.int8)
-        for row, s in enumerate(pool):
-            y[row, list(s.label)] = 1
-        cut = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=take, random_state=seed + n)
-        keep, drawn = next(cut.split(np.zeros(len(pool)), y))
-        out += [Sample(pool[i].path, pool[i].label, split) for i in drawn]
-        pool = [pool[i] for i in sorted(keep)]
-    return sorted(out + pool, key=lambda s: (SPLITS.index(s.split), str(s.path)))
+    names = ["training", *fractions]
+    y = multi_hot([s.label for s in pool], 1 + max(i for s in pool for i in s.label)) > 0
+    subset = iterative_stratification(
+        y, [1 - sum(fractions.values()), *fractions.values()], np.random.default_rng(seed)
+    )
+    for c in np.flatnonzero(y.any(0) & ~y[subset == 0].any(0)):  # at least one image of each class stays in training
+        subset[np.flatnonzero(y[:, c])[0]] = 0
+    drawn = [Sample(s.path, s.label, names[k]) for s, k in zip(pool, subset)]
+    return sorted(
+        [s for s in samples if s.split != "training"] + drawn, key=lambda s: (SPLITS.index(s.split), str(s.path))
+    )
 
 
 def check_distinct(samples: list[Sample]) -> None:

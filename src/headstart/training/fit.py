@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from headstart.advice.input_size import warn_input_size
 from headstart.advice.strategy import advised_config
-from headstart.config import TrainConfig, as_trained, for_task, read_yaml, resolve_config
+from headstart.config import TrainConfig, as_trained, read_yaml, resolve_config
 from headstart.data.cache import decoded_images
 from headstart.data.dataset import Dataset, load_dataset_for, split_indices
 from headstart.data.samplers import EpochSampler, RankBatches
@@ -77,6 +78,29 @@ def _config(
         run = Run.resume(resume, asked or {})
         return run.config, asked, run
     return config or resolve_config(overrides.get("recipe"), config_file, overrides), asked, None
+
+
+def for_task(cfg: TrainConfig, task: str, asked: Container[str] | None = None) -> TrainConfig:
+    """The config for data of ``task`` (single or multi, as read): ``task`` set; multi-label data monitors
+    ``val_map`` unless ``monitor`` was asked for (``asked``: the options asked for explicitly; None: a whole
+    config, kept as it is), and trains the head as given (the head search scores single-label heads)."""
+    if task == "single":
+        if cfg.monitor == "val_map":
+            raise ConfigError(
+                "monitor val_map is the mean average precision of multi-label data; this data has one class an "
+                "image. Received: monitor='val_map'. Use val_loss, val_accuracy or val_macro_f1."
+            )
+        return dataclasses.replace(cfg, task=task)
+    if cfg.sampler == "balanced":
+        raise ConfigError(
+            "sampler balanced draws every class equally often, which multi-label images (several classes each) "
+            "cannot be. Received: sampler='balanced' with multi-label data. Use --class-weights auto (each "
+            "class's positives weighted by its negatives over its positives)."
+        )
+    # A whole config given (asked None: a Python TrainConfig) keeps its monitor, as a run's config.yaml does.
+    default = asked is not None and "monitor" not in asked and cfg.monitor == "val_loss"
+    monitor = "val_map" if default else cfg.monitor
+    return dataclasses.replace(cfg, task=task, monitor=monitor, head_search="off")
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> tuple[Classifier, S.StrategyPlan]:
