@@ -148,3 +148,20 @@ def test_knn_probe_of_multi_label_data_is_the_map_of_neighbour_votes():
     sim.fill_diagonal_(-float("inf"))
     votes = labels[sim.topk(5, dim=1).indices].mean(1)
     assert probe == pytest.approx(average_precision_score(labels.numpy(), votes.numpy(), average="macro"))
+
+
+def test_an_interrupted_multi_label_run_resumes_as_an_uninterrupted_one(multi_run, tmp_path: Path):
+    from headstart.training.fit import fit
+    from helpers.training import StopAfter
+
+    opts = dict(epochs=3, deterministic=True, runs_dir=tmp_path, early_stopping=0, input_size=32, batch_size=16)
+    whole = fit(multi_run[1], name="whole", **opts)
+    stopped = fit(multi_run[1], name="stopped", callbacks=[StopAfter(2)], **opts)
+    assert stopped.interrupted and not stopped.metrics
+    resumed = fit(resume=stopped.dir)
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in whole.history
+    ]
+    for key in ("map", "thresholds", "best_epoch", "correct", "micro_f1", "per_class"):
+        assert resumed.metrics[key] == whole.metrics[key], key
+    assert resumed.config.monitor == "val_map" and resumed.config.task == "multi"
