@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from headstart.data.dataset import load_dataset
 from headstart.training.fit import fit
 from helpers.ports import free_port_env
 
@@ -216,9 +217,11 @@ def test_two_ranks_train_multi_label_data_as_one_process_does(multi_run, tmp_pat
     manifest = multi_run[1]
     monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))
     extra = ["--strategy", "features", "--epochs", "3"]
-    _run(_command(manifest, tmp_path / "runs", "two", 2, *extra, batch=7))
+    # 41 training images in batches of 7 (the last 6: every rank has a share), 7 validation images (4 and 3)
+    config = NO_DROPOUT + "val_fraction: 0.15\n"
+    _run(_command(manifest, tmp_path / "runs", "two", 2, *extra, batch=7, config_text=config))
     (tmp_path / "single").mkdir()
-    (tmp_path / "single" / "nodropout.yaml").write_text(NO_DROPOUT)
+    (tmp_path / "single" / "nodropout.yaml").write_text(config)
     fit(
         manifest,
         config_file=tmp_path / "single" / "nodropout.yaml",
@@ -233,6 +236,8 @@ def test_two_ranks_train_multi_label_data_as_one_process_does(multi_run, tmp_pat
     )
     a, b = _history(tmp_path / "runs" / "two"), _history(tmp_path / "single" / "one")
     assert len(a) == len(b) == 3
+    counts = json.loads((tmp_path / "runs" / "two" / "data.json").read_text())["counts"]
+    assert counts["validation"] and len(load_dataset(manifest, val_fraction=0.15).split("validation")) == 7
     for x, y in zip(a, b):
         for key in ("loss", "val_loss", "val_accuracy", "val_macro_f1", "val_map"):
             assert x[key] == pytest.approx(y[key], abs=1e-5), (key, x, y)

@@ -164,7 +164,12 @@ class ImagePredictor:
         return results
 
     def explain(
-        self, inputs: ImageInput | Iterable[ImageInput], method: str = "gradcam", top_k: int = 3, batch_size: int = 16
+        self,
+        inputs: ImageInput | Iterable[ImageInput],
+        method: str = "gradcam",
+        top_k: int = 3,
+        batch_size: int = 16,
+        threshold: float | None = None,
     ) -> list[Explanation]:
         """As ``predict``, each with its class-activation map (``headstart.inference.explain``): needs the model's
         layers, so a run folder or checkpoint, not an exported file."""
