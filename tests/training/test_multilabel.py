@@ -129,7 +129,7 @@ def test_compare_and_advise_on_multi_label_data(multi_run, tmp_path: Path):
     result = runner.invoke(app, ["advise", str(manifest), "--sample", "5", "--input-size", "32", "--json"])
     assert result.exit_code == 0, result.output
     measured = json.loads(result.stdout)["measurements"]
-    assert 0 <= measured["final_knn"] <= 1 and measured["sample"] >= 5
+    assert 0 <= measured["final_knn"] <= 1 and measured["sample"] >= 5 and measured["task"] == "multi"
 
 
 def test_knn_probe_of_multi_label_data_is_the_map_of_neighbour_votes():

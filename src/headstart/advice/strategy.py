@@ -320,6 +320,7 @@ def advise(
     train = ds.counts()["training"]
     m = {
         "classes": ds.num_classes,
+        **({"task": "multi"} if ds.multi_label else {}),  # the k-NN figures are then a mAP
         "training_images": len(ds.split("training")),  # multi-label: images, not labels
         "smallest_class": min(train),
         "largest_class": max(train),
@@ -350,14 +351,15 @@ def advise(
     separable = m["final_separability"] >= SIMILAR_SEPARABILITY
     earlier_wins = m["earlier_knn"] is not None and m["earlier_knn"] > m["final_knn"] + EARLIER_MARGIN
     similarity = "similar" if separable and not earlier_wins else "different"
+    knn = "k-NN mAP" if ds.multi_label else "k-NN"  # multi-label data: the probe's mAP (knn_map)
     reasons.append(
-        f"final-layer features separate the classes {'well' if separable else 'poorly'}: k-NN "
+        f"final-layer features separate the classes {'well' if separable else 'poorly'}: {knn} "
         f"{m['final_knn']:.1%}, separability {m['final_separability']:.2f} "
         f"({'>=' if separable else '<'} {SIMILAR_SEPARABILITY})"
     )
     if m["earlier_knn"] is not None:
         reasons.append(
-            f"earlier layer ({m['earlier_layer']}) k-NN {m['earlier_knn']:.1%}: "
+            f"earlier layer ({m['earlier_layer']}) {knn} {m['earlier_knn']:.1%}: "
             + (
                 "better than the final layer, a sign of a different domain"
                 if earlier_wins

@@ -233,7 +233,8 @@ def advice(a, data: str) -> None:
             title=f"Input size (photos: {res['photo_size']} px on their shorter side; the weights': "
             f"{res['native_size']} px)"
         )
-        for col in ("input size", "k-NN probe", "time", ""):
+        probe = "k-NN probe (mAP)" if a.measurements.get("task") == "multi" else "k-NN probe"
+        for col in ("input size", probe, "time", ""):
             sizes.add_column(col, justify="left" if not col else "right")
         slowest = max(r["seconds"] for r in res["sizes"])
         for r in res["sizes"]:
