@@ -139,7 +139,8 @@ class ImagePredictor:
     def labels_of(self, probs: np.ndarray, thresholds: np.ndarray) -> list[tuple[str, float]]:
         """A multi-label model's labels for one probability vector: each class at or above its threshold, most
         probable first."""
-        return [(c, p) for c, p in self.top(probs, len(self.classes)) if p >= thresholds[self.classes.index(c)]]
+        order = np.argsort(-probs, kind="stable")
+        return [(self.classes[j], float(probs[j])) for j in order if probs[j] >= thresholds[j]]
 
     def predict(
         self,

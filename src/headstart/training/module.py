@@ -93,9 +93,9 @@ class TransferModule(L.LightningModule):
                 self.val_targets.update(y.float())
         else:
             correct = (logits.argmax(1) == y).sum()
-        if stage == "val" and not self.multi_label:
-            seen = confusion(y, logits.argmax(1), logits.shape[1])
-            self.val_confusion = seen if self.val_confusion is None else self.val_confusion + seen
+            if stage == "val":
+                seen = confusion(y, logits.argmax(1), logits.shape[1])
+                self.val_confusion = seen if self.val_confusion is None else self.val_confusion + seen
         if stage == "train":  # this rank's, for the progress bar; the epoch's figures are summed over the ranks
             self.log("batch_loss", loss, prog_bar=True, logger=False)
         # Epoch sums of our own (loss, correct, count), added up over the ranks at the epoch's end.
