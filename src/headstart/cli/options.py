@@ -22,8 +22,9 @@ from headstart.config import (
     RECIPES,
     SAMPLERS,
     STRATEGIES,
+    TASKS,
 )
-from headstart.data.layouts import LAYOUTS, SPLITS, TASKS
+from headstart.data.layouts import LAYOUTS, SPLITS
 from headstart.inference.prediction import EXPLAIN_METHODS
 
 StrategyName = Literal[(*STRATEGIES, "auto")]

@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from headstart.config import TASKS  # auto, single, multi
 from headstart.data.images import (
     IMAGE_EXTENSIONS,
     files_under,
@@ -52,7 +53,6 @@ SPLIT_ALIASES = {
     "test": "evaluation",
 }
 LAYOUTS = ("food11", "folders", "csv")
-TASKS = ("auto", "single", "multi")
 LABEL_SEPARATOR = "|"  # between the classes of one image in a manifest's label: rice|egg
 # The class names of Food-11, in label order (ids 0-10), as the tutorial lists them.
 FOOD11_CLASSES = (

@@ -36,7 +36,7 @@ def _inline(path: Path) -> str:
 
 def draw_run_pictures(run, ev, images, overlays=None) -> dict[str, Path]:
     """The run's curves and most confidently wrong evaluation images, as PNG files; with the
-    confusion matrix that the evaluation drew. ``overlays``: those wrong images (``ev.wrong_by_confidence``'s
+    confusion matrix that the evaluation drew. ``overlays``: those wrong images (``ev.wrong_shown``'s
     order) with their class-activation maps over them, each drawn beside its photo."""
     from headstart.reporting import plots  # matplotlib: not for serving a model
 
