@@ -44,6 +44,7 @@ class TrainConfig:
     allow_outside_root: bool = False  # a CSV manifest may list images outside its folder
     exclude: str | None = None  # a CSV whose first column lists images to leave out (headstart audit's suspects.csv)
     task: str = "auto"  # single, multi (several labels an image: docs/multilabel.md), auto: as the data says
+    stream_cache_gb: float | None = None  # prepared shards at a URL: the most this machine caches (None: 50)
     # --- model
     backbone: str = "efficientnet_lite0"  # bundled weights: works offline
     weights: str = "default"

@@ -37,6 +37,22 @@ def audit(a: dict) -> None:
     out.print(f"Audit time once the features existed: {a['seconds']['after_features']} s")
 
 
+def prepared(shards) -> None:
+    """``headstart prepare``: what was written where, and what was left out."""
+    m = shards.meta
+    counts = ", ".join(f"{split} {len(m['splits'][split]['names']):,}" for split in m["splits"])
+    pre = m["preprocessing"]
+    out.print(
+        f"[bold]{shards.location}[/]: {counts} images of {len(m['classes'])} classes ({m['task']}-label), "
+        f"{pre['input_size']} px ({pre['resize']}, {pre['interpolation']}), {m['bytes'] / 1e6:,.1f} MB of shards, "
+        f"written in {m['seconds']} s"
+    )
+    if m["problems"]:
+        err.print(
+            f"[yellow]{len(m['problems'])} image(s) could not be read and were left out[/] (listed in headstart.json)"
+        )
+
+
 def summary(s) -> None:
     """``headstart inspect``: counts per split and class, in the tutorial's words, sizes and problems."""
     out.print(f"[bold]{s.root}[/]  layout [cyan]{s.layout}[/], {len(s.classes)} classes")

@@ -21,6 +21,7 @@ from headstart.cli.options import (
     MaxPixels,
     ProbeInputSize,
     Seed,
+    StreamCacheGb,
     Task,
     Weights,
 )
@@ -45,12 +46,13 @@ def inspect(
     max_pixels: MaxPixels = MAX_PIXELS,
     allow_outside_root: AllowOutsideRoot = False,
     task: Task = None,
+    stream_cache_gb: StreamCacheGb = None,
 ) -> None:
     """Counts per split and class, imbalance, image sizes, problems; class_distribution.png and samples.png."""
     from headstart.data import inspection as inspection
 
     if out_dir is None:
-        out_dir = Path("runs") / f"inspect-{'demo' if data == 'demo' else Path(data).resolve().name}"
+        out_dir = Path("runs") / f"inspect-{'demo' if data == 'demo' else Path(data.split(':')[-1]).resolve().name}"
     summary = inspection.inspect_dataset(
         data,
         out_dir,
@@ -62,6 +64,7 @@ def inspect(
         progress=SHOW["progress"],
         allow_outside_root=allow_outside_root,
         task=task or "auto",
+        stream_cache_gb=stream_cache_gb,
     )
     show.summary(summary)
     out.print(
@@ -150,6 +153,7 @@ def advise(
     allow_outside_root: AllowOutsideRoot = False,
     engine: EngineOption = "auto",
     engine_precision: EnginePrecision = "fp32",
+    stream_cache_gb: StreamCacheGb = None,
 ) -> None:
     """Measure DATA (size; similarity to the pretraining data): a strategy by the rules, an input size (2-3 probed)."""
     import json
@@ -158,9 +162,16 @@ def advise(
     from headstart.data.dataset import load_dataset
 
     check_input_size(input_size, force_input_size)  # as train checks it
-    given = allow_outside_root or task not in (None, "auto")  # read here, as asked; else by advise itself
+    given = allow_outside_root or task not in (None, "auto") or stream_cache_gb  # read here, as asked; else by advise
     source = (
-        load_dataset(data, layout, seed=seed, allow_outside_root=allow_outside_root, task=task or "auto")
+        load_dataset(
+            data,
+            layout,
+            seed=seed,
+            allow_outside_root=allow_outside_root,
+            task=task or "auto",
+            stream_cache_gb=stream_cache_gb,
+        )
         if given
         else data
     )
@@ -181,3 +192,51 @@ def advise(
         out.print_json(json.dumps(a.to_dict()))
         return
     show.advice(a, data)
+
+
+@command
+def prepare(
+    data: Data,
+    out_to: Annotated[
+        str,
+        typer.Option(
+            "--out", help="A new folder, or a URL (s3://bucket/path, gs://..., azure://...) to write the shards to."
+        ),
+    ],
+    backbone: Annotated[str, typer.Option(help="The backbone the shards are resized for.")] = "efficientnet_lite0",
+    weights: Weights = "default",
+    input_size: ProbeInputSize = None,
+    force_input_size: ForceInputSize = False,
+    workers: Annotated[
+        Optional[int], typer.Option(min=1, help="Processes that decode and write.", show_default="the cores, up to 8")
+    ] = None,
+    layout: Layout = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of training drawn for validation when the data has none.")
+    ] = 0.2,
+    eval_fraction: Annotated[
+        float, typer.Option(help="Share of training drawn for evaluation when the data has none.")
+    ] = 0.2,
+    seed: Seed = 0,
+    task: Task = None,
+) -> None:
+    """Write DATA as LitData shards to stream from (each image decoded once, at the input size); resumable."""
+    from headstart.preparing import prepare as run_prepare
+
+    check_input_size(input_size, force_input_size)
+    shards = run_prepare(
+        data,
+        out_to,
+        backbone=backbone,
+        weights=weights or "default",
+        input_size=input_size,
+        workers=workers,
+        layout=layout,
+        val_fraction=val_fraction,
+        eval_fraction=eval_fraction,
+        seed=seed or 0,
+        task=task or "auto",
+        progress=SHOW["progress"],
+    )
+    show.prepared(shards)
+    out.print(f"Next: [bold]headstart train {shards.location}[/] streams it (--devices N: each rank its share).")

@@ -71,6 +71,14 @@ Task = Annotated[
         show_default="auto",
     ),
 ]
+StreamCacheGb = Annotated[
+    Optional[float],
+    typer.Option(
+        min=0.001,
+        help="Prepared shards at a URL: the most this machine caches of them, in GB (shards are streamed).",
+        show_default="50",
+    ),
+]
 Exclude = Annotated[
     Optional[str],
     typer.Option(

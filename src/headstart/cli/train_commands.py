@@ -39,6 +39,7 @@ from headstart.cli.options import (
     Seed,
     SplitName,
     Strategy,
+    StreamCacheGb,
     Task,
     Tta,
     Weights,
@@ -65,6 +66,7 @@ def train(
     task: Task = None,
     allow_outside_root: AllowOutsideRoot = None,
     exclude: Exclude = None,
+    stream_cache_gb: StreamCacheGb = None,
     config: Annotated[
         Optional[Path],
         typer.Option(
@@ -229,6 +231,7 @@ def compare(
     task: Task = None,
     allow_outside_root: AllowOutsideRoot = None,
     exclude: Exclude = None,
+    stream_cache_gb: StreamCacheGb = None,
     advise: Annotated[
         bool,
         typer.Option("--advise/--no-advise", help="Measure the data first; the report shows the advised strategy."),
@@ -264,6 +267,7 @@ def compare(
             monitor=monitor,
             allow_outside_root=allow_outside_root or None,
             exclude=exclude,
+            stream_cache_gb=stream_cache_gb,
             tta=tta or None,
             lr_find=lr_find or None,
             engine=engine,

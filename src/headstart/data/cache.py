@@ -88,11 +88,9 @@ class ImageStore:
     """Decoded images by sample index: ``store[i]`` is sample i's (size, size, 3) uint8 pixels."""
 
     def __init__(self, array: np.ndarray, rows: np.ndarray, key: str = ""):
-        self.array, self.rows, self.key = (
-            array,
-            rows,
-            key,
-        )  # key: the cache's (``cache_key``); "" for an array of one's own
+        # key: the cache's (``cache_key``); "" for an array of one's own
+        self.array, self.rows, self.key = array, rows, key
+        self.size = array.shape[1]  # the images' side, in pixels
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -109,7 +107,11 @@ def decoded_images(
     Broken images are dropped and listed in ``problems`` with their reason (and a warning), as
     ``verify_images`` does; the cache remembers them, so they are not decoded again either. Then
     the splits are checked again (``check``; a sample of some splits only is not checked).
+    Prepared data (``ds.stream``) was decoded when it was prepared: its images come from its shards
+    (``headstart.data.shards.ShardStore``), if they were resized as ``pre`` says.
     """
+    if ds.stream is not None:
+        return ds, ds.stream.store(ds.samples, pre)
     root = check_writable_dir(directory or cache_dir(), "The decoded-image cache (HEADSTART_CACHE)") / "images"
     root.mkdir(parents=True, exist_ok=True)
     key = cache_key(ds.samples, pre)

@@ -22,12 +22,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from headstart.data.images import real_paths
 from headstart.data.layouts import CLASSES_FILE, LABEL_SEPARATOR, SPLITS, Problem, Sample, label_ids, read_layout
 from headstart.data.manifest import manifest_rows
+from headstart.data.shards import is_prepared, is_url, open_shards
 from headstart.data.stratify import iterative_stratification
 from headstart.errors import DataError
 
@@ -50,6 +52,7 @@ class Dataset:
     sources: dict[str, Path] = field(default_factory=dict)  # where each split was read from
     excluded: list[Path] = field(default_factory=list)  # images left out because a list (--exclude) named them
     task: str = "single"  # multi: several classes an image, each sample's label a tuple of class ids
+    stream: Any = None  # prepared shards the images stream from (headstart.data.shards.Shards); None: files
 
     @property
     def num_classes(self) -> int:
@@ -214,6 +217,7 @@ def load_dataset(
     allow_outside_root: bool = False,
     exclude: str | os.PathLike | None = None,
     task: str = "auto",
+    stream_cache_gb: float | None = None,
 ) -> Dataset:
     """Scan a dataset (no image is decoded): its layout, classes, splits and ignored files.
 
@@ -222,6 +226,8 @@ def load_dataset(
     must stay inside its folder unless ``allow_outside_root``. ``exclude``: a CSV listing images to leave out
     (``excluding``), after the splits are drawn, so that the others stay in the splits they had. ``task``:
     single, multi or auto (multi when a manifest's row names several classes: ``headstart.data.layouts``).
+    Prepared shards (a folder or URL ``headstart prepare`` wrote: ``headstart.data.shards``) come as prepared, their
+    splits as drawn then; ``stream_cache_gb`` bounds what this machine caches of them.
 
     >>> ds = load_dataset("demo")
     >>> ds.layout, ds.num_classes, len(ds.split("evaluation"))
@@ -234,6 +240,8 @@ def load_dataset(
         raise DataError(
             f"val_fraction + eval_fraction must leave images for training; received {val_fraction} + {eval_fraction}."
         )
+    if is_prepared(data):
+        return _prepared(str(data), exclude, task, stream_cache_gb)
     root = resolve_data(data)
     found = read_layout(root, layout, allow_outside_root=allow_outside_root, task=task)
     root = root.parent if root.is_file() else root  # a manifest's folder
@@ -280,7 +288,34 @@ def load_dataset_for(cfg, data: str | os.PathLike | None = None) -> Dataset:
         allow_outside_root=getattr(cfg, "allow_outside_root", False),
         exclude=getattr(cfg, "exclude", None),
         task=getattr(cfg, "task", "auto"),
+        stream_cache_gb=getattr(cfg, "stream_cache_gb", None),
     )
+
+
+def _prepared(data: str, exclude, task: str, cache_gb: float | None) -> Dataset:
+    """The dataset of prepared shards, as ``headstart prepare`` found it (``headstart.data.shards``)."""
+    shards = open_shards(data, cache_gb)
+    meta = shards.meta
+    if exclude is not None:
+        raise DataError(
+            f"--exclude {exclude}: {data} is prepared data, whose images are fixed when it is prepared. Prepare "
+            "the data again without those images (remove them from the source), then train on that."
+        )
+    if task not in ("auto", meta["task"]):
+        raise DataError(f"--task {task}: {data} was prepared as {meta['task']}-label data. Use --task auto.")
+    ds = Dataset(
+        shards.location if is_url(shards.location) else Path(shards.location),  # a URL stays as it is
+        meta["layout"],
+        list(meta["classes"]),
+        shards.samples(),
+        problems=[Problem(Path(p["path"]), p["reason"]) for p in meta["problems"]],
+        drawn=tuple(meta["drawn"]),
+        task=meta["task"],
+        stream=shards,
+    )
+    check_splits(ds)
+    _warn_unseen(ds)
+    return ds
 
 
 def excluding(ds: Dataset, listing: Path) -> Dataset:

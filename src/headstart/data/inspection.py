@@ -19,6 +19,7 @@ from itertools import combinations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from headstart.data.dataset import Dataset, check_splits, load_dataset
 from headstart.data.images import MAX_PIXELS, ImageInfo, decode_image, load_image
@@ -148,10 +149,12 @@ def inspect_dataset(
     progress: bool = True,
     allow_outside_root: bool = False,
     task: str = "auto",
+    stream_cache_gb: float | None = None,
 ) -> Summary:
     """Scan and check a dataset; with ``out``, write the class distribution, samples and JSON.
 
-    Nothing is written unless the whole dataset could be read: a DataError comes first.
+    Nothing is written unless the whole dataset could be read: a DataError comes first. Prepared shards
+    (``headstart prepare``) are summarised from what their manifest noted; the samples are drawn from the shards.
 
     >>> summary = inspect_dataset("demo", "runs/inspect-demo")
     >>> summary.imbalance
@@ -167,10 +170,14 @@ def inspect_dataset(
         seed=seed,
         allow_outside_root=allow_outside_root,
         task=task,
+        stream_cache_gb=stream_cache_gb,
     )
     if out is not None:
         check_writable_dir(out, "--out")  # before the minutes of checking, not after
-    ds, images = verify_images(ds, max_pixels=max_pixels, progress=progress)
+    if ds.stream is None:
+        ds, images = verify_images(ds, max_pixels=max_pixels, progress=progress)
+    else:  # prepared shards: checked when prepared, which noted what each image was
+        images = ds.stream.image_infos()
     summary = summarize(ds, images)
     if out is not None:
         out = Path(out)
@@ -178,8 +185,12 @@ def inspect_dataset(
         # A seeded random 4x4 pick: sorted file order would show only the first class.
         picks = [train[i] for i in np.random.default_rng(seed).permutation(len(train))[:16]]
         plots.plot_class_distribution(summary.counts, ds.classes, out / DISTRIBUTION_PNG)
+        shards = ds.stream.store(picks, ds.stream.preprocessing) if ds.stream is not None else None
         plots.plot_samples(
-            [load_image(s.path, max_pixels) for s in picks],
+            [
+                load_image(s.path, max_pixels) if shards is None else Image.fromarray(shards[i])
+                for i, s in enumerate(picks)
+            ],
             ["|".join(ds.classes[i] for i in label_ids(s.label)) for s in picks],
             out / SAMPLES_PNG,
         )

@@ -278,7 +278,10 @@ def _number(text: str) -> Any:
 def data_fingerprint(ds) -> str:
     """Which files, labels and splits a dataset is, and each file's size and modification time."""
     h = hashlib.sha256()
+    if getattr(ds, "stream", None) is not None:  # prepared shards: fixed when prepared, named by their fingerprint
+        h.update(f"shards|{ds.stream.fingerprint}\n".encode())
     for s in ds.samples:
-        st = s.path.stat()
-        h.update(f"{s.path}|{s.label}|{s.split}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        st = None if getattr(ds, "stream", None) is not None else s.path.stat()
+        identity = f"{st.st_size}|{st.st_mtime_ns}" if st else "shard"
+        h.update(f"{s.path}|{s.label}|{s.split}|{identity}\n".encode())
     return h.hexdigest()[:16]

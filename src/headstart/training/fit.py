@@ -121,8 +121,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[Classifier, S.Strat
 
 def _loaders(cfg: TrainConfig, inputs: dict, ranks: Ranks, labels: list[int]) -> dict[str, DataLoader]:
     """Batches of each split for this rank: training in the seeded order of ``EpochSampler`` (balanced
-    by the training ``labels`` if asked), each global batch shared among the ranks; validation shared
-    out too; evaluation whole (rank 0's)."""
+    by the training ``labels`` if asked), each global batch shared among the ranks (streamed training images:
+    LitData's order and shares); validation shared out too; evaluation whole (rank 0's)."""
     kw = dict(num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=cfg.num_workers > 0)
     train, val = inputs["training"], inputs["validation"]
     if (
@@ -132,18 +132,41 @@ def _loaders(cfg: TrainConfig, inputs: dict, ranks: Ranks, labels: list[int]) ->
             f"The validation split has {len(val)} image(s), fewer than the {ranks.world} processes. "
             "Use fewer --devices, or more validation images."
         )
-    order = EpochSampler(train, cfg.seed, labels if cfg.sampler == "balanced" else None)
-    if cfg.optimizer == "lbfgs":  # every rank steps on the whole split (TransferModule.full_batch)
-        batches = RankBatches(order, len(train))
+    if hasattr(train, "state_dict"):  # streamed (LitData): it shuffles and shares out itself, and keeps its place
+        batches = {"training": _streamed_loader(cfg, train, ranks, kw)}
     else:
-        batches = RankBatches(order, cfg.batch_size, ranks.rank, ranks.world)
+        batches = {"training": DataLoader(train, batch_sampler=_batches(cfg, train, ranks, labels), **kw)}
     return {
-        "training": DataLoader(train, batch_sampler=batches, **kw),
+        **batches,
         "validation": DataLoader(
             Subset(val, ranks.share(len(val))), batch_size=math.ceil(cfg.batch_size / ranks.world), **kw
         ),
         "evaluation": DataLoader(inputs["evaluation"], batch_size=cfg.batch_size, **kw),
     }
+
+
+def _batches(cfg: TrainConfig, train, ranks: Ranks, labels) -> RankBatches:
+    order = EpochSampler(train, cfg.seed, labels if cfg.sampler == "balanced" else None)
+    if cfg.optimizer == "lbfgs":  # every rank steps on the whole split (TransferModule.full_batch)
+        return RankBatches(order, len(train))
+    return RankBatches(order, cfg.batch_size, ranks.rank, ranks.world)
+
+
+def _streamed_loader(cfg: TrainConfig, train, ranks: Ranks, kw: dict):
+    """LitData's loader for training images streamed from shards: each rank a share of the global batch, and
+    its place in the epoch saved in every checkpoint (Lightning saves a loader's ``state_dict``)."""
+    from litdata import StreamingDataLoader
+
+    for asked, why in (
+        (cfg.sampler == "balanced", "sampler balanced draws images by class, which a stream cannot"),
+        (cfg.optimizer == "lbfgs", "optimizer lbfgs steps on the whole split at once"),
+    ):
+        if asked:
+            raise ConfigError(
+                f"{why}; this run streams its training images from prepared shards. Use --sampler random and "
+                "another optimizer, or train on the image files."
+            )
+    return StreamingDataLoader(train, batch_size=math.ceil(cfg.batch_size / ranks.world), **kw)
 
 
 def _train(trainer: L.Trainer, module: TransferModule, loaders: dict, run: Run, resume: bool) -> bool:
@@ -204,6 +227,8 @@ def _prepare(data, config, config_file, resume, overrides: dict, progress: bool,
     ds = load_dataset_for(cfg)
     if not resumed:  # single or multi-label, as the data is (a resumed run's config says so already)
         cfg = for_task(cfg, ds.task, asked)
+    if ds.stream is not None and cfg.input_size in (None, "auto"):  # prepared shards: at the size they were made
+        cfg = dataclasses.replace(cfg, input_size=ds.stream.preprocessing.input_size)
     if "auto" in (cfg.strategy, cfg.input_size):  # measured once, on rank 0
         cfg = ranks.on_zero(lambda: advised_config(cfg, ds, asked, progress))
     cfg = as_trained(cfg)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from headstart.config import TrainConfig
 from headstart.data.cache import ImageStore
 from headstart.data.dataset import Dataset, split_indices
-from headstart.data.image_set import ImageSet
+from headstart.data.image_set import ImageSet, streamed_images
 from headstart.engines.choice import Engine
 from headstart.models.classifier import Classifier
 from headstart.models.features import extract_features, frozen_key, frozen_module, is_kept, load_frozen, save_frozen
@@ -116,7 +116,8 @@ def training_inputs(
       the trunk is the layers after it;
     - (with ``aug_views``, ``headstart.training.augmented_views.view_inputs`` comes first: either of those, on
       augmented views of the training images)
-    - otherwise: the images; the trunk is the whole body.
+    - otherwise: the images; the trunk is the whole body. Prepared shards (``ds.stream``): the training
+      images streamed (``headstart.data.image_set.streamed_images``), the others read from the shards by index.
 
     Once in total: with several ranks, each computes its share of the images (``frozen_rows``).
     """
@@ -150,6 +151,10 @@ def training_inputs(
         s: ImageSet(store, idx, y, augment=cfg.augment and s == "training", seed=cfg.seed)
         for s, (idx, y) in splits.items()
     }
+    if ds.stream is not None:  # prepared shards: training streams its split, each rank its share, every epoch
+        images["training"] = streamed_images(
+            ds.stream, "training", cfg.augment, cfg.seed, ds.num_classes, drop_last=ranks.world > 1
+        )
     return images, None
 
 
