@@ -81,7 +81,8 @@ class History(L.Callback):
 
 class _Checkpoint(ModelCheckpoint):
     """Lightning's, with the paths it keeps in a checkpoint re-based on resume: a run folder moved
-    or copied elsewhere resumes from, and keeps choosing among, its own checkpoints."""
+    or copied elsewhere resumes from, and keeps choosing among, its own checkpoints; and a last.ckpt on
+    Ctrl-C in the middle of a streamed epoch (``on_exception``)."""
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         old, new = state.get("dirpath"), self.dirpath
@@ -106,6 +107,32 @@ class _Checkpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, module)
         if due and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+    def on_exception(self, trainer, module, exception: BaseException) -> None:
+        # Ctrl-C in an epoch whose images stream from shards: last.ckpt saves where the epoch was (LitData's
+        # loader state, which Lightning keeps), and a resume goes on from there. Other loaders restart their epoch.
+        streamed = hasattr(trainer.train_dataloader, "state_dict")
+        if isinstance(exception, KeyboardInterrupt) and streamed and not trainer.sanity_checking:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class StreamPlace(L.Callback):
+    """Where a streamed epoch is, saved right in a checkpoint taken mid-epoch: LitData's loader counts the batches
+    it handed out, and Lightning fetches one ahead of the one it trains; the checkpoint gets the trained count,
+    so a resumed epoch reads each image it had not trained on, once."""
+
+    def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        loader = trainer.train_dataloader
+        states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
+        done = trainer.fit_loop.epoch_loop.batch_progress.current
+        ahead = done.ready - done.completed
+        if not hasattr(loader, "state_dict") or not states or ahead <= 0:
+            return
+        state = states[0]
+        state["num_samples_yielded"] -= ahead * loader.batch_size
+        state["latest_worker_idx"] = (state["latest_worker_idx"] - ahead) % max(loader.num_workers, 1)
+        state["dataset"] = loader.dataset.state_dict(state["num_samples_yielded"], loader.num_workers, loader.batch_size)
 
 
 class _Bar(RichProgressBar):

@@ -67,21 +67,23 @@ class Ranks:
         return bool(self.fabric.all_gather(torch.tensor([int(flag)], device=self.device)).min())
 
     def share(self, n: int) -> range:
-        """The indices of ``n`` rows this rank computes: every world-th, from its rank on."""
-        return range(self.rank, n, self.world)
+        """The indices of ``n`` rows this rank computes: a block of consecutive ones (rank r: the r-th of ``world``
+        blocks of ``ceil(n / world)``), so that a rank reading shards in order reads only its own shards."""
+        per_rank = math.ceil(n / self.world)
+        return range(min(self.rank * per_rank, n), min((self.rank + 1) * per_rank, n))
 
     def gather_rows(self, local: torch.Tensor, n: int) -> torch.Tensor:
-        """The ``n`` rows computed rank by rank (rank r: rows r, r + world, ...) in order, on every rank (CPU)."""
+        """The ``n`` rows computed rank by rank (rank r: its ``share``) in order, on every rank (CPU)."""
         if self.world == 1:
             return local
         per_rank = math.ceil(n / self.world)
         padded = torch.zeros((per_rank, *local.shape[1:]), dtype=local.dtype)
         padded[: len(local)] = local
-        out = torch.empty((per_rank, self.world, *local.shape[1:]), dtype=local.dtype)
+        out = torch.empty((self.world, per_rank, *local.shape[1:]), dtype=local.dtype)
         for start in range(0, per_rank, GATHER_ROWS):
             chunk = padded[start : start + GATHER_ROWS].to(self.device)
-            out[start : start + GATHER_ROWS] = self.fabric.all_gather(chunk).transpose(0, 1).cpu()
-        return out.reshape(per_rank * self.world, *local.shape[1:])[:n]  # row j * world + r came from rank r
+            out[:, start : start + GATHER_ROWS] = self.fabric.all_gather(chunk).cpu()
+        return out.reshape(self.world * per_rank, *local.shape[1:])[:n]  # rank r's block, then rank r + 1's
 
 
 _LAUNCHED: dict[tuple, Ranks] = {}

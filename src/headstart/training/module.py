@@ -168,8 +168,15 @@ class TransferModule(L.LightningModule):
         rank = (self.global_rank,) if self.trainer.world_size > 1 else ()
         torch.manual_seed(seed_of(self.cfg.seed, self.current_epoch, batch_idx, *rank))
 
+    def on_train_start(self) -> None:
+        if self.trainer.fit_loop.epoch_loop.batch_progress.current.completed:  # resumed mid-epoch (streamed
+            self._start_epoch()  # shards): Lightning goes on with the epoch without its start
+
     def on_train_epoch_start(self) -> None:
         self.epoch_stats["train"] = torch.zeros(3, device=self.device)
+        self._start_epoch()
+
+    def _start_epoch(self) -> None:
         # Lightning leaves modules in the mode it finds them; computing features put the model in
         # eval mode. Train mode here (the model keeps its frozen parts in eval mode itself).
         self.model.train()
@@ -193,7 +200,16 @@ class TransferModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, self.steps_per_epoch))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Resumed mid-epoch (streamed shards), the epoch's figures count its first part too: every rank's sums,
+        # kept by rank 0 (added up over the ranks at the epoch's end). Epochs that start anew start from zero.
+        sums = checkpoint.get("headstart_train_sums", (None, [0.0, 0.0, 0.0]))[1]
+        self.epoch_stats["train"] = torch.tensor(sums if self.global_rank == 0 else [0.0] * 3, device=self.device)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # This epoch's sums so far, every rank's (a checkpoint saved mid-epoch resumes there: streamed shards).
+        sums = self.trainer.strategy.reduce(self.epoch_stats["train"].clone(), reduce_op="sum")
+        checkpoint["headstart_train_sums"] = (self.current_epoch, sums.tolist())
         # Everything needed to use the model without this code's arguments: how to rebuild it,
         # what its inputs must look like, and what its outputs mean.
         checkpoint["headstart"] = {

@@ -11,7 +11,7 @@ from headstart.evaluation.metrics import MODE
 from headstart.runs.folder import Run
 from headstart.runs.layout import BEST
 from headstart.training.averaging import Averaging
-from headstart.training.callbacks import _Bar, _Checkpoint
+from headstart.training.callbacks import StreamPlace, _Bar, _Checkpoint
 from headstart.training.distributed import Ranks, parse_devices, precision
 from headstart.training.loggers import loggers
 from headstart.utils.progress import in_terminal
@@ -30,6 +30,7 @@ def _trainer(cfg: TrainConfig, run: Run, ranks: Ranks, progress: bool, callbacks
             save_on_train_epoch_end=True,
             **best,
         ),
+        StreamPlace(),
         *callbacks,
     ]
     if cfg.average != "none":  # validation and the checkpoints see the averaged weights

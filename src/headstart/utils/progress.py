@@ -56,3 +56,5 @@ def quiet_lightning() -> None:
     # val_loss and val_accuracy are summed over the ranks already; loss and accuracy are the progress bar's.
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # we log once an epoch
+    # Streamed shards: LitData's dataset has a length and shares itself out among the workers.
+    warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
