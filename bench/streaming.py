@@ -33,8 +33,11 @@ from a fresh loader; the first ``--warmup`` batches of each (workers starting, t
 of anonymous memory (RssAnon: not the page cache a memory map or a read counts in RSS) over the process and its
 workers, sampled every 0.2 s. Sources run interleaved, round after round (cache, shards, bucket, files, jpeg,
 cache, ...); the table gives medians and ratios to ``cache`` from the same run: never compare absolute figures
-across runs. Disk reads come from the page cache after the first round (the whole set fits in memory): a cold
-disk, or a network, is slower than any figure here.
+across runs. Each measurement waits for the machine to be quiet (other processes under 5 % of a core), and is
+measured again (``--retries``) when other processes used more than that meanwhile: on two cores one busy core
+slows PyTorch many times over. Disk reads come from the page cache after the first round (the whole set fits in
+memory): a cold disk, or a network, is slower than any figure here. ``--quick`` measures in the bench's own
+process, without waiting: its figures say only that the script runs.
 """
 
 from __future__ import annotations
@@ -79,8 +82,7 @@ def make_data(source: Path, out: Path, repeats: int) -> dict:
     """``repeats`` copies of every photo of ``source``'s class folders in ``out/photos/<class>/r{k}_<name>``, its
     LICENSE.txt beside (copies, not links: headstart refuses two names of one file)."""
     photos = out / "photos"
-    if photos.exists():
-        shutil.rmtree(photos)  # the bench's own copies of an earlier time
+    clear(out)
     n = 0
     for folder in sorted(p for p in source.iterdir() if p.is_dir()):
         (photos / folder.name).mkdir(parents=True)
@@ -95,13 +97,22 @@ def make_data(source: Path, out: Path, repeats: int) -> dict:
     return {"source": str(source), "repeats": repeats, "photos": n}
 
 
+def clear(out: Path) -> None:
+    """The bench's own files of an earlier time in ``out``: the copies, and what was made of them."""
+    for stale in [out / "photos", out / "cache", *out.glob("shards-*"), *out.glob("formats-*.json")]:
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        elif stale.exists():
+            stale.unlink()
+
+
 def make_quick_data(out: Path) -> Path:
     """36 of the demo's photos (3 classes x 12, 28 px PNG) as class folders: enough for the script to run."""
     from headstart.data.dataset import demo_root
 
     root, photos = demo_root(), out / "photos"
     names = root.joinpath("classes.txt").read_text().splitlines()
-    shutil.rmtree(photos, ignore_errors=True)
+    clear(out)
     for c in range(3):
         (photos / f"c{c}").mkdir(parents=True)
         for f in sorted((root / "training").glob(f"{c}_*.png"))[:12]:

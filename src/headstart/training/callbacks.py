@@ -134,6 +134,12 @@ class StreamPlace(L.Callback):
         state["latest_worker_idx"] = (state["latest_worker_idx"] - ahead) % max(loader.num_workers, 1)
         state["dataset"] = loader.dataset.state_dict(state["num_samples_yielded"], loader.num_workers, loader.batch_size)
 
+    def on_train_epoch_end(self, trainer, module) -> None:
+        # LitData's loader stays "restoring" until an epoch's iterator runs dry, which Lightning, knowing the
+        # epoch's length, does not wait for: the epoch after a resumed one would then read nothing.
+        if hasattr(trainer.train_dataloader, "restore"):
+            trainer.train_dataloader.restore = False
+
 
 class _Bar(RichProgressBar):
     """Lightning's progress bar, with epochs counted from 1 as everywhere else in headstart."""
