@@ -28,7 +28,7 @@ LAYERS = [
     ("headstart.checks", "headstart.config", "headstart.reporting"),
     ("headstart.data", "headstart.engines"),
     ("headstart.models",),
-    ("headstart.advice", "headstart.runs"),
+    ("headstart.advice", "headstart.runs", "headstart.preparing"),
     ("headstart.inference",),
     ("headstart.evaluation",),
     ("headstart.training",),
@@ -154,6 +154,7 @@ def test_the_api_has_what_the_cli_has():
         "serve",
         "lr_find",
         "audit",
+        "prepare",
     }
     python = {
         "inspect": "inspect",
@@ -166,6 +167,7 @@ def test_the_api_has_what_the_cli_has():
         "backbones": "create_model",
         "lr_find": "find_lr",
         "audit": "audit",
+        "prepare": "prepare",
     }
     assert set(python.values()) <= set(headstart.__all__)
 

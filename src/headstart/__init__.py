@@ -11,6 +11,7 @@ The Python API is the CLI's, command for command:
 >>> headstart.load(run.dir).predict("photo.jpg")[0].label     # headstart predict RUN  # doctest: +SKIP
 >>> headstart.load(run.dir).explain("photo.jpg")[0].map      # predict RUN --explain  # doctest: +SKIP
 >>> headstart.audit("demo").label_issues[:3]                  # headstart audit demo   # doctest: +SKIP
+>>> headstart.prepare("photos/", "s3://bucket/photos")         # headstart prepare      # doctest: +SKIP
 
 Everything is imported when first used, so ``import headstart`` is quick.
 """
@@ -27,6 +28,7 @@ _API = {
     "load_dataset": ("headstart.data.dataset", "load_dataset"),
     "Dataset": ("headstart.data.dataset", "Dataset"),
     "verify_images": ("headstart.data.inspection", "verify_images"),
+    "prepare": ("headstart.preparing", "prepare"),
     "load_image": ("headstart.data.images", "load_image"),
     "Preprocessing": ("headstart.data.preprocessing", "Preprocessing"),
     "create_model": ("headstart.models.factory", "create_model"),

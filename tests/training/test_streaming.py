@@ -114,3 +114,17 @@ def test_two_ranks_compute_the_frozen_pass_once_and_stream_their_shares(tiny_sha
     metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["total"] == sum(TINY["evaluation"])
     assert "Number of correctly identified images" in full.stdout
+
+
+def test_the_features_are_written_beside_the_shards_and_another_machine_streams_them(tiny, tmp_path, monkeypatch):
+    shards = prepare(tiny, tmp_path / "tiny", input_size=32, workers=1)  # shards of its own: nothing beside yet
+    options = dict(strategy="features", epochs=2, runs_dir=tmp_path / "runs", **TINY_OPTIONS)
+    first = fit(f"local:{shards.location}", name="first", **options)
+    assert "streamed" not in first.metrics["frozen_pass"]
+    beside = sorted(p.name for p in (tmp_path / "tiny" / "features").iterdir())
+    assert len(beside) == 3  # one a split
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "another-machine"))  # nothing kept on this disk
+    second = fit(f"local:{shards.location}", name="second", **options)
+    assert second.metrics["frozen_pass"]["streamed"] is True
+    assert second.metrics["correct"] == first.metrics["correct"]
+    assert [r["loss"] for r in second.history] == pytest.approx([r["loss"] for r in first.history], abs=1e-6)

@@ -311,10 +311,12 @@ def advise(
     (``candidate_sizes``, or these ``sizes`` and ``input_size``) and recommend one (``choose_size``);
     the case is measured at ``input_size`` if given, else at the recommended size. ``decode_all``: decode
     the whole dataset into the image cache at ``input_size`` (when training follows at it). ``engine``:
-    what runs the probe's frozen pass (``headstart.engines``)."""
+    what runs the probe's frozen pass (``headstart.engines``). Prepared shards are measured at the size they hold."""
     runs = Engine(engine, engine_precision)
     runs.candidates(torch.device("cpu"))  # not installed, or bf16 without bf16 units: said now
     ds = data if isinstance(data, Dataset) else load_dataset(data, layout, seed=seed)
+    if ds.stream is not None:  # prepared shards hold one size: measured at it, no other probed
+        input_size, resolution = input_size or ds.stream.preprocessing.input_size, False
     if ds.num_classes < 2:
         raise DataError(f"advise needs at least 2 classes; {ds.root} has {ds.num_classes}.")
     train = ds.counts()["training"]

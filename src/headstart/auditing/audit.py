@@ -35,6 +35,7 @@ from headstart.data.dataset import Dataset, demo_root, load_dataset, split_indic
 from headstart.data.images import MAX_PIXELS, decode_image
 from headstart.data.layouts import SPLITS
 from headstart.engines.choice import Engine
+from headstart.errors import DataError
 from headstart.models.features import extract_features, frozen_key, load_frozen, save_frozen
 from headstart.reporting.report import render
 from headstart.training.distributed import Ranks
@@ -147,6 +148,11 @@ def audit(
     from which two photos' features make them near-duplicate candidates (default: calibrated on copies)."""
     started = time.perf_counter()
     ds = data if isinstance(data, Dataset) else load_dataset(data, layout, seed=seed)
+    if ds.stream is not None:
+        raise DataError(
+            f"{ds.root} is prepared data (shards at the input size); the audit reads the original photos (it "
+            "calibrates on copies cut from them). Audit the image files, then prepare them: headstart audit SOURCE."
+        )
     out_dir = check_writable_dir(Path(out_dir or default_out(ds)), "The audit folder (--out)")
     options = {"data": str(ds.root), "backbone": backbone, "weights": weights, "input_size": input_size, "seed": seed}
     cfg = as_trained(resolve_config(None, None, {**options, "strategy": "features", "engine": engine}))

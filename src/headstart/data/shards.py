@@ -67,6 +67,12 @@ def is_prepared(data: Any) -> bool:
     return path.is_dir() and ((path / MANIFEST).is_file() or (path / PARTIAL).is_file())
 
 
+def _writable(location: str) -> str:
+    """Where LitData writes ``location``: a ``local:`` folder as the folder (it reads, but does not write, local:)."""
+    local = _local(location)
+    return str(local) if local is not None else location
+
+
 def _join(location: str, *parts: str) -> str:
     return "/".join([location.rstrip("/"), *parts])
 
@@ -196,7 +202,7 @@ def _write_split(
     optimize(
         functools.partial(_encode, pre=pre, notes=str(notes)),
         jobs,
-        url,
+        _writable(url),
         chunk_bytes=CHUNK_BYTES,
         num_workers=max(1, min(workers, len(jobs))),
         use_checkpoint=True,  # a second run resumes where an interrupted one stopped
@@ -211,8 +217,9 @@ def write_shards(
     ds, pre: Preprocessing, out: str, *, workers: int | None = None, progress: bool = True, seed: int = 0
 ) -> dict:
     """Write ``ds`` (a ``headstart.data.dataset.Dataset`` of image files) as shards at ``out``: each image decoded
-    once and resized by ``pre``, the training images in an order shuffled by ``seed``. Returns the manifest. Run again after an interruption, it finishes the job;
-    on a finished one it does nothing; over other data it refuses (a DataError)."""
+    once and resized by ``pre``, the training images in an order shuffled by ``seed``. Returns the manifest. Run
+    again after an interruption, it finishes the job; on a finished one it does nothing; over other data it
+    refuses (a DataError)."""
     started = time.perf_counter()
     out = out.rstrip("/") if is_url(out) else str(Path(out).expanduser().resolve())
     fingerprint = source_fingerprint(ds.samples, pre, seed)
@@ -371,6 +378,53 @@ class Shards:
                 f"run's --backbone and --input-size {pre.input_size}."
             )
         return ShardStore(self, samples)
+
+
+def _feature_row(i: int, rows: np.ndarray) -> dict:
+    return {"index": i, "row": rows[i]}
+
+
+def write_features(shards: Shards, key: str, rows: np.ndarray, about: dict) -> None:
+    """Frozen features of these shards' images (``key``: ``headstart.models.features.frozen_key``'s) written as
+    shards beside them, ``features/<key>/``: another machine, or a later run, streams them instead of the images.
+    Where the data cannot be written to (a read-only bucket), a warning."""
+    from litdata import optimize
+
+    url = _join(shards.location, "features", key)
+    try:
+        if _read_json(url, "about.json") is None:
+            optimize(
+                functools.partial(_feature_row, rows=rows),
+                list(range(len(rows))),
+                _writable(url),
+                chunk_bytes=CHUNK_BYTES,
+                num_workers=1,
+                keep_data_ordered=True,
+                reorder_files=False,
+                verbose=False,
+                start_method="fork" if hasattr(os, "fork") else None,
+                mode="overwrite",  # a half-written one (no about.json) is written again
+            )
+            _write_json(url, "about.json", {"rows": len(rows), **about})  # last: read_features needs it
+    except Exception as e:  # a read-only bucket, a full disk: the run goes on, a later one computes them again
+        log.warning("the frozen features could not be written beside the shards at %s (%s)", url, e)
+
+
+def read_features(shards: Shards, key: str) -> tuple[np.ndarray, dict] | None:
+    """The features ``write_features`` wrote under ``key``, streamed in order, and what computed them; or None."""
+    url = _join(shards.location, "features", key)
+    about = _read_json(url, "about.json")
+    if about is None:
+        return None
+    from litdata import StreamingDataset
+
+    quiet_litdata()
+    stream = StreamingDataset(**{**shards.stream_options("training"), "input_dir": url})  # the cache, if a bucket
+    if len(stream) != about.get("rows"):
+        return None
+    rows = np.stack([stream[i]["row"] for i in range(len(stream))])
+    log.info("frozen features streamed from %s: not computed again", url)
+    return rows, {k: v for k, v in about.items() if k != "rows"}
 
 
 def open_shards(data: str, cache_gb: float | None = None) -> Shards:

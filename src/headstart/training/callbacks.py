@@ -108,7 +108,6 @@ class _Checkpoint(ModelCheckpoint):
         if due and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
-
     def on_exception(self, trainer, module, exception: BaseException) -> None:
         # Ctrl-C in an epoch whose images stream from shards: last.ckpt saves where the epoch was (LitData's
         # loader state, which Lightning keeps), and a resume goes on from there. Other loaders restart their epoch.
@@ -132,7 +131,8 @@ class StreamPlace(L.Callback):
         state = states[0]
         state["num_samples_yielded"] -= ahead * loader.batch_size
         state["latest_worker_idx"] = (state["latest_worker_idx"] - ahead) % max(loader.num_workers, 1)
-        state["dataset"] = loader.dataset.state_dict(state["num_samples_yielded"], loader.num_workers, loader.batch_size)
+        place = (state["num_samples_yielded"], loader.num_workers, loader.batch_size)
+        state["dataset"] = loader.dataset.state_dict(*place)
 
     def on_train_epoch_end(self, trainer, module) -> None:
         # LitData's loader stays "restoring" until an epoch's iterator runs dry, which Lightning, knowing the

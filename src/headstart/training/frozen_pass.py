@@ -26,6 +26,7 @@ from headstart.config import TrainConfig
 from headstart.data.cache import ImageStore
 from headstart.data.dataset import Dataset, split_indices
 from headstart.data.image_set import ImageSet, streamed_images
+from headstart.data.shards import read_features, write_features
 from headstart.engines.choice import Engine
 from headstart.models.classifier import Classifier
 from headstart.models.features import extract_features, frozen_key, frozen_module, is_kept, load_frozen, save_frozen
@@ -61,17 +62,25 @@ def frozen_rows(
     rank gets all of them. ``view``: of the images augmented as training augments them in epoch
     ``view`` (an augmented view, ``headstart.training.augmented_views``), whichever rank computes them.
     ``engine`` runs the frozen layers; what an earlier run computed the same way is read from disk
-    (``headstart.models.features.frozen_key``), when every rank finds it."""
+    (``headstart.models.features.frozen_key``), when every rank finds it. Of prepared shards, the features are also
+    written beside them as shards (``headstart.data.shards.write_features``), and streamed from there by a run on
+    another machine."""
     engine = engine or Engine(cfg.engine, cfg.engine_precision)
     bf16 = cfg.precision in ("auto", "bf16-mixed")
     how = f"flip={kw.get('flip', False)}" + (f"|view={view}|seed={cfg.seed}" if view is not None else "")
     dtype = kw.get("dtype", torch.float32)
     frozen = engine.fingerprint(frozen_module(model, kw.get("upto")), repr(model.preprocessing))
+    shards = getattr(store, "shards", None)  # prepared shards: features may be beside them (write_features)
+    beside = shards is not None and view is None and kw.get("upto") is None and not kw.get("flip")
     for label in engine.labels(ranks.device, bf16):  # what this engine may have computed earlier
         key = frozen_key(store, idx, frozen, label, dtype, how)
         if ranks.all(is_kept(key)) and (kept := load_frozen(key)) is not None and len(kept[0]) == len(idx):
             engine.used = {**kept[1], "kept": True}  # computed by an earlier run, read from disk
             return kept[0]
+        if beside and key and ranks.all((streamed := read_features(shards, key)) is not None):
+            engine.used = {**streamed[1], "kept": True, "streamed": True}  # another machine computed them
+            save_frozen(key, torch.from_numpy(streamed[0]), streamed[1])
+            return torch.from_numpy(streamed[0])
     mine = ranks.share(len(idx))
     images = None
     if view is not None:
@@ -96,7 +105,10 @@ def frozen_rows(
     )
     rows = ranks.gather_rows(rows, len(idx))
     if ranks.is_zero:
-        save_frozen(frozen_key(store, idx, frozen, engine.actual(ranks.device, bf16), dtype, how), rows, engine.used)
+        key = frozen_key(store, idx, frozen, engine.actual(ranks.device, bf16), dtype, how)
+        save_frozen(key, rows, engine.used)
+        if beside and key:
+            write_features(shards, key, rows.numpy(), engine.used)
     return rows
 
 
