@@ -11,7 +11,8 @@ import os
 
 from headstart.checks import check_input_size
 from headstart.data.dataset import load_dataset
-from headstart.data.shards import Shards, is_prepared, open_shards, write_shards
+from headstart.data.shard_writer import write_shards
+from headstart.data.shards import Shards, is_prepared, open_shards
 from headstart.errors import DataError
 from headstart.models.factory import DEFAULT_BACKBONE, create_model
 

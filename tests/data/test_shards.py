@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from headstart.cli.main import app
+from headstart.data import shard_writer as W
 from headstart.data import shards as S
 from headstart.data.cache import decoded_images
 from headstart.data.dataset import load_dataset
@@ -76,7 +77,7 @@ def test_a_second_prepare_of_the_same_data_does_nothing_and_other_data_is_refuse
 
 def test_an_interrupted_prepare_is_refused_and_finished_by_running_it_again(tiny, prepared, tmp_path, monkeypatch):
     out = tmp_path / "cut"
-    write = S._write_split
+    write = W._write_split
     written = []
 
     def stop_after_one(listing, *args, **kw):
@@ -85,7 +86,7 @@ def test_an_interrupted_prepare_is_refused_and_finished_by_running_it_again(tiny
         write(listing, *args, **kw)
         written.append(listing[0].split)
 
-    monkeypatch.setattr(S, "_write_split", stop_after_one)
+    monkeypatch.setattr(W, "_write_split", stop_after_one)
     with pytest.raises(KeyboardInterrupt):
         prepare(tiny, out, input_size=32, workers=1)
     assert (out / S.PARTIAL).is_file() and not (out / S.MANIFEST).exists() and written == ["training"]
@@ -93,7 +94,7 @@ def test_an_interrupted_prepare_is_refused_and_finished_by_running_it_again(tiny
         with pytest.raises(DataError, match="did not finish"):
             load_dataset(data)
     first = {f: f.stat().st_mtime_ns for f in (out / "training").iterdir()}
-    monkeypatch.setattr(S, "_write_split", write)
+    monkeypatch.setattr(W, "_write_split", write)
     prepare(tiny, out, input_size=32, workers=1)
     assert {f: f.stat().st_mtime_ns for f in (out / "training").iterdir()} == first  # not written twice
     assert not (out / S.PARTIAL).exists()

@@ -26,7 +26,8 @@ from headstart.config import TrainConfig
 from headstart.data.cache import ImageStore
 from headstart.data.dataset import Dataset, split_indices
 from headstart.data.image_set import ImageSet, streamed_images
-from headstart.data.shards import read_features, write_features
+from headstart.data.shard_writer import write_features
+from headstart.data.shards import read_features
 from headstart.engines.choice import Engine
 from headstart.models.classifier import Classifier
 from headstart.models.features import extract_features, frozen_key, frozen_module, is_kept, load_frozen, save_frozen
