@@ -135,11 +135,11 @@ def write_jpeg_shards(ds, out: Path, workers: int) -> None:
     (training shuffled by ``SEED``): the alternative to storing pixels."""
     from litdata import optimize
 
-    from headstart.data.shards import written_order
-
     for split in SPLITS:
         listing = ds.split(split)
-        jobs = [(i, str(listing[i].path), int(listing[i].label)) for i in written_order(listing, SEED)]
+        # prepare's order (its written_order): training shuffled once, so that every chunk mixes the classes
+        order = np.random.default_rng(SEED).permutation(len(listing)) if split == "training" else range(len(listing))
+        jobs = [(int(i), str(listing[i].path), int(listing[i].label)) for i in order]
         optimize(
             _jpeg_item,
             jobs,
@@ -422,7 +422,11 @@ def measure(args) -> dict:
 
 
 def machine() -> dict:
+    import hashlib
+
     import torch
+
+    import headstart
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), None)
     return {
@@ -432,6 +436,10 @@ def machine() -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "headstart": str(Path(headstart.__file__).parent),
+        "headstart_sources_sha256": hashlib.sha256(
+            b"".join(p.read_bytes() for p in sorted(Path(headstart.__file__).parent.rglob("*.py")))
+        ).hexdigest()[:16],
     }
 
 

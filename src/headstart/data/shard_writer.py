@@ -185,8 +185,10 @@ def _split_manifest(ds, listing: list[Sample], order: list[int], notes: dict[int
     kept = [i for i in order if i in notes and "error" not in notes[i]]
     if missing or written != len(kept):
         raise DataError(
-            f"The shards of the {listing[0].split if listing else ''} split hold {written} images; "
-            f"{len(kept)} were written and {len(missing)} have no record. Delete the output and prepare again."
+            f"The shards of the {listing[0].split if listing else ''} split hold {written} images; {len(kept)} "
+            f"were noted as written and {len(missing)} have no note (an interrupted prepare keeps its notes on the "
+            f"machine that began it, under {cache_dir() / 'prepare'}). Run it again there, or delete the output "
+            "and prepare again."
         )
 
     def name(path: Path) -> str:

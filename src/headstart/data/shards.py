@@ -113,7 +113,7 @@ def read_json(location: str, name: str) -> dict | None:
 
 
 def write_json(location: str, name: str, value: dict) -> None:
-    text = json.dumps(value, indent=1) + "\n"
+    text = json.dumps(value) + "\n"  # one line: a manifest lists every image
     local = local_path(location)
     if local is not None:
         write_text(local / name, text)

@@ -207,9 +207,11 @@ class TransferModule(L.LightningModule):
         self.epoch_stats["train"] = torch.tensor(sums if self.global_rank == 0 else [0.0] * 3, device=self.device)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # This epoch's sums so far, every rank's (a checkpoint saved mid-epoch resumes there: streamed shards).
-        sums = self.trainer.strategy.reduce(self.epoch_stats["train"].clone(), reduce_op="sum")
-        checkpoint["headstart_train_sums"] = (self.current_epoch, sums.tolist())
+        # Saved mid-epoch (Ctrl-C while streaming shards), it resumes there: this epoch's sums so far, every rank's.
+        # (Checkpoints saved at an epoch's end keep the shape of headstart 0.1.0's.)
+        if 0 < self.trainer.fit_loop.epoch_loop.batch_progress.current.completed < self.trainer.num_training_batches:
+            sums = self.trainer.strategy.reduce(self.epoch_stats["train"].clone(), reduce_op="sum")
+            checkpoint["headstart_train_sums"] = (self.current_epoch, sums.tolist())
         # Everything needed to use the model without this code's arguments: how to rebuild it,
         # what its inputs must look like, and what its outputs mean.
         checkpoint["headstart"] = {
