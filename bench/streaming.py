@@ -488,7 +488,7 @@ class OthersCpu:
         self.seconds = sum(self.used.values())
 
 
-def quiet(limit: float = 600.0, window: float = 5.0, share: float = 0.05) -> float:
+def quiet(limit: float, window: float = 5.0, share: float = 0.05) -> float:
     """Wait until other processes use under ``share`` of a core over ``window`` seconds (at most ``limit``
     seconds); the seconds waited."""
     started = time.perf_counter()
@@ -607,7 +607,7 @@ def run(args) -> None:
                     print(f"{args.stop} exists: stopping after {len(rows)} measurements", flush=True)
                     break
                 for attempt in range(1 + args.retries):
-                    waited = quiet() if not args.quick else 0.0
+                    waited = quiet(args.quiet_wait) if not args.quick else 0.0
                     t = time.perf_counter()
                     with OthersCpu() as others:
                         row = {"round": r, **run_one(args, s, w)}
@@ -672,6 +672,9 @@ def main(argv: list[str] | None = None) -> None:
     runner.add_argument("--rounds", type=int, default=3, help="Rounds of every source, interleaved (default 3).")
     runner.add_argument("--workers", default="0,2", help="Loader workers, a comma-separated list (default 0,2).")
     runner.add_argument("--quick", action="store_true", help="36 demo photos at 64 px, 1 round: the script runs.")
+    runner.add_argument(
+        "--quiet-wait", type=float, default=3600, help="Most seconds to wait for a quiet machine (default 3600)."
+    )
     runner.add_argument("--retries", type=int, default=2, help="Measure again when others ran (default 2).")
     runner.add_argument("--stop", default="/work/scratch/STOP_BENCH", help="Stop between measurements if it exists.")
     args = parser.parse_args(argv)

@@ -181,3 +181,12 @@ def test_the_cli_prepares_and_refuses_with_exit_2(tiny, tmp_path):
     assert result.exit_code == 2 and "already holds prepared data" in result.output
     result = runner.invoke(app, ["inspect", f"local:{tmp_path / 's'}", "--out", str(tmp_path / "i")])
     assert result.exit_code == 0 and "Training data available in 3 classes" in result.output
+
+
+def test_advise_measures_the_shards_at_the_size_they_hold(prepared):
+    from headstart.advice.strategy import advise
+
+    advice = advise(f"local:{prepared}", per_class=4)
+    assert advice.measurements["input_size"] == 32 and advice.resolution is None  # no other size probed
+    assert advice.measurements["training_images"] == sum(TINY["training"])
+    assert advice.recommendation["strategy"] in ("features", "half", "full")

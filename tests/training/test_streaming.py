@@ -94,8 +94,9 @@ def test_two_ranks_compute_the_frozen_pass_once_and_stream_their_shares(tiny_sha
     command = [sys.executable, "-m", "headstart", "--verbose", "train", f"local:{tiny_shards}", "--accelerator"]
     command += ["cpu", "--devices", "2", "--runs-dir", str(tmp_path), "--batch-size", "8", "--epochs", "2"]
     command += ["--stream-cache-gb", "0.01"]
+    env = {**free_port_env(), "HEADSTART_CACHE": str(tmp_path / "cache")}  # nothing computed earlier, kept
     features = subprocess.run(
-        [*command, "--name", "f", "--strategy", "features"], capture_output=True, text=True, env=free_port_env()
+        [*command, "--name", "f", "--strategy", "features"], capture_output=True, text=True, env=env
     )
     assert features.returncode == 0, features.stderr[-3000:]
     computed = re.findall(r"frozen pass, (\w+): rank (\d) of 2 computed (\d+) of (\d+) images", features.stderr)
@@ -108,7 +109,7 @@ def test_two_ranks_compute_the_frozen_pass_once_and_stream_their_shares(tiny_sha
         [*command, "--name", "full", "--strategy", "full", "--input-size", "32"],
         capture_output=True,
         text=True,
-        env=free_port_env(),
+        env=env,
     )
     assert full.returncode == 0, full.stderr[-3000:]
     metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())

@@ -16,6 +16,7 @@ from headstart.cli.options import (
     Data,
     EngineOption,
     EnginePrecision,
+    EvalFraction,
     ForceInputSize,
     Layout,
     MaxPixels,
@@ -23,6 +24,7 @@ from headstart.cli.options import (
     Seed,
     StreamCacheGb,
     Task,
+    ValFraction,
     Weights,
 )
 from headstart.data.images import MAX_PIXELS
@@ -36,12 +38,8 @@ def inspect(
         typer.Option("--out", help="Where to write the pictures and inspect.json.", show_default="runs/inspect-<name>"),
     ] = None,
     layout: Layout = None,
-    val_fraction: Annotated[
-        float, typer.Option(help="Share of training drawn for validation when the data has none.")
-    ] = 0.2,
-    eval_fraction: Annotated[
-        float, typer.Option(help="Share of training drawn for evaluation when the data has none.")
-    ] = 0.2,
+    val_fraction: ValFraction = 0.2,
+    eval_fraction: EvalFraction = 0.2,
     seed: Seed = 0,
     max_pixels: MaxPixels = MAX_PIXELS,
     allow_outside_root: AllowOutsideRoot = False,
@@ -211,12 +209,8 @@ def prepare(
         Optional[int], typer.Option(min=1, help="Processes that decode and write.", show_default="the cores, up to 8")
     ] = None,
     layout: Layout = None,
-    val_fraction: Annotated[
-        float, typer.Option(help="Share of training drawn for validation when the data has none.")
-    ] = 0.2,
-    eval_fraction: Annotated[
-        float, typer.Option(help="Share of training drawn for evaluation when the data has none.")
-    ] = 0.2,
+    val_fraction: ValFraction = 0.2,
+    eval_fraction: EvalFraction = 0.2,
     seed: Seed = 0,
     task: Task = None,
 ) -> None:

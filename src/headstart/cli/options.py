@@ -71,6 +71,8 @@ Task = Annotated[
         show_default="auto",
     ),
 ]
+ValFraction = Annotated[float, typer.Option(help="Share of training drawn for validation when the data has none.")]
+EvalFraction = Annotated[float, typer.Option(help="Share of training drawn for evaluation when the data has none.")]
 StreamCacheGb = Annotated[
     Optional[float],
     typer.Option(
