@@ -149,6 +149,8 @@ def test_urls_name_the_bucket_and_a_bounded_cache(prepared, monkeypatch, tmp_pat
     assert S.open_shards(str(prepared)).stream_options("training") == {"input_dir": f"{prepared}/training"}
     with pytest.raises(DataError, match="no prepared data there"):
         load_dataset(f"local:{tmp_path}")
+    with pytest.raises(DataError, match="a URL of a kind headstart does not stream from.*s3://"):
+        load_dataset("https://example.com/photos")
     with pytest.raises(DataError, match="stream-cache-gb"):
         S.open_shards(str(prepared), cache_gb=0)
 

@@ -29,7 +29,7 @@ import numpy as np
 from headstart.data.images import real_paths
 from headstart.data.layouts import CLASSES_FILE, LABEL_SEPARATOR, SPLITS, Problem, Sample, label_ids, read_layout
 from headstart.data.manifest import manifest_rows
-from headstart.data.shards import is_prepared, is_url, open_shards
+from headstart.data.shards import URL_SCHEMES, is_prepared, is_url, open_shards
 from headstart.data.stratify import iterative_stratification
 from headstart.errors import DataError
 
@@ -101,6 +101,11 @@ def resolve_data(data: str | os.PathLike) -> Path:
     if str(data) == DEMO:
         return demo_root()
     path = Path(data).expanduser()
+    if not path.exists() and "://" in str(data):
+        raise DataError(
+            f"DATA '{data}': a URL of a kind headstart does not stream from. Prepared shards (headstart prepare) are "
+            f"read from {', '.join(URL_SCHEMES)} URLs; other data from a folder or a CSV manifest on this machine."
+        )
     if not path.exists():
         raise DataError(
             f"DATA '{data}' does not exist. Pass a dataset folder, a CSV manifest, "
