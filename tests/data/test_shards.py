@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from headstart.cli.main import app
@@ -192,3 +193,24 @@ def test_advise_measures_the_shards_at_the_size_they_hold(prepared):
     assert advice.measurements["input_size"] == 32 and advice.resolution is None  # no other size probed
     assert advice.measurements["training_images"] == sum(TINY["training"])
     assert advice.recommendation["strategy"] in ("features", "half", "full")
+
+
+def test_multi_label_data_is_prepared_with_every_label_and_streams_multi_hot_targets(tmp_path):
+    from headstart.data.dataset import split_indices
+    from headstart.data.image_set import streamed_images
+    from helpers.datasets import make_multilabel
+
+    manifest = make_multilabel(tmp_path / "multi", n=30, size=32)
+    files = load_dataset(manifest)
+    prepare(manifest, tmp_path / "shards", input_size=32, workers=1)
+    ds = load_dataset(tmp_path / "shards")
+    assert ds.task == "multi" and ds.classes == files.classes
+    labels = {str(s.path.relative_to(files.root)): s.label for s in files.samples}
+    assert all(isinstance(s.label, tuple) and s.label == labels[str(s.path)] for s in ds.samples)
+    targets = dict(zip(split_indices(ds)["training"][0], split_indices(ds)["training"][1]))
+    images = streamed_images(ds.stream, "training", False, 0, ds.num_classes, drop_last=False)
+    train = ds.split("training")
+    for k in range(len(images)):
+        x, y = images[k]
+        assert y.shape == (3,) and y.dtype == torch.float32
+        assert np.array_equal(y.numpy(), targets[ds.samples.index(train[k])])  # the manifest's written order
