@@ -35,9 +35,10 @@ workers, sampled every 0.2 s. Sources run interleaved, round after round (cache,
 cache, ...); the table gives medians and ratios to ``cache`` from the same run: never compare absolute figures
 across runs. Each measurement waits for the machine to be quiet (other processes under 5 % of a core), and is
 measured again (``--retries``) when other processes used more than that meanwhile: on two cores one busy core
-slows PyTorch many times over. Disk reads come from the page cache after the first round (the whole set fits in
-memory): a cold disk, or a network, is slower than any figure here. ``--quick`` measures in the bench's own
-process, without waiting: its figures say only that the script runs.
+slows PyTorch many times over. Whether a read finds the page cache or the disk is not controlled: the whole set
+fits in memory, but a machine that pages out idle memory (the 2-core VM of the first figures runs a kdamond that
+pages out what was not touched for a minute) reads each source from its disk again. ``--quick`` measures in the
+bench's own process, without waiting: its figures say only that the script runs.
 """
 
 from __future__ import annotations
@@ -547,7 +548,8 @@ def table(summary: dict, fmt: dict, cfg: dict) -> str:
         lines += [
             f"\n{w} loader workers, batches of {cfg['batch_size']} at {cfg['input_size']} px; loader: "
             f"{cfg['loader_batches']} batches, training: {cfg['batches']} batches, after {cfg['warmup']} (first); "
-            f"median of {cfg['rounds']} rounds (x: to cache in the same round, median [range])\n",
+            f"median of {min(len(e['loader']['all']) for e in by_source.values())} of {cfg['rounds']} rounds "
+            "(x: to cache in the same round, median [range])\n",
             "| source | loader img/s | x cache | training img/s | x cache | first batch s (loader / train) "
             "| peak RSS MB (process / worker) | peak anon MB | local cache peak MB |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -603,7 +605,7 @@ def run(args) -> None:
     for r in range(args.rounds):
         for w in workers:
             for s in SOURCES:
-                if Path(args.stop).exists():
+                if args.stop is not None and args.stop.exists():
                     print(f"{args.stop} exists: stopping after {len(rows)} measurements", flush=True)
                     break
                 for attempt in range(1 + args.retries):
@@ -676,7 +678,7 @@ def main(argv: list[str] | None = None) -> None:
         "--quiet-wait", type=float, default=3600, help="Most seconds to wait for a quiet machine (default 3600)."
     )
     runner.add_argument("--retries", type=int, default=2, help="Measure again when others ran (default 2).")
-    runner.add_argument("--stop", default="/work/scratch/STOP_BENCH", help="Stop between measurements if it exists.")
+    runner.add_argument("--stop", type=Path, help="A file: when it exists, stop between measurements and report.")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.command == "make-data":
