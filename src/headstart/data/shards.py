@@ -222,7 +222,10 @@ def read_features(shards: Shards, key: str) -> tuple[np.ndarray, dict] | None:
     from litdata import StreamingDataset
 
     quiet_litdata()
-    stream = StreamingDataset(**{**shards.stream_options("training"), "input_dir": url})  # the cache, if a bucket
+    options = {**shards.stream_options("training"), "input_dir": url}
+    if "cache_dir" in options:  # a bucket: a cache folder of their own, beside the training images'
+        options["cache_dir"] += "-features"
+    stream = StreamingDataset(**options)
     if len(stream) != about.get("rows"):
         return None
     rows = np.stack([stream[i]["row"] for i in range(len(stream))])
