@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 demo: install
 	$(VENV)/bin/headstart compare demo --strategies features,half,full,scratch --input-size 64 --epochs 4
 
-# Lint first (seconds), then the suite on every core (pytest-xdist): about 9 minutes on 2 cores (target: under 5).
+# Lint first (seconds), then the suite on every core (pytest-xdist): about 10 minutes on 2 cores (target: under 5).
 test: lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --dist worksteal
 
