@@ -276,12 +276,13 @@ def _number(text: str) -> Any:
 
 
 def data_fingerprint(ds) -> str:
-    """Which files, labels and splits a dataset is, and each file's size and modification time."""
+    """Which files, labels and splits a dataset is, and each file's size and modification time (prepared shards:
+    their own fingerprint)."""
     h = hashlib.sha256()
-    if getattr(ds, "stream", None) is not None:  # prepared shards: fixed when prepared, named by their fingerprint
-        h.update(f"shards|{ds.stream.fingerprint}\n".encode())
+    stream = getattr(ds, "stream", None)
+    if stream is not None:  # prepared shards: fixed when prepared, named by their fingerprint; no file to stat
+        h.update(f"shards|{stream.fingerprint}\n".encode())
     for s in ds.samples:
-        st = None if getattr(ds, "stream", None) is not None else s.path.stat()
-        identity = f"{st.st_size}|{st.st_mtime_ns}" if st else "shard"
+        identity = "shard" if stream is not None else "{0.st_size}|{0.st_mtime_ns}".format(s.path.stat())
         h.update(f"{s.path}|{s.label}|{s.split}|{identity}\n".encode())
     return h.hexdigest()[:16]
