@@ -64,7 +64,7 @@ def frozen_rows(
     ``view`` (an augmented view, ``headstart.training.augmented_views``), whichever rank computes them.
     ``engine`` runs the frozen layers; what an earlier run computed the same way is read from disk
     (``headstart.models.features.frozen_key``), when every rank finds it. Of prepared shards, the features are also
-    written beside them as shards (``headstart.data.shards.write_features``), and streamed from there by a run on
+    written beside them as shards (``headstart.data.shard_writer.write_features``), and streamed from there by a run on
     another machine."""
     engine = engine or Engine(cfg.engine, cfg.engine_precision)
     bf16 = cfg.precision in ("auto", "bf16-mixed")
@@ -80,8 +80,9 @@ def frozen_rows(
             return kept[0]
         if beside and key and ranks.all((streamed := read_features(shards, key)) is not None):
             engine.used = {**streamed[1], "kept": True, "streamed": True}  # another machine computed them
-            save_frozen(key, torch.from_numpy(streamed[0]), streamed[1])
-            return torch.from_numpy(streamed[0])
+            rows = torch.from_numpy(streamed[0])
+            save_frozen(key, rows, streamed[1])  # and kept on this machine's disk
+            return rows
     mine = ranks.share(len(idx))
     images = None
     if view is not None:
